@@ -1,0 +1,148 @@
+// Package jsonstream is a database/sql driver that wraps github.com/lib/pq
+// and gives every result set a state machine and pause/resume control.
+//
+//	db, err := sql.Open("jsonstream", dsn) // any lib/pq DSN
+//
+// Everything database/sql does through lib/pq it does the same way through
+// jsonstream: the same values, column types, errors (*pq.Error passes
+// through unchanged), transactions, pq.Array and pq.CopyIn. What is new:
+//
+//   - Each result set is a stream with a State (Running, Paused, Complete,
+//     Failed, Closed) kept in an atomic. A Stream passed as one more query
+//     argument controls it from any goroutine: Pause, Resume, Cancel, Stats.
+//     While paused, nothing is read from the server; the server waits.
+//   - A pause timeout (WithPauseTimeout, per connector or per Stream) stops a
+//     forgotten pause from holding a connection and a server snapshot.
+//   - Closing a stream before its end stops the server-side query instead of
+//     reading the whole rest of the result (CloseMode).
+//
+// # The stream contract
+//
+// The driver.Rows that jsonstream returns implement Controller; a Stream
+// reaches the same methods from code that only has a *sql.Rows. The
+// methods may be called from any goroutine at any time and never block.
+//
+//   - After Pause returns, Next delivers no further row until Resume, and the
+//     inner driver's Next is not called. Pause on a paused stream and Resume
+//     on a running one do nothing.
+//   - A Next blocked by a pause returns when Resume is called; when the
+//     query's context ends (with the context's error: database/sql cannot
+//     interrupt a blocked driver Next, so jsonstream watches the context);
+//     when Cancel is called (ErrCanceled); when the pause timeout expires
+//     (ErrPauseTimeout, or the stream resumes under ResumeOnPauseTimeout).
+//   - Pause, Resume and Cancel on a Complete, Failed or Closed stream return
+//     an error wrapping ErrStreamEnded and change nothing.
+//   - A stream that fails by Cancel, pause timeout or context has its
+//     connection cut: the server stops the query and database/sql discards
+//     the connection, so it never returns to the pool in the middle of a
+//     result.
+//   - The pause machinery (lock, channel, timer, counters) is allocated by the
+//     first Pause; a stream that never pauses carries only its atomic state
+//     and counters.
+//
+// # Configuration
+//
+// Settings are given as Options to NewConnector or NewDriver, or as DSN
+// parameters starting with DSNPrefix, which are removed before the DSN
+// reaches lib/pq. A Stream's own Options override them for its query.
+//
+// # Wrapping
+//
+// NewConnector wraps any driver.Connector, NewDriver any driver.Driver
+// (go-sqlmock's, pgx's stdlib driver). Every optional interface of the
+// inner connection, statement and rows is forwarded, with the fallbacks
+// database/sql applies when the inner value lacks one; sql.Conn.Raw hands
+// out the jsonstream connection, whose Unwrap method returns the inner one.
+package jsonstream
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+
+	"github.com/lib/pq"
+)
+
+// DriverName is the name under which jsonstream registers itself with
+// database/sql.
+const DriverName = "jsonstream"
+
+func init() {
+	sql.Register(DriverName, &Driver{inner: pq.Driver{}, settings: defaultSettings()})
+}
+
+// Driver is a driver.Driver that wraps another one. The registered
+// "jsonstream" driver wraps lib/pq.
+type Driver struct {
+	inner    driver.Driver
+	settings settings
+}
+
+var (
+	_ driver.Driver        = (*Driver)(nil)
+	_ driver.DriverContext = (*Driver)(nil)
+)
+
+// NewDriver wraps inner, with opts as the default settings of its
+// connections. Register it with sql.Register, or open a connector with
+// OpenConnector and pass it to sql.OpenDB.
+func NewDriver(inner driver.Driver, opts ...Option) (*Driver, error) {
+	if inner == nil {
+		return nil, errNilDriver
+	}
+	s := defaultSettings()
+	if err := s.apply(opts); err != nil {
+		return nil, err
+	}
+	return &Driver{inner: inner, settings: s}, nil
+}
+
+// Open implements driver.Driver. database/sql calls OpenConnector instead.
+func (d *Driver) Open(dsn string) (driver.Conn, error) {
+	c, err := d.OpenConnector(dsn)
+	if err != nil {
+		return nil, err
+	}
+	return c.Connect(context.Background())
+}
+
+// OpenConnector implements driver.DriverContext: it parses dsn once for a
+// sql.DB. jsonstream's DSN parameters (see DSNPrefix) are applied on top of
+// the driver's settings and removed; the rest of the DSN goes to the inner
+// driver unchanged. With lib/pq inside, the connector is lib/pq's own,
+// with NewDialer installed so that streams can be stopped early.
+func (d *Driver) OpenConnector(dsn string) (driver.Connector, error) {
+	rest, opts, err := splitDSN(dsn)
+	if err != nil {
+		return nil, err
+	}
+	s := d.settings
+	if err := s.apply(opts); err != nil {
+		return nil, err
+	}
+	var inner driver.Connector
+	switch id := d.inner.(type) {
+	case pq.Driver, *pq.Driver:
+		pc, err := pq.NewConnector(rest)
+		if err != nil {
+			// lib/pq reports a bad DSN when connecting, not from sql.Open;
+			// so does jsonstream.
+			inner = errConnector{driver: d.inner, err: err}
+			break
+		}
+		pc.Dialer(NewDialer(nil))
+		inner = pc
+	case driver.DriverContext:
+		if inner, err = id.OpenConnector(rest); err != nil {
+			return nil, err
+		}
+	default:
+		inner = dsnConnector{driver: d.inner, dsn: rest}
+	}
+	c := newConnector(inner, s)
+	c.driver = d
+	return c, nil
+}
+
+// Unwrap returns the inner driver.
+func (d *Driver) Unwrap() driver.Driver { return d.inner }

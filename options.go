@@ -1,0 +1,351 @@
+package jsonstream
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// ErrInvalidOption is wrapped by every error about a bad option or DSN
+// parameter; the message names the option and the value.
+var ErrInvalidOption = errors.New("jsonstream: invalid option")
+
+// PauseTimeoutAction says what a stream does when it stays paused longer
+// than its pause timeout.
+type PauseTimeoutAction uint8
+
+const (
+	// FailOnPauseTimeout ends the stream: Next returns ErrPauseTimeout, the
+	// server-side query is stopped and the connection is not reused.
+	FailOnPauseTimeout PauseTimeoutAction = iota
+	// ResumeOnPauseTimeout resumes the stream as if Resume had been called.
+	ResumeOnPauseTimeout
+)
+
+// String returns "fail" or "resume", the DSN spelling of the action.
+func (a PauseTimeoutAction) String() string {
+	switch a {
+	case FailOnPauseTimeout:
+		return "fail"
+	case ResumeOnPauseTimeout:
+		return "resume"
+	}
+	return fmt.Sprintf("PauseTimeoutAction(%d)", uint8(a))
+}
+
+// CloseMode says how Close ends a stream that has rows left. lib/pq reads
+// every remaining row on Close; stopping early instead costs the
+// connection, which database/sql then replaces with a new one.
+type CloseMode uint8
+
+const (
+	// CloseAuto drains the rest of the result when it arrives within the
+	// drain timeout (a QueryRow, a small remainder: the connection is kept)
+	// and otherwise cuts the connection, which stops the server-side query.
+	CloseAuto CloseMode = iota
+	// CloseCancel cuts the connection whenever rows are left, without
+	// trying to drain. The connection is discarded on every early close,
+	// including after QueryRow.
+	CloseCancel
+	// CloseDrain reads the whole remainder, as lib/pq does: the connection
+	// is kept, and Close takes as long as the server needs to send the rest.
+	CloseDrain
+)
+
+// String returns "auto", "cancel" or "drain", the DSN spelling of the mode.
+func (m CloseMode) String() string {
+	switch m {
+	case CloseAuto:
+		return "auto"
+	case CloseCancel:
+		return "cancel"
+	case CloseDrain:
+		return "drain"
+	}
+	return fmt.Sprintf("CloseMode(%d)", uint8(m))
+}
+
+// DefaultDrainTimeout is how long CloseAuto drains before it cuts the
+// connection.
+const DefaultDrainTimeout = 2 * time.Millisecond
+
+// settings is what options configure. A connector holds the defaults; a
+// stream copies them and applies its own options on top.
+type settings struct {
+	pauseTimeout   time.Duration // 0: no timeout
+	onPauseTimeout PauseTimeoutAction
+	closeMode      CloseMode
+	drainTimeout   time.Duration
+}
+
+func defaultSettings() settings {
+	return settings{drainTimeout: DefaultDrainTimeout}
+}
+
+// Option configures a Connector, a Driver or one Stream. Options are
+// checked when applied: a bad value makes the constructor return an error
+// wrapping ErrInvalidOption.
+type Option func(*settings) error
+
+func invalid(name string, value any, why string) error {
+	return fmt.Errorf("%w: %s(%v): %s", ErrInvalidOption, name, value, why)
+}
+
+// WithPauseTimeout bounds how long a stream may stay paused; 0, the
+// default, means no bound. What happens on expiry is set by
+// WithPauseTimeoutAction.
+func WithPauseTimeout(d time.Duration) Option {
+	return func(s *settings) error {
+		if d < 0 {
+			return invalid("WithPauseTimeout", d, "negative duration")
+		}
+		s.pauseTimeout = d
+		return nil
+	}
+}
+
+// WithPauseTimeoutAction sets what a stream does when its pause timeout
+// expires; the default is FailOnPauseTimeout.
+func WithPauseTimeoutAction(a PauseTimeoutAction) Option {
+	return func(s *settings) error {
+		if a > ResumeOnPauseTimeout {
+			return invalid("WithPauseTimeoutAction", a, "unknown action")
+		}
+		s.onPauseTimeout = a
+		return nil
+	}
+}
+
+// WithCloseMode sets how Close ends a stream that has rows left; the
+// default is CloseAuto.
+func WithCloseMode(m CloseMode) Option {
+	return func(s *settings) error {
+		if m > CloseDrain {
+			return invalid("WithCloseMode", m, "unknown mode")
+		}
+		s.closeMode = m
+		return nil
+	}
+}
+
+// WithDrainTimeout sets how long CloseAuto may drain the rest of a result
+// before it cuts the connection; the default is DefaultDrainTimeout.
+func WithDrainTimeout(d time.Duration) Option {
+	return func(s *settings) error {
+		if d <= 0 {
+			return invalid("WithDrainTimeout", d, "must be positive")
+		}
+		s.drainTimeout = d
+		return nil
+	}
+}
+
+func (s *settings) apply(opts []Option) error {
+	for _, o := range opts {
+		if o == nil {
+			return fmt.Errorf("%w: nil Option", ErrInvalidOption)
+		}
+		if err := o(s); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// DSNPrefix starts every DSN parameter that jsonstream reads. Such
+// parameters are removed before the DSN reaches the inner driver:
+//
+//	jsonstream_pause_timeout=30s       WithPauseTimeout (a Go duration)
+//	jsonstream_on_pause_timeout=resume WithPauseTimeoutAction: fail or resume
+//	jsonstream_close=drain             WithCloseMode: auto, cancel or drain
+//	jsonstream_drain_timeout=5ms       WithDrainTimeout
+//
+// Any other parameter with the prefix is an error.
+const DSNPrefix = "jsonstream_"
+
+// dsnOption turns one DSN parameter into its Option.
+func dsnOption(name, value string) (Option, error) {
+	bad := func(why string) error {
+		return fmt.Errorf("%w: DSN parameter %s=%q: %s", ErrInvalidOption, name, value, why)
+	}
+	duration := func() (time.Duration, error) {
+		d, err := time.ParseDuration(value)
+		if err != nil {
+			return 0, bad("not a duration such as 30s or 500ms")
+		}
+		return d, nil
+	}
+	switch strings.TrimPrefix(name, DSNPrefix) {
+	case "pause_timeout":
+		d, err := duration()
+		if err != nil {
+			return nil, err
+		}
+		if d < 0 {
+			return nil, bad("negative duration")
+		}
+		return WithPauseTimeout(d), nil
+	case "on_pause_timeout":
+		for _, a := range []PauseTimeoutAction{FailOnPauseTimeout, ResumeOnPauseTimeout} {
+			if value == a.String() {
+				return WithPauseTimeoutAction(a), nil
+			}
+		}
+		return nil, bad("want fail or resume")
+	case "close":
+		for _, m := range []CloseMode{CloseAuto, CloseCancel, CloseDrain} {
+			if value == m.String() {
+				return WithCloseMode(m), nil
+			}
+		}
+		return nil, bad("want auto, cancel or drain")
+	case "drain_timeout":
+		d, err := duration()
+		if err != nil {
+			return nil, err
+		}
+		if d <= 0 {
+			return nil, bad("must be positive")
+		}
+		return WithDrainTimeout(d), nil
+	}
+	return nil, fmt.Errorf("%w: unknown DSN parameter %s=%q", ErrInvalidOption, name, value)
+}
+
+// splitDSN removes jsonstream's parameters from a lib/pq DSN, in URL form
+// (postgres://...?jsonstream_close=drain) or key=value form
+// (host=db jsonstream_close=drain), and returns the rest unchanged byte for
+// byte along with the options the parameters stand for. A DSN that does not
+// mention the prefix is returned as it is, whatever its form, so DSNs of
+// other inner drivers pass through.
+func splitDSN(dsn string) (string, []Option, error) {
+	if !strings.Contains(dsn, DSNPrefix) {
+		return dsn, nil, nil
+	}
+	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
+		return splitURL(dsn)
+	}
+	return splitKeyValue(dsn)
+}
+
+func splitURL(dsn string) (string, []Option, error) {
+	base, query, hasQuery := strings.Cut(dsn, "?")
+	if !hasQuery {
+		return dsn, nil, nil
+	}
+	query, fragment, hasFragment := strings.Cut(query, "#")
+	var kept []string
+	var opts []Option
+	for _, part := range strings.Split(query, "&") {
+		rawName, rawValue, _ := strings.Cut(part, "=")
+		name, err := url.QueryUnescape(rawName)
+		if err != nil || !strings.HasPrefix(name, DSNPrefix) {
+			kept = append(kept, part)
+			continue
+		}
+		value, err := url.QueryUnescape(rawValue)
+		if err != nil {
+			return "", nil, fmt.Errorf("%w: DSN parameter %s=%q: bad URL escape", ErrInvalidOption, name, rawValue)
+		}
+		opt, err := dsnOption(name, value)
+		if err != nil {
+			return "", nil, err
+		}
+		opts = append(opts, opt)
+	}
+	out := base
+	if len(kept) > 0 {
+		out += "?" + strings.Join(kept, "&")
+	}
+	if hasFragment {
+		out += "#" + fragment
+	}
+	return out, opts, nil
+}
+
+// splitKeyValue walks a key=value DSN with lib/pq's rules (values may be
+// single-quoted, backslash escapes a character) and cuts out the
+// jsonstream_ pairs, keeping every other byte where it was.
+func splitKeyValue(dsn string) (string, []Option, error) {
+	var out strings.Builder
+	var opts []Option
+	i, n := 0, len(dsn)
+	for i < n {
+		start := i
+		for i < n && isSpace(dsn[i]) {
+			i++
+		}
+		if i == n {
+			out.WriteString(dsn[start:])
+			break
+		}
+		keyStart := i
+		for i < n && dsn[i] != '=' && !isSpace(dsn[i]) {
+			i++
+		}
+		key := dsn[keyStart:i]
+		for i < n && isSpace(dsn[i]) {
+			i++
+		}
+		if i == n || dsn[i] != '=' {
+			if strings.HasPrefix(key, DSNPrefix) {
+				return "", nil, fmt.Errorf("%w: DSN parameter %s has no value", ErrInvalidOption, key)
+			}
+			// Not ours and not key=value: leave the judgement to the inner driver.
+			out.WriteString(dsn[start:])
+			break
+		}
+		i++ // '='
+		for i < n && isSpace(dsn[i]) {
+			i++
+		}
+		var value strings.Builder
+		if i < n && dsn[i] == '\'' {
+			i++
+			closed := false
+			for i < n {
+				c := dsn[i]
+				i++
+				if c == '\\' && i < n {
+					value.WriteByte(dsn[i])
+					i++
+					continue
+				}
+				if c == '\'' {
+					closed = true
+					break
+				}
+				value.WriteByte(c)
+			}
+			if !closed && strings.HasPrefix(key, DSNPrefix) {
+				return "", nil, fmt.Errorf("%w: DSN parameter %s: unterminated quoted value", ErrInvalidOption, key)
+			}
+		} else {
+			for i < n && !isSpace(dsn[i]) {
+				c := dsn[i]
+				i++
+				if c == '\\' && i < n {
+					c = dsn[i]
+					i++
+				}
+				value.WriteByte(c)
+			}
+		}
+		if !strings.HasPrefix(key, DSNPrefix) {
+			out.WriteString(dsn[start:i])
+			continue
+		}
+		opt, err := dsnOption(key, value.String())
+		if err != nil {
+			return "", nil, err
+		}
+		opts = append(opts, opt)
+	}
+	return strings.TrimSpace(out.String()), opts, nil
+}
+
+func isSpace(c byte) bool {
+	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'
+}

@@ -1,0 +1,242 @@
+package jsonstream
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Errors a stream reports. They work with errors.Is.
+var (
+	// ErrPauseTimeout ends a stream that stayed paused longer than its pause
+	// timeout under FailOnPauseTimeout.
+	ErrPauseTimeout = errors.New("jsonstream: pause timeout expired")
+	// ErrCanceled ends a stream whose Controller.Cancel was called.
+	ErrCanceled = errors.New("jsonstream: stream canceled")
+	// ErrStreamEnded is returned by Pause, Resume and Cancel on a stream that
+	// is Complete, Failed or Closed; the call changes nothing.
+	ErrStreamEnded = errors.New("jsonstream: stream has ended")
+	// ErrNotStarted is returned by a Stream's controller methods before a
+	// query has started with the Stream as an argument.
+	ErrNotStarted = errors.New("jsonstream: stream has not started")
+	// ErrStreamArgument is wrapped by the errors about a misused Stream
+	// argument: passed twice, passed to a statement that returns no rows, or
+	// used for a second query.
+	ErrStreamArgument = errors.New("jsonstream: misused Stream argument")
+	// ErrRowsClosed is returned by Next after the rows were closed.
+	ErrRowsClosed = errors.New("jsonstream: rows are closed")
+)
+
+// Controller controls one result stream. jsonstream's driver.Rows
+// implement it, and so does *Stream, the handle that ordinary database/sql
+// code passes as a query argument to reach the same rows.
+//
+// All methods may be called from any goroutine, at any time, also while
+// another goroutine is inside Next or Close. None of them blocks on the
+// stream: each returns at once.
+type Controller interface {
+	// Pause stops the stream: once Pause returns, Next delivers no further
+	// row and nothing more is read from the server until Resume. A Next
+	// already waiting for the server when Pause is called keeps the row it
+	// receives until Resume. The server, finding the connection's buffers
+	// full, waits for the client (wait event ClientWrite).
+	//
+	// A blocked Next returns when Resume is called, the query's context
+	// ends (with the context's error), Cancel is called (ErrCanceled), or the
+	// pause timeout expires (ErrPauseTimeout, or it resumes under
+	// ResumeOnPauseTimeout).
+	//
+	// Pause on a Paused stream does nothing and returns nil. On a Complete,
+	// Failed or Closed stream it returns ErrStreamEnded.
+	Pause() error
+	// Resume lets a paused stream go on where it stopped. Resume on a
+	// Running stream does nothing and returns nil. On a Complete, Failed or
+	// Closed stream it returns ErrStreamEnded.
+	Resume() error
+	// Cancel ends a live stream: Next returns ErrCanceled, and the
+	// server-side query is stopped by cutting the connection (which
+	// database/sql then discards). On an ended stream it returns
+	// ErrStreamEnded.
+	Cancel() error
+	// SetPauseTimeout sets the pause timeout of the pauses that start after
+	// it; 0 removes the bound. A negative value is an error wrapping
+	// ErrInvalidOption.
+	SetPauseTimeout(d time.Duration) error
+	// State returns the stream's current state.
+	State() State
+	// Stats returns a snapshot of the stream's counters.
+	Stats() Stats
+}
+
+// Stats is a snapshot of one stream's counters.
+type Stats struct {
+	State State
+	// Rows counts the rows Next delivered.
+	Rows int64
+	// Bytes counts the bytes of the text and binary values ([]byte and
+	// string) in those rows.
+	Bytes int64
+	// Pauses counts the pauses: Pause calls that found the stream Running.
+	Pauses int64
+	// PauseTimeouts counts the pause timeouts that expired.
+	PauseTimeouts int64
+	// PausedTotal is the time spent paused, the current pause included.
+	PausedTotal time.Duration
+	// PausedNow is how long the current pause has lasted; 0 when not paused.
+	PausedNow time.Duration
+	// FirstRow is the time from the start of the query to the first row
+	// Next delivered; 0 before that row.
+	FirstRow time.Duration
+}
+
+// pauser is the pause machinery of one stream. It is allocated by the
+// first Pause, so a stream that never pauses does not pay for it.
+type pauser struct {
+	// mu guards every field below and orders Pause, Resume, the timer and
+	// the stream's end against one another.
+	mu sync.Mutex
+	// resume is closed to wake a Next blocked by the pause; a new one is
+	// made for each pause.
+	resume chan struct{}
+	// timer fires the pause timeout; stopped by Resume and by the end of the
+	// stream.
+	timer *time.Timer
+	// generation tells a timer of an earlier pause from the current one.
+	generation uint64
+	pausedAt   time.Time
+	total      time.Duration
+	pauses     int64
+	timeouts   int64
+}
+
+// begin starts a pause; r.state has just moved to Paused. Called with mu
+// held.
+func (p *pauser) begin(r *rows) {
+	p.resume = make(chan struct{})
+	p.pausedAt = time.Now()
+	p.pauses++
+	p.generation++
+	if d := time.Duration(r.pauseTimeout.Load()); d > 0 {
+		generation := p.generation
+		p.timer = time.AfterFunc(d, func() { r.pauseExpired(generation) })
+	}
+}
+
+// end finishes the current pause, if any: it stops the timer, adds up the
+// paused time and wakes a blocked Next. Called with mu held.
+func (p *pauser) end() {
+	if p.resume == nil {
+		return
+	}
+	if p.timer != nil {
+		p.timer.Stop()
+		p.timer = nil
+	}
+	p.total += time.Since(p.pausedAt)
+	close(p.resume)
+	p.resume = nil
+}
+
+// wait returns the channel that the current pause closes when it ends, or
+// nil when no pause is in progress.
+func (p *pauser) wait() <-chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.resume == nil {
+		return nil
+	}
+	return p.resume
+}
+
+// Stream is a per-query handle on a jsonstream result stream for code that
+// uses database/sql. Pass it as one more argument to QueryContext or Query
+// of a DB, Conn, Tx or Stmt opened with jsonstream; jsonstream removes it
+// from the arguments (it takes no $n placeholder) and binds it to the rows
+// of that query. From then on the Stream controls those rows, from any
+// goroutine.
+//
+// A Stream serves one query. Passing it to Exec, passing two Streams to one
+// query, or passing a Stream a second time fails with an error wrapping
+// ErrStreamArgument. Before its query starts, its controller methods
+// return ErrNotStarted, State returns Running and Stats are zero.
+type Stream struct {
+	opts []Option
+	// bound is set once, when the query starts; read by the controller
+	// methods from any goroutine.
+	bound atomic.Pointer[rows]
+	// claimed is set when a conn takes the Stream as an argument, so a
+	// second query cannot take it.
+	claimed atomic.Bool
+}
+
+// NewStream returns a Stream whose rows use opts on top of the
+// connector's settings (WithPauseTimeout, WithPauseTimeoutAction,
+// WithCloseMode, WithDrainTimeout). A bad option is an error wrapping
+// ErrInvalidOption.
+func NewStream(opts ...Option) (*Stream, error) {
+	var check settings
+	if err := check.apply(opts); err != nil {
+		return nil, err
+	}
+	return &Stream{opts: opts}, nil
+}
+
+var _ Controller = (*Stream)(nil)
+
+// Pause implements Controller.
+func (s *Stream) Pause() error {
+	if r := s.bound.Load(); r != nil {
+		return r.Pause()
+	}
+	return ErrNotStarted
+}
+
+// Resume implements Controller.
+func (s *Stream) Resume() error {
+	if r := s.bound.Load(); r != nil {
+		return r.Resume()
+	}
+	return ErrNotStarted
+}
+
+// Cancel implements Controller.
+func (s *Stream) Cancel() error {
+	if r := s.bound.Load(); r != nil {
+		return r.Cancel()
+	}
+	return ErrNotStarted
+}
+
+// SetPauseTimeout implements Controller.
+func (s *Stream) SetPauseTimeout(d time.Duration) error {
+	if r := s.bound.Load(); r != nil {
+		return r.SetPauseTimeout(d)
+	}
+	return ErrNotStarted
+}
+
+// State implements Controller.
+func (s *Stream) State() State {
+	if r := s.bound.Load(); r != nil {
+		return r.State()
+	}
+	return Running
+}
+
+// Stats implements Controller.
+func (s *Stream) Stats() Stats {
+	if r := s.bound.Load(); r != nil {
+		return r.Stats()
+	}
+	return Stats{}
+}
+
+// Started reports whether the Stream's query has started, so that the
+// controller methods reach its rows.
+func (s *Stream) Started() bool { return s.bound.Load() != nil }
+
+func streamArgError(format string, args ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{ErrStreamArgument}, args...)...)
+}

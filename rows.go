@@ -1,0 +1,439 @@
+package jsonstream
+
+import (
+	"context"
+	"database/sql/driver"
+	"errors"
+	"io"
+	"net"
+	"reflect"
+	"sync/atomic"
+	"time"
+)
+
+// rows wraps the inner driver's rows of one query. It is the stream: its
+// state lives in an atomic, and its pause machinery is allocated by the
+// first Pause. database/sql calls Next, Close and the column methods from
+// the consumer's goroutine; the Controller methods come from anywhere.
+type rows struct {
+	inner driver.Rows
+	conn  *conn
+	// ctx is the query's context. A Next blocked by a pause watches it,
+	// since database/sql cannot interrupt a driver's Next.
+	ctx   context.Context
+	state stateCell
+	// pause is nil until the first Pause.
+	pause atomic.Pointer[pauser]
+	// failure holds the error that moved the stream to Failed; set once,
+	// before the state changes.
+	failure atomic.Pointer[error]
+	// stopWatch stops the context watch that cuts a stalled connection; nil
+	// when the context cannot end or the connection cannot be cut.
+	stopWatch func() bool
+
+	pauseTimeout   atomic.Int64 // time.Duration; SetPauseTimeout may come from any goroutine
+	onPauseTimeout PauseTimeoutAction
+	closeMode      CloseMode
+	drainTimeout   time.Duration
+
+	start     time.Time
+	firstRow  atomic.Int64 // time.Duration since start; 0 before the first row
+	rowCount  atomic.Int64
+	byteCount atomic.Int64
+}
+
+var (
+	_ driver.Rows                           = (*rows)(nil)
+	_ driver.RowsNextResultSet              = (*rows)(nil)
+	_ driver.RowsColumnTypeScanType         = (*rows)(nil)
+	_ driver.RowsColumnTypeDatabaseTypeName = (*rows)(nil)
+	_ driver.RowsColumnTypeLength           = (*rows)(nil)
+	_ driver.RowsColumnTypeNullable         = (*rows)(nil)
+	_ driver.RowsColumnTypePrecisionScale   = (*rows)(nil)
+	_ Controller                            = (*rows)(nil)
+)
+
+// newRows wraps inner; s holds the settings of the query (the connector's,
+// with a Stream's options on top).
+func newRows(ctx context.Context, c *conn, inner driver.Rows, s *settings) *rows {
+	r := &rows{
+		inner:          inner,
+		conn:           c,
+		ctx:            ctx,
+		onPauseTimeout: s.onPauseTimeout,
+		closeMode:      s.closeMode,
+		drainTimeout:   s.drainTimeout,
+		start:          time.Now(),
+	}
+	r.pauseTimeout.Store(int64(s.pauseTimeout))
+	if ctx.Done() != nil && c.sock != nil {
+		// A Next stuck on a stalled network is beyond database/sql's reach
+		// and lib/pq's (its cancel request travels the same network):
+		// cutting the connection is what frees it.
+		r.stopWatch = context.AfterFunc(ctx, r.contextDone)
+	}
+	return r
+}
+
+func (r *rows) contextDone() { r.fail(r.ctx.Err(), true) }
+
+// Columns implements driver.Rows.
+func (r *rows) Columns() []string { return r.inner.Columns() }
+
+// Next implements driver.Rows. It calls the inner Next only while the
+// stream is Running.
+func (r *rows) Next(dest []driver.Value) error {
+	if s := r.state.load(); s != Running && s != Complete {
+		if err := r.await(); err != nil {
+			return err
+		}
+	}
+	if err := r.inner.Next(dest); err != nil {
+		return r.nextFailed(err)
+	}
+	if r.state.load() != Running {
+		// A Pause (or Cancel) came while the row was on its way. Keep it
+		// until Resume, so no row is delivered after Pause returned.
+		if err := r.await(); err != nil {
+			return err
+		}
+	}
+	var n int64
+	for _, v := range dest {
+		switch v := v.(type) {
+		case []byte:
+			n += int64(len(v))
+		case string:
+			n += int64(len(v))
+		}
+	}
+	if r.rowCount.Add(1) == 1 {
+		r.firstRow.Store(int64(max(time.Since(r.start), 1)))
+	}
+	r.byteCount.Add(n)
+	return nil
+}
+
+// await returns nil once the stream is Running (or Complete), or the error
+// that ended it.
+func (r *rows) await() error {
+	for {
+		switch r.state.load() {
+		case Running, Complete:
+			return nil
+		case Failed:
+			return r.err()
+		case Closed:
+			return ErrRowsClosed
+		case Paused:
+			resumed := r.pause.Load().wait()
+			if resumed == nil {
+				continue // the pause ended between the two loads
+			}
+			select {
+			case <-resumed:
+			case <-r.ctx.Done():
+				r.fail(r.ctx.Err(), true)
+				return r.err()
+			}
+		}
+	}
+}
+
+// nextFailed handles an error from the inner Next.
+func (r *rows) nextFailed(err error) error {
+	if err == io.EOF {
+		if next, ok := r.inner.(driver.RowsNextResultSet); ok && next.HasNextResultSet() {
+			return err
+		}
+		if _, ok := r.state.finish(Complete); ok {
+			r.endPause()
+		}
+		return err
+	}
+	if r.state.load() == Failed {
+		// jsonstream cut the connection (Cancel, pause timeout, context):
+		// report why rather than the read error the cut caused.
+		return r.err()
+	}
+	if ctxErr := r.ctx.Err(); ctxErr != nil {
+		r.fail(ctxErr, false)
+		return r.err()
+	}
+	r.fail(err, false)
+	return err
+}
+
+// err returns the error that failed the stream.
+func (r *rows) err() error {
+	if p := r.failure.Load(); p != nil {
+		return *p
+	}
+	return ErrStreamEnded
+}
+
+// fail moves a live stream to Failed with err and, when cut is set, cuts
+// the connection so the server stops the query. It reports whether it
+// made the change.
+func (r *rows) fail(err error, cut bool) bool {
+	if !r.failure.CompareAndSwap(nil, &err) {
+		return false
+	}
+	if _, ok := r.state.finish(Failed); !ok {
+		return false
+	}
+	r.endPause()
+	if cut {
+		r.conn.cut()
+	}
+	return true
+}
+
+// endPause ends a pause in progress, waking a blocked Next.
+func (r *rows) endPause() {
+	if p := r.pause.Load(); p != nil {
+		p.mu.Lock()
+		p.end()
+		p.mu.Unlock()
+	}
+}
+
+// Close implements driver.Rows. A stream with rows left is ended as its
+// CloseMode says.
+func (r *rows) Close() error {
+	from, live := r.state.finish(Closed)
+	if r.stopWatch != nil {
+		r.stopWatch()
+	}
+	if !live {
+		err := r.inner.Close()
+		if from == Failed && r.conn.isCut() {
+			return nil // the stream already reported why it failed
+		}
+		return err
+	}
+	r.endPause()
+	switch r.closeMode {
+	case CloseDrain:
+		return r.inner.Close()
+	case CloseCancel:
+		if r.conn.cut() {
+			_ = r.inner.Close() // fails fast on the cut connection
+			return nil
+		}
+		return r.inner.Close()
+	}
+	return r.drainOrCut()
+}
+
+// drainOrCut is CloseAuto: drain what arrives within the drain timeout,
+// cut the connection if the rest takes longer.
+func (r *rows) drainOrCut() error {
+	sock := r.conn.sock
+	if sock == nil {
+		return r.inner.Close()
+	}
+	if err := sock.SetReadDeadline(time.Now().Add(r.drainTimeout)); err != nil {
+		r.conn.cut()
+		_ = r.inner.Close()
+		return nil
+	}
+	err := r.inner.Close()
+	var netErr net.Error
+	if err != nil && errors.As(err, &netErr) && netErr.Timeout() {
+		r.conn.cut()
+		return nil
+	}
+	if err := sock.SetReadDeadline(time.Time{}); err != nil {
+		r.conn.cut()
+	}
+	return err
+}
+
+// HasNextResultSet implements driver.RowsNextResultSet.
+func (r *rows) HasNextResultSet() bool {
+	if next, ok := r.inner.(driver.RowsNextResultSet); ok {
+		return next.HasNextResultSet()
+	}
+	return false
+}
+
+// NextResultSet implements driver.RowsNextResultSet. Without it on the
+// inner rows, database/sql would report no further result set; io.EOF
+// does the same.
+func (r *rows) NextResultSet() error {
+	if next, ok := r.inner.(driver.RowsNextResultSet); ok {
+		return next.NextResultSet()
+	}
+	return io.EOF
+}
+
+// The column type methods return what database/sql reports when the inner
+// rows lack the interface, so ColumnTypes are the same with and without
+// the wrapper.
+
+// ColumnTypeScanType implements driver.RowsColumnTypeScanType.
+func (r *rows) ColumnTypeScanType(index int) reflect.Type {
+	if c, ok := r.inner.(driver.RowsColumnTypeScanType); ok {
+		return c.ColumnTypeScanType(index)
+	}
+	return reflect.TypeFor[any]()
+}
+
+// ColumnTypeDatabaseTypeName implements driver.RowsColumnTypeDatabaseTypeName.
+func (r *rows) ColumnTypeDatabaseTypeName(index int) string {
+	if c, ok := r.inner.(driver.RowsColumnTypeDatabaseTypeName); ok {
+		return c.ColumnTypeDatabaseTypeName(index)
+	}
+	return ""
+}
+
+// ColumnTypeLength implements driver.RowsColumnTypeLength.
+func (r *rows) ColumnTypeLength(index int) (int64, bool) {
+	if c, ok := r.inner.(driver.RowsColumnTypeLength); ok {
+		return c.ColumnTypeLength(index)
+	}
+	return 0, false
+}
+
+// ColumnTypeNullable implements driver.RowsColumnTypeNullable.
+func (r *rows) ColumnTypeNullable(index int) (nullable, ok bool) {
+	if c, ok := r.inner.(driver.RowsColumnTypeNullable); ok {
+		return c.ColumnTypeNullable(index)
+	}
+	return false, false
+}
+
+// ColumnTypePrecisionScale implements driver.RowsColumnTypePrecisionScale.
+func (r *rows) ColumnTypePrecisionScale(index int) (precision, scale int64, ok bool) {
+	if c, ok := r.inner.(driver.RowsColumnTypePrecisionScale); ok {
+		return c.ColumnTypePrecisionScale(index)
+	}
+	return 0, 0, false
+}
+
+// Pause implements Controller.
+func (r *rows) Pause() error {
+	p := r.pauser()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for {
+		switch s := r.state.load(); s {
+		case Paused:
+			return nil
+		case Running:
+			if r.state.cas(Running, Paused) {
+				p.begin(r)
+				return nil
+			}
+		default:
+			return ended(s)
+		}
+	}
+}
+
+// pauser returns the pause machinery, allocating it on first use.
+func (r *rows) pauser() *pauser {
+	if p := r.pause.Load(); p != nil {
+		return p
+	}
+	r.pause.CompareAndSwap(nil, new(pauser))
+	return r.pause.Load()
+}
+
+// Resume implements Controller.
+func (r *rows) Resume() error {
+	p := r.pause.Load()
+	if p == nil {
+		if s := r.state.load(); s.final() {
+			return ended(s)
+		}
+		return nil // never paused
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch s := r.state.load(); s {
+	case Running:
+		return nil
+	case Paused:
+		if r.state.cas(Paused, Running) {
+			p.end()
+			return nil
+		}
+		return ended(r.state.load())
+	default:
+		return ended(s)
+	}
+}
+
+// pauseExpired runs on the pause timer of pause number generation.
+func (r *rows) pauseExpired(generation uint64) {
+	p := r.pause.Load()
+	p.mu.Lock()
+	if p.generation != generation || r.state.load() != Paused {
+		p.mu.Unlock()
+		return // Resume, Close or a later pause came first
+	}
+	p.timeouts++
+	if r.onPauseTimeout == ResumeOnPauseTimeout && r.state.cas(Paused, Running) {
+		p.end()
+		p.mu.Unlock()
+		return
+	}
+	p.mu.Unlock()
+	r.fail(ErrPauseTimeout, true)
+}
+
+// Cancel implements Controller.
+func (r *rows) Cancel() error {
+	if r.fail(ErrCanceled, true) {
+		return nil
+	}
+	return ended(r.state.load())
+}
+
+// SetPauseTimeout implements Controller.
+func (r *rows) SetPauseTimeout(d time.Duration) error {
+	if d < 0 {
+		return invalid("SetPauseTimeout", d, "negative duration")
+	}
+	r.pauseTimeout.Store(int64(d))
+	return nil
+}
+
+// State implements Controller.
+func (r *rows) State() State { return r.state.load() }
+
+// Stats implements Controller.
+func (r *rows) Stats() Stats {
+	st := Stats{
+		State:    r.state.load(),
+		Rows:     r.rowCount.Load(),
+		Bytes:    r.byteCount.Load(),
+		FirstRow: time.Duration(r.firstRow.Load()),
+	}
+	if p := r.pause.Load(); p != nil {
+		p.mu.Lock()
+		st.Pauses, st.PauseTimeouts, st.PausedTotal = p.pauses, p.timeouts, p.total
+		if p.resume != nil {
+			st.PausedNow = time.Since(p.pausedAt)
+			st.PausedTotal += st.PausedNow
+		}
+		p.mu.Unlock()
+	}
+	return st
+}
+
+func ended(s State) error {
+	if s == Complete || s == Failed || s == Closed {
+		return &stateError{s}
+	}
+	return ErrStreamEnded
+}
+
+// stateError is ErrStreamEnded naming the state the stream ended in.
+type stateError struct{ state State }
+
+func (e *stateError) Error() string { return ErrStreamEnded.Error() + " (" + e.state.String() + ")" }
+
+func (e *stateError) Is(target error) bool { return target == ErrStreamEnded }

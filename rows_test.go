@@ -1,0 +1,503 @@
+package jsonstream
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// wake is how long a blocked Next may take to return once it is released
+// (the contract says 50 ms).
+const wake = 50 * time.Millisecond
+
+// quiet is how long a test waits to see that something does not happen.
+const quiet = 100 * time.Millisecond
+
+// openFake returns a DB over a fakeDriver whose queries return what
+// newRows makes, with opts as connector settings.
+func openFake(t testing.TB, newRows func(string) *fakeRows, opts ...Option) (*sql.DB, *fakeDriver) {
+	t.Helper()
+	d := &fakeDriver{newRows: newRows}
+	c, err := NewConnector(fakeConnector{d}, opts...)
+	require.NoError(t, err)
+	db := sql.OpenDB(c)
+	t.Cleanup(func() { _ = db.Close() })
+	return db, d
+}
+
+// nextResult is what one rows.Next call gave.
+type nextResult struct {
+	ok  bool
+	val string
+	err error
+}
+
+// nextAsync calls rows.Next (and Scan) in a goroutine.
+func nextAsync(rows *sql.Rows) <-chan nextResult {
+	ch := make(chan nextResult, 1)
+	go func() {
+		var r nextResult
+		if r.ok = rows.Next(); r.ok {
+			r.err = rows.Scan(&r.val)
+		} else {
+			r.err = rows.Err()
+		}
+		ch <- r
+	}()
+	return ch
+}
+
+func requireBlocked(t *testing.T, ch <-chan nextResult) {
+	t.Helper()
+	select {
+	case r := <-ch:
+		t.Fatalf("Next returned while paused: %+v", r)
+	case <-time.After(quiet):
+	}
+}
+
+func requireWithin(t *testing.T, ch <-chan nextResult, d time.Duration) nextResult {
+	t.Helper()
+	select {
+	case r := <-ch:
+		return r
+	case <-time.After(d):
+		t.Fatalf("Next did not return within %v", d)
+		return nextResult{}
+	}
+}
+
+func mustStream(t testing.TB, opts ...Option) *Stream {
+	t.Helper()
+	s, err := NewStream(opts...)
+	require.NoError(t, err)
+	return s
+}
+
+func TestStateStrings(t *testing.T) {
+	want := map[State]string{Running: "running", Paused: "paused", Complete: "complete", Failed: "failed", Closed: "closed", State(9): "State(9)"}
+	for s, name := range want {
+		assert.Equal(t, name, s.String())
+	}
+}
+
+func TestPauseBlocksNextAndInnerNext(t *testing.T) {
+	fr := &fakeRows{n: 10}
+	db, _ := openFake(t, func(string) *fakeRows { return fr })
+	s := mustStream(t)
+	rows, err := db.QueryContext(context.Background(), "q", s)
+	require.NoError(t, err)
+	defer rows.Close()
+
+	var got []string
+	for i := 0; i < 3; i++ {
+		require.True(t, rows.Next())
+		var v string
+		require.NoError(t, rows.Scan(&v))
+		got = append(got, v)
+	}
+	require.NoError(t, s.Pause())
+	assert.Equal(t, Paused, s.State())
+	calls := fr.next.Load()
+
+	ch := nextAsync(rows)
+	requireBlocked(t, ch)
+	assert.Equal(t, calls, fr.next.Load(), "inner Next called while paused")
+
+	start := time.Now()
+	require.NoError(t, s.Resume())
+	r := requireWithin(t, ch, wake)
+	t.Logf("Next returned %v after Resume", time.Since(start))
+	require.True(t, r.ok)
+	require.NoError(t, r.err)
+	got = append(got, r.val)
+	for rows.Next() {
+		var v string
+		require.NoError(t, rows.Scan(&v))
+		got = append(got, v)
+	}
+	require.NoError(t, rows.Err())
+	want := make([]string, 10)
+	for i := range want {
+		want[i] = rowText(i)
+	}
+	assert.Equal(t, want, got, "every row once, in order")
+	assert.Equal(t, Complete, s.State())
+}
+
+func TestPauseHoldsRowAlreadyOnItsWay(t *testing.T) {
+	feed := make(chan string)
+	fr := &fakeRows{feed: feed}
+	db, _ := openFake(t, func(string) *fakeRows { return fr })
+	s := mustStream(t)
+	rows, err := db.QueryContext(context.Background(), "q", s)
+	require.NoError(t, err)
+	defer rows.Close()
+
+	ch := nextAsync(rows)
+	require.Eventually(t, func() bool { return fr.next.Load() == 1 }, time.Second, time.Millisecond)
+	require.NoError(t, s.Pause()) // the inner Next is waiting for the server
+	feed <- "late row"
+	requireBlocked(t, ch)
+	require.NoError(t, s.Resume())
+	r := requireWithin(t, ch, wake)
+	assert.Equal(t, "late row", r.val)
+	close(feed)
+	assert.False(t, rows.Next())
+	assert.Equal(t, int64(2), fr.next.Load())
+}
+
+func TestPauseAndResumeAreIdempotentAndNonBlocking(t *testing.T) {
+	db, _ := openFake(t, countRows(5))
+	s := mustStream(t)
+	rows, err := db.Query("q", s)
+	require.NoError(t, err)
+	defer rows.Close()
+
+	start := time.Now()
+	require.NoError(t, s.Resume()) // running: nothing to do
+	require.NoError(t, s.Pause())
+	require.NoError(t, s.Pause())
+	assert.Equal(t, Paused, s.State())
+	require.NoError(t, s.Resume())
+	require.NoError(t, s.Resume())
+	assert.Equal(t, Running, s.State())
+	assert.Less(t, time.Since(start), wake)
+	assert.Equal(t, int64(1), s.Stats().Pauses, "a second Pause on a paused stream is not a new pause")
+}
+
+func TestBlockedNextWakesUp(t *testing.T) {
+	cases := []struct {
+		name    string
+		opts    []Option
+		ctx     func() (context.Context, context.CancelFunc)
+		release func(s *Stream, cancel context.CancelFunc)
+		want    error
+	}{
+		{
+			name:    "context canceled",
+			release: func(_ *Stream, cancel context.CancelFunc) { cancel() },
+			want:    context.Canceled,
+		},
+		{
+			name: "context deadline",
+			ctx: func() (context.Context, context.CancelFunc) {
+				return context.WithTimeout(context.Background(), quiet+20*time.Millisecond)
+			},
+			release: func(*Stream, context.CancelFunc) {},
+			want:    context.DeadlineExceeded,
+		},
+		{
+			name:    "Cancel",
+			release: func(s *Stream, _ context.CancelFunc) { require.NoError(t, s.Cancel()) },
+			want:    ErrCanceled,
+		},
+		{
+			name:    "pause timeout",
+			opts:    []Option{WithPauseTimeout(quiet + 20*time.Millisecond)},
+			release: func(*Stream, context.CancelFunc) {},
+			want:    ErrPauseTimeout,
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			db, _ := openFake(t, countRows(10))
+			ctx, cancel := context.WithCancel(context.Background())
+			if tc.ctx != nil {
+				ctx, cancel = tc.ctx()
+			}
+			defer cancel()
+			s := mustStream(t, tc.opts...)
+			rows, err := db.QueryContext(ctx, "q", s)
+			require.NoError(t, err)
+			defer rows.Close()
+			require.True(t, rows.Next())
+			require.NoError(t, s.Pause())
+			ch := nextAsync(rows)
+			requireBlocked(t, ch)
+			tc.release(s, cancel)
+			r := requireWithin(t, ch, 20*time.Millisecond+wake)
+			assert.False(t, r.ok)
+			assert.ErrorIs(t, r.err, tc.want)
+			assert.Equal(t, Failed, s.State())
+			assert.ErrorIs(t, s.Resume(), ErrStreamEnded)
+		})
+	}
+}
+
+func TestPauseTimeoutResumeAction(t *testing.T) {
+	db, _ := openFake(t, countRows(3))
+	s := mustStream(t, WithPauseTimeout(30*time.Millisecond), WithPauseTimeoutAction(ResumeOnPauseTimeout))
+	rows, err := db.Query("q", s)
+	require.NoError(t, err)
+	defer rows.Close()
+	require.NoError(t, s.Pause())
+	r := requireWithin(t, nextAsync(rows), 30*time.Millisecond+wake)
+	require.True(t, r.ok)
+	assert.Equal(t, rowText(0), r.val)
+	st := s.Stats()
+	assert.Equal(t, int64(1), st.PauseTimeouts)
+	assert.Equal(t, Running, st.State)
+	assert.GreaterOrEqual(t, st.PausedTotal, 30*time.Millisecond)
+}
+
+func TestPauseTimeoutDefaultsAndOverrides(t *testing.T) {
+	// Connector default applies to a stream with no options of its own.
+	db, _ := openFake(t, countRows(3), WithPauseTimeout(20*time.Millisecond))
+	s := mustStream(t)
+	rows, err := db.Query("q", s)
+	require.NoError(t, err)
+	require.NoError(t, s.Pause())
+	r := requireWithin(t, nextAsync(rows), 20*time.Millisecond+wake)
+	assert.ErrorIs(t, r.err, ErrPauseTimeout)
+	require.NoError(t, rows.Close())
+
+	// A Stream's option overrides it; SetPauseTimeout changes later pauses.
+	s = mustStream(t, WithPauseTimeout(0))
+	rows, err = db.Query("q", s)
+	require.NoError(t, err)
+	defer rows.Close()
+	require.NoError(t, s.Pause())
+	ch := nextAsync(rows)
+	requireBlocked(t, ch)
+	require.NoError(t, s.SetPauseTimeout(10*time.Millisecond))
+	requireBlocked(t, ch) // the current pause keeps its (absent) bound
+	require.NoError(t, s.Resume())
+	requireWithin(t, ch, wake)
+	require.NoError(t, s.Pause())
+	r = requireWithin(t, nextAsync(rows), 10*time.Millisecond+wake)
+	assert.ErrorIs(t, r.err, ErrPauseTimeout)
+	assert.ErrorIs(t, s.SetPauseTimeout(-time.Second), ErrInvalidOption)
+}
+
+func TestNoTimeoutUnlessSet(t *testing.T) {
+	db, _ := openFake(t, countRows(3))
+	s := mustStream(t)
+	rows, err := db.Query("q", s)
+	require.NoError(t, err)
+	defer rows.Close()
+	require.NoError(t, s.Pause())
+	ch := nextAsync(rows)
+	time.Sleep(3 * quiet)
+	requireBlocked(t, ch)
+	require.NoError(t, s.Resume())
+	requireWithin(t, ch, wake)
+}
+
+func TestEndedStreamRefusesControl(t *testing.T) {
+	check := func(t *testing.T, s *Stream, want State) {
+		t.Helper()
+		for name, call := range map[string]func() error{"Pause": s.Pause, "Resume": s.Resume, "Cancel": s.Cancel} {
+			err := call()
+			assert.ErrorIs(t, err, ErrStreamEnded, name)
+			assert.Contains(t, err.Error(), want.String(), name)
+			assert.Equal(t, want, s.State(), "%s changed the state", name)
+		}
+	}
+	t.Run("complete", func(t *testing.T) {
+		db, _ := openFake(t, countRows(2))
+		s := mustStream(t)
+		rows, err := db.Query("q", s)
+		require.NoError(t, err)
+		for rows.Next() {
+		}
+		check(t, s, Complete)
+		require.NoError(t, rows.Close())
+		check(t, s, Complete)
+	})
+	t.Run("failed", func(t *testing.T) {
+		boom := errors.New("boom")
+		db, _ := openFake(t, func(string) *fakeRows { return &fakeRows{n: 1, err: boom} })
+		s := mustStream(t)
+		rows, err := db.Query("q", s)
+		require.NoError(t, err)
+		for rows.Next() {
+		}
+		assert.Same(t, boom, rows.Err(), "the inner error passes through unchanged")
+		check(t, s, Failed)
+	})
+	t.Run("closed", func(t *testing.T) {
+		db, _ := openFake(t, countRows(5))
+		s := mustStream(t)
+		rows, err := db.Query("q", s)
+		require.NoError(t, err)
+		require.True(t, rows.Next())
+		require.NoError(t, rows.Close())
+		check(t, s, Closed)
+	})
+}
+
+func TestStats(t *testing.T) {
+	db, _ := openFake(t, countRows(4))
+	s := mustStream(t)
+	assert.Equal(t, Stats{}, s.Stats())
+	assert.False(t, s.Started())
+	assert.ErrorIs(t, s.Pause(), ErrNotStarted)
+	rows, err := db.Query("q", s)
+	require.NoError(t, err)
+	defer rows.Close()
+	assert.True(t, s.Started())
+	require.True(t, rows.Next())
+	require.True(t, rows.Next())
+	require.NoError(t, s.Pause())
+	time.Sleep(20 * time.Millisecond)
+	st := s.Stats()
+	assert.Equal(t, Paused, st.State)
+	assert.Equal(t, int64(2), st.Rows)
+	assert.Equal(t, int64(len(rowText(0))+len(rowText(1))), st.Bytes)
+	assert.Equal(t, int64(1), st.Pauses)
+	assert.GreaterOrEqual(t, st.PausedNow, 20*time.Millisecond)
+	assert.Equal(t, st.PausedNow, st.PausedTotal)
+	assert.Positive(t, st.FirstRow)
+	require.NoError(t, s.Resume())
+	st = s.Stats()
+	assert.Zero(t, st.PausedNow)
+	assert.GreaterOrEqual(t, st.PausedTotal, 20*time.Millisecond)
+}
+
+func TestClosePausedStream(t *testing.T) {
+	t.Run("by the consumer", func(t *testing.T) {
+		db, _ := openFake(t, countRows(5))
+		s := mustStream(t)
+		rows, err := db.Query("q", s)
+		require.NoError(t, err)
+		require.True(t, rows.Next())
+		require.NoError(t, s.Pause())
+		done := make(chan error, 1)
+		go func() { done <- rows.Close() }()
+		select {
+		case err := <-done:
+			require.NoError(t, err)
+		case <-time.After(time.Second):
+			t.Fatal("Close of a paused stream blocked")
+		}
+		assert.Equal(t, Closed, s.State())
+	})
+	t.Run("by database/sql when the context ends", func(t *testing.T) {
+		db, _ := openFake(t, countRows(5))
+		ctx, cancel := context.WithCancel(context.Background())
+		s := mustStream(t)
+		rows, err := db.QueryContext(ctx, "q", s)
+		require.NoError(t, err)
+		require.True(t, rows.Next())
+		require.NoError(t, s.Pause())
+		cancel() // database/sql closes the rows from its own goroutine
+		require.Eventually(t, func() bool { return s.State().final() }, time.Second, time.Millisecond)
+		assert.False(t, rows.Next())
+		assert.ErrorIs(t, rows.Err(), context.Canceled)
+	})
+}
+
+func TestPauseMachineryAllocatedOnFirstPause(t *testing.T) {
+	db, _ := openFake(t, countRows(5))
+	s := mustStream(t)
+	rows, err := db.Query("q", s)
+	require.NoError(t, err)
+	defer rows.Close()
+	r := s.bound.Load()
+	require.True(t, rows.Next())
+	assert.Nil(t, r.pause.Load(), "no pause machinery before the first Pause")
+	_ = s.Stats()
+	_ = s.Resume()
+	assert.Nil(t, r.pause.Load(), "Stats and Resume must not allocate it")
+	require.NoError(t, s.Pause())
+	assert.NotNil(t, r.pause.Load())
+}
+
+// TestConcurrentControl drives Pause, Resume, State and Stats from several
+// goroutines while the consumer reads and closes; every row it gets must
+// come exactly once and in order. Run with -race.
+func TestConcurrentControl(t *testing.T) {
+	iterations := 300
+	if testing.Short() {
+		iterations = 60
+	}
+	var pauses int64
+	for it := 0; it < iterations; it++ {
+		seed := uint64(it)
+		rng := rand.New(rand.NewPCG(seed, 7))
+		n := 50 + rng.IntN(200)
+		stopAt := -1
+		if rng.IntN(3) == 0 {
+			stopAt = 1 + rng.IntN(n-1) // close early
+		}
+		db, _ := openFake(t, countRows(n))
+		s := mustStream(t)
+		rows, err := db.QueryContext(context.Background(), "q", s)
+		require.NoError(t, err)
+
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		for g := 0; g < 3; g++ {
+			wg.Add(1)
+			go func(g int) { // a controller; stopped by close(stop)
+				defer wg.Done()
+				r := rand.New(rand.NewPCG(seed, uint64(g)))
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					switch r.IntN(4) {
+					case 0:
+						if err := s.Pause(); err != nil && !errors.Is(err, ErrStreamEnded) {
+							t.Errorf("Pause: %v", err)
+						}
+					case 1:
+						if err := s.Resume(); err != nil && !errors.Is(err, ErrStreamEnded) {
+							t.Errorf("Resume: %v", err)
+						}
+					case 2:
+						_ = s.State()
+					case 3:
+						_ = s.Stats()
+					}
+					time.Sleep(time.Duration(r.IntN(50)) * time.Microsecond)
+				}
+			}(g)
+		}
+
+		got := 0
+		for rows.Next() {
+			var v string
+			require.NoError(t, rows.Scan(&v))
+			require.Equal(t, rowText(got), v, "seed %d", seed)
+			got++
+			if got == stopAt {
+				break
+			}
+			if got%16 == 0 {
+				_ = s.Resume() // make progress even if the controllers keep pausing
+			}
+			if got%16 == 8 {
+				time.Sleep(20 * time.Microsecond) // let the controllers in
+			}
+		}
+		close(stop)
+		wg.Wait()
+		_ = s.Resume()
+		require.NoError(t, rows.Err(), "seed %d", seed)
+		require.NoError(t, rows.Close())
+		if stopAt < 0 {
+			require.Equal(t, n, got, "seed %d", seed)
+			require.Equal(t, Complete, s.State())
+		} else {
+			require.Equal(t, stopAt, got)
+			require.Equal(t, Closed, s.State())
+		}
+		require.Equal(t, int64(got), s.Stats().Rows, fmt.Sprint("seed ", seed))
+		pauses += s.Stats().Pauses
+		_ = db.Close()
+	}
+	t.Logf("%d pauses over %d streams", pauses, iterations)
+	require.Greater(t, pauses, int64(iterations), "the controllers hardly paused: the test proves nothing")
+}

@@ -1,0 +1,127 @@
+package jsonstream
+
+import (
+	"context"
+	"database/sql/driver"
+)
+
+// stmt wraps a prepared statement of the inner driver. Its rows are
+// streams like those of conn.QueryContext.
+type stmt struct {
+	inner driver.Stmt
+	conn  *conn
+}
+
+// stmtConverter is a stmt whose inner statement has the deprecated
+// driver.ColumnConverter, which database/sql still consults; it is a
+// separate type so that a statement without it does not seem to have it.
+type stmtConverter struct {
+	*stmt
+	cc driver.ColumnConverter
+}
+
+var (
+	_ driver.Stmt              = (*stmt)(nil)
+	_ driver.StmtQueryContext  = (*stmt)(nil)
+	_ driver.StmtExecContext   = (*stmt)(nil)
+	_ driver.NamedValueChecker = (*stmt)(nil)
+	_ driver.ColumnConverter   = stmtConverter{}
+)
+
+func newStmt(c *conn, si driver.Stmt) driver.Stmt {
+	s := &stmt{inner: si, conn: c}
+	if cc, ok := si.(driver.ColumnConverter); ok { //nolint:staticcheck // forwarded as database/sql uses it
+		return stmtConverter{s, cc}
+	}
+	return s
+}
+
+// ColumnConverter implements driver.ColumnConverter.
+func (s stmtConverter) ColumnConverter(idx int) driver.ValueConverter {
+	return s.cc.ColumnConverter(idx)
+}
+
+// Unwrap returns the inner driver's statement.
+func (s *stmt) Unwrap() driver.Stmt { return s.inner }
+
+// Close implements driver.Stmt.
+func (s *stmt) Close() error { return s.inner.Close() }
+
+// NumInput implements driver.Stmt. A Stream argument is not counted: it
+// takes no placeholder.
+func (s *stmt) NumInput() int { return s.inner.NumInput() }
+
+// Exec implements driver.Stmt.
+func (s *stmt) Exec(args []driver.Value) (driver.Result, error) { //nolint:staticcheck // required by driver.Stmt
+	s.conn.pending = nil
+	return s.inner.Exec(args) //nolint:staticcheck
+}
+
+// Query implements driver.Stmt.
+func (s *stmt) Query(args []driver.Value) (driver.Rows, error) { //nolint:staticcheck // required by driver.Stmt
+	st := s.conn.takeStream()
+	ir, err := s.inner.Query(args) //nolint:staticcheck
+	if err != nil {
+		return nil, err
+	}
+	return s.conn.wrapRows(context.Background(), ir, st)
+}
+
+// CheckNamedValue implements driver.NamedValueChecker: a *Stream is taken
+// out; other values go to the inner statement's checker, else the inner
+// conn's, else database/sql's own conversion (driver.ErrSkip).
+func (s *stmt) CheckNamedValue(nv *driver.NamedValue) error {
+	if err, taken := s.conn.takeArgument(nv); taken {
+		return err
+	}
+	if nvc, ok := s.inner.(driver.NamedValueChecker); ok {
+		return nvc.CheckNamedValue(nv)
+	}
+	if nvc, ok := s.conn.inner.(driver.NamedValueChecker); ok {
+		return nvc.CheckNamedValue(nv)
+	}
+	return driver.ErrSkip
+}
+
+// QueryContext implements driver.StmtQueryContext, falling back to Query
+// as database/sql does.
+func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {
+	st := s.conn.takeStream()
+	var ir driver.Rows
+	var err error
+	if q, ok := s.inner.(driver.StmtQueryContext); ok {
+		ir, err = q.QueryContext(ctx, args)
+	} else {
+		var values []driver.Value
+		if values, err = namedToValues(args); err != nil {
+			return nil, err
+		}
+		if err = ctx.Err(); err != nil {
+			return nil, err
+		}
+		ir, err = s.inner.Query(values) //nolint:staticcheck
+	}
+	if err != nil {
+		return nil, err
+	}
+	return s.conn.wrapRows(ctx, ir, st)
+}
+
+// ExecContext implements driver.StmtExecContext, falling back to Exec as
+// database/sql does; that fallback is what pq.CopyIn statements use.
+func (s *stmt) ExecContext(ctx context.Context, args []driver.NamedValue) (driver.Result, error) {
+	if s.conn.takeStream() != nil {
+		return nil, errStreamOnExec
+	}
+	if e, ok := s.inner.(driver.StmtExecContext); ok {
+		return e.ExecContext(ctx, args)
+	}
+	values, err := namedToValues(args)
+	if err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return s.inner.Exec(values) //nolint:staticcheck
+}
