@@ -1,0 +1,21 @@
+//go:build !unix
+
+package pgtest
+
+import (
+	"os"
+	"syscall"
+)
+
+// sysProcAttr has nothing to add where there are no process groups and
+// no need to drop root.
+func sysProcAttr(*account) *syscall.SysProcAttr { return nil }
+
+// signalFast has no gentle equivalent here.
+func signalFast(p *os.Process) error { return p.Kill() }
+
+// signalImmediate has no gentle equivalent here.
+func signalImmediate(p *os.Process) error { return p.Kill() }
+
+// killGroup can only reach the postmaster here.
+func killGroup(p *os.Process) error { return p.Kill() }

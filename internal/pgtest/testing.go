@@ -1,0 +1,168 @@
+package pgtest
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+// EnvDSN names the environment variable that points the integration tests
+// at an existing server instead of a throwaway one.
+const EnvDSN = "JSONSTREAM_TEST_DSN"
+
+// leakCheckTimeout bounds the wait for goroutines that are still winding
+// down (connection closers and the like) before they count as leaked.
+const leakCheckTimeout = 2 * time.Second
+
+// shared is the package-wide server behind DSN and Shared.
+var shared struct {
+	// mu guards the fields below; it is held while the server starts so
+	// that concurrent first callers wait for a single start.
+	mu        sync.Mutex
+	inMain    bool // Main is running, so someone will stop the server
+	tried     bool // a start was attempted; err or srv holds the outcome
+	srv       *Server
+	err       error
+	stopWatch func() // ends srv's signal watcher
+}
+
+// Main runs the tests of a package that uses the shared server:
+//
+//	func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+//
+// After the tests it stops the shared server, if one was started, and when
+// they passed it fails the run if goroutines leaked.
+func Main(m *testing.M) (code int) {
+	before := goleak.IgnoreCurrent()
+	shared.mu.Lock()
+	shared.inMain = true
+	shared.mu.Unlock()
+
+	// A panic on this goroutine (in m.Run itself) still stops the server.
+	// A panic in a test goroutine kills the process without running this;
+	// the server's watchdog cleans up in that case.
+	defer func() {
+		if r := recover(); r != nil {
+			stopShared()
+			panic(r)
+		}
+	}()
+	code = m.Run()
+	if err := stopShared(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		code = 1
+	}
+	if code != 0 {
+		// The failure is reported already, and failed tests often leave
+		// goroutines behind; a leak report would only bury it.
+		return code
+	}
+	if err := findLeaks(before); err != nil {
+		fmt.Fprintf(os.Stderr, "pgtest: goroutines leaked by the tests: %v\n", err)
+		return 1
+	}
+	return code
+}
+
+// findLeaks retries for a while: goroutines of closed connections may
+// still be on their way out.
+func findLeaks(opts ...goleak.Option) error {
+	deadline := time.Now().Add(leakCheckTimeout)
+	for {
+		err := goleak.Find(opts...)
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+	}
+}
+
+func stopShared() error {
+	shared.mu.Lock()
+	defer shared.mu.Unlock()
+	shared.inMain = false
+	if shared.stopWatch != nil {
+		shared.stopWatch()
+		shared.stopWatch = nil
+	}
+	if shared.srv == nil {
+		return nil
+	}
+	err := shared.srv.Stop()
+	shared.srv = nil
+	return err
+}
+
+// DSN returns the DSN for the integration tests: $JSONSTREAM_TEST_DSN when
+// set, else that of a throwaway server started on the first call and shared
+// by the package's tests (which must use Main). Without server binaries it
+// skips the test, or fails it under CI, where skipping would hide that
+// nothing was tested.
+func DSN(t testing.TB) string {
+	t.Helper()
+	if dsn := os.Getenv(EnvDSN); dsn != "" {
+		return dsn
+	}
+	return sharedServer(t).DSN()
+}
+
+// Shared returns the throwaway server behind DSN, for tests that need to
+// control it, such as with Restart. They must not Stop it: other tests of
+// the package share it. When
+// JSONSTREAM_TEST_DSN is set the test is skipped, as an external server
+// cannot be restarted; under CI the throwaway server is used regardless,
+// so these tests always run there.
+func Shared(t testing.TB) *Server {
+	t.Helper()
+	if os.Getenv(EnvDSN) != "" && !inCI() {
+		t.Skipf("pgtest: this test needs a throwaway server it can restart; %s points at an external one", EnvDSN)
+	}
+	return sharedServer(t)
+}
+
+func sharedServer(t testing.TB) *Server {
+	t.Helper()
+	shared.mu.Lock()
+	defer shared.mu.Unlock()
+	if !shared.inMain {
+		t.Fatal("pgtest: the shared server needs TestMain to call pgtest.Main, which stops it")
+	}
+	if !shared.tried {
+		// One attempt only: a server that failed to start once would fail
+		// again, slowly, for every test.
+		shared.tried = true
+		shared.srv, shared.err = Start(Options{Logf: quietLogf})
+		if shared.err == nil {
+			shared.stopWatch = shared.srv.StopOnSignal()
+		}
+	}
+	if shared.err != nil {
+		switch {
+		case errors.Is(shared.err, ErrNoServer) && inCI():
+			t.Fatal(InstallHint)
+		case errors.Is(shared.err, ErrNoServer):
+			t.Skip(InstallHint)
+		default:
+			t.Fatal(shared.err)
+		}
+	}
+	return shared.srv
+}
+
+// quietLogf keeps progress out of test output unless tests run verbose.
+func quietLogf(format string, args ...any) {
+	if testing.Verbose() {
+		fmt.Fprintf(os.Stderr, format+"\n", args...)
+	}
+}
+
+// inCI reports whether we run in CI, where missing prerequisites must fail.
+func inCI() bool {
+	v := strings.TrimSpace(os.Getenv("CI"))
+	return v == "1" || strings.EqualFold(v, "true")
+}

@@ -1,0 +1,150 @@
+package jsonstream
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// querier is what DB, Conn, Tx and Stmt-bound helpers share.
+type querier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+}
+
+func TestStreamArgumentReachesRowsEverywhere(t *testing.T) {
+	ctx := context.Background()
+	db, d := openFake(t, countRows(3))
+
+	conn, err := db.Conn(ctx)
+	require.NoError(t, err)
+	defer conn.Close()
+	tx, err := db.BeginTx(ctx, nil)
+	require.NoError(t, err)
+	defer tx.Rollback() //nolint:errcheck
+
+	for name, q := range map[string]querier{"DB": db, "Conn": conn, "Tx": tx} {
+		t.Run(name, func(t *testing.T) {
+			s := mustStream(t)
+			rows, err := q.QueryContext(ctx, "q ?", 42, s)
+			require.NoError(t, err)
+			defer rows.Close()
+			require.True(t, s.Started())
+			require.NoError(t, s.Pause())
+			assert.Equal(t, Paused, s.State())
+			require.NoError(t, s.Resume())
+			n := 0
+			for rows.Next() {
+				n++
+			}
+			assert.Equal(t, 3, n)
+			assert.Equal(t, Complete, s.State())
+		})
+	}
+
+	t.Run("Stmt", func(t *testing.T) {
+		stmt, err := db.PrepareContext(ctx, "q ?")
+		require.NoError(t, err)
+		defer stmt.Close()
+		for i := 0; i < 2; i++ { // a prepared statement with a new Stream each time
+			s := mustStream(t)
+			rows, err := stmt.QueryContext(ctx, 7, s)
+			require.NoError(t, err)
+			require.NoError(t, s.Pause())
+			assert.Equal(t, Paused, s.State())
+			require.NoError(t, s.Resume())
+			for rows.Next() {
+			}
+			require.NoError(t, rows.Err())
+			assert.Equal(t, Complete, s.State())
+		}
+	})
+
+	t.Run("the Stream takes no placeholder", func(t *testing.T) {
+		s := mustStream(t)
+		rows, err := db.QueryContext(ctx, "q", s, "a", 1)
+		require.NoError(t, err)
+		defer rows.Close()
+		d.mu.Lock()
+		last := d.conns[len(d.conns)-1]
+		d.mu.Unlock()
+		_ = last
+		var seen []driver.NamedValue
+		for _, c := range d.conns {
+			if len(c.args) == 2 {
+				seen = c.args
+			}
+		}
+		require.Len(t, seen, 2)
+		assert.Equal(t, "a", seen[0].Value)
+		assert.Equal(t, int64(1), seen[1].Value)
+		assert.Equal(t, []int{1, 2}, []int{seen[0].Ordinal, seen[1].Ordinal})
+	})
+}
+
+func TestStreamArgumentMisuse(t *testing.T) {
+	ctx := context.Background()
+	db, _ := openFake(t, countRows(2))
+
+	t.Run("Exec", func(t *testing.T) {
+		_, err := db.ExecContext(ctx, "x", mustStream(t))
+		assert.ErrorIs(t, err, ErrStreamArgument)
+		stmt, err := db.Prepare("x")
+		require.NoError(t, err)
+		defer stmt.Close()
+		_, err = stmt.Exec(mustStream(t))
+		assert.ErrorIs(t, err, ErrStreamArgument)
+	})
+	t.Run("twice in one query", func(t *testing.T) {
+		s := mustStream(t)
+		_, err := db.QueryContext(ctx, "q", s, s)
+		assert.ErrorIs(t, err, ErrStreamArgument)
+		_, err = db.QueryContext(ctx, "q", 1, mustStream(t), mustStream(t))
+		assert.ErrorIs(t, err, ErrStreamArgument)
+		assert.False(t, s.Started())
+	})
+	t.Run("second query", func(t *testing.T) {
+		s := mustStream(t)
+		rows, err := db.QueryContext(ctx, "q", s)
+		require.NoError(t, err)
+		require.NoError(t, rows.Close())
+		_, err = db.QueryContext(ctx, "q", s)
+		assert.ErrorIs(t, err, ErrStreamArgument)
+	})
+	t.Run("nil", func(t *testing.T) {
+		var s *Stream
+		_, err := db.QueryContext(ctx, "q", s)
+		assert.ErrorIs(t, err, ErrStreamArgument)
+	})
+	t.Run("a failed query leaves the Stream usable and nothing behind", func(t *testing.T) {
+		conn, err := db.Conn(ctx)
+		require.NoError(t, err)
+		defer conn.Close()
+		s := mustStream(t)
+		_, err = conn.QueryContext(ctx, "fail", s)
+		assert.ErrorIs(t, err, errFakeQuery)
+		assert.False(t, s.Started())
+		// A conversion error after the Stream: the statement never runs.
+		_, err = conn.QueryContext(ctx, "q", s, make(chan int))
+		require.Error(t, err)
+		// The next query on the same connection must not pick it up.
+		plain, err := conn.QueryContext(ctx, "q", 1)
+		require.NoError(t, err)
+		require.NoError(t, plain.Close())
+		assert.False(t, s.Started())
+		rows, err := conn.QueryContext(ctx, "q", s)
+		require.NoError(t, err)
+		require.NoError(t, rows.Close())
+		assert.True(t, s.Started())
+	})
+	t.Run("bad options", func(t *testing.T) {
+		_, err := NewStream(WithPauseTimeout(-1))
+		assert.ErrorIs(t, err, ErrInvalidOption)
+		assert.Contains(t, err.Error(), "WithPauseTimeout(-1ns)")
+		_, err = NewStream(nil)
+		assert.ErrorIs(t, err, ErrInvalidOption)
+	})
+}
