@@ -1,0 +1,430 @@
+package jsonstream
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"io"
+	"reflect"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/DATA-DOG/go-sqlmock"
+	"github.com/lib/pq"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestSplitDSN(t *testing.T) {
+	cases := []struct {
+		name, in, out string
+		opts          int
+	}{
+		{"no parameters", "host=db port=5432 sslmode=disable", "host=db port=5432 sslmode=disable", 0},
+		{"not a pq DSN", "sqlmock_db_0", "sqlmock_db_0", 0},
+		{"key=value", "host=db jsonstream_pause_timeout=30s sslmode=disable", "host=db sslmode=disable", 1},
+		{"key=value quoted", "password='a b\\'c' jsonstream_close='drain' user=x", "password='a b\\'c' user=x", 1},
+		{"key=value spaces around =", "host = db jsonstream_close = cancel", "host = db", 1},
+		{"key=value only ours", "jsonstream_close=drain", "", 1},
+		{"url", "postgres://u:p@db:5432/x?sslmode=disable&jsonstream_close=drain&application_name=a%20b", "postgres://u:p@db:5432/x?sslmode=disable&application_name=a%20b", 1},
+		{"url only ours", "postgresql://db/x?jsonstream_pause_timeout=1m&jsonstream_on_pause_timeout=resume", "postgresql://db/x", 2},
+		{"url fragment", "postgres://db/x?jsonstream_drain_timeout=5ms#frag", "postgres://db/x#frag", 1},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			out, opts, err := splitDSN(tc.in)
+			require.NoError(t, err)
+			assert.Equal(t, tc.out, out)
+			assert.Len(t, opts, tc.opts)
+		})
+	}
+}
+
+func TestDSNParametersApply(t *testing.T) {
+	_, opts, err := splitDSN("host=db jsonstream_pause_timeout=1m30s jsonstream_on_pause_timeout=resume jsonstream_close=cancel jsonstream_drain_timeout=7ms")
+	require.NoError(t, err)
+	s := defaultSettings()
+	require.NoError(t, s.apply(opts))
+	assert.Equal(t, settings{pauseTimeout: 90 * time.Second, onPauseTimeout: ResumeOnPauseTimeout, closeMode: CloseCancel, drainTimeout: 7 * time.Millisecond}, s)
+}
+
+func TestBadDSNParameters(t *testing.T) {
+	cases := map[string]string{
+		"host=db jsonstream_pause_timeout=-1s":                `jsonstream_pause_timeout="-1s": negative duration`,
+		"host=db jsonstream_pause_timeout=ten":                `jsonstream_pause_timeout="ten": not a duration`,
+		"host=db jsonstream_pause_timeout=30":                 `jsonstream_pause_timeout="30": not a duration`,
+		"host=db jsonstream_close=maybe":                      `jsonstream_close="maybe": want auto, cancel or drain`,
+		"host=db jsonstream_on_pause_timeout=panic":           `jsonstream_on_pause_timeout="panic": want fail or resume`,
+		"host=db jsonstream_drain_timeout=0s":                 `jsonstream_drain_timeout="0s": must be positive`,
+		"host=db jsonstream_colour=blue":                      `unknown DSN parameter jsonstream_colour="blue"`,
+		"postgres://db/x?jsonstream_pause_timout=1s":          `unknown DSN parameter jsonstream_pause_timout="1s"`,
+		"postgres://db/x?jsonstream_close=%zz":                `jsonstream_close="%zz": bad URL escape`,
+		"host=db jsonstream_close":                            `jsonstream_close has no value`,
+		"host=db jsonstream_close='drain":                     `unterminated quoted value`,
+		"postgres://db/x?sslmode=disable&jsonstream_close=no": `jsonstream_close="no"`,
+	}
+	for dsn, want := range cases {
+		t.Run(dsn, func(t *testing.T) {
+			db, err := sql.Open(DriverName, dsn)
+			if err == nil {
+				defer db.Close()
+			}
+			require.Error(t, err, "sql.Open must refuse it")
+			assert.ErrorIs(t, err, ErrInvalidOption)
+			assert.Contains(t, err.Error(), want)
+		})
+	}
+}
+
+func TestBadOptions(t *testing.T) {
+	d := &fakeDriver{newRows: countRows(1)}
+	for _, opt := range []Option{
+		WithPauseTimeout(-time.Second),
+		WithPauseTimeoutAction(PauseTimeoutAction(7)),
+		WithCloseMode(CloseMode(9)),
+		WithDrainTimeout(0),
+		nil,
+	} {
+		_, err := NewConnector(fakeConnector{d}, opt)
+		assert.ErrorIs(t, err, ErrInvalidOption)
+		_, err = NewDriver(d, opt)
+		assert.ErrorIs(t, err, ErrInvalidOption)
+		_, err = NewStream(opt)
+		assert.ErrorIs(t, err, ErrInvalidOption)
+	}
+	_, err := NewConnector(nil)
+	assert.ErrorIs(t, err, ErrInvalidOption)
+	_, err = NewDriver(nil)
+	assert.Error(t, err)
+	assert.Equal(t, "resume", ResumeOnPauseTimeout.String())
+	assert.Equal(t, "drain", CloseDrain.String())
+	assert.Equal(t, "CloseMode(9)", CloseMode(9).String())
+}
+
+// openSQLMock returns a jsonstream DB whose inner driver is go-sqlmock's,
+// the way a user tests code that runs on jsonstream.
+func openSQLMock(t *testing.T, dsn string) (*sql.DB, sqlmock.Sqlmock) {
+	t.Helper()
+	mockDB, mock, err := sqlmock.NewWithDSN(dsn)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = mockDB.Close() })
+	drv, err := NewDriver(mockDB.Driver())
+	require.NoError(t, err)
+	connector, err := drv.OpenConnector(dsn)
+	require.NoError(t, err)
+	db := sql.OpenDB(connector)
+	t.Cleanup(func() { _ = db.Close() })
+	return db, mock
+}
+
+func TestSQLMockInside(t *testing.T) {
+	db, mock := openSQLMock(t, "sqlmock_inside")
+	mock.ExpectQuery(`SELECT data FROM docs WHERE kind = \$1`).WithArgs("a").
+		WillReturnRows(sqlmock.NewRows([]string{"data"}).AddRow(`{"n":1}`).AddRow(`{"n":2}`))
+	mock.ExpectExec(`DELETE FROM docs`).WillReturnResult(sqlmock.NewResult(0, 2))
+	mock.ExpectQuery(`SELECT broken`).WillReturnError(&pq.Error{Code: "42P01", Message: "relation does not exist"})
+
+	s := mustStream(t)
+	rows, err := db.Query("SELECT data FROM docs WHERE kind = $1", "a", s)
+	require.NoError(t, err)
+	require.NoError(t, s.Pause())
+	assert.Equal(t, Paused, s.State())
+	require.NoError(t, s.Resume())
+	var got []string
+	for rows.Next() {
+		var v string
+		require.NoError(t, rows.Scan(&v))
+		got = append(got, v)
+	}
+	require.NoError(t, rows.Err())
+	assert.Equal(t, []string{`{"n":1}`, `{"n":2}`}, got)
+	assert.Equal(t, Complete, s.State())
+
+	res, err := db.Exec("DELETE FROM docs")
+	require.NoError(t, err)
+	n, err := res.RowsAffected()
+	require.NoError(t, err)
+	assert.Equal(t, int64(2), n)
+
+	_, err = db.Query("SELECT broken")
+	pqErr, ok := err.(*pq.Error) //nolint:errorlint // the direct assertion is what drop-in code does
+	require.True(t, ok, "got %T", err)
+	assert.Equal(t, pq.ErrorCode("42P01"), pqErr.Code)
+	require.NoError(t, mock.ExpectationsWereMet())
+}
+
+// spyConn has every optional interface, each recording its call, so that a
+// test fails when the wrapper drops one.
+type spyConn struct {
+	*fakeConn
+	calls map[string]*atomic.Int64
+	// what the spy returns
+	pingErr  error
+	resetErr error
+	valid    bool
+	txOpts   driver.TxOptions
+}
+
+func newSpy(d *fakeDriver) *spyConn {
+	s := &spyConn{fakeConn: &fakeConn{driver: d}, calls: map[string]*atomic.Int64{}, valid: true}
+	for _, name := range []string{"Ping", "ResetSession", "IsValid", "BeginTx", "PrepareContext", "CheckNamedValue", "QueryContext", "ExecContext"} {
+		s.calls[name] = new(atomic.Int64)
+	}
+	return s
+}
+
+func (s *spyConn) called(name string) int64 { return s.calls[name].Load() }
+
+func (s *spyConn) Ping(context.Context) error { s.calls["Ping"].Add(1); return s.pingErr }
+func (s *spyConn) ResetSession(context.Context) error {
+	s.calls["ResetSession"].Add(1)
+	return s.resetErr
+}
+func (s *spyConn) IsValid() bool { s.calls["IsValid"].Add(1); return s.valid }
+func (s *spyConn) BeginTx(_ context.Context, opts driver.TxOptions) (driver.Tx, error) {
+	s.calls["BeginTx"].Add(1)
+	s.txOpts = opts
+	return fakeTx{}, nil
+}
+func (s *spyConn) PrepareContext(_ context.Context, q string) (driver.Stmt, error) {
+	s.calls["PrepareContext"].Add(1)
+	return &spyStmt{fakeStmt: fakeStmt{conn: s.fakeConn, query: q}}, nil
+}
+func (s *spyConn) CheckNamedValue(nv *driver.NamedValue) error {
+	s.calls["CheckNamedValue"].Add(1)
+	if v, ok := nv.Value.(celsius); ok {
+		nv.Value = "C" + itoaTest(int(v))
+		return nil
+	}
+	return driver.ErrSkip
+}
+func (s *spyConn) QueryContext(ctx context.Context, q string, args []driver.NamedValue) (driver.Rows, error) {
+	s.calls["QueryContext"].Add(1)
+	return s.fakeConn.QueryContext(ctx, q, args)
+}
+func (s *spyConn) ExecContext(ctx context.Context, q string, args []driver.NamedValue) (driver.Result, error) {
+	s.calls["ExecContext"].Add(1)
+	return s.fakeConn.ExecContext(ctx, q, args)
+}
+
+// celsius is a type only the spy's NamedValueChecker knows how to send.
+type celsius int
+
+func itoaTest(n int) string { return string(rune('0'+n/10)) + string(rune('0'+n%10)) }
+
+// spyStmt has a NamedValueChecker of its own and a ColumnConverter.
+type spyStmt struct {
+	fakeStmt
+	checked atomic.Int64
+}
+
+type fahrenheit int
+
+func (s *spyStmt) CheckNamedValue(nv *driver.NamedValue) error {
+	s.checked.Add(1)
+	if v, ok := nv.Value.(fahrenheit); ok {
+		nv.Value = "F" + itoaTest(int(v))
+		return nil
+	}
+	return driver.ErrSkip
+}
+
+type spyConnector struct {
+	d    *fakeDriver
+	spy  func() *spyConn
+	made []*spyConn
+}
+
+func (c *spyConnector) Connect(context.Context) (driver.Conn, error) {
+	s := c.spy()
+	c.made = append(c.made, s)
+	return s, nil
+}
+func (c *spyConnector) Driver() driver.Driver { return c.d }
+
+func openSpy(t *testing.T, tune func(*spyConn)) (*sql.DB, *spyConnector) {
+	t.Helper()
+	d := &fakeDriver{newRows: countRows(2)}
+	sc := &spyConnector{d: d, spy: func() *spyConn {
+		s := newSpy(d)
+		if tune != nil {
+			tune(s)
+		}
+		return s
+	}}
+	c, err := NewConnector(sc)
+	require.NoError(t, err)
+	db := sql.OpenDB(c)
+	t.Cleanup(func() { _ = db.Close() })
+	return db, sc
+}
+
+func TestOptionalInterfacesForwarded(t *testing.T) {
+	ctx := context.Background()
+
+	t.Run("Pinger", func(t *testing.T) {
+		boom := errors.New("ping failed")
+		db, sc := openSpy(t, func(s *spyConn) { s.pingErr = boom })
+		assert.ErrorIs(t, db.PingContext(ctx), boom)
+		assert.Equal(t, int64(1), sc.made[0].called("Ping"))
+	})
+	t.Run("SessionResetter and Validator", func(t *testing.T) {
+		db, sc := openSpy(t, nil)
+		db.SetMaxOpenConns(1)
+		require.NoError(t, db.PingContext(ctx))
+		require.NoError(t, db.PingContext(ctx))
+		assert.Positive(t, sc.made[0].called("ResetSession"))
+		assert.Positive(t, sc.made[0].called("IsValid"))
+		sc.made[0].valid = false // the next return to the pool discards it
+		require.NoError(t, db.PingContext(ctx))
+		require.NoError(t, db.PingContext(ctx))
+		assert.Len(t, sc.made, 2, "an invalid connection must be replaced")
+	})
+	t.Run("ConnBeginTx", func(t *testing.T) {
+		db, sc := openSpy(t, nil)
+		tx, err := db.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelSerializable, ReadOnly: true})
+		require.NoError(t, err)
+		require.NoError(t, tx.Commit())
+		assert.Equal(t, driver.TxOptions{Isolation: driver.IsolationLevel(sql.LevelSerializable), ReadOnly: true}, sc.made[0].txOpts)
+	})
+	t.Run("QueryerContext ExecerContext ConnPrepareContext", func(t *testing.T) {
+		db, sc := openSpy(t, nil)
+		rows, err := db.QueryContext(ctx, "q")
+		require.NoError(t, err)
+		require.NoError(t, rows.Close())
+		_, err = db.ExecContext(ctx, "x")
+		require.NoError(t, err)
+		st, err := db.PrepareContext(ctx, "q")
+		require.NoError(t, err)
+		require.NoError(t, st.Close())
+		s := sc.made[0]
+		assert.Equal(t, []int64{1, 1, 1}, []int64{s.called("QueryContext"), s.called("ExecContext"), s.called("PrepareContext")})
+	})
+	t.Run("NamedValueChecker order as database/sql's", func(t *testing.T) {
+		db, sc := openSpy(t, nil)
+		rows, err := db.QueryContext(ctx, "q", celsius(21))
+		require.NoError(t, err)
+		require.NoError(t, rows.Close())
+		assert.Equal(t, "C21", sc.made[0].args[0].Value, "the conn's checker converted it")
+
+		// A statement with a checker of its own: database/sql asks only the
+		// statement's, then falls back to its default conversion. The
+		// wrapper must do the same, so compare with the spy unwrapped.
+		argsThrough := func(db *sql.DB, made func() *spyConn) []any {
+			st, err := db.PrepareContext(ctx, "q ? ?")
+			require.NoError(t, err)
+			defer st.Close()
+			rows, err := st.QueryContext(ctx, fahrenheit(70), celsius(21))
+			require.NoError(t, err)
+			require.NoError(t, rows.Close())
+			args := made().args
+			return []any{args[0].Value, args[1].Value}
+		}
+		plainSpy := &spyConnector{d: sc.d, spy: func() *spyConn { return newSpy(sc.d) }}
+		plain := sql.OpenDB(plainSpy)
+		defer plain.Close()
+		want := argsThrough(plain, func() *spyConn { return plainSpy.made[0] })
+		assert.Equal(t, []any{"F70", int64(21)}, want)
+		assert.Equal(t, want, argsThrough(db, func() *spyConn { return sc.made[0] }))
+	})
+	t.Run("Conn.Raw reaches the inner conn", func(t *testing.T) {
+		db, sc := openSpy(t, nil)
+		conn, err := db.Conn(ctx)
+		require.NoError(t, err)
+		defer conn.Close()
+		require.NoError(t, conn.Raw(func(dc any) error {
+			u, ok := dc.(interface{ Unwrap() driver.Conn })
+			require.True(t, ok)
+			assert.Same(t, sc.made[0], u.Unwrap())
+			return nil
+		}))
+	})
+	t.Run("Connector.Driver and Close", func(t *testing.T) {
+		d := &fakeDriver{}
+		cc := &closingConnector{fakeConnector: fakeConnector{d}}
+		c, err := NewConnector(cc)
+		require.NoError(t, err)
+		db := sql.OpenDB(c)
+		drv, ok := db.Driver().(*Driver)
+		require.True(t, ok, "Driver() must return the wrapper, got %T", db.Driver())
+		assert.Same(t, d, drv.Unwrap())
+		require.NoError(t, db.Close())
+		assert.True(t, cc.closed.Load(), "io.Closer must be forwarded")
+	})
+}
+
+type closingConnector struct {
+	fakeConnector
+	closed atomic.Bool
+}
+
+func (c *closingConnector) Close() error { c.closed.Store(true); return nil }
+
+func TestMinimalInnerConnFallbacks(t *testing.T) {
+	ctx := context.Background()
+	d := &fakeDriver{newRows: countRows(2), minimal: true}
+	plain := sql.OpenDB(fakeConnector{d})
+	defer plain.Close()
+	c, err := NewConnector(fakeConnector{d})
+	require.NoError(t, err)
+	wrapped := sql.OpenDB(c)
+	defer wrapped.Close()
+
+	for name, db := range map[string]*sql.DB{"plain": plain, "jsonstream": wrapped} {
+		t.Run(name, func(t *testing.T) {
+			require.NoError(t, db.PingContext(ctx))
+			rows, err := db.QueryContext(ctx, "q ?", 1) // through Prepare
+			require.NoError(t, err)
+			n := 0
+			for rows.Next() {
+				n++
+			}
+			require.NoError(t, rows.Close())
+			assert.Equal(t, 2, n)
+			_, err = db.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelSerializable})
+			assert.EqualError(t, err, "sql: driver does not support non-default isolation level")
+			_, err = db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+			assert.EqualError(t, err, "sql: driver does not support read-only transactions")
+			tx, err := db.BeginTx(ctx, nil)
+			require.NoError(t, err)
+			require.NoError(t, tx.Rollback())
+		})
+	}
+	t.Run("a Stream works through the Prepare fallback", func(t *testing.T) {
+		s := mustStream(t)
+		rows, err := wrapped.QueryContext(ctx, "q ?", 1, s)
+		require.NoError(t, err)
+		defer rows.Close()
+		require.NoError(t, s.Pause())
+		assert.Equal(t, Paused, s.State())
+	})
+	t.Run("column types as database/sql reports them without the interfaces", func(t *testing.T) {
+		var cols [2][]*sql.ColumnType
+		for i, db := range []*sql.DB{plain, wrapped} {
+			rows, err := db.QueryContext(ctx, "q")
+			require.NoError(t, err)
+			cols[i], err = rows.ColumnTypes()
+			require.NoError(t, err)
+			assert.False(t, rows.NextResultSet())
+			require.NoError(t, rows.Close())
+		}
+		assert.Equal(t, describeColumns(cols[0]), describeColumns(cols[1]))
+	})
+}
+
+// describeColumns flattens what ColumnTypes reports, for comparison.
+func describeColumns(cols []*sql.ColumnType) []any {
+	var out []any
+	for _, c := range cols {
+		length, lok := c.Length()
+		prec, scale, pok := c.DecimalSize()
+		nullable, nok := c.Nullable()
+		out = append(out, c.Name(), c.DatabaseTypeName(), c.ScanType(), length, lok, prec, scale, pok, nullable, nok)
+	}
+	return out
+}
+
+var _ = reflect.TypeOf
+var _ = io.EOF

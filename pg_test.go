@@ -1,0 +1,296 @@
+package jsonstream
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/lib/pq"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/jsonstream/jsonstream/internal/pgtest"
+)
+
+// openPG opens the test server through driverName ("postgres" or
+// "jsonstream"); extra is appended to the DSN.
+func openPG(t testing.TB, driverName, extra string) *sql.DB {
+	t.Helper()
+	dsn := pgtest.DSN(t)
+	if extra != "" {
+		dsn += " " + extra
+	}
+	db, err := sql.Open(driverName, dsn)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = db.Close() })
+	return db
+}
+
+// both runs f once through lib/pq and once through jsonstream and
+// requires the same observable result.
+func both[T any](t *testing.T, f func(t *testing.T, db *sql.DB) T) {
+	t.Helper()
+	pqDB := openPG(t, "postgres", "")
+	jsDB := openPG(t, DriverName, "")
+	want := f(t, pqDB)
+	got := f(t, jsDB)
+	assert.Equal(t, want, got, "jsonstream differs from lib/pq")
+}
+
+// scanAll reads every row as []any of driver values.
+func scanAll(t *testing.T, rows *sql.Rows) [][]any {
+	t.Helper()
+	defer rows.Close()
+	cols, err := rows.Columns()
+	require.NoError(t, err)
+	var out [][]any
+	for rows.Next() {
+		vals := make([]any, len(cols))
+		ptrs := make([]any, len(cols))
+		for i := range vals {
+			ptrs[i] = &vals[i]
+		}
+		require.NoError(t, rows.Scan(ptrs...))
+		out = append(out, vals)
+	}
+	require.NoError(t, rows.Err())
+	return out
+}
+
+const typesQuery = `SELECT 42::int4, 9000000000::int8, 2.5::float8, 'text'::text, 'vc'::varchar(10),
+	'{"a": [1, 2]}'::json, '{"b": {"c": null}}'::jsonb, 12345.678::numeric(10,3),
+	'2024-02-29 12:34:56.789+02'::timestamptz, '2024-02-29'::date, '\xdeadbeef'::bytea,
+	'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid, ARRAY[1,2,3]::int[], ARRAY['x','y']::text[],
+	NULL::text, true, $1::int + $2::int, $3::text`
+
+func TestDropInValuesAndColumnTypes(t *testing.T) {
+	both(t, func(t *testing.T, db *sql.DB) []any {
+		rows, err := db.Query(typesQuery, 1, 2, "three")
+		require.NoError(t, err)
+		cols, err := rows.ColumnTypes()
+		require.NoError(t, err)
+		return []any{scanAll(t, rows), describeColumns(cols)}
+	})
+}
+
+func TestDropInArrayArguments(t *testing.T) {
+	both(t, func(t *testing.T, db *sql.DB) []any {
+		var a, b pq.Int64Array
+		var c pq.StringArray
+		var u string
+		require.NoError(t, db.QueryRow(`SELECT $1::int8[], $2::int8[], $3::text[], $4::numeric::text`,
+			pq.Array([]int64{1, 2}), []int64{3, 4}, []string{"p", "q"}, uint64(1<<63+5)).Scan(&a, &b, &c, &u))
+		return []any{a, b, c, u}
+	})
+}
+
+func TestDropInErrors(t *testing.T) {
+	both(t, func(t *testing.T, db *sql.DB) []any {
+		var out []any
+		for _, q := range []string{"SELECT 1/0", "SELEC 1", "SELECT * FROM no_such_table"} {
+			_, err := db.Exec(q)
+			pqErr, ok := err.(*pq.Error) //nolint:errorlint // drop-in code asserts directly
+			require.True(t, ok, "%s: got %T %v", q, err, err)
+			out = append(out, pqErr.Code, pqErr.Message, pqErr.Severity, pqErr.Position, pqErr.Routine)
+			rows, err := db.Query(q)
+			if err == nil {
+				for rows.Next() {
+				}
+				err = rows.Err()
+				_ = rows.Close()
+			}
+			pqErr, ok = err.(*pq.Error) //nolint:errorlint
+			require.True(t, ok, "%s: got %T %v", q, err, err)
+			out = append(out, pqErr.Code)
+		}
+		return out
+	})
+}
+
+func TestDropInTransactions(t *testing.T) {
+	both(t, func(t *testing.T, db *sql.DB) []any {
+		ctx := context.Background()
+		tx, err := db.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelSerializable, ReadOnly: true})
+		require.NoError(t, err)
+		var iso, ro string
+		require.NoError(t, tx.QueryRow("SHOW transaction_isolation").Scan(&iso))
+		require.NoError(t, tx.QueryRow("SHOW transaction_read_only").Scan(&ro))
+		_, err = tx.Exec("CREATE TEMP TABLE t_ro (a int)")
+		pqErr, _ := err.(*pq.Error) //nolint:errorlint
+		require.NotNil(t, pqErr, "%v", err)
+		require.NoError(t, tx.Rollback())
+
+		tx, err = db.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelRepeatableRead})
+		require.NoError(t, err)
+		var iso2 string
+		require.NoError(t, tx.QueryRow("SHOW transaction_isolation").Scan(&iso2))
+		require.NoError(t, tx.Commit())
+		return []any{iso, ro, pqErr.Code, iso2}
+	})
+}
+
+func TestDropInPreparedReuseAndCopyIn(t *testing.T) {
+	table := fmt.Sprintf("copy_test_%d", time.Now().UnixNano())
+	both(t, func(t *testing.T, db *sql.DB) []any {
+		st, err := db.Prepare("SELECT $1::int * 2")
+		require.NoError(t, err)
+		var sum int
+		for i := 0; i < 20; i++ {
+			var v int
+			require.NoError(t, st.QueryRow(i).Scan(&v))
+			sum += v
+		}
+		require.NoError(t, st.Close())
+
+		_, err = db.Exec("DROP TABLE IF EXISTS " + table)
+		require.NoError(t, err)
+		_, err = db.Exec("CREATE TABLE " + table + " (id int, doc jsonb)")
+		require.NoError(t, err)
+		defer db.Exec("DROP TABLE " + table) //nolint:errcheck
+		tx, err := db.Begin()
+		require.NoError(t, err)
+		cp, err := tx.Prepare(pq.CopyIn(table, "id", "doc")) //nolint:staticcheck // pq.CopyIn must keep working
+		require.NoError(t, err)
+		for i := 0; i < 1000; i++ {
+			_, err = cp.Exec(i, fmt.Sprintf(`{"n": %d}`, i))
+			require.NoError(t, err)
+		}
+		_, err = cp.Exec()
+		require.NoError(t, err)
+		require.NoError(t, cp.Close())
+		require.NoError(t, tx.Commit())
+		var n, total int
+		require.NoError(t, db.QueryRow("SELECT count(*), sum((doc->>'n')::int) FROM "+table).Scan(&n, &total))
+		return []any{sum, n, total}
+	})
+}
+
+func TestDropInMultipleResultSetsAndLargeValue(t *testing.T) {
+	both(t, func(t *testing.T, db *sql.DB) []any {
+		rows, err := db.Query("SELECT 1; SELECT 'two', 3")
+		require.NoError(t, err)
+		var sets [][][]any
+		for {
+			sets = append(sets, scanAllOpen(t, rows))
+			if !rows.NextResultSet() {
+				break
+			}
+		}
+		require.NoError(t, rows.Close())
+
+		big := strings.Repeat("x", 4<<20)
+		var back []byte
+		require.NoError(t, db.QueryRow("SELECT $1::bytea", []byte(big)).Scan(&back))
+		var n int
+		require.NoError(t, db.QueryRow("SELECT length(repeat('y', 4194304))").Scan(&n))
+		return []any{sets, len(back), string(back) == big, n}
+	})
+}
+
+// scanAllOpen is scanAll without closing the rows.
+func scanAllOpen(t *testing.T, rows *sql.Rows) [][]any {
+	cols, err := rows.Columns()
+	require.NoError(t, err)
+	var out [][]any
+	for rows.Next() {
+		vals := make([]any, len(cols))
+		ptrs := make([]any, len(cols))
+		for i := range vals {
+			ptrs[i] = &vals[i]
+		}
+		require.NoError(t, rows.Scan(ptrs...))
+		out = append(out, vals)
+	}
+	require.NoError(t, rows.Err())
+	return out
+}
+
+func TestDropInLargeStreamChecksum(t *testing.T) {
+	both(t, func(t *testing.T, db *sql.DB) []any {
+		rows, err := db.Query(`SELECT g, jsonb_build_object('id', g, 'name', 'name-' || g) FROM generate_series(1, 200000) g`)
+		require.NoError(t, err)
+		defer rows.Close()
+		h := fnv.New64a()
+		n := 0
+		for rows.Next() {
+			var id int
+			var doc []byte
+			require.NoError(t, rows.Scan(&id, &doc))
+			fmt.Fprintf(h, "%d:%s\n", id, doc)
+			n++
+		}
+		require.NoError(t, rows.Err())
+		return []any{n, h.Sum64()}
+	})
+}
+
+func TestDropInConcurrentQueries(t *testing.T) {
+	both(t, func(t *testing.T, db *sql.DB) []any {
+		var wg sync.WaitGroup
+		sums := make([]int, 16)
+		errs := make([]error, 16)
+		for g := 0; g < 16; g++ {
+			wg.Add(1)
+			go func(g int) {
+				defer wg.Done()
+				errs[g] = db.QueryRow("SELECT sum(x) FROM generate_series(1, $1::int) x", 1000*(g+1)).Scan(&sums[g])
+			}(g)
+		}
+		wg.Wait()
+		for _, err := range errs {
+			require.NoError(t, err)
+		}
+		return []any{sums}
+	})
+}
+
+func TestDropInContextCancellation(t *testing.T) {
+	both(t, func(t *testing.T, db *sql.DB) []any {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		_, errBefore := db.QueryContext(ctx, "SELECT 1")
+
+		ctx, cancel = context.WithTimeout(context.Background(), 200*time.Millisecond)
+		defer cancel()
+		start := time.Now()
+		_, errDuring := db.ExecContext(ctx, "SELECT pg_sleep(10)")
+		took := time.Since(start)
+		require.Error(t, errDuring)
+		canceled := errors.Is(errDuring, context.DeadlineExceeded)
+		if pqErr, ok := errDuring.(*pq.Error); ok { //nolint:errorlint
+			canceled = pqErr.Code == "57014"
+		}
+		var one int
+		require.NoError(t, db.QueryRow("SELECT 1").Scan(&one), "the pool recovers")
+		return []any{errBefore, canceled, took < 2*time.Second, one}
+	})
+}
+
+func TestDropInBadDSNs(t *testing.T) {
+	for _, dsn := range []string{
+		"host=127.0.0.1 port=1 sslmode=disable connect_timeout=2",
+		"postgres://127.0.0.1:1/x?sslmode=disable",
+		"host=127.0.0.1 port=notanumber",
+		"postgres://%zz",
+		"host='unterminated",
+	} {
+		t.Run(dsn, func(t *testing.T) {
+			var msgs []string
+			for _, name := range []string{"postgres", DriverName} {
+				db, err := sql.Open(name, dsn)
+				require.NoError(t, err, "sql.Open only records the DSN")
+				err = db.Ping()
+				require.Error(t, err)
+				msgs = append(msgs, err.Error())
+				_ = db.Close()
+			}
+			assert.Equal(t, msgs[0], msgs[1])
+		})
+	}
+}
