@@ -1,0 +1,156 @@
+package jsonstream
+
+import (
+	"context"
+	"database/sql"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// bigQuery streams n rows of about 110 bytes: far more than the socket
+// buffers hold, so a client that stops reading makes the server wait.
+const bigQuery = `SELECT g, repeat('x', 100) FROM generate_series(1, $1::int) g`
+
+// backend returns a dedicated connection of db and its server process id.
+func backend(t *testing.T, db *sql.DB) (*sql.Conn, int) {
+	t.Helper()
+	conn, err := db.Conn(context.Background())
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = conn.Close() })
+	var pid int
+	require.NoError(t, conn.QueryRowContext(context.Background(), "SELECT pg_backend_pid()").Scan(&pid))
+	return conn, pid
+}
+
+// activity returns the state and wait event of backend pid, and whether
+// it still exists.
+func activity(t *testing.T, monitor *sql.DB, pid int) (state, waitEvent string, alive bool) {
+	t.Helper()
+	var st, we sql.NullString
+	err := monitor.QueryRow(`SELECT state, wait_event FROM pg_stat_activity WHERE pid = $1`, pid).Scan(&st, &we)
+	if err == sql.ErrNoRows {
+		return "", "", false
+	}
+	require.NoError(t, err)
+	return st.String, we.String, true
+}
+
+// requireBackendStops waits up to a second for backend pid to finish its
+// query: gone, or idle.
+func requireBackendStops(t *testing.T, monitor *sql.DB, pid int) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		state, _, alive := activity(t, monitor, pid)
+		return !alive || state == "idle"
+	}, time.Second, 10*time.Millisecond, "backend %d still running the query", pid)
+}
+
+func TestPausedServerWaitsOnClient(t *testing.T) {
+	const n = 1_000_000
+	db := openPG(t, DriverName, "")
+	monitor := openPG(t, "postgres", "")
+	conn, pid := backend(t, db)
+
+	s := mustStream(t)
+	rows, err := conn.QueryContext(context.Background(), bigQuery, n, s)
+	require.NoError(t, err)
+	defer rows.Close()
+	next := 1
+	read := func(k int) {
+		for i := 0; i < k && rows.Next(); i++ {
+			var g int
+			var pad string
+			require.NoError(t, rows.Scan(&g, &pad))
+			require.Equal(t, next, g, "every row once, in order")
+			next++
+		}
+	}
+	read(1000)
+	require.NoError(t, s.Pause())
+
+	require.Eventually(t, func() bool {
+		_, we, _ := activity(t, monitor, pid)
+		return we == "ClientWrite"
+	}, 5*time.Second, 20*time.Millisecond, "the server should be waiting on the client")
+	before := s.Stats()
+	time.Sleep(300 * time.Millisecond)
+	after := s.Stats()
+	assert.Equal(t, int64(1000), before.Rows)
+	assert.Equal(t, before.Rows, after.Rows, "rows delivered while paused")
+	assert.Equal(t, before.Bytes, after.Bytes)
+	_, we, _ := activity(t, monitor, pid)
+	assert.Equal(t, "ClientWrite", we, "still waiting on the client")
+	assert.GreaterOrEqual(t, after.PausedNow, 300*time.Millisecond)
+
+	require.NoError(t, s.Resume())
+	read(n)
+	require.NoError(t, rows.Err())
+	assert.Equal(t, n+1, next)
+	assert.Equal(t, Complete, s.State())
+}
+
+// failWhilePaused pauses a large stream, lets end() end the pause, and
+// checks the contract: Next returns want promptly, the server stops the
+// query, and the connection never serves another query.
+func failWhilePaused(t *testing.T, opts []Option, ctx context.Context, end func(*Stream), want error) {
+	db := openPG(t, DriverName, "")
+	monitor := openPG(t, "postgres", "")
+	conn, pid := backend(t, db)
+
+	s := mustStream(t, opts...)
+	rows, err := conn.QueryContext(ctx, bigQuery, 5_000_000, s)
+	require.NoError(t, err)
+	defer rows.Close()
+	for i := 0; i < 10; i++ {
+		require.True(t, rows.Next())
+	}
+	require.NoError(t, s.Pause())
+	end(s)
+	start := time.Now()
+	assert.False(t, rows.Next())
+	t.Logf("Next returned %v after the pause ended", time.Since(start))
+	assert.ErrorIs(t, rows.Err(), want)
+	assert.Equal(t, Failed, s.State())
+	requireBackendStops(t, monitor, pid)
+	require.NoError(t, rows.Close())
+
+	// The connection was cut, so database/sql must not hand it out again.
+	_ = conn.Close()
+	var other int
+	require.NoError(t, db.QueryRow("SELECT pg_backend_pid()").Scan(&other))
+	assert.NotEqual(t, pid, other, "a connection cut mid-result went back to the pool")
+}
+
+func TestPauseTimeoutStopsServerQuery(t *testing.T) {
+	failWhilePaused(t, []Option{WithPauseTimeout(200 * time.Millisecond)}, context.Background(),
+		func(*Stream) {}, ErrPauseTimeout)
+}
+
+func TestCancelStopsServerQuery(t *testing.T) {
+	failWhilePaused(t, nil, context.Background(), func(s *Stream) {
+		time.AfterFunc(100*time.Millisecond, func() { _ = s.Cancel() })
+	}, ErrCanceled)
+}
+
+func TestContextEndWhilePausedStopsServerQuery(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	failWhilePaused(t, nil, ctx, func(*Stream) {}, context.DeadlineExceeded)
+}
+
+func TestPauseTimeoutFromDSN(t *testing.T) {
+	db := openPG(t, DriverName, "jsonstream_pause_timeout=100ms")
+	s := mustStream(t)
+	rows, err := db.Query(bigQuery, 1_000_000, s)
+	require.NoError(t, err)
+	defer rows.Close()
+	require.True(t, rows.Next())
+	require.NoError(t, s.Pause())
+	assert.False(t, rows.Next())
+	assert.ErrorIs(t, rows.Err(), ErrPauseTimeout)
+	var one int
+	require.NoError(t, db.QueryRow("SELECT 1").Scan(&one), "the pool stays healthy")
+}
