@@ -3,20 +3,59 @@ package jsonstream
 import (
 	"context"
 	"database/sql"
+	"fmt"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/jsonstream/jsonstream/internal/pgtest"
 )
 
-// bigQuery streams n rows of about 110 bytes: far more than the socket
-// buffers hold, so a client that stops reading makes the server wait.
-const bigQuery = `SELECT g, repeat('x', 100) FROM generate_series(1, $1::int) g`
+// bigQuery streams the first $1 rows of the rows table, about 110 bytes
+// each: far more than the socket buffers hold, so a client that stops
+// reading makes the server wait. A table rather than generate_series,
+// which materializes its whole result before the first row.
+const bigQuery = `SELECT g, pad FROM jsonstream_test_rows WHERE g <= $1 ORDER BY g`
+
+// bigRows is how many rows the rows table holds.
+const bigRows = 2_000_000
+
+var rowsTable struct {
+	once sync.Once
+	err  error
+}
+
+// needRowsTable creates the rows table once per test process; with an
+// existing server (JSONSTREAM_TEST_DSN) a complete table is reused.
+func needRowsTable(t testing.TB) {
+	t.Helper()
+	dsn := pgtest.DSN(t)
+	rowsTable.once.Do(func() {
+		db, err := sql.Open("postgres", dsn)
+		if err != nil {
+			rowsTable.err = err
+			return
+		}
+		defer db.Close()
+		var n int
+		if db.QueryRow("SELECT count(*) FROM jsonstream_test_rows").Scan(&n) == nil && n == bigRows {
+			return
+		}
+		_, rowsTable.err = db.Exec(`DROP TABLE IF EXISTS jsonstream_test_rows;
+			CREATE TABLE jsonstream_test_rows (g int PRIMARY KEY, pad text NOT NULL);
+			INSERT INTO jsonstream_test_rows SELECT g, repeat('x', 100) FROM generate_series(1, ` + fmt.Sprint(bigRows) + `) g;
+			ANALYZE jsonstream_test_rows`)
+	})
+	require.NoError(t, rowsTable.err, "creating the rows table")
+}
 
 // backend returns a dedicated connection of db and its server process id.
 func backend(t *testing.T, db *sql.DB) (*sql.Conn, int) {
 	t.Helper()
+	needRowsTable(t)
 	conn, err := db.Conn(context.Background())
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = conn.Close() })
@@ -101,7 +140,7 @@ func failWhilePaused(t *testing.T, opts []Option, ctx context.Context, end func(
 	conn, pid := backend(t, db)
 
 	s := mustStream(t, opts...)
-	rows, err := conn.QueryContext(ctx, bigQuery, 5_000_000, s)
+	rows, err := conn.QueryContext(ctx, bigQuery, bigRows, s)
 	require.NoError(t, err)
 	defer rows.Close()
 	for i := 0; i < 10; i++ {
@@ -142,6 +181,7 @@ func TestContextEndWhilePausedStopsServerQuery(t *testing.T) {
 }
 
 func TestPauseTimeoutFromDSN(t *testing.T) {
+	needRowsTable(t)
 	db := openPG(t, DriverName, "jsonstream_pause_timeout=100ms")
 	s := mustStream(t)
 	rows, err := db.Query(bigQuery, 1_000_000, s)
