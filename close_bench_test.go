@@ -93,3 +93,31 @@ func BenchmarkCloseCosts(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkSmallQuery: a one-row query against the server, lib/pq against
+// jsonstream, with a context that cannot end and with one that can. The
+// numbers it protects: allocs/op. With a cancellable context jsonstream
+// arms a context.AfterFunc (so that a stalled network cannot hold Next),
+// on top of the goroutine lib/pq starts for such contexts anyway.
+func BenchmarkSmallQuery(b *testing.B) {
+	for _, ctxName := range []string{"background", "cancellable"} {
+		for _, name := range []string{"postgres", DriverName} {
+			db := openPG(b, name, "")
+			b.Run("ctx="+ctxName+"/driver="+name, func(b *testing.B) {
+				ctx := context.Background()
+				if ctxName == "cancellable" {
+					var cancel context.CancelFunc
+					ctx, cancel = context.WithCancel(ctx)
+					defer cancel()
+				}
+				b.ReportAllocs()
+				var v int
+				for i := 0; i < b.N; i++ {
+					if err := db.QueryRowContext(ctx, "SELECT 1").Scan(&v); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+	}
+}

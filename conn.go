@@ -160,7 +160,7 @@ func (c *conn) IsValid() bool {
 // checker; without one it returns driver.ErrSkip, so database/sql applies
 // its default conversion as it would without the wrapper.
 func (c *conn) CheckNamedValue(nv *driver.NamedValue) error {
-	if err, taken := c.takeArgument(nv); taken {
+	if taken, err := c.takeArgument(nv); taken {
 		return err
 	}
 	if nvc, ok := c.inner.(driver.NamedValueChecker); ok {
@@ -171,25 +171,25 @@ func (c *conn) CheckNamedValue(nv *driver.NamedValue) error {
 
 // takeArgument keeps track of the statement's arguments and takes a
 // *Stream out of them. It reports whether nv was a Stream.
-func (c *conn) takeArgument(nv *driver.NamedValue) (error, bool) {
+func (c *conn) takeArgument(nv *driver.NamedValue) (bool, error) {
 	if nv.Ordinal == 1 && c.removedAt != 1 {
 		c.pending = nil // first argument of a new statement
 	}
 	s, ok := nv.Value.(*Stream)
 	if !ok {
 		c.removedAt = 0
-		return nil, false
+		return false, nil
 	}
 	switch {
 	case s == nil:
-		return streamArgError("nil *Stream"), true
+		return true, streamArgError("nil *Stream")
 	case c.pending != nil:
-		return streamArgError("more than one Stream passed to one query"), true
+		return true, streamArgError("more than one Stream passed to one query")
 	case s.claimed.Load():
-		return streamArgError("Stream already used by another query"), true
+		return true, streamArgError("Stream already used by another query")
 	}
 	c.pending, c.removedAt = s, nv.Ordinal
-	return driver.ErrRemoveArgument, true
+	return true, driver.ErrRemoveArgument
 }
 
 // takeStream returns the Stream argument of the statement about to run.

@@ -71,7 +71,7 @@ func (s *stmt) Query(args []driver.Value) (driver.Rows, error) { //nolint:static
 // out; other values go to the inner statement's checker, else the inner
 // conn's, else database/sql's own conversion (driver.ErrSkip).
 func (s *stmt) CheckNamedValue(nv *driver.NamedValue) error {
-	if err, taken := s.conn.takeArgument(nv); taken {
+	if taken, err := s.conn.takeArgument(nv); taken {
 		return err
 	}
 	if nvc, ok := s.inner.(driver.NamedValueChecker); ok {
