@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"sync/atomic"
+	"time"
 )
 
 // conn wraps one connection of the inner driver. database/sql uses a conn
@@ -204,6 +205,7 @@ func (c *conn) takeStream() *Stream {
 // then prepares the statement) when the inner conn has neither.
 func (c *conn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
 	s := c.takeStream()
+	start := time.Now()
 	var ir driver.Rows
 	var err error
 	switch q := c.inner.(type) {
@@ -224,7 +226,7 @@ func (c *conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 	if err != nil {
 		return nil, err
 	}
-	return c.wrapRows(ctx, ir, s)
+	return c.wrapRows(ctx, ir, s, start)
 }
 
 // ExecContext implements driver.ExecerContext with the same fallbacks as
@@ -253,9 +255,9 @@ var errStreamOnExec = streamArgError("a Stream goes with Query, not Exec")
 
 // wrapRows makes the stream for the inner rows of one query and binds s,
 // the query's Stream argument, to it.
-func (c *conn) wrapRows(ctx context.Context, ir driver.Rows, s *Stream) (driver.Rows, error) {
+func (c *conn) wrapRows(ctx context.Context, ir driver.Rows, s *Stream, start time.Time) (driver.Rows, error) {
 	if s == nil {
-		return newRows(ctx, c, ir, c.settings), nil
+		return newRows(ctx, c, ir, c.settings, start), nil
 	}
 	if !s.claimed.CompareAndSwap(false, true) {
 		_ = ir.Close()
@@ -263,7 +265,7 @@ func (c *conn) wrapRows(ctx context.Context, ir driver.Rows, s *Stream) (driver.
 	}
 	qs := *c.settings
 	_ = qs.apply(s.opts) // checked by NewStream
-	r := newRows(ctx, c, ir, &qs)
+	r := newRows(ctx, c, ir, &qs, start)
 	s.bound.Store(r)
 	return r, nil
 }

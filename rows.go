@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"reflect"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -27,6 +28,11 @@ type rows struct {
 	// failure holds the error that moved the stream to Failed; set once,
 	// before the state changes.
 	failure atomic.Pointer[error]
+	// ending orders a failure that cuts the connection against Close: the
+	// cut must be done before Close can hand the connection back to
+	// database/sql, and must not happen once Close ended the stream (the
+	// connection may serve another query by then).
+	ending sync.Mutex
 	// stopWatch stops the context watch that cuts a stalled connection; nil
 	// when the context cannot end or the connection cannot be cut.
 	stopWatch func() bool
@@ -54,8 +60,8 @@ var (
 )
 
 // newRows wraps inner; s holds the settings of the query (the connector's,
-// with a Stream's options on top).
-func newRows(ctx context.Context, c *conn, inner driver.Rows, s *settings) *rows {
+// with a Stream's options on top) and start is when the query was sent.
+func newRows(ctx context.Context, c *conn, inner driver.Rows, s *settings, start time.Time) *rows {
 	r := &rows{
 		inner:          inner,
 		conn:           c,
@@ -63,7 +69,7 @@ func newRows(ctx context.Context, c *conn, inner driver.Rows, s *settings) *rows
 		onPauseTimeout: s.onPauseTimeout,
 		closeMode:      s.closeMode,
 		drainTimeout:   s.drainTimeout,
-		start:          time.Now(),
+		start:          start,
 	}
 	r.pauseTimeout.Store(int64(s.pauseTimeout))
 	if ctx.Done() != nil && c.sock != nil {
@@ -179,14 +185,16 @@ func (r *rows) fail(err error, cut bool) bool {
 	if !r.failure.CompareAndSwap(nil, &err) {
 		return false
 	}
-	if _, ok := r.state.finish(Failed); !ok {
-		return false
-	}
-	r.endPause()
-	if cut {
+	r.ending.Lock()
+	_, ok := r.state.finish(Failed)
+	if ok && cut {
 		r.conn.cut()
 	}
-	return true
+	r.ending.Unlock()
+	if ok {
+		r.endPause()
+	}
+	return ok
 }
 
 // endPause ends a pause in progress, waking a blocked Next.
@@ -201,7 +209,9 @@ func (r *rows) endPause() {
 // Close implements driver.Rows. A stream with rows left is ended as its
 // CloseMode says.
 func (r *rows) Close() error {
+	r.ending.Lock()
 	from, live := r.state.finish(Closed)
+	r.ending.Unlock()
 	if r.stopWatch != nil {
 		r.stopWatch()
 	}

@@ -3,6 +3,7 @@ package jsonstream
 import (
 	"context"
 	"database/sql/driver"
+	"time"
 )
 
 // stmt wraps a prepared statement of the inner driver. Its rows are
@@ -60,11 +61,12 @@ func (s *stmt) Exec(args []driver.Value) (driver.Result, error) { //nolint:stati
 // Query implements driver.Stmt.
 func (s *stmt) Query(args []driver.Value) (driver.Rows, error) { //nolint:staticcheck // required by driver.Stmt
 	st := s.conn.takeStream()
+	start := time.Now()
 	ir, err := s.inner.Query(args) //nolint:staticcheck
 	if err != nil {
 		return nil, err
 	}
-	return s.conn.wrapRows(context.Background(), ir, st)
+	return s.conn.wrapRows(context.Background(), ir, st, start)
 }
 
 // CheckNamedValue implements driver.NamedValueChecker: a *Stream is taken
@@ -87,6 +89,7 @@ func (s *stmt) CheckNamedValue(nv *driver.NamedValue) error {
 // as database/sql does.
 func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {
 	st := s.conn.takeStream()
+	start := time.Now()
 	var ir driver.Rows
 	var err error
 	if q, ok := s.inner.(driver.StmtQueryContext); ok {
@@ -104,7 +107,7 @@ func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driv
 	if err != nil {
 		return nil, err
 	}
-	return s.conn.wrapRows(ctx, ir, st)
+	return s.conn.wrapRows(ctx, ir, st, start)
 }
 
 // ExecContext implements driver.StmtExecContext, falling back to Exec as
