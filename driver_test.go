@@ -428,3 +428,117 @@ func describeColumns(cols []*sql.ColumnType) []any {
 
 var _ = reflect.TypeOf
 var _ = io.EOF
+
+// converterConn is a conn without a NamedValueChecker whose statements
+// have the deprecated driver.ColumnConverter.
+type converterConn struct{ minimalConn }
+
+func (c converterConn) Prepare(query string) (driver.Stmt, error) {
+	return &converterStmt{fakeStmt{conn: c.c, query: query}}, nil
+}
+
+type converterStmt struct{ fakeStmt }
+
+// ColumnConverter doubles integers, so its use shows in the arguments.
+func (s *converterStmt) ColumnConverter(int) driver.ValueConverter { return doubler{} }
+
+type doubler struct{}
+
+func (doubler) ConvertValue(v any) (driver.Value, error) {
+	if n, ok := v.(int); ok {
+		return int64(2 * n), nil
+	}
+	return driver.DefaultParameterConverter.ConvertValue(v)
+}
+
+type converterConnector struct{ d *fakeDriver }
+
+func (c converterConnector) Connect(context.Context) (driver.Conn, error) {
+	fc, _ := c.d.Open("")
+	return converterConn{fc.(minimalConn)}, nil
+}
+func (c converterConnector) Driver() driver.Driver { return c.d }
+
+func TestColumnConverterForwarded(t *testing.T) {
+	argsOf := func(connector driver.Connector, d *fakeDriver) any {
+		db := sql.OpenDB(connector)
+		defer db.Close()
+		st, err := db.Prepare("q ?")
+		require.NoError(t, err)
+		defer st.Close()
+		rows, err := st.Query(21)
+		require.NoError(t, err)
+		require.NoError(t, rows.Close())
+		return d.conns[len(d.conns)-1].args[0].Value
+	}
+	d := &fakeDriver{newRows: countRows(1), minimal: true}
+	want := argsOf(converterConnector{d}, d)
+	require.Equal(t, int64(42), want, "database/sql used the ColumnConverter")
+	c, err := NewConnector(converterConnector{d})
+	require.NoError(t, err)
+	assert.Equal(t, want, argsOf(c, d))
+}
+
+// badConnConnector's conns fail every query with driver.ErrBadConn.
+type badConnConnector struct{ opened atomic.Int64 }
+
+func (b *badConnConnector) Connect(context.Context) (driver.Conn, error) {
+	b.opened.Add(1)
+	return badConn{}, nil
+}
+func (b *badConnConnector) Driver() driver.Driver { return nil }
+
+type badConn struct{ minimalConn }
+
+func (badConn) QueryContext(context.Context, string, []driver.NamedValue) (driver.Rows, error) {
+	return nil, driver.ErrBadConn
+}
+func (badConn) Close() error { return nil }
+
+func TestErrorsPassThrough(t *testing.T) {
+	t.Run("driver.ErrBadConn, with database/sql's retries", func(t *testing.T) {
+		var opened [2]int64
+		for i, wrap := range []bool{false, true} {
+			inner := &badConnConnector{}
+			var c driver.Connector = inner
+			if wrap {
+				var err error
+				c, err = NewConnector(inner)
+				require.NoError(t, err)
+			}
+			db := sql.OpenDB(c)
+			_, err := db.Query("q")
+			assert.ErrorIs(t, err, driver.ErrBadConn)
+			opened[i] = inner.opened.Load()
+			_ = db.Close()
+		}
+		assert.Equal(t, opened[0], opened[1], "database/sql retried differently")
+	})
+	t.Run("io.EOF and inner errors from Next", func(t *testing.T) {
+		boom := errors.New("boom")
+		fr := &fakeRows{n: 1, err: boom}
+		d := &fakeDriver{newRows: func(string) *fakeRows { return fr }}
+		conn, err := d.Open("")
+		require.NoError(t, err)
+		c := newConn(conn, &settings{}, nil)
+		dr, err := c.QueryContext(context.Background(), "q", nil)
+		require.NoError(t, err)
+		dest := make([]driver.Value, 1)
+		require.NoError(t, dr.Next(dest))
+		assert.Same(t, boom, dr.Next(dest))
+		fr2 := &fakeRows{n: 0}
+		d.newRows = func(string) *fakeRows { return fr2 }
+		dr2, err := c.QueryContext(context.Background(), "q", nil)
+		require.NoError(t, err)
+		assert.Equal(t, io.EOF, dr2.Next(dest), "io.EOF itself, not a wrapped one")
+		assert.Equal(t, Complete, dr2.(Controller).State())
+		require.NoError(t, dr2.Close())
+	})
+	t.Run("Driver.Open reports bad parameters", func(t *testing.T) {
+		d, err := NewDriver(&fakeDriver{})
+		require.NoError(t, err)
+		_, err = d.Open("host=x jsonstream_pause_timeout=soon")
+		assert.ErrorIs(t, err, ErrInvalidOption)
+		assert.Contains(t, err.Error(), `jsonstream_pause_timeout="soon"`)
+	})
+}

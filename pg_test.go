@@ -294,3 +294,56 @@ func TestDropInBadDSNs(t *testing.T) {
 		})
 	}
 }
+
+func TestWrapsPQConnectors(t *testing.T) {
+	needRowsTable(t)
+	dsn := pgtest.DSN(t)
+	monitor := openPG(t, "postgres", "")
+
+	t.Run("NewConnectorConfig", func(t *testing.T) {
+		cfg, err := pq.NewConfig(dsn)
+		require.NoError(t, err)
+		base, err := pq.NewConnectorConfig(cfg)
+		require.NoError(t, err)
+		c, err := NewConnector(base) // installs the dialer on a bare *pq.Connector
+		require.NoError(t, err)
+		db := sql.OpenDB(c)
+		defer db.Close()
+		earlyCloseStops(t, db, monitor)
+	})
+	t.Run("ConnectorWithNoticeHandler", func(t *testing.T) {
+		base, err := pq.NewConnector(dsn)
+		require.NoError(t, err)
+		base.Dialer(NewDialer(nil))
+		var mu sync.Mutex
+		var notices []string
+		c, err := NewConnector(pq.ConnectorWithNoticeHandler(base, func(n *pq.Error) {
+			mu.Lock()
+			notices = append(notices, n.Message)
+			mu.Unlock()
+		}))
+		require.NoError(t, err)
+		db := sql.OpenDB(c)
+		defer db.Close()
+		_, err = db.Exec(`DO $$ BEGIN RAISE NOTICE 'hello from the server'; END $$`)
+		require.NoError(t, err)
+		mu.Lock()
+		assert.Equal(t, []string{"hello from the server"}, notices)
+		mu.Unlock()
+		earlyCloseStops(t, db, monitor)
+	})
+}
+
+// earlyCloseStops closes a large stream after one row and requires the
+// server to stop the query.
+func earlyCloseStops(t *testing.T, db *sql.DB, monitor *sql.DB) {
+	t.Helper()
+	conn, pid := backend(t, db)
+	rows, err := conn.QueryContext(context.Background(), bigQuery, bigRows)
+	require.NoError(t, err)
+	require.True(t, rows.Next())
+	start := time.Now()
+	require.NoError(t, rows.Close())
+	assert.Less(t, time.Since(start), closeBound)
+	requireBackendStops(t, monitor, pid)
+}
