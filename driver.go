@@ -15,6 +15,9 @@
 //     forgotten pause from holding a connection and a server snapshot.
 //   - Closing a stream before its end stops the server-side query instead of
 //     reading the whole rest of the result (CloseMode).
+//   - JSON documents: Each and ForEach iterate a result as typed values,
+//     WriteNDJSON and WriteJSONArray stream it to an io.Writer, in flat
+//     memory and with any driver.
 //
 // # The stream contract
 //

@@ -1,0 +1,173 @@
+package jsonstream_test
+
+import (
+	"bufio"
+	"context"
+	"database/sql"
+	"errors"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/DATA-DOG/go-sqlmock"
+	"github.com/stretchr/testify/require"
+
+	"github.com/jsonstream/jsonstream"
+)
+
+// The README's code, compiled (and where it can run without a server,
+// run) here. TestReadmeCodeBlocks keeps the two from drifting apart.
+
+func readmeBackpressure(ctx context.Context, dsn string, send func([]byte) error, congested <-chan bool) error {
+	db, err := sql.Open("jsonstream", dsn) // any lib/pq DSN
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+
+	stream, err := jsonstream.NewStream(jsonstream.WithPauseTimeout(30 * time.Second))
+	if err != nil {
+		return err
+	}
+	rows, err := db.QueryContext(ctx, "SELECT data FROM documents", stream)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+
+	// Backpressure from any goroutine: while paused, Next waits and
+	// nothing more is read from the server.
+	go func() {
+		for full := range congested {
+			if full {
+				_ = stream.Pause()
+			} else {
+				_ = stream.Resume()
+			}
+		}
+	}()
+
+	for rows.Next() {
+		var doc []byte
+		if err := rows.Scan(&doc); err != nil {
+			return err
+		}
+		if err := send(doc); err != nil {
+			return err // Close (deferred) stops the server-side query at once
+		}
+	}
+	return rows.Err() // errors.Is(err, jsonstream.ErrPauseTimeout) if a pause was forgotten
+}
+
+func Example_backpressure() {
+	congested := make(chan bool)
+	close(congested)
+	_ = readmeBackpressure(context.Background(), "host=db.internal dbname=app", func([]byte) error { return nil }, congested)
+}
+
+// LatestTitles is the code under test in the README's go-sqlmock example.
+func LatestTitles(ctx context.Context, db *sql.DB, limit int) ([]string, error) {
+	rows, err := db.QueryContext(ctx, "SELECT data->>'title' FROM documents ORDER BY id DESC LIMIT $1", limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var titles []string
+	for rows.Next() {
+		var title string
+		if err := rows.Scan(&title); err != nil {
+			return nil, err
+		}
+		titles = append(titles, title)
+	}
+	return titles, rows.Err()
+}
+
+func TestLatestTitles(t *testing.T) {
+	mockDB, mock, err := sqlmock.NewWithDSN("latest_titles")
+	require.NoError(t, err)
+	defer mockDB.Close()
+
+	// The same jsonstream wrapper as sql.Open("jsonstream", dsn), around
+	// go-sqlmock's driver instead of lib/pq.
+	drv, err := jsonstream.NewDriver(mockDB.Driver())
+	require.NoError(t, err)
+	connector, err := drv.OpenConnector("latest_titles")
+	require.NoError(t, err)
+	db := sql.OpenDB(connector)
+	defer db.Close()
+
+	mock.ExpectQuery(`SELECT data->>'title' FROM documents`).WithArgs(2).
+		WillReturnRows(sqlmock.NewRows([]string{"title"}).AddRow("b").AddRow("a"))
+
+	titles, err := LatestTitles(context.Background(), db, 2)
+	require.NoError(t, err)
+	require.Equal(t, []string{"b", "a"}, titles)
+	require.NoError(t, mock.ExpectationsWereMet())
+}
+
+func Example_http() {
+	db, err := sql.Open("jsonstream", os.Getenv("DATABASE_URL"))
+	if err != nil {
+		panic(err)
+	}
+	http.HandleFunc("/documents", func(w http.ResponseWriter, r *http.Request) {
+		rows, err := db.QueryContext(r.Context(), "SELECT data FROM documents ORDER BY id")
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		// A slow client blocks the write, and the stream waits with it; a
+		// client that leaves cancels r.Context(), which stops the query.
+		if _, err := jsonstream.WriteNDJSON(r.Context(), w, rows); err != nil && !errors.Is(err, context.Canceled) {
+			panic(err)
+		}
+	})
+}
+
+// TestReadmeCodeBlocks requires every Go block of README.md to stand,
+// line for line (indentation aside), in a test file of this package, and
+// every make target the README names to exist.
+func TestReadmeCodeBlocks(t *testing.T) {
+	readme, err := os.ReadFile("README.md")
+	require.NoError(t, err)
+	sources, err := filepath.Glob("*_test.go")
+	require.NoError(t, err)
+	var corpus []string
+	for _, f := range sources {
+		b, err := os.ReadFile(f)
+		require.NoError(t, err)
+		corpus = append(corpus, normalize(string(b))...)
+	}
+	joined := "\n" + strings.Join(corpus, "\n") + "\n"
+
+	blocks := regexp.MustCompile("(?s)```go\n(.*?)```").FindAllStringSubmatch(string(readme), -1)
+	require.NotEmpty(t, blocks)
+	for _, b := range blocks {
+		lines := normalize(b[1])
+		require.Contains(t, joined, "\n"+strings.Join(lines, "\n")+"\n", "a README Go block is not in any test file:\n%s", b[1])
+	}
+
+	makefile, err := os.ReadFile("Makefile")
+	require.NoError(t, err)
+	for _, m := range regexp.MustCompile(`(?m)^\s*make ([a-z-]+)`).FindAllStringSubmatch(string(readme), -1) {
+		require.Regexp(t, "(?m)^"+m[1]+":", string(makefile), "the README names make %s", m[1])
+	}
+}
+
+// normalize returns the non-blank lines of s without their indentation.
+func normalize(s string) []string {
+	var out []string
+	sc := bufio.NewScanner(strings.NewReader(s))
+	for sc.Scan() {
+		if line := strings.TrimSpace(sc.Text()); line != "" {
+			out = append(out, line)
+		}
+	}
+	return out
+}
