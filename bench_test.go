@@ -13,15 +13,7 @@ func queryAll(tb testing.TB, db *sql.DB, args ...any) {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	var v sql.RawBytes
-	for rows.Next() {
-		if err := rows.Scan(&v); err != nil {
-			tb.Fatal(err)
-		}
-	}
-	if err := rows.Close(); err != nil {
-		tb.Fatal(err)
-	}
+	readAll(tb, rows)
 }
 
 // queryPausedOnce is queryAll with a Stream that pauses and resumes once.
@@ -40,6 +32,10 @@ func queryPausedOnce(tb testing.TB, db *sql.DB) {
 	if err := s.Resume(); err != nil {
 		tb.Fatal(err)
 	}
+	readAll(tb, rows)
+}
+
+func readAll(tb testing.TB, rows *sql.Rows) {
 	var v sql.RawBytes
 	for rows.Next() {
 		if err := rows.Scan(&v); err != nil {

@@ -403,24 +403,7 @@ func TestWriteNDJSONPGFlatMemory(t *testing.T) {
 	var base runtime.MemStats
 	runtime.ReadMemStats(&base)
 
-	var peak uint64
-	stop := make(chan struct{})
-	sampled := make(chan struct{})
-	go func() {
-		defer close(sampled)
-		tick := time.NewTicker(5 * time.Millisecond)
-		defer tick.Stop()
-		var ms runtime.MemStats
-		for {
-			runtime.ReadMemStats(&ms)
-			peak = max(peak, ms.HeapInuse)
-			select {
-			case <-stop:
-				return
-			case <-tick.C:
-			}
-		}
-	}()
+	stop := heapPeak()
 
 	start := time.Now()
 	rows, err := db.Query(q, n)
@@ -428,8 +411,7 @@ func TestWriteNDJSONPGFlatMemory(t *testing.T) {
 	counter := &jsonCountingWriter{}
 	written, err := WriteNDJSON(context.Background(), counter, rows)
 	elapsed := time.Since(start)
-	close(stop)
-	<-sampled
+	peak := stop()
 	require.NoError(t, err)
 	require.Equal(t, int64(n), written)
 

@@ -43,24 +43,11 @@ func both[T any](t *testing.T, f func(t *testing.T, db *sql.DB) T) {
 	assert.Equal(t, want, got, "jsonstream differs from lib/pq")
 }
 
-// scanAll reads every row as []any of driver values.
+// scanAll reads every row as []any of driver values, then closes rows.
 func scanAll(t *testing.T, rows *sql.Rows) [][]any {
 	t.Helper()
 	defer rows.Close()
-	cols, err := rows.Columns()
-	require.NoError(t, err)
-	var out [][]any
-	for rows.Next() {
-		vals := make([]any, len(cols))
-		ptrs := make([]any, len(cols))
-		for i := range vals {
-			ptrs[i] = &vals[i]
-		}
-		require.NoError(t, rows.Scan(ptrs...))
-		out = append(out, vals)
-	}
-	require.NoError(t, rows.Err())
-	return out
+	return scanAllOpen(t, rows)
 }
 
 const typesQuery = `SELECT 42::int4, 9000000000::int8, 2.5::float8, 'text'::text, 'vc'::varchar(10),
@@ -193,8 +180,10 @@ func TestDropInMultipleResultSetsAndLargeValue(t *testing.T) {
 	})
 }
 
-// scanAllOpen is scanAll without closing the rows.
+// scanAllOpen reads the rows of the current result set as []any of
+// driver values.
 func scanAllOpen(t *testing.T, rows *sql.Rows) [][]any {
+	t.Helper()
 	cols, err := rows.Columns()
 	require.NoError(t, err)
 	var out [][]any
