@@ -11,6 +11,7 @@ vet:
 
 test: vet
 	$(GO) test -race -count=1 -timeout 40m ./...
+	@if [ -f bench/go.mod ]; then cd bench && $(GO) test -race -count=1 -timeout 10m ./...; fi
 	@$(MAKE) --no-print-directory bench-smoke
 
 # Runs every benchmark once so that none can rot; the numbers mean nothing.

@@ -257,15 +257,13 @@ var errStreamOnExec = streamArgError("a Stream goes with Query, not Exec")
 // the query's Stream argument, to it.
 func (c *conn) wrapRows(ctx context.Context, ir driver.Rows, s *Stream, start time.Time) (driver.Rows, error) {
 	if s == nil {
-		return newRows(ctx, c, ir, c.settings, start), nil
+		return newRows(ctx, c, ir, nil, start), nil
 	}
 	if !s.claimed.CompareAndSwap(false, true) {
 		_ = ir.Close()
 		return nil, streamArgError("Stream already used by another query")
 	}
-	qs := *c.settings
-	_ = qs.apply(s.opts) // checked by NewStream
-	r := newRows(ctx, c, ir, &qs, start)
+	r := newRows(ctx, c, ir, s.opts, start)
 	s.bound.Store(r)
 	return r, nil
 }

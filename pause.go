@@ -163,6 +163,9 @@ func (p *pauser) wait() <-chan struct{} {
 // return ErrNotStarted, State returns Running and Stats are zero.
 type Stream struct {
 	opts []Option
+	// checked is where NewStream tries the options; inside the Stream so
+	// that trying them costs no allocation of its own.
+	checked settings
 	// bound is set once, when the query starts; read by the controller
 	// methods from any goroutine.
 	bound atomic.Pointer[rows]
@@ -176,11 +179,11 @@ type Stream struct {
 // WithCloseMode, WithDrainTimeout). A bad option is an error wrapping
 // ErrInvalidOption.
 func NewStream(opts ...Option) (*Stream, error) {
-	var check settings
-	if err := check.apply(opts); err != nil {
+	s := &Stream{opts: opts}
+	if err := s.checked.apply(opts); err != nil {
 		return nil, err
 	}
-	return &Stream{opts: opts}, nil
+	return s, nil
 }
 
 var _ Controller = (*Stream)(nil)

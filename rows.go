@@ -37,10 +37,10 @@ type rows struct {
 	// when the context cannot end or the connection cannot be cut.
 	stopWatch func() bool
 
-	pauseTimeout   atomic.Int64 // time.Duration; SetPauseTimeout may come from any goroutine
-	onPauseTimeout PauseTimeoutAction
-	closeMode      CloseMode
-	drainTimeout   time.Duration
+	// settings are the query's: the connector's with a Stream's options on
+	// top. Its pauseTimeout is the starting value of the field below.
+	settings     settings
+	pauseTimeout atomic.Int64 // time.Duration; SetPauseTimeout may come from any goroutine
 
 	start     time.Time
 	firstRow  atomic.Int64 // time.Duration since start; 0 before the first row
@@ -59,19 +59,19 @@ var (
 	_ Controller                            = (*rows)(nil)
 )
 
-// newRows wraps inner; s holds the settings of the query (the connector's,
-// with a Stream's options on top) and start is when the query was sent.
-func newRows(ctx context.Context, c *conn, inner driver.Rows, s *settings, start time.Time) *rows {
+// newRows wraps inner with the conn's settings and the options of the
+// query's Stream, if any (already checked by NewStream); start is when the
+// query was sent.
+func newRows(ctx context.Context, c *conn, inner driver.Rows, streamOpts []Option, start time.Time) *rows {
 	r := &rows{
-		inner:          inner,
-		conn:           c,
-		ctx:            ctx,
-		onPauseTimeout: s.onPauseTimeout,
-		closeMode:      s.closeMode,
-		drainTimeout:   s.drainTimeout,
-		start:          start,
+		inner:    inner,
+		conn:     c,
+		ctx:      ctx,
+		settings: *c.settings,
+		start:    start,
 	}
-	r.pauseTimeout.Store(int64(s.pauseTimeout))
+	_ = r.settings.apply(streamOpts)
+	r.pauseTimeout.Store(int64(r.settings.pauseTimeout))
 	if ctx.Done() != nil && c.sock != nil {
 		// A Next stuck on a stalled network is beyond database/sql's reach
 		// and lib/pq's (its cancel request travels the same network):
@@ -223,7 +223,7 @@ func (r *rows) Close() error {
 		return err
 	}
 	r.endPause()
-	switch r.closeMode {
+	switch r.settings.closeMode {
 	case CloseDrain:
 		return r.inner.Close()
 	case CloseCancel:
@@ -243,7 +243,7 @@ func (r *rows) drainOrCut() error {
 	if sock == nil {
 		return r.inner.Close()
 	}
-	if err := sock.SetReadDeadline(time.Now().Add(r.drainTimeout)); err != nil {
+	if err := sock.SetReadDeadline(time.Now().Add(r.settings.drainTimeout)); err != nil {
 		r.conn.cut()
 		_ = r.inner.Close()
 		return nil
@@ -391,7 +391,7 @@ func (r *rows) pauseExpired(generation uint64) {
 		return // Resume, Close or a later pause came first
 	}
 	p.timeouts++
-	if r.onPauseTimeout == ResumeOnPauseTimeout && r.state.cas(Paused, Running) {
+	if r.settings.onPauseTimeout == ResumeOnPauseTimeout && r.state.cas(Paused, Running) {
 		p.end()
 		p.mu.Unlock()
 		return

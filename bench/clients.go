@@ -1,0 +1,182 @@
+// Package bench compares jsonstream with the drivers it competes with:
+// lib/pq, which it wraps, and pgx, through database/sql and natively. The
+// benchmarks are in this package's tests; cmd/report runs them repeatedly
+// and writes RESULTS.md.
+//
+// Every client streams the same rows the same way: the text of one jsonb
+// column, looked at in place and never kept, so that what is measured is
+// the driver, not the consumer.
+package bench
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"os"
+	"strconv"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
+	_ "github.com/jackc/pgx/v5/stdlib" // registers "pgx" with database/sql
+	_ "github.com/lib/pq"              // registers "postgres"
+
+	"github.com/jsonstream/jsonstream"
+)
+
+// Environment variables through which cmd/report hands its server and
+// dataset to the benchmark processes it starts. Without EnvDSN the
+// benchmarks start a throwaway server of their own.
+const (
+	// EnvDSN is the lib/pq key=value or URL DSN of the server to use.
+	EnvDSN = "JSONSTREAM_BENCH_DSN"
+	// EnvRows is the number of documents to benchmark up to, 1,000,000 by
+	// default; the dataset is loaded at that size unless the server already
+	// holds it.
+	EnvRows = "JSONSTREAM_BENCH_ROWS"
+)
+
+// DefaultRows is the size of the full dataset, the largest result the
+// benchmarks stream.
+const DefaultRows = 1_000_000
+
+// ShortRows is the dataset size under -short: small enough for CI's smoke
+// run to load and stream in seconds.
+const ShortRows = 10_000
+
+// Sizes are the result sizes the streaming benchmarks read.
+var Sizes = []int{1_000, 10_000, 50_000, 100_000, 1_000_000}
+
+// RowsFromEnv returns the dataset size that EnvRows asks for, or def.
+func RowsFromEnv(def int) (int, error) {
+	v := os.Getenv(EnvRows)
+	if v == "" {
+		return def, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		return 0, fmt.Errorf("bench: %s=%q is not a positive number", EnvRows, v)
+	}
+	return n, nil
+}
+
+// Client is one way of reading query results: a driver and an API.
+type Client struct {
+	// Name names the client in benchmark names and in the report.
+	Name string
+	// Open connects to the server at dsn.
+	Open func(ctx context.Context, dsn string) (Conn, error)
+}
+
+// Conn is an open Client.
+type Conn interface {
+	// Stream runs query and calls fn with the first column of each row,
+	// in the form the driver delivers it, until the rows end or fn returns
+	// false; then it closes the rows, which for an unfinished result is
+	// the early close each driver does its own way. data is only valid
+	// during the call.
+	Stream(ctx context.Context, query string, fn func(data []byte) bool) error
+	// Close closes the connection or pool.
+	Close() error
+}
+
+// Client names. LibPQ is the baseline every ratio in the report is
+// against: it is what jsonstream wraps.
+const (
+	Jsonstream = "jsonstream"
+	LibPQ      = "libpq"
+	PgxStdlib  = "pgx-stdlib"
+	PgxNative  = "pgx-native"
+)
+
+// Clients are the clients every real-server benchmark compares, in the
+// report's order.
+var Clients = []Client{
+	{Name: Jsonstream, Open: openSQL(jsonstream.DriverName)},
+	{Name: LibPQ, Open: openSQL("postgres")},
+	{Name: PgxStdlib, Open: openSQL("pgx")},
+	{Name: PgxNative, Open: openPgx},
+}
+
+// SQLConn is a Conn over database/sql.
+type SQLConn struct{ DB *sql.DB }
+
+func openSQL(driverName string) func(ctx context.Context, dsn string) (Conn, error) {
+	return func(ctx context.Context, dsn string) (Conn, error) {
+		db, err := sql.Open(driverName, dsn)
+		if err != nil {
+			return nil, err
+		}
+		if err := db.PingContext(ctx); err != nil {
+			db.Close()
+			return nil, err
+		}
+		return SQLConn{db}, nil
+	}
+}
+
+// Stream implements Conn.
+func (c SQLConn) Stream(ctx context.Context, query string, fn func([]byte) bool) error {
+	rows, err := c.DB.QueryContext(ctx, query)
+	if err != nil {
+		return err
+	}
+	var data sql.RawBytes
+	// One argument slice for all rows: rows.Scan(&data) would allocate a
+	// new one per row, a cost of this loop rather than of the driver.
+	dest := []any{&data}
+	for rows.Next() {
+		if err := rows.Scan(dest...); err != nil {
+			rows.Close()
+			return err
+		}
+		if !fn(data) {
+			break
+		}
+	}
+	if err := rows.Close(); err != nil {
+		return err
+	}
+	return rows.Err()
+}
+
+// Close implements Conn.
+func (c SQLConn) Close() error { return c.DB.Close() }
+
+// pgxConn is a Conn over one native pgx connection.
+type pgxConn struct{ conn *pgx.Conn }
+
+func openPgx(ctx context.Context, dsn string) (Conn, error) {
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return nil, err
+	}
+	return pgxConn{conn}, nil
+}
+
+// Stream implements Conn.
+func (c pgxConn) Stream(ctx context.Context, query string, fn func([]byte) bool) error {
+	rows, err := c.conn.Query(ctx, query)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	skip := -1
+	for rows.Next() {
+		if skip < 0 {
+			// pgx asks for jsonb in binary form: a version byte before
+			// the same text the other clients get.
+			skip = 0
+			if fd := rows.FieldDescriptions()[0]; fd.Format == pgx.BinaryFormatCode && fd.DataTypeOID == pgtype.JSONBOID {
+				skip = 1
+			}
+		}
+		if !fn(rows.RawValues()[0][skip:]) {
+			break
+		}
+	}
+	rows.Close()
+	return rows.Err()
+}
+
+// Close implements Conn.
+func (c pgxConn) Close() error { return c.conn.Close(context.Background()) }

@@ -1,0 +1,309 @@
+// Command report runs the benchmarks of the bench module repeatedly and
+// writes RESULTS.md: jsonstream against lib/pq, pgx through database/sql
+// and pgx native, on one dataset, with the medians of interleaved runs.
+//
+//	go run ./cmd/report [-dsn DSN] [-rows 1000000] [-count 5] [-out RESULTS.md]
+//
+// Without -dsn it starts a throwaway PostgreSQL server (internal/pgtest)
+// and removes it at the end. It loads the dataset once (internal/dataset),
+// builds the benchmark binary once, and then, in each of -count rounds,
+// runs every benchmark for one client at a time in a process of its own,
+// rotating the order of the clients from round to round, so that a drift
+// of the machine during the run (another load, a warming cache) is spread
+// over all clients instead of falling on whichever ran last.
+package main
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	_ "github.com/lib/pq"
+
+	"github.com/jsonstream/jsonstream/bench"
+	"github.com/jsonstream/jsonstream/internal/dataset"
+	"github.com/jsonstream/jsonstream/internal/pgtest"
+)
+
+func main() {
+	var cfg config
+	flag.StringVar(&cfg.dsn, "dsn", "", "lib/pq DSN of the server to use (default: start a throwaway one)")
+	flag.IntVar(&cfg.rows, "rows", bench.DefaultRows, "documents in the dataset: the largest result streamed")
+	flag.IntVar(&cfg.count, "count", 5, "rounds: runs of every benchmark per client, whose median is reported")
+	flag.StringVar(&cfg.out, "out", "RESULTS.md", "file to write the report to")
+	flag.StringVar(&cfg.benchtime, "benchtime", "1s", "go test -benchtime for each benchmark run")
+	peakClient := flag.String("peak-child", "", "internal: stream -rows documents with this client and print its peak memory")
+	flag.Parse()
+	if flag.NArg() > 0 || cfg.rows < 1 || cfg.count < 1 {
+		flag.Usage()
+		os.Exit(2)
+	}
+
+	var err error
+	if *peakClient != "" {
+		err = peakChild(*peakClient, cfg.dsn, cfg.rows)
+	} else {
+		err = run(cfg)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "report:", err)
+		os.Exit(1)
+	}
+}
+
+type config struct {
+	dsn       string
+	rows      int
+	count     int
+	out       string
+	benchtime string
+	// ownServer is set when the report started the server itself.
+	ownServer bool
+}
+
+func logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
+}
+
+func run(cfg config) error {
+	began := time.Now()
+	dir, err := moduleDir()
+	if err != nil {
+		return err
+	}
+	if cfg.dsn == "" {
+		srv, err := pgtest.Start(pgtest.Options{Logf: logf})
+		if err != nil {
+			if errors.Is(err, pgtest.ErrNoServer) {
+				return fmt.Errorf("%w\n%s\nor pass -dsn", err, pgtest.InstallHint)
+			}
+			return err
+		}
+		defer srv.Stop()
+		defer srv.StopOnSignal()()
+		cfg.dsn, cfg.ownServer = srv.DSN(), true
+	}
+
+	ctx := context.Background()
+	db, err := sql.Open("postgres", cfg.dsn)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	if err := loadDataset(ctx, db, cfg.rows); err != nil {
+		return err
+	}
+	machine, err := describe(ctx, db, cfg.rows)
+	if err != nil {
+		return err
+	}
+
+	tmp, err := os.MkdirTemp("", "jsonstream-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	testBin := filepath.Join(tmp, "bench.test")
+	logf("building the benchmarks")
+	build := exec.Command("go", "test", "-c", "-o", testBin, ".")
+	build.Dir, build.Stdout, build.Stderr = dir, os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		return fmt.Errorf("go test -c: %w", err)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+
+	r := &runner{cfg: cfg, dir: dir, testBin: testBin, self: self, results: newResults()}
+	for round := 0; round < cfg.count; round++ {
+		start := time.Now()
+		for _, j := range jobs(round) {
+			if err := r.run(j, round); err != nil {
+				return err
+			}
+		}
+		logf("round %d/%d took %v", round+1, cfg.count, time.Since(start).Round(time.Second))
+	}
+
+	rep := &report{cfg: cfg, machine: machine, res: r.results, took: time.Since(began), loads: r.loads}
+	if err := writeAtomic(cfg.out, rep.markdown()); err != nil {
+		return err
+	}
+	logf("wrote %s in %v", cfg.out, time.Since(began).Round(time.Second))
+	return nil
+}
+
+// moduleDir returns the bench module's directory, where the benchmarks
+// are built, whatever directory the command runs in.
+func moduleDir() (string, error) {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %w", err)
+	}
+	gomod := strings.TrimSpace(string(out))
+	if gomod == "" || gomod == os.DevNull {
+		return "", errors.New("run this command inside the bench module (cd bench)")
+	}
+	return filepath.Dir(gomod), nil
+}
+
+func loadDataset(ctx context.Context, db *sql.DB, rows int) error {
+	have, err := dataset.Loaded(ctx, db, dataset.DefaultTable)
+	if err != nil {
+		return err
+	}
+	if have >= rows {
+		logf("dataset: %d documents already loaded", have)
+		return nil
+	}
+	logf("dataset: loading %d documents", rows)
+	start := time.Now()
+	return dataset.Load(ctx, db, dataset.DefaultTable, rows, func(done int) {
+		logf("dataset: %d/%d after %v", done, rows, time.Since(start).Round(time.Second))
+	})
+}
+
+// job is one process of a round: a benchmark for one client, or the peak
+// memory of one client.
+type job struct {
+	label string
+	// bench is the -test.bench pattern; empty for a peak-memory job.
+	bench string
+	// peak is the client whose peak memory the job measures.
+	peak string
+}
+
+// Variants of BenchmarkOverhead and BenchmarkDecode and BenchmarkNDJSON
+// beyond bench.Clients; the names are those the benchmarks use.
+var (
+	overheadVariants = []string{"inner", "jsonstream", "jsonstream-stream-arg", "jsonstream-paused-once"}
+	decodeClients    = append(clientNames(), "jsonstream-each")
+	ndjsonVariants   = []string{"jsonstream-writendjson", "jsonstream-raw"}
+)
+
+func clientNames() []string {
+	var names []string
+	for _, c := range bench.Clients {
+		names = append(names, c.Name)
+	}
+	return names
+}
+
+// rotate returns names starting at the round-th, wrapping around.
+func rotate(names []string, round int) []string {
+	k := round % len(names)
+	return append(append([]string(nil), names[k:]...), names[:k]...)
+}
+
+// jobs returns the processes of one round, in order.
+func jobs(round int) []job {
+	var js []job
+	add := func(family string, names []string, pattern func(string) string) {
+		for _, n := range rotate(names, round) {
+			js = append(js, job{label: family + " " + n, bench: pattern(n)})
+		}
+	}
+	quote := func(s string) string { return "^" + regexp.QuoteMeta(s) + "$" }
+	add("Overhead", overheadVariants, func(v string) string { return "^BenchmarkOverhead$/^rows=/" + quote(v) })
+	add("Stream", clientNames(), func(c string) string { return "^BenchmarkStream$/^rows=/" + quote("client="+c) })
+	js = append(js, job{label: "Ceiling", bench: "^BenchmarkCeiling$"})
+	add("EarlyClose", clientNames(), func(c string) string { return "^BenchmarkEarlyClose$/" + quote("client="+c) })
+	add("Decode", decodeClients, func(c string) string { return "^BenchmarkDecode$/" + quote("client="+c) })
+	add("NDJSON", ndjsonVariants, func(c string) string { return "^BenchmarkNDJSON$/" + quote("client="+c) })
+	for _, c := range rotate(clientNames(), round) {
+		js = append(js, job{label: "Peak memory " + c, peak: c})
+	}
+	return js
+}
+
+type runner struct {
+	cfg     config
+	dir     string
+	testBin string
+	self    string
+	results *results
+	// loads are the 1-minute load averages seen before each job: the
+	// report says how busy the machine was while it measured.
+	loads []float64
+}
+
+func (r *runner) run(j job, round int) error {
+	if l, ok := loadAverage(); ok {
+		r.loads = append(r.loads, l)
+	}
+	start := time.Now()
+	var cmd *exec.Cmd
+	if j.peak != "" {
+		cmd = exec.Command(r.self, "-peak-child", j.peak, "-dsn", r.cfg.dsn, "-rows", strconv.Itoa(r.cfg.rows))
+	} else {
+		cmd = exec.Command(r.testBin, "-test.run", "^$", "-test.bench", j.bench,
+			"-test.benchtime", r.cfg.benchtime, "-test.count", "1", "-test.timeout", "30m")
+	}
+	cmd.Dir = r.dir
+	cmd.Env = append(os.Environ(), bench.EnvDSN+"="+r.cfg.dsn, bench.EnvRows+"="+strconv.Itoa(r.cfg.rows))
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("round %d, %s: %w\n%s", round+1, j.label, err, out)
+	}
+	var n int
+	if j.peak != "" {
+		n, err = r.results.addPeak(j.peak, out)
+	} else {
+		n, err = r.results.addBench(out)
+	}
+	if err != nil {
+		return fmt.Errorf("round %d, %s: %w\n%s", round+1, j.label, err, out)
+	}
+	if n == 0 {
+		return fmt.Errorf("round %d, %s: no result in the output:\n%s", round+1, j.label, out)
+	}
+	logf("round %d/%d: %s (%v)", round+1, r.cfg.count, j.label, time.Since(start).Round(100*time.Millisecond))
+	return nil
+}
+
+// loadAverage returns the 1-minute load average of the machine.
+func loadAverage() (float64, bool) {
+	data, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0, false
+	}
+	fields := strings.Fields(string(data))
+	if len(fields) == 0 {
+		return 0, false
+	}
+	l, err := strconv.ParseFloat(fields[0], 64)
+	return l, err == nil
+}
+
+// writeAtomic replaces path with data, so that an interrupted run leaves
+// the previous report whole.
+func writeAtomic(path string, data []byte) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "RESULTS.tmp*")
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return err
+	}
+	if err := f.Close(); err != nil {
+		os.Remove(f.Name())
+		return err
+	}
+	if err := os.Chmod(f.Name(), 0o644); err != nil {
+		os.Remove(f.Name())
+		return err
+	}
+	return os.Rename(f.Name(), path)
+}

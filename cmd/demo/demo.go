@@ -1,0 +1,400 @@
+package main
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"runtime"
+	"text/tabwriter"
+	"time"
+
+	"github.com/jsonstream/jsonstream"
+	"github.com/jsonstream/jsonstream/internal/dataset"
+)
+
+const (
+	// pauseWatch is how long the paused stream is watched: long enough to
+	// see that nothing moves, short enough not to bore.
+	pauseWatch = time.Second
+	// pauseTimeout is the bound of the stream that is paused and forgotten.
+	pauseTimeout = time.Second
+	// backendGoneWait bounds the wait for the server to notice a cut
+	// connection and end its backend.
+	backendGoneWait = 2 * time.Second
+)
+
+// demo holds what the steps share and what they measured, for the summary.
+type demo struct {
+	out   *printer
+	db    *sql.DB // through jsonstream
+	dsn   string
+	table string
+	rows  int
+
+	streamed struct {
+		rows, bytes         int64
+		active, lastID      int64
+		elapsed, paused     time.Duration
+		queryTook, firstRow time.Duration
+	}
+	pause struct {
+		at, whilePaused         int64
+		length                  time.Duration
+		heapBefore, heapAfter   uint64
+		backendState, waitEvent string
+	}
+	timeout struct {
+		waited      time.Duration
+		err         error
+		backendGone bool
+		selectOK    bool
+	}
+	early struct {
+		jsonstream, libpq time.Duration
+	}
+}
+
+func (d *demo) load(ctx context.Context) error {
+	d.out.heading("Loading %s JSON documents into table %s", group(int64(d.rows)), d.table)
+	begin := time.Now()
+	err := dataset.Load(ctx, d.db, d.table, d.rows, func(done int) {
+		d.out.progress(fmt.Sprintf("  loaded %s of %s documents (%d%%) in %s",
+			group(int64(done)), group(int64(d.rows)), done*100/d.rows, seconds(time.Since(begin))), true)
+		if done == d.rows {
+			d.out.say("  building the primary key, VACUUM ANALYZE...")
+		}
+	})
+	if err != nil {
+		return err
+	}
+	var size string
+	err = d.db.QueryRowContext(ctx, "SELECT pg_size_pretty(pg_total_relation_size($1::regclass))", d.table).Scan(&size)
+	if err != nil {
+		return err
+	}
+	d.out.say("  loaded in %s; the table takes %s on the server.", seconds(time.Since(begin)), size)
+	return nil
+}
+
+// stream reads every document through jsonstream.Each on one goroutine,
+// the way an application would, while this one shows the progress and,
+// when the reader pauses its stream half-way, looks at what the pause does.
+func (d *demo) stream(ctx context.Context) error {
+	d.out.heading("Streaming %s documents into dataset.Entity values, pausing half-way", group(int64(d.rows)))
+	// A *sql.Conn pins the query to one connection, whose server process
+	// can then be looked up in pg_stat_activity.
+	conn, err := d.db.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	var pid int
+	if err := conn.QueryRowContext(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
+		return err
+	}
+	stream, err := jsonstream.NewStream()
+	if err != nil {
+		return err
+	}
+	begin := time.Now()
+	rows, err := conn.QueryContext(ctx, dataset.Select(d.table, 0), stream)
+	if err != nil {
+		return err
+	}
+	// Stats.FirstRow counts from the moment the rows exist, that is once the
+	// server has answered; the time to first row a user sees adds this.
+	queryTook := time.Since(begin)
+
+	pauseAt := max(1, int64(d.rows)/2)
+	paused := make(chan struct{}, 1)
+	finished := make(chan struct{})
+	var got struct {
+		rows, active, lastID int64
+		err                  error
+	}
+	// Reader: decodes the documents and pauses its own stream half-way, as
+	// a consumer that has to wait for something would. It ends at the end
+	// of the result or when the stream fails: the context ending (the
+	// stream watches it even while paused) or the Cancel deferred below.
+	go func() {
+		defer close(finished)
+		for e, err := range jsonstream.Each[dataset.Entity](rows) {
+			if err != nil {
+				got.err = err
+				return
+			}
+			got.rows++
+			got.lastID = e.ID
+			if e.Active {
+				got.active++
+			}
+			if got.rows == pauseAt && stream.Pause() == nil {
+				paused <- struct{}{}
+			}
+		}
+	}()
+	defer func() {
+		// Only an early return finds the reader still at work.
+		_ = stream.Cancel()
+		<-finished
+	}()
+
+	interval := 100 * time.Millisecond
+	if !d.out.live {
+		interval = plainEvery
+	}
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	lastRows, lastAt := int64(0), begin
+	line := func(force bool) {
+		s, now := stream.Stats(), time.Now()
+		d.out.progress(fmt.Sprintf("  %s rows  %s  %s rows/s  %s",
+			group(s.Rows), megabytes(s.Bytes), group(rate(s.Rows-lastRows, now.Sub(lastAt))), s.State), force)
+		lastRows, lastAt = s.Rows, now
+	}
+	for {
+		select {
+		case <-tick.C:
+			line(false)
+		case <-paused:
+			line(true)
+			if err := d.watchPause(ctx, stream, pid); err != nil {
+				return err
+			}
+			// The rate after the pause is not to be averaged with it, nor
+			// taken over the moment left of a tick that came during it.
+			lastRows, lastAt = stream.Stats().Rows, time.Now()
+			tick.Reset(interval)
+		case <-finished:
+			elapsed := time.Since(begin)
+			s := stream.Stats()
+			running := elapsed - s.PausedTotal
+			d.out.progress(fmt.Sprintf("  %s rows  %s  %s rows/s  %s",
+				group(s.Rows), megabytes(s.Bytes), group(rate(s.Rows, running)), s.State), true)
+			d.out.endLine()
+			if got.err != nil {
+				return fmt.Errorf("streaming: %w", got.err)
+			}
+			st := &d.streamed
+			st.rows, st.bytes, st.active, st.lastID = s.Rows, s.Bytes, got.active, got.lastID
+			st.elapsed, st.paused = elapsed, s.PausedTotal
+			st.queryTook, st.firstRow = queryTook, s.FirstRow
+			d.out.say("  decoded %s dataset.Entity values (%s active, last id %d) in %s,",
+				group(got.rows), group(got.active), got.lastID, seconds(elapsed))
+			d.out.say("  %s rows/s not counting the pause; first row %s after the query started.",
+				group(rate(s.Rows, running)), seconds(queryTook+s.FirstRow))
+			return nil
+		}
+	}
+}
+
+// watchPause shows, on a stream its reader has just paused, that nothing
+// moves for a while, and resumes it.
+func (d *demo) watchPause(ctx context.Context, stream *jsonstream.Stream, pid int) error {
+	before, heapBefore := stream.Stats(), heapInuse()
+	d.out.say("  Paused by the reader after row %s. Watching for %v:", group(before.Rows), pauseWatch)
+	select {
+	case <-time.After(pauseWatch):
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	after, heapAfter := stream.Stats(), heapInuse()
+	var state, evType, ev sql.NullString
+	err := d.db.QueryRowContext(ctx,
+		"SELECT state, wait_event_type, wait_event FROM pg_stat_activity WHERE pid = $1", pid).
+		Scan(&state, &evType, &ev)
+	if err != nil {
+		return fmt.Errorf("looking up the server backend: %w", err)
+	}
+	p := &d.pause
+	p.at, p.whilePaused = before.Rows, after.Rows-before.Rows
+	p.heapBefore, p.heapAfter = heapBefore, heapAfter
+	p.backendState, p.waitEvent = state.String, ev.String
+	if evType.Valid {
+		p.waitEvent = evType.String + "/" + ev.String
+	}
+
+	d.out.say("    rows delivered   %s, then %s a second later (%s, %s while paused)",
+		group(before.Rows), group(after.Rows), plural(after.Rows-before.Rows, "row"), megabytes(after.Bytes-before.Bytes))
+	d.out.say("    heap in use      %s, then %s", megabytes(int64(heapBefore)), megabytes(int64(heapAfter)))
+	d.out.say("    server backend   pid %d: state %s, wait event %s", pid, state.String, p.waitEvent)
+	switch {
+	case ev.String == "ClientWrite":
+		d.out.say("                     (its socket buffer is full: the server waits for the client to read)")
+	case state.String == "idle":
+		d.out.say("                     (the rest of the result fit in the socket buffers: the server had sent it all)")
+	}
+	if err := stream.Resume(); err != nil {
+		return err
+	}
+	p.length = stream.Stats().PausedTotal
+	d.out.say("  Resumed after %s.", seconds(p.length))
+	return nil
+}
+
+func heapInuse() uint64 {
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapInuse
+}
+
+// pauseTimeout pauses a stream with a pause timeout and leaves it paused,
+// as a consumer that forgot it would.
+func (d *demo) pauseTimeout(ctx context.Context) error {
+	d.out.heading("A forgotten pause: WithPauseTimeout(%v)", pauseTimeout)
+	stream, err := jsonstream.NewStream(jsonstream.WithPauseTimeout(pauseTimeout))
+	if err != nil {
+		return err
+	}
+	conn, err := d.db.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	var pid int
+	if err := conn.QueryRowContext(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
+		return err
+	}
+	rows, err := conn.QueryContext(ctx, dataset.Select(d.table, 0), stream)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	if !rows.Next() {
+		return fmt.Errorf("pause timeout: no first row: %w", rows.Err())
+	}
+	if err := stream.Pause(); err != nil {
+		return err
+	}
+	d.out.say("  Read 1 row, paused, and called Next, which waits for a Resume that never comes...")
+	begin := time.Now()
+	more := rows.Next()
+	t := &d.timeout
+	t.waited, t.err = time.Since(begin), rows.Err()
+	if more || !errors.Is(t.err, jsonstream.ErrPauseTimeout) {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return fmt.Errorf("pause timeout: Next returned %t, %v; want false, ErrPauseTimeout", more, t.err)
+	}
+	d.out.say("  Next returned false after %s; rows.Err(): %v", seconds(t.waited), t.err)
+	s := stream.Stats()
+	d.out.say("  stream state %s, %s", s.State, plural(s.PauseTimeouts, "pause timeout"))
+	// Closing hands the cut connection back to database/sql, which sees it
+	// is no longer valid and drops it instead of pooling it.
+	_ = rows.Close()
+	_ = conn.Close()
+
+	t.backendGone, err = d.backendGone(ctx, pid)
+	if err != nil {
+		return err
+	}
+	if t.backendGone {
+		d.out.say("  server backend pid %d is gone: cutting the connection ended it", pid)
+	} else {
+		d.out.say("  server backend pid %d is still there after %s", pid, seconds(backendGoneWait))
+	}
+	var one int
+	if err := d.db.QueryRowContext(ctx, "SELECT 1").Scan(&one); err != nil {
+		return fmt.Errorf("SELECT 1 after the pause timeout: %w", err)
+	}
+	t.selectOK = one == 1
+	d.out.say("  SELECT 1 on the same *sql.DB returned %d: the pool is usable", one)
+	return nil
+}
+
+// backendGone waits a little for the server process pid to exit: the
+// server notices a cut connection on its next write, which is immediate
+// for a backend blocked in one.
+func (d *demo) backendGone(ctx context.Context, pid int) (bool, error) {
+	deadline := time.Now().Add(backendGoneWait)
+	for {
+		var n int
+		err := d.db.QueryRowContext(ctx, "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid).Scan(&n)
+		if err != nil {
+			return false, err
+		}
+		if n == 0 {
+			return true, nil
+		}
+		if time.Now().After(deadline) {
+			return false, nil
+		}
+		select {
+		case <-time.After(20 * time.Millisecond):
+		case <-ctx.Done():
+			return false, ctx.Err()
+		}
+	}
+}
+
+// earlyClose times rows.Close right after the first row of the whole
+// table, through jsonstream and through lib/pq alone.
+func (d *demo) earlyClose(ctx context.Context) error {
+	d.out.heading("Closing a %s-row result after its first row", group(int64(d.rows)))
+	q := dataset.Select(d.table, 0)
+	var err error
+	if d.early.jsonstream, err = closeAfterFirstRow(ctx, d.db, q); err != nil {
+		return err
+	}
+	d.out.say("  jsonstream  rows.Close() took %-8s (drains for up to %s, then cuts the connection)",
+		seconds(d.early.jsonstream), seconds(jsonstream.DefaultDrainTimeout))
+
+	plain, err := sql.Open("postgres", d.dsn)
+	if err != nil {
+		return err
+	}
+	defer plain.Close()
+	if d.early.libpq, err = closeAfterFirstRow(ctx, plain, q); err != nil {
+		return err
+	}
+	d.out.say("  lib/pq      rows.Close() took %-8s (reads the remaining %s)",
+		seconds(d.early.libpq), plural(int64(d.rows)-1, "row"))
+	return nil
+}
+
+func closeAfterFirstRow(ctx context.Context, db *sql.DB, query string) (time.Duration, error) {
+	rows, err := db.QueryContext(ctx, query)
+	if err != nil {
+		return 0, err
+	}
+	if !rows.Next() {
+		rows.Close()
+		return 0, fmt.Errorf("early close: no first row: %w", rows.Err())
+	}
+	begin := time.Now()
+	err = rows.Close()
+	took := time.Since(begin)
+	if err != nil {
+		return 0, fmt.Errorf("early close: %w", err)
+	}
+	return took, ctx.Err()
+}
+
+func (d *demo) summary() {
+	d.out.heading("Summary")
+	w := tabwriter.NewWriter(d.out.stdout, 0, 0, 3, ' ', 0)
+	row := func(name, format string, args ...any) {
+		fmt.Fprintf(w, "  %s\t"+format+"\n", append([]any{name}, args...)...)
+	}
+	st, p, t := &d.streamed, &d.pause, &d.timeout
+	row("rows streamed", "%s, decoded into dataset.Entity", group(st.rows))
+	row("data", "%s", megabytes(st.bytes))
+	row("throughput", "%s rows/s (pause excluded)", group(rate(st.rows, st.elapsed-st.paused)))
+	row("time to first row", "%s (QueryContext %s, then Stats.FirstRow %s)",
+		seconds(st.queryTook+st.firstRow), seconds(st.queryTook), seconds(st.firstRow))
+	row("pause", "%s at row %s, %s read while paused", seconds(p.length), group(p.at), plural(p.whilePaused, "row"))
+	row("heap while paused", "%s, then %s", megabytes(int64(p.heapBefore)), megabytes(int64(p.heapAfter)))
+	row("server while paused", "state %s, wait event %s", p.backendState, p.waitEvent)
+	timeout := fmt.Sprintf("ErrPauseTimeout after %s", seconds(t.waited))
+	if t.backendGone {
+		timeout += ", backend gone"
+	}
+	if t.selectOK {
+		timeout += ", SELECT 1 ok"
+	}
+	row(fmt.Sprintf("pause timeout (%v)", pauseTimeout), "%s", timeout)
+	row("early close after 1 row", "jsonstream %s, lib/pq %s", seconds(d.early.jsonstream), seconds(d.early.libpq))
+	w.Flush()
+}
