@@ -16,6 +16,7 @@ test: vet
 
 # Runs every benchmark once so that none can rot; the numbers mean nothing.
 bench-smoke:
+	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -short .
 	@if [ -f bench/go.mod ]; then cd bench && $(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -short ./...; fi
 
 demo:
