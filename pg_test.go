@@ -336,3 +336,38 @@ func earlyCloseStops(t *testing.T, db *sql.DB, monitor *sql.DB) {
 	assert.Less(t, time.Since(start), closeBound)
 	requireBackendStops(t, monitor, pid)
 }
+
+// TestDSNForms: every form of DSN lib/pq takes works the same through
+// jsonstream, jsonstream's own parameters removed from it.
+func TestDSNForms(t *testing.T) {
+	srv := pgtest.Shared(t)
+	port := fmt.Sprint(srv.Port())
+	forms := map[string]string{
+		"url":              srv.URL(),
+		"url with ours":    srv.URL() + "&jsonstream_pause_timeout=1m&application_name=forms",
+		"key=value":        srv.DSN(),
+		"key=value quoted": "host='127.0.0.1' port=" + port + " user=postgres dbname=postgres sslmode=disable jsonstream_close='drain'",
+		"environment":      "jsonstream_close=auto",
+	}
+	for name, dsn := range forms {
+		t.Run(name, func(t *testing.T) {
+			if name == "environment" {
+				t.Setenv("PGHOST", "127.0.0.1")
+				t.Setenv("PGPORT", port)
+				t.Setenv("PGUSER", "postgres")
+				t.Setenv("PGDATABASE", "postgres")
+				t.Setenv("PGSSLMODE", "disable")
+			}
+			plain, _, err := splitDSN(dsn) // lib/pq would send jsonstream's parameters to the server
+			require.NoError(t, err)
+			for driverName, dsn := range map[string]string{"postgres": plain, DriverName: dsn} {
+				db, err := sql.Open(driverName, dsn)
+				require.NoError(t, err)
+				var user string
+				require.NoError(t, db.QueryRow("SELECT current_user").Scan(&user), driverName)
+				assert.Equal(t, "postgres", user)
+				require.NoError(t, db.Close())
+			}
+		})
+	}
+}
