@@ -77,22 +77,31 @@ func (d *demo) load(ctx context.Context) error {
 	return nil
 }
 
+// pinned returns a connection of its own and its server process id: a
+// query on it can then be looked up in pg_stat_activity.
+func (d *demo) pinned(ctx context.Context) (*sql.Conn, int, error) {
+	conn, err := d.db.Conn(ctx)
+	if err != nil {
+		return nil, 0, err
+	}
+	var pid int
+	if err := conn.QueryRowContext(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
+		_ = conn.Close()
+		return nil, 0, err
+	}
+	return conn, pid, nil
+}
+
 // stream reads every document through jsonstream.Each on one goroutine,
 // the way an application would, while this one shows the progress and,
 // when the reader pauses its stream half-way, looks at what the pause does.
 func (d *demo) stream(ctx context.Context) error {
 	d.out.heading("Streaming %s documents into dataset.Entity values, pausing half-way", group(int64(d.rows)))
-	// A *sql.Conn pins the query to one connection, whose server process
-	// can then be looked up in pg_stat_activity.
-	conn, err := d.db.Conn(ctx)
+	conn, pid, err := d.pinned(ctx)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	var pid int
-	if err := conn.QueryRowContext(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
-		return err
-	}
 	stream, err := jsonstream.NewStream()
 	if err != nil {
 		return err
@@ -247,15 +256,11 @@ func (d *demo) pauseTimeout(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	conn, err := d.db.Conn(ctx)
+	conn, pid, err := d.pinned(ctx)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	var pid int
-	if err := conn.QueryRowContext(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
-		return err
-	}
 	rows, err := conn.QueryContext(ctx, dataset.Select(d.table, 0), stream)
 	if err != nil {
 		return err
