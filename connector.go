@@ -143,16 +143,20 @@ func (d dialer) DialContext(ctx context.Context, network, address string) (net.C
 	return c, nil
 }
 
+// netDialer is the base of NewDialer(nil): plain net.Dialer dialing.
 type netDialer struct{ d net.Dialer }
 
+// Dial implements pq.Dialer.
 func (n netDialer) Dial(network, address string) (net.Conn, error) {
 	return n.d.Dial(network, address)
 }
 
+// DialTimeout implements pq.Dialer.
 func (n netDialer) DialTimeout(network, address string, timeout time.Duration) (net.Conn, error) {
 	return net.DialTimeout(network, address, timeout)
 }
 
+// DialContext implements pq.DialerContext.
 func (n netDialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
 	return n.d.DialContext(ctx, network, address)
 }
@@ -164,8 +168,10 @@ type dsnConnector struct {
 	dsn    string
 }
 
+// Connect implements driver.Connector.
 func (d dsnConnector) Connect(context.Context) (driver.Conn, error) { return d.driver.Open(d.dsn) }
 
+// Driver implements driver.Connector.
 func (d dsnConnector) Driver() driver.Driver { return d.driver }
 
 // errConnector fails every Connect with the error that its DSN gave.
@@ -174,8 +180,10 @@ type errConnector struct {
 	err    error
 }
 
+// Connect implements driver.Connector.
 func (e errConnector) Connect(context.Context) (driver.Conn, error) { return nil, e.err }
 
+// Driver implements driver.Connector.
 func (e errConnector) Driver() driver.Driver { return e.driver }
 
 var errNilDriver = errors.New("jsonstream: NewDriver(nil)")

@@ -450,6 +450,8 @@ func ended(s State) error {
 // stateError is ErrStreamEnded naming the state the stream ended in.
 type stateError struct{ state State }
 
+// Error implements error.
 func (e *stateError) Error() string { return ErrStreamEnded.Error() + " (" + e.state.String() + ")" }
 
+// Is makes errors.Is(err, ErrStreamEnded) hold.
 func (e *stateError) Is(target error) bool { return target == ErrStreamEnded }
