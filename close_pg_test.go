@@ -353,3 +353,31 @@ func TestNetworkStall(t *testing.T) {
 		}
 	})
 }
+
+// TestEarlyCloseInTransaction: cutting the connection would end the
+// transaction, so inside one Close drains, as lib/pq does, and the
+// transaction goes on.
+func TestEarlyCloseInTransaction(t *testing.T) {
+	needRowsTable(t)
+	both(t, func(t *testing.T, db *sql.DB) []any {
+		ctx := context.Background()
+		tx, err := db.BeginTx(ctx, nil)
+		require.NoError(t, err)
+		defer tx.Rollback() //nolint:errcheck
+		_, err = tx.Exec("CREATE TEMP TABLE early_close_tx (a int)")
+		require.NoError(t, err)
+		var g int
+		var pad string
+		require.NoError(t, tx.QueryRow(bigQuery, 200_000).Scan(&g, &pad)) // closes after one row
+		rows, err := tx.Query(bigQuery, 200_000)
+		require.NoError(t, err)
+		require.True(t, rows.Next())
+		require.NoError(t, rows.Close())
+		_, err = tx.Exec("INSERT INTO early_close_tx VALUES (1)")
+		require.NoError(t, err, "the transaction must survive an early Close")
+		var n int
+		require.NoError(t, tx.QueryRow("SELECT count(*) FROM early_close_tx").Scan(&n))
+		require.NoError(t, tx.Commit())
+		return []any{g, n}
+	})
+}

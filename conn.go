@@ -21,13 +21,33 @@ type conn struct {
 	// cutDone is set once sock was closed; the conn is then bad.
 	cutDone atomic.Bool
 
-	// pending is the Stream argument of the statement being prepared for
-	// execution, taken by the query that follows.
+	// arg is the Stream argument of the statement whose arguments
+	// database/sql is checking.
+	arg streamArg
+	// inTx is set while a transaction begun through database/sql is open:
+	// Close then drains instead of cutting, which would end the
+	// transaction. txCtx is that transaction's context.
+	inTx  bool
+	txCtx context.Context
+}
+
+// streamArg holds a Stream taken out of a statement's arguments until the
+// query that follows takes it. database/sql checks every argument, then
+// runs the statement; when a check fails, nothing runs, so the next
+// statement must not find the Stream of the failed one.
+type streamArg struct {
 	pending *Stream
-	// removedAt is the ordinal of the previous argument check if it removed
-	// a Stream, else 0; it tells a new statement's first argument from the
-	// argument after a removed Stream (both have ordinal 1).
-	removedAt int
+	// owner is the conn or stmt whose checker took the Stream; only its
+	// own query may take it.
+	owner any
+	// removed is the slot of the Stream just removed: database/sql checks
+	// the next argument of the same statement in the same slot, while a
+	// new statement's first argument (also ordinal 1) is in a new slice.
+	// Holding the pointer keeps that slice, so the address cannot recur.
+	removed *driver.NamedValue
+	// kept counts the statement's arguments checked and kept: a query
+	// whose argument count differs is another statement.
+	kept int
 }
 
 var (
@@ -76,7 +96,7 @@ func (c *conn) Prepare(query string) (driver.Stmt, error) {
 // PrepareContext implements driver.ConnPrepareContext, falling back to
 // Prepare as database/sql does.
 func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {
-	c.pending = nil
+	c.arg = streamArg{}
 	var si driver.Stmt
 	var err error
 	if p, ok := c.inner.(driver.ConnPrepareContext); ok {
@@ -99,29 +119,53 @@ func (c *conn) Close() error { return c.inner.Close() }
 
 // Begin implements driver.Conn.
 func (c *conn) Begin() (driver.Tx, error) { //nolint:staticcheck // required by driver.Conn
-	c.pending = nil
-	return c.inner.Begin() //nolint:staticcheck
+	return c.BeginTx(context.Background(), driver.TxOptions{})
 }
 
 // BeginTx implements driver.ConnBeginTx, with database/sql's checks when
 // the inner conn lacks it.
 func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
-	c.pending = nil
+	c.arg = streamArg{}
+	var inner driver.Tx
+	var err error
 	if b, ok := c.inner.(driver.ConnBeginTx); ok {
-		return b.BeginTx(ctx, opts)
+		inner, err = b.BeginTx(ctx, opts)
+	} else {
+		switch {
+		case opts.Isolation != 0:
+			return nil, errors.New("sql: driver does not support non-default isolation level")
+		case opts.ReadOnly:
+			return nil, errors.New("sql: driver does not support read-only transactions")
+		}
+		inner, err = c.inner.Begin() //nolint:staticcheck
+		if err == nil && ctx.Err() != nil {
+			_ = inner.Rollback()
+			return nil, ctx.Err()
+		}
 	}
-	if opts.Isolation != 0 {
-		return nil, errors.New("sql: driver does not support non-default isolation level")
+	if err != nil {
+		return nil, err
 	}
-	if opts.ReadOnly {
-		return nil, errors.New("sql: driver does not support read-only transactions")
-	}
-	tx, err := c.inner.Begin() //nolint:staticcheck
-	if err == nil && ctx.Err() != nil {
-		_ = tx.Rollback()
-		return nil, ctx.Err()
-	}
-	return tx, err
+	c.inTx, c.txCtx = true, ctx
+	return &tx{inner: inner, conn: c}, nil
+}
+
+// tx wraps the inner transaction so that the conn knows when it ends.
+type tx struct {
+	inner driver.Tx
+	conn  *conn
+}
+
+// Commit implements driver.Tx.
+func (t *tx) Commit() error {
+	t.conn.inTx, t.conn.txCtx = false, nil
+	return t.inner.Commit()
+}
+
+// Rollback implements driver.Tx.
+func (t *tx) Rollback() error {
+	t.conn.inTx, t.conn.txCtx = false, nil
+	return t.inner.Rollback()
 }
 
 // Ping implements driver.Pinger; without it on the inner conn, database/sql
@@ -135,7 +179,7 @@ func (c *conn) Ping(ctx context.Context) error {
 
 // ResetSession implements driver.SessionResetter.
 func (c *conn) ResetSession(ctx context.Context) error {
-	c.pending, c.removedAt = nil, 0
+	c.arg = streamArg{}
 	if c.isCut() {
 		return driver.ErrBadConn
 	}
@@ -161,7 +205,7 @@ func (c *conn) IsValid() bool {
 // checker; without one it returns driver.ErrSkip, so database/sql applies
 // its default conversion as it would without the wrapper.
 func (c *conn) CheckNamedValue(nv *driver.NamedValue) error {
-	if taken, err := c.takeArgument(nv); taken {
+	if taken, err := c.takeArgument(nv, c); taken {
 		return err
 	}
 	if nvc, ok := c.inner.(driver.NamedValueChecker); ok {
@@ -171,40 +215,52 @@ func (c *conn) CheckNamedValue(nv *driver.NamedValue) error {
 }
 
 // takeArgument keeps track of the statement's arguments and takes a
-// *Stream out of them. It reports whether nv was a Stream.
-func (c *conn) takeArgument(nv *driver.NamedValue) (bool, error) {
-	if nv.Ordinal == 1 && c.removedAt != 1 {
-		c.pending = nil // first argument of a new statement
+// *Stream out of them for owner, the conn or stmt checking them. It
+// reports whether nv was a Stream.
+func (c *conn) takeArgument(nv *driver.NamedValue, owner any) (bool, error) {
+	if nv.Ordinal == 1 && nv != c.arg.removed {
+		c.arg = streamArg{} // the first argument of a new statement
 	}
 	s, ok := nv.Value.(*Stream)
 	if !ok {
-		c.removedAt = 0
+		c.arg.removed = nil
+		c.arg.kept++
 		return false, nil
 	}
+	var err error
 	switch {
 	case s == nil:
-		return true, streamArgError("nil *Stream")
-	case c.pending != nil:
-		return true, streamArgError("more than one Stream passed to one query")
+		err = streamArgError("nil *Stream")
+	case c.arg.pending != nil:
+		err = streamArgError("more than one Stream passed to one query")
 	case s.claimed.Load():
-		return true, streamArgError("Stream already used by another query")
+		err = streamArgError("Stream already used by another query")
 	}
-	c.pending, c.removedAt = s, nv.Ordinal
+	if err != nil {
+		c.arg.pending = nil // the statement fails: nothing may take it
+		return true, err
+	}
+	c.arg.pending, c.arg.owner, c.arg.removed = s, owner, nv
 	return true, driver.ErrRemoveArgument
 }
 
-// takeStream returns the Stream argument of the statement about to run.
-func (c *conn) takeStream() *Stream {
-	s := c.pending
-	c.pending, c.removedAt = nil, 0
-	return s
+// takeStream returns the Stream argument of the statement that owner is
+// about to run with nargs arguments, or nil. A Stream left behind by a
+// statement that failed its argument checks is dropped here.
+func (c *conn) takeStream(owner any, nargs int) *Stream {
+	a := c.arg
+	c.arg = streamArg{}
+	if a.pending == nil || a.owner != owner || a.kept != nargs {
+		return nil
+	}
+	return a.pending
 }
 
 // QueryContext implements driver.QueryerContext, falling back to
 // driver.Queryer as database/sql does, or to driver.ErrSkip (database/sql
 // then prepares the statement) when the inner conn has neither.
 func (c *conn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
-	s := c.takeStream()
+	s := c.takeStream(c, len(args))
 	start := time.Now()
 	var ir driver.Rows
 	var err error
@@ -232,7 +288,7 @@ func (c *conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 // ExecContext implements driver.ExecerContext with the same fallbacks as
 // QueryContext.
 func (c *conn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
-	if c.takeStream() != nil {
+	if c.takeStream(c, len(args)) != nil {
 		return nil, errStreamOnExec
 	}
 	switch e := c.inner.(type) {

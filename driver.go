@@ -29,16 +29,17 @@
 //     inner driver's Next is not called. Pause on a paused stream and Resume
 //     on a running one do nothing.
 //   - A Next blocked by a pause returns when Resume is called; when the
-//     query's context ends (with the context's error: database/sql cannot
-//     interrupt a blocked driver Next, so jsonstream watches the context);
+//     query's context or its transaction's ends (with the context's error:
+//     database/sql cannot interrupt a blocked driver Next, so jsonstream
+//     watches the contexts);
 //     when Cancel is called (ErrCanceled); when the pause timeout expires
 //     (ErrPauseTimeout, or the stream resumes under ResumeOnPauseTimeout).
 //   - Pause, Resume and Cancel on a Complete, Failed or Closed stream return
 //     an error wrapping ErrStreamEnded and change nothing.
-//   - A stream that fails by Cancel, pause timeout or context has its
-//     connection cut: the server stops the query and database/sql discards
-//     the connection, so it never returns to the pool in the middle of a
-//     result.
+//   - A stream that fails by Cancel, pause timeout or context (the query's,
+//     or the transaction's it runs in) has its connection cut: the server
+//     stops the query and database/sql discards the connection, so it never
+//     returns to the pool in the middle of a result.
 //   - The pause machinery (lock, channel, timer, counters) is allocated by the
 //     first Pause; a stream that never pauses carries only its atomic state
 //     and counters.

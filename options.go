@@ -38,6 +38,11 @@ func (a PauseTimeoutAction) String() string {
 // CloseMode says how Close ends a stream that has rows left. lib/pq reads
 // every remaining row on Close; stopping early instead costs the
 // connection, which database/sql then replaces with a new one.
+//
+// Inside a transaction begun with BeginTx, Close always drains: cutting
+// the connection would end the transaction. A session kept with sql.Conn
+// loses its state (temporary tables, SET, advisory locks, LISTEN) when its
+// connection is cut: use CloseDrain there if that state matters.
 type CloseMode uint8
 
 const (

@@ -25,17 +25,21 @@ type rows struct {
 	state stateCell
 	// pause is nil until the first Pause.
 	pause atomic.Pointer[pauser]
-	// failure holds the error that moved the stream to Failed; set once,
-	// before the state changes.
+	// txCtx is the context of the transaction the query runs in, if any:
+	// database/sql ends the rows when it ends, so it is watched like ctx.
+	txCtx context.Context
+	// failure holds the error that moved the stream to Failed; stored
+	// under ending, before the state changes.
 	failure atomic.Pointer[error]
-	// ending orders a failure that cuts the connection against Close: the
-	// cut must be done before Close can hand the connection back to
-	// database/sql, and must not happen once Close ended the stream (the
-	// connection may serve another query by then).
+	// ending serializes the moves to Failed and Closed, so that a failure
+	// that cuts the connection has cut it before Close can hand the
+	// connection back to database/sql, and never cuts once Close ended the
+	// stream (the connection may serve another query by then).
 	ending sync.Mutex
-	// stopWatch stops the context watch that cuts a stalled connection; nil
-	// when the context cannot end or the connection cannot be cut.
-	stopWatch func() bool
+	// stopWatch and stopTxWatch stop the context watches that cut a
+	// stalled connection; nil when the context cannot end or the
+	// connection cannot be cut.
+	stopWatch, stopTxWatch func() bool
 
 	// settings are the query's: the connector's with a Stream's options on
 	// top. Its pauseTimeout is the starting value of the field below.
@@ -72,16 +76,32 @@ func newRows(ctx context.Context, c *conn, inner driver.Rows, streamOpts []Optio
 	}
 	_ = r.settings.apply(streamOpts)
 	r.pauseTimeout.Store(int64(r.settings.pauseTimeout))
-	if ctx.Done() != nil && c.sock != nil {
+	if c.txCtx != nil && c.txCtx != ctx {
+		r.txCtx = c.txCtx
+	}
+	if c.sock != nil {
 		// A Next stuck on a stalled network is beyond database/sql's reach
 		// and lib/pq's (its cancel request travels the same network):
 		// cutting the connection is what frees it.
-		r.stopWatch = context.AfterFunc(ctx, r.contextDone)
+		if ctx.Done() != nil {
+			r.stopWatch = context.AfterFunc(ctx, func() { r.fail(ctx.Err(), true) })
+		}
+		if r.txCtx != nil && r.txCtx.Done() != nil {
+			tx := r.txCtx
+			r.stopTxWatch = context.AfterFunc(tx, func() { r.fail(tx.Err(), true) })
+		}
 	}
 	return r
 }
 
-func (r *rows) contextDone() { r.fail(r.ctx.Err(), true) }
+// txDone is the Done channel of the transaction's context; nil (never
+// ready) outside a transaction.
+func (r *rows) txDone() <-chan struct{} {
+	if r.txCtx == nil {
+		return nil
+	}
+	return r.txCtx.Done()
+}
 
 // Columns implements driver.Rows.
 func (r *rows) Columns() []string { return r.inner.Columns() }
@@ -141,6 +161,9 @@ func (r *rows) await() error {
 			case <-r.ctx.Done():
 				r.fail(r.ctx.Err(), true)
 				return r.err()
+			case <-r.txDone():
+				r.fail(r.txCtx.Err(), true)
+				return r.err()
 			}
 		}
 	}
@@ -166,7 +189,9 @@ func (r *rows) nextFailed(err error) error {
 		r.fail(ctxErr, false)
 		return r.err()
 	}
-	r.fail(err, false)
+	if !r.fail(err, false) && r.state.load() == Failed {
+		return r.err() // a Cancel or timeout came first
+	}
 	return err
 }
 
@@ -182,19 +207,29 @@ func (r *rows) err() error {
 // the connection so the server stops the query. It reports whether it
 // made the change.
 func (r *rows) fail(err error, cut bool) bool {
-	if !r.failure.CompareAndSwap(nil, &err) {
-		return false
-	}
-	r.ending.Lock()
-	_, ok := r.state.finish(Failed)
-	if ok && cut {
-		r.conn.cut()
-	}
-	r.ending.Unlock()
+	ok := r.failState(err, cut)
 	if ok {
 		r.endPause()
 	}
 	return ok
+}
+
+// failState is fail without ending the pause, for callers that hold the
+// pauser's lock.
+func (r *rows) failState(err error, cut bool) bool {
+	r.ending.Lock()
+	defer r.ending.Unlock()
+	if r.state.load().final() {
+		return false
+	}
+	r.failure.Store(&err)
+	if _, ok := r.state.finish(Failed); !ok {
+		return false // Next reached the end just now
+	}
+	if cut {
+		r.conn.cut()
+	}
+	return true
 }
 
 // endPause ends a pause in progress, waking a blocked Next.
@@ -215,6 +250,9 @@ func (r *rows) Close() error {
 	if r.stopWatch != nil {
 		r.stopWatch()
 	}
+	if r.stopTxWatch != nil {
+		r.stopTxWatch()
+	}
 	if !live {
 		err := r.inner.Close()
 		if from == Failed && r.conn.isCut() {
@@ -223,6 +261,10 @@ func (r *rows) Close() error {
 		return err
 	}
 	r.endPause()
+	if r.conn.inTx {
+		// Cutting would end the transaction too: drain, as lib/pq does.
+		return r.inner.Close()
+	}
 	switch r.settings.closeMode {
 	case CloseDrain:
 		return r.inner.Close()
@@ -391,13 +433,16 @@ func (r *rows) pauseExpired(generation uint64) {
 		return // Resume, Close or a later pause came first
 	}
 	p.timeouts++
-	if r.settings.onPauseTimeout == ResumeOnPauseTimeout && r.state.cas(Paused, Running) {
+	if r.settings.onPauseTimeout == ResumeOnPauseTimeout {
+		if r.state.cas(Paused, Running) {
+			p.end()
+		}
+	} else if r.failState(ErrPauseTimeout, true) {
+		// Still under p.mu: a Resume cannot slip in between the check
+		// above and the failure.
 		p.end()
-		p.mu.Unlock()
-		return
 	}
 	p.mu.Unlock()
-	r.fail(ErrPauseTimeout, true)
 }
 
 // Cancel implements Controller.

@@ -54,13 +54,13 @@ func (s *stmt) NumInput() int { return s.inner.NumInput() }
 
 // Exec implements driver.Stmt.
 func (s *stmt) Exec(args []driver.Value) (driver.Result, error) { //nolint:staticcheck // required by driver.Stmt
-	s.conn.pending = nil
+	s.conn.arg = streamArg{}
 	return s.inner.Exec(args) //nolint:staticcheck
 }
 
 // Query implements driver.Stmt.
 func (s *stmt) Query(args []driver.Value) (driver.Rows, error) { //nolint:staticcheck // required by driver.Stmt
-	st := s.conn.takeStream()
+	st := s.conn.takeStream(s, len(args))
 	start := time.Now()
 	ir, err := s.inner.Query(args) //nolint:staticcheck
 	if err != nil {
@@ -73,7 +73,7 @@ func (s *stmt) Query(args []driver.Value) (driver.Rows, error) { //nolint:static
 // out; other values go to the inner statement's checker, else the inner
 // conn's, else database/sql's own conversion (driver.ErrSkip).
 func (s *stmt) CheckNamedValue(nv *driver.NamedValue) error {
-	if taken, err := s.conn.takeArgument(nv); taken {
+	if taken, err := s.conn.takeArgument(nv, s); taken {
 		return err
 	}
 	if nvc, ok := s.inner.(driver.NamedValueChecker); ok {
@@ -88,7 +88,7 @@ func (s *stmt) CheckNamedValue(nv *driver.NamedValue) error {
 // QueryContext implements driver.StmtQueryContext, falling back to Query
 // as database/sql does.
 func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {
-	st := s.conn.takeStream()
+	st := s.conn.takeStream(s, len(args))
 	start := time.Now()
 	var ir driver.Rows
 	var err error
@@ -113,7 +113,7 @@ func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driv
 // ExecContext implements driver.StmtExecContext, falling back to Exec as
 // database/sql does; that fallback is what pq.CopyIn statements use.
 func (s *stmt) ExecContext(ctx context.Context, args []driver.NamedValue) (driver.Result, error) {
-	if s.conn.takeStream() != nil {
+	if s.conn.takeStream(s, len(args)) != nil {
 		return nil, errStreamOnExec
 	}
 	if e, ok := s.inner.(driver.StmtExecContext); ok {

@@ -148,3 +148,91 @@ func TestStreamArgumentMisuse(t *testing.T) {
 		assert.ErrorIs(t, err, ErrInvalidOption)
 	})
 }
+
+// TestStreamArgumentNeverLeaks: a Stream taken out of a statement that then
+// fails its argument checks must not reach a later, unrelated statement on
+// the same connection (a Conn or Tx, where database/sql does not reset the
+// session between statements).
+func TestStreamArgumentNeverLeaks(t *testing.T) {
+	ctx := context.Background()
+	db, _ := openFake(t, countRows(3))
+	unconvertible := map[string]any{"a": 1}
+
+	t.Run("conversion error, then a statement without arguments", func(t *testing.T) {
+		conn, err := db.Conn(ctx)
+		require.NoError(t, err)
+		defer conn.Close()
+		s := mustStream(t)
+		_, err = conn.QueryContext(ctx, "q ?", s, unconvertible)
+		require.Error(t, err)
+		_, err = conn.ExecContext(ctx, "SET x = 1")
+		assert.NoError(t, err, "the failed statement's Stream reached an Exec")
+		_, err = conn.QueryContext(ctx, "q ?", s, unconvertible)
+		require.Error(t, err)
+		rows, err := conn.QueryContext(ctx, "other query")
+		require.NoError(t, err)
+		require.NoError(t, rows.Close())
+		assert.False(t, s.Started(), "the failed statement's Stream was bound to another query")
+	})
+	t.Run("argument count mismatch on a prepared statement in a Tx", func(t *testing.T) {
+		tx, err := db.BeginTx(ctx, nil)
+		require.NoError(t, err)
+		defer tx.Rollback() //nolint:errcheck
+		st, err := tx.PrepareContext(ctx, "q ?")
+		require.NoError(t, err)
+		s := mustStream(t)
+		_, err = st.QueryContext(ctx, s) // the Stream takes no placeholder: one argument short
+		require.Error(t, err)
+		rows, err := tx.QueryContext(ctx, "other ?", 7)
+		require.NoError(t, err)
+		require.NoError(t, rows.Close())
+		assert.False(t, s.Started(), "bound to an unrelated query")
+
+		_, err = st.QueryContext(ctx, mustStream(t)) // the same mistake again
+		require.Error(t, err)
+		s2 := mustStream(t)
+		rows, err = tx.QueryContext(ctx, "q ?", 1, s2) // then a correct query
+		require.NoError(t, err, "a correct query after the mistake must work")
+		require.NoError(t, rows.Close())
+		assert.True(t, s2.Started())
+		rows, err = st.QueryContext(ctx, 1) // and the statement, retried right
+		require.NoError(t, err)
+		require.NoError(t, rows.Close())
+	})
+	t.Run("two Streams, then a statement without arguments", func(t *testing.T) {
+		conn, err := db.Conn(ctx)
+		require.NoError(t, err)
+		defer conn.Close()
+		s1, s2 := mustStream(t), mustStream(t)
+		_, err = conn.QueryContext(ctx, "q", s1, s2)
+		assert.ErrorIs(t, err, ErrStreamArgument)
+		rows, err := conn.QueryContext(ctx, "q")
+		require.NoError(t, err)
+		require.NoError(t, rows.Close())
+		assert.False(t, s1.Started())
+		assert.False(t, s2.Started())
+	})
+}
+
+// TestPausedNextEndsWithTheTransaction: database/sql ends a transaction's
+// rows when the transaction's context ends, but cannot reach a Next
+// blocked by a pause; jsonstream watches that context too.
+func TestPausedNextEndsWithTheTransaction(t *testing.T) {
+	db, _ := openFake(t, countRows(10))
+	txCtx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	tx, err := db.BeginTx(txCtx, nil)
+	require.NoError(t, err)
+	s := mustStream(t)
+	rows, err := tx.Query("q", s) // the query's own context never ends
+	require.NoError(t, err)
+	require.True(t, rows.Next())
+	require.NoError(t, s.Pause())
+	ch := nextAsync(rows)
+	requireBlocked(t, ch)
+	cancel()
+	r := requireWithin(t, ch, wake)
+	assert.False(t, r.ok)
+	assert.ErrorIs(t, r.err, context.Canceled)
+	assert.Equal(t, Failed, s.State())
+}
