@@ -252,7 +252,7 @@ func (r *report) overhead(b *strings.Builder) {
 			verdict = "is refuted"
 		}
 		fmt.Fprintf(b, "With %d row(s): the never-paused budget of one allocation %s (%+.0f); "+
-			"the Stream argument adds %+.0f (the Stream, and binding it to the query in jsonstream and in database/sql); "+
+			"the Stream argument adds %+.0f (the Stream itself, and the argument slice that carries it to database/sql); "+
 			"the first Pause adds %+.0f, which is the pause machinery appearing only when used.\n\n",
 			n, verdict, js-inner, arg-js, paused-arg)
 	}
