@@ -43,11 +43,20 @@ func TestSplitDSN(t *testing.T) {
 }
 
 func TestDSNParametersApply(t *testing.T) {
-	_, opts, err := splitDSN("host=db jsonstream_pause_timeout=1m30s jsonstream_on_pause_timeout=resume jsonstream_close=cancel jsonstream_drain_timeout=7ms")
+	_, opts, err := splitDSN("host=db jsonstream_pause_timeout=1m30s jsonstream_on_pause_timeout=resume jsonstream_close=cancel jsonstream_drain_timeout=7ms jsonstream_fetch_size=250")
 	require.NoError(t, err)
 	s := defaultSettings()
 	require.NoError(t, s.apply(opts))
-	assert.Equal(t, settings{pauseTimeout: 90 * time.Second, onPauseTimeout: ResumeOnPauseTimeout, closeMode: CloseCancel, drainTimeout: 7 * time.Millisecond}, s)
+	assert.Equal(t, settings{pauseTimeout: 90 * time.Second, onPauseTimeout: ResumeOnPauseTimeout, closeMode: CloseCancel, drainTimeout: 7 * time.Millisecond, fetchSize: 250}, s)
+
+	_, opts, err = splitDSN("postgres://db/x?jsonstream_fetch_size=auto")
+	require.NoError(t, err)
+	require.NoError(t, s.apply(opts))
+	assert.Equal(t, FetchAuto, s.fetchSize)
+	_, opts, err = splitDSN("host=db jsonstream_fetch_size=0")
+	require.NoError(t, err)
+	require.NoError(t, s.apply(opts))
+	assert.Equal(t, 0, s.fetchSize, "0 is the single-statement mode")
 }
 
 func TestBadDSNParameters(t *testing.T) {
@@ -58,6 +67,8 @@ func TestBadDSNParameters(t *testing.T) {
 		"host=db jsonstream_close=maybe":                      `jsonstream_close="maybe": want auto, cancel or drain`,
 		"host=db jsonstream_on_pause_timeout=panic":           `jsonstream_on_pause_timeout="panic": want fail or resume`,
 		"host=db jsonstream_drain_timeout=0s":                 `jsonstream_drain_timeout="0s": must be positive`,
+		"host=db jsonstream_fetch_size=-5":                    `jsonstream_fetch_size="-5": want 0, a positive batch size or auto`,
+		"host=db jsonstream_fetch_size=lots":                  `jsonstream_fetch_size="lots": want 0, a positive batch size or auto`,
 		"host=db jsonstream_colour=blue":                      `unknown DSN parameter jsonstream_colour="blue"`,
 		"postgres://db/x?jsonstream_pause_timout=1s":          `unknown DSN parameter jsonstream_pause_timout="1s"`,
 		"postgres://db/x?jsonstream_close=%zz":                `jsonstream_close="%zz": bad URL escape`,
@@ -85,6 +96,7 @@ func TestBadOptions(t *testing.T) {
 		WithPauseTimeoutAction(PauseTimeoutAction(7)),
 		WithCloseMode(CloseMode(9)),
 		WithDrainTimeout(0),
+		WithFetchSize(-2),
 		nil,
 	} {
 		_, err := NewConnector(fakeConnector{d}, opt)

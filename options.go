@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -86,6 +87,7 @@ type settings struct {
 	onPauseTimeout PauseTimeoutAction
 	closeMode      CloseMode
 	drainTimeout   time.Duration
+	fetchSize      int // 0: single statement; FetchAuto or n > 0: cursor
 }
 
 func defaultSettings() settings {
@@ -150,6 +152,28 @@ func WithDrainTimeout(d time.Duration) Option {
 	}
 }
 
+// FetchAuto, given to WithFetchSize, makes a stream fetch from a cursor in
+// batches that adapt to the rows: see WithFetchSize.
+const FetchAuto = -1
+
+// WithFetchSize chooses how a query's rows come from the server. 0, the
+// default, sends the query as one statement and streams its whole result.
+// n > 0 runs the query as a cursor and fetches n rows per batch; FetchAuto
+// fetches in batches that start small and grow (see the README's "which
+// mode"). A cursor-backed stream stops early without losing its
+// connection: Close, Cancel, the pause timeout and the query's context
+// close the cursor instead of cutting the connection. Any other value is
+// an error wrapping ErrInvalidOption.
+func WithFetchSize(n int) Option {
+	return func(s *settings) error {
+		if n < 0 && n != FetchAuto {
+			return invalid("WithFetchSize", n, "want 0, a positive batch size or FetchAuto")
+		}
+		s.fetchSize = n
+		return nil
+	}
+}
+
 func (s *settings) apply(opts []Option) error {
 	for _, o := range opts {
 		if o == nil {
@@ -169,6 +193,7 @@ func (s *settings) apply(opts []Option) error {
 //	jsonstream_on_pause_timeout=resume WithPauseTimeoutAction: fail or resume
 //	jsonstream_close=drain             WithCloseMode: auto, cancel or drain
 //	jsonstream_drain_timeout=5ms       WithDrainTimeout
+//	jsonstream_fetch_size=auto         WithFetchSize: 0, a batch size, or auto
 //
 // Any other parameter with the prefix is an error.
 const DSNPrefix = "jsonstream_"
@@ -218,6 +243,15 @@ func dsnOption(name, value string) (Option, error) {
 			return nil, bad("must be positive")
 		}
 		return WithDrainTimeout(d), nil
+	case "fetch_size":
+		if value == "auto" {
+			return WithFetchSize(FetchAuto), nil
+		}
+		n, err := strconv.Atoi(value)
+		if err != nil || n < 0 {
+			return nil, bad("want 0, a positive batch size or auto")
+		}
+		return WithFetchSize(n), nil
 	}
 	return nil, fmt.Errorf("%w: unknown DSN parameter %s=%q", ErrInvalidOption, name, value)
 }
