@@ -340,10 +340,18 @@ var errStreamOnExec = streamArgError("a Stream goes with Query, not Exec")
 // querySettings returns the settings of a query: the connection's, with
 // the options of its Stream, if any (checked by NewStream), on top.
 func (c *conn) querySettings(s *Stream) settings {
-	set := *c.settings
-	if s != nil {
-		_ = set.apply(s.opts)
+	if s == nil {
+		return *c.settings
 	}
+	return s.settingsOn(c.settings)
+}
+
+// settingsOn returns base with the Stream's options applied. A function
+// of its own because the options' closures make the copy escape: only a
+// query with a Stream pays for it.
+func (s *Stream) settingsOn(base *settings) settings {
+	set := *base
+	_ = set.apply(s.opts)
 	return set
 }
 
