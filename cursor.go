@@ -132,7 +132,7 @@ func (c *conn) queryCursor(ctx context.Context, query string, args []driver.Name
 		cur.abandon()
 		return nil, cursorError(err, set.fetchSize, offset)
 	}
-	cur.batch, err = cur.fetch(ctx, queryer)
+	cur.batch, err = cur.firstFetch(ctx, queryer, set.drainTimeout)
 	if err != nil {
 		cur.abandon()
 		return nil, err
@@ -221,6 +221,28 @@ func (cur *cursor) fetch(ctx context.Context, queryer driver.QueryerContext) (dr
 	return rows, nil
 }
 
+// firstFetch sends the first FETCH. The query's context is not handed to
+// the inner driver: lib/pq would watch it for as long as the first batch
+// is open, and when it ends send a cancel request and give up the
+// connection. A context that ends while the first batch is on its way
+// bounds the read instead, as a failure does later (interrupt).
+func (cur *cursor) firstFetch(ctx context.Context, queryer driver.QueryerContext, drainTimeout time.Duration) (driver.Rows, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	s := cur.conn.sock
+	if s == nil || ctx.Done() == nil {
+		return cur.fetch(ctx, queryer)
+	}
+	stop := context.AfterFunc(ctx, func() { s.interrupt(drainTimeout) })
+	rows, err := cur.fetch(context.Background(), queryer)
+	if !stop() && err != nil {
+		cur.conn.cut()
+		return nil, ctx.Err()
+	}
+	return rows, err
+}
+
 // grow sets the size of the next batch under FetchAuto.
 func (cur *cursor) grow() {
 	if cur.size != 0 {
@@ -289,6 +311,9 @@ func (cur *cursor) Next(dest []driver.Value) error {
 // own transaction (which closes the cursor), or CLOSE inside the caller's.
 func (cur *cursor) finish() error {
 	cur.ended = true
+	if !cur.conn.clearDeadline() {
+		return driver.ErrBadConn
+	}
 	stmt := "CLOSE " + cur.name
 	if cur.own {
 		stmt = "COMMIT"
@@ -359,7 +384,7 @@ func (cur *cursor) close() error {
 		drainErr = err
 	}
 	cur.ended = true
-	if c.isCut() {
+	if c.isCut() || !c.clearDeadline() {
 		return nil
 	}
 	if cur.aborted && !cur.own {
@@ -424,6 +449,17 @@ func (cur *cursor) drainBatch() (cut, last bool, err error) {
 		return false, false, err
 	}
 	return false, cur.got < cur.asked, nil
+}
+
+// clearDeadline ends a failure's bound on the socket (interrupt) before
+// the connection sends anything more; when that fails, it cuts the
+// connection and reports false.
+func (c *conn) clearDeadline() bool {
+	if c.sock == nil || c.sock.endDrain() {
+		return true
+	}
+	c.cut()
+	return false
 }
 
 // The column type methods forward to the first batch's rows, which
