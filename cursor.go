@@ -300,6 +300,11 @@ func (cur *cursor) Next(dest []driver.Value) error {
 		// The context is watched by the stream itself; lib/pq's own watch
 		// would cost a goroutine per batch and send a cancel request.
 		batch, err := cur.fetch(context.Background(), cur.conn.inner.(driver.QueryerContext))
+		if errors.Is(err, driver.ErrBadConn) {
+			// lib/pq finds the session gone only when it sends, and says no
+			// more: name what commonly ends an idle transaction's session.
+			return fmt.Errorf("jsonstream: the server ended the session of a cursor-backed stream between batches (idle_in_transaction_session_timeout, or a terminated backend): %w", err)
+		}
 		if err != nil {
 			return err
 		}
