@@ -101,6 +101,15 @@ func (c *conn) cut() bool {
 
 func (c *conn) isCut() bool { return c.cutDone.Load() }
 
+// discard makes sure the connection is never reused: cut when
+// jsonstream dialed it, marked bad otherwise (ResetSession and IsValid
+// then report it).
+func (c *conn) discard() {
+	if !c.cut() {
+		c.cutDone.Store(true)
+	}
+}
+
 // Prepare implements driver.Conn.
 func (c *conn) Prepare(query string) (driver.Stmt, error) {
 	return c.PrepareContext(context.Background(), query)

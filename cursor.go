@@ -324,6 +324,7 @@ func (cur *cursor) finish() error {
 		stmt = "COMMIT"
 	}
 	if err := cur.exec(stmt); err != nil {
+		cur.conn.discard() // the session is in an unknown state: never reuse it
 		return err
 	}
 	cur.conn.txIdle = cur.own
@@ -335,9 +336,14 @@ func (cur *cursor) finish() error {
 // transaction or the cursor was never declared.
 func (cur *cursor) abandon() {
 	cur.ended = true
-	if cur.own && cur.exec("ROLLBACK") == nil {
-		cur.conn.txIdle = true
+	if !cur.own {
+		return
 	}
+	if cur.exec("ROLLBACK") != nil {
+		cur.conn.discard() // the session is in an unknown state: never reuse it
+		return
+	}
+	cur.conn.txIdle = true
 }
 
 func (cur *cursor) exec(stmt string) error {
@@ -381,7 +387,7 @@ func (cur *cursor) close() error {
 		}
 		if last && err == nil {
 			if err := cur.finish(); err != io.EOF {
-				c.cut() // the session is in an unknown state: never reuse it
+				c.discard() // the session is in an unknown state: never reuse it
 				return err
 			}
 			return nil
@@ -400,7 +406,7 @@ func (cur *cursor) close() error {
 		stmt = "ROLLBACK"
 	}
 	if err := cur.exec(stmt); err != nil {
-		c.cut() // the session is in an unknown state: never reuse it
+		c.discard() // the session is in an unknown state: never reuse it
 		if drainErr != nil {
 			return drainErr
 		}
