@@ -15,6 +15,10 @@
 //     forgotten pause from holding a connection and a server snapshot.
 //   - Closing a stream before its end stops the server-side query instead of
 //     reading the whole rest of the result (CloseMode).
+//   - Cursor-backed streams (WithFetchSize, DSN jsonstream_fetch_size=auto)
+//     run the query as a cursor and fetch it in batches: stopping early
+//     closes the cursor and keeps the connection and its session, inside
+//     and outside transactions.
 //   - JSON documents: Each and ForEach iterate a result as typed values,
 //     WriteNDJSON and WriteJSONArray stream it to an io.Writer, in flat
 //     memory and with any driver.
@@ -39,7 +43,14 @@
 //   - A stream that fails by Cancel, pause timeout or context (the query's,
 //     or the transaction's it runs in) has its connection cut: the server
 //     stops the query and database/sql discards the connection, so it never
-//     returns to the pool in the middle of a result.
+//     returns to the pool in the middle of a result. A cursor-backed stream
+//     instead closes its cursor when it is closed and keeps the connection;
+//     only a batch in flight that does not arrive within the drain timeout
+//     is cut.
+//   - Tx.Commit, Tx.Rollback and Rows.Close called from another goroutine
+//     while Next is paused wait for it: database/sql holds the rows' lock
+//     during Next. End such a stream with Cancel, or with the context given
+//     to the query or to BeginTx, which wake a paused Next.
 //   - The pause machinery (lock, channel, timer, counters) is allocated by the
 //     first Pause; a stream that never pauses carries only its atomic state
 //     and counters.

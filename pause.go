@@ -41,7 +41,8 @@ type Controller interface {
 	// row and nothing more is read from the server until Resume. A Next
 	// already waiting for the server when Pause is called keeps the row it
 	// receives until Resume. The server, finding the connection's buffers
-	// full, waits for the client (wait event ClientWrite).
+	// full, waits for the client (wait event ClientWrite); a cursor-backed
+	// stream's server has sent its batch and is idle in its transaction.
 	//
 	// A blocked Next returns when Resume is called, the query's context
 	// ends (with the context's error), Cancel is called (ErrCanceled), or the
@@ -57,8 +58,10 @@ type Controller interface {
 	Resume() error
 	// Cancel ends a live stream: Next returns ErrCanceled, and the
 	// server-side query is stopped by cutting the connection (which
-	// database/sql then discards). On an ended stream it returns
-	// ErrStreamEnded.
+	// database/sql then discards). A cursor-backed stream keeps its
+	// connection: Close closes the cursor, after reading off the batch in
+	// flight, if any, within the drain timeout. On an ended stream Cancel
+	// returns ErrStreamEnded.
 	Cancel() error
 	// SetPauseTimeout sets the pause timeout of the pauses that start after
 	// it; 0 removes the bound. A negative value is an error wrapping
@@ -176,7 +179,7 @@ type Stream struct {
 
 // NewStream returns a Stream whose rows use opts on top of the
 // connector's settings (WithPauseTimeout, WithPauseTimeoutAction,
-// WithCloseMode, WithDrainTimeout). A bad option is an error wrapping
+// WithCloseMode, WithDrainTimeout, WithFetchSize). A bad option is an error wrapping
 // ErrInvalidOption.
 func NewStream(opts ...Option) (*Stream, error) {
 	s := &Stream{opts: opts}
