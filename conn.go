@@ -260,10 +260,12 @@ func (c *conn) takeStream(owner any, nargs int) *Stream {
 // driver.Queryer as database/sql does, or to driver.ErrSkip (database/sql
 // then prepares the statement) when the inner conn has neither.
 func (c *conn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
-	s := c.takeStream(c, len(args))
+	s, err := queryStream(ctx, c.takeStream(c, len(args)))
+	if err != nil {
+		return nil, err
+	}
 	start := time.Now()
 	var ir driver.Rows
-	var err error
 	switch q := c.inner.(type) {
 	case driver.QueryerContext:
 		ir, err = q.QueryContext(ctx, query, args)

@@ -41,8 +41,8 @@ type rows struct {
 	// connection cannot be cut.
 	stopWatch, stopTxWatch func() bool
 
-	// settings are the query's: the connector's with a Stream's options on
-	// top. Its pauseTimeout is the starting value of the field below.
+	// settings are the query's: the connector's, then the context's
+	// (ContextWithOptions), then a Stream's options on top. Its pauseTimeout is the starting value of the field below.
 	settings     settings
 	pauseTimeout atomic.Int64 // time.Duration; SetPauseTimeout may come from any goroutine
 
@@ -63,9 +63,9 @@ var (
 	_ Controller                            = (*rows)(nil)
 )
 
-// newRows wraps inner with the conn's settings and the options of the
-// query's Stream, if any (already checked by NewStream); start is when the
-// query was sent.
+// newRows wraps inner with the conn's settings, the options of the
+// query's context and those of its Stream, if any (already checked by
+// ContextWithOptions and NewStream); start is when the query was sent.
 func newRows(ctx context.Context, c *conn, inner driver.Rows, streamOpts []Option, start time.Time) *rows {
 	r := &rows{
 		inner:    inner,
@@ -74,6 +74,7 @@ func newRows(ctx context.Context, c *conn, inner driver.Rows, streamOpts []Optio
 		settings: *c.settings,
 		start:    start,
 	}
+	r.settings.applyContext(ctx) // ContextWithOptions, between the two
 	_ = r.settings.apply(streamOpts)
 	r.pauseTimeout.Store(int64(r.settings.pauseTimeout))
 	if c.txCtx != nil && c.txCtx != ctx {

@@ -88,10 +88,12 @@ func (s *stmt) CheckNamedValue(nv *driver.NamedValue) error {
 // QueryContext implements driver.StmtQueryContext, falling back to Query
 // as database/sql does.
 func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {
-	st := s.conn.takeStream(s, len(args))
+	st, err := queryStream(ctx, s.conn.takeStream(s, len(args)))
+	if err != nil {
+		return nil, err
+	}
 	start := time.Now()
 	var ir driver.Rows
-	var err error
 	if q, ok := s.inner.(driver.StmtQueryContext); ok {
 		ir, err = q.QueryContext(ctx, args)
 	} else {
