@@ -325,7 +325,7 @@ func TestContextStreamAndArgument(t *testing.T) {
 
 // querySettings runs q with ctx and a Stream s (a fresh one without
 // options when s is nil) and returns the settings its rows got.
-func querySettings(t *testing.T, db *sql.DB, ctx context.Context, s *Stream) settings {
+func querySettings(ctx context.Context, t *testing.T, db *sql.DB, s *Stream) settings {
 	t.Helper()
 	if s == nil {
 		s = mustStream(t)
@@ -344,14 +344,14 @@ func TestContextOptions(t *testing.T) {
 	t.Run("connector < context < Stream", func(t *testing.T) {
 		ctx, err := ContextWithOptions(bg, WithPauseTimeout(2*time.Hour), WithDrainTimeout(7*time.Millisecond))
 		require.NoError(t, err)
-		got := querySettings(t, db, ctx, mustStream(t, WithPauseTimeout(3*time.Hour)))
+		got := querySettings(ctx, t, db, mustStream(t, WithPauseTimeout(3*time.Hour)))
 		assert.Equal(t, 3*time.Hour, got.pauseTimeout, "the Stream's")
 		assert.Equal(t, 7*time.Millisecond, got.drainTimeout, "the context's")
 		assert.Equal(t, CloseDrain, got.closeMode, "the connector's")
 
 		// Every query of the context gets them; a context Stream too.
 		for i := 0; i < 2; i++ {
-			got = querySettings(t, db, ctx, nil)
+			got = querySettings(ctx, t, db, nil)
 			assert.Equal(t, 2*time.Hour, got.pauseTimeout)
 			assert.Equal(t, 7*time.Millisecond, got.drainTimeout)
 		}
@@ -368,11 +368,11 @@ func TestContextOptions(t *testing.T) {
 		require.NoError(t, err)
 		b, err := ContextWithOptions(outer, WithDrainTimeout(3*time.Millisecond))
 		require.NoError(t, err)
-		got := querySettings(t, db, a, nil)
+		got := querySettings(a, t, db, nil)
 		assert.Equal(t, 2*time.Minute, got.pauseTimeout)
 		assert.Equal(t, CloseCancel, got.closeMode)
 		assert.Equal(t, time.Second, got.drainTimeout, "b's option reached a")
-		got = querySettings(t, db, b, nil)
+		got = querySettings(b, t, db, nil)
 		assert.Equal(t, time.Minute, got.pauseTimeout, "a's option reached b")
 		assert.Equal(t, 3*time.Millisecond, got.drainTimeout)
 	})
@@ -409,4 +409,38 @@ func TestContextOptions(t *testing.T) {
 		assert.False(t, r.ok)
 		assert.True(t, errors.Is(r.err, ErrPauseTimeout), "%v", r.err)
 	})
+}
+
+// TestContextQueryAllocs: finding the context's value costs a query no
+// allocation, whether the context carries none (a request's context with
+// values of its own), options, or a Stream.
+func TestContextQueryAllocs(t *testing.T) {
+	type otherKey struct{}
+	_, wrapped := fakeDBs(t, 100)
+	plain := context.WithValue(context.Background(), otherKey{}, "request values")
+	withOpts, err := ContextWithOptions(plain, WithPauseTimeout(time.Minute), WithCloseMode(CloseDrain))
+	require.NoError(t, err)
+	query := func(ctx context.Context, args ...any) {
+		rows, err := wrapped.QueryContext(ctx, "q", args...)
+		require.NoError(t, err)
+		readAll(t, rows)
+	}
+	query(plain) // warm the pools
+	base := testing.AllocsPerRun(200, func() { query(context.Background()) })
+	for name, ctx := range map[string]context.Context{"no jsonstream value": plain, "options": withOpts} {
+		got := testing.AllocsPerRun(200, func() { query(ctx) })
+		assert.Equal(t, base, got, "%s: allocations per query", name)
+	}
+	// A Stream costs what it costs as an argument; the context adds its own
+	// allocation, the caller's.
+	perArg := testing.AllocsPerRun(200, func() {
+		s, _ := NewStream()
+		query(context.Background(), s)
+	})
+	perCtx := testing.AllocsPerRun(200, func() {
+		s, _ := NewStream()
+		query(ContextWithStream(withOpts, s))
+	})
+	t.Logf("plain %.0f, Stream argument %.0f, context Stream %.0f allocations per query", base, perArg, perCtx)
+	assert.LessOrEqual(t, perCtx, perArg+2, "ContextWithStream: its value and context.WithValue")
 }
