@@ -161,7 +161,7 @@ func TestContextStreamServesOneQuery(t *testing.T) {
 		ctx := ContextWithStream(bg, s)
 		tx, err := db.BeginTx(ctx, nil) // BeginTx ignores the Stream
 		require.NoError(t, err)
-		defer tx.Rollback() //nolint:errcheck
+		defer tx.Rollback()                             //nolint:errcheck
 		_, err = tx.ExecContext(ctx, "SET LOCAL x = 1") // and so does Exec
 		require.NoError(t, err)
 		assert.False(t, s.Started())
