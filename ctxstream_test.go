@@ -161,8 +161,10 @@ func TestContextStreamServesOneQuery(t *testing.T) {
 		ctx := ContextWithStream(bg, s)
 		tx, err := db.BeginTx(ctx, nil) // BeginTx ignores the Stream
 		require.NoError(t, err)
-		defer tx.Rollback()                             //nolint:errcheck
-		_, err = tx.ExecContext(ctx, "SET LOCAL x = 1") // and so does Exec
+		defer tx.Rollback() //nolint:errcheck
+
+		// And so does Exec.
+		_, err = tx.ExecContext(ctx, "SET LOCAL x = 1")
 		require.NoError(t, err)
 		assert.False(t, s.Started())
 		stmt, err := tx.PrepareContext(ctx, "prepared") // and Prepare
