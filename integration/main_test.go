@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	_ "embed"
+	"fmt"
 	"os"
 	"strings"
 	"sync"
@@ -43,11 +44,24 @@ var loaded struct {
 	err  error
 }
 
+// testSchema holds the tables of these tests, so that a server given by
+// JSONSTREAM_TEST_DSN keeps its own documents table.
+const testSchema = "jsonstream_integration"
+
 // dsn returns the test server's DSN, with the documents table of
-// sqlcdb/schema.sql loaded: kind "a" ids 1..totalA, kind "b" three more.
+// sqlcdb/schema.sql loaded (kind "a" ids 1..totalA, kind "b" three more)
+// in testSchema, the DSN's search_path.
 func dsn(t *testing.T) string {
 	t.Helper()
 	d := pgtest.DSN(t)
+	switch {
+	case !strings.Contains(d, "://"):
+		d += " search_path=" + testSchema
+	case strings.Contains(d, "?"):
+		d += "&search_path=" + testSchema
+	default:
+		d += "?search_path=" + testSchema
+	}
 	loaded.once.Do(func() { loaded.err = load(d) })
 	require.NoError(t, loaded.err)
 	return d
@@ -61,6 +75,7 @@ func load(dsn string) error {
 	defer db.Close()
 	ctx := context.Background()
 	for _, q := range []string{
+		"CREATE SCHEMA IF NOT EXISTS " + testSchema,
 		"DROP TABLE IF EXISTS documents",
 		schema,
 		`INSERT INTO documents
@@ -75,6 +90,13 @@ func load(dsn string) error {
 		if _, err := db.ExecContext(ctx, q, args...); err != nil {
 			return err
 		}
+	}
+	var current string
+	if err := db.QueryRowContext(ctx, "SELECT current_schema()").Scan(&current); err != nil {
+		return err
+	}
+	if current != testSchema {
+		return fmt.Errorf("the DSN's search_path did not apply: current schema %q", current)
 	}
 	return nil
 }
