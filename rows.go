@@ -42,7 +42,8 @@ type rows struct {
 	stopWatch, stopTxWatch func() bool
 
 	// settings are the query's: the connector's, then the context's
-	// (ContextWithOptions), then a Stream's options on top. Its pauseTimeout is the starting value of the field below.
+	// (ContextWithOptions), then a Stream's options on top. Its
+	// pauseTimeout is the starting value of the field below.
 	settings     settings
 	pauseTimeout atomic.Int64 // time.Duration; SetPauseTimeout may come from any goroutine
 
