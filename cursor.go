@@ -81,7 +81,8 @@ type cursor struct {
 // the connection is in one, declares the cursor and fetches the first
 // batch, so that errors in the query come from Query as they do in the
 // single-statement mode.
-func (c *conn) queryCursor(ctx context.Context, query string, args []driver.NamedValue, st *Stream, set *settings, start time.Time) (driver.Rows, error) {
+func (c *conn) queryCursor(ctx context.Context, query string, args []driver.NamedValue, st *Stream, r *rows, start time.Time) (driver.Rows, error) {
+	set := &r.settings
 	execer, okE := c.inner.(driver.ExecerContext)
 	queryer, okQ := c.inner.(driver.QueryerContext)
 	if !okE || !okQ {
@@ -138,7 +139,7 @@ func (c *conn) queryCursor(ctx context.Context, query string, args []driver.Name
 		return nil, err
 	}
 	cur.first = cur.batch
-	return c.bindRows(ctx, cur, st, set, start, cur), nil
+	return c.bindRows(ctx, cur, st, r, start, cur), nil
 }
 
 // inTransactionBlock reports whether the session is inside a transaction

@@ -274,3 +274,22 @@ func TestCursorPreparedStatement(t *testing.T) {
 	}
 	sessionClean(t, db)
 }
+
+// TestCursorModeFromContext: code that cannot pass a Stream (generated
+// queries, ORMs) chooses cursor mode through its context.
+func TestCursorModeFromContext(t *testing.T) {
+	needRowsTable(t)
+	db := openPG(t, DriverName, "")
+	db.SetMaxOpenConns(1)
+	before := pidOf(t, db)
+	ctx, err := ContextWithOptions(context.Background(), WithFetchSize(FetchAuto))
+	require.NoError(t, err)
+	for i := 0; i < 3; i++ {
+		rows, err := db.QueryContext(ctx, bigQuery, bigRows)
+		require.NoError(t, err)
+		require.True(t, rows.Next())
+		require.NoError(t, rows.Close())
+	}
+	assert.Equal(t, before, pidOf(t, db), "early closes in cursor mode kept the connection")
+	sessionClean(t, db)
+}

@@ -11,6 +11,10 @@
 //     Failed, Closed) kept in an atomic. A Stream passed as one more query
 //     argument controls it from any goroutine: Pause, Resume, Cancel, Stats.
 //     While paused, nothing is read from the server; the server waits.
+//     ContextWithStream carries a Stream to a query through its context
+//     instead, for code that builds its query calls itself (sqlc, sqlx,
+//     GORM); ContextWithOptions carries per-query settings to every query
+//     of a context.
 //   - A pause timeout (WithPauseTimeout, per connector or per Stream) stops a
 //     forgotten pause from holding a connection and a server snapshot.
 //   - Closing a stream before its end stops the server-side query instead of
@@ -59,7 +63,8 @@
 //
 // Settings are given as Options to NewConnector or NewDriver, or as DSN
 // parameters starting with DSNPrefix, which are removed before the DSN
-// reaches lib/pq. A Stream's own Options override them for its query.
+// reaches lib/pq. Options attached to a query's context (ContextWithOptions)
+// override them, and a Stream's own Options override both for its query.
 //
 // # Wrapping
 //

@@ -19,11 +19,13 @@ var (
 	// is Complete, Failed or Closed; the call changes nothing.
 	ErrStreamEnded = errors.New("jsonstream: stream has ended")
 	// ErrNotStarted is returned by a Stream's controller methods before a
-	// query has started with the Stream as an argument.
+	// query has started with the Stream as an argument or in its context.
 	ErrNotStarted = errors.New("jsonstream: stream has not started")
 	// ErrStreamArgument is wrapped by the errors about a misused Stream
 	// argument: passed twice, passed to a statement that returns no rows, or
-	// used for a second query.
+	// used for a second query; and about a Stream in a context
+	// (ContextWithStream) reaching a second query or a query with another
+	// Stream argument.
 	ErrStreamArgument = errors.New("jsonstream: misused Stream argument")
 	// ErrRowsClosed is returned by Next after the rows were closed.
 	ErrRowsClosed = errors.New("jsonstream: rows are closed")
@@ -158,7 +160,8 @@ func (p *pauser) wait() <-chan struct{} {
 // of a DB, Conn, Tx or Stmt opened with jsonstream; jsonstream removes it
 // from the arguments (it takes no $n placeholder) and binds it to the rows
 // of that query. From then on the Stream controls those rows, from any
-// goroutine.
+// goroutine. For code that builds its query calls itself, attach the
+// Stream to the query's context instead, with ContextWithStream.
 //
 // A Stream serves one query. Passing it to Exec, passing two Streams to one
 // query, or passing a Stream a second time fails with an error wrapping
