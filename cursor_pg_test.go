@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -292,4 +293,45 @@ func TestCursorModeFromContext(t *testing.T) {
 	}
 	assert.Equal(t, before, pidOf(t, db), "early closes in cursor mode kept the connection")
 	sessionClean(t, db)
+}
+
+// TestStreamModesAgreeOnJSONAndStats: the JSON helpers write the same
+// bytes and Stats count the same rows and bytes in every stream mode.
+func TestStreamModesAgreeOnJSONAndStats(t *testing.T) {
+	type outcome struct {
+		NDJSON      string
+		Items, Rows int64
+		Bytes       int64
+		FirstRowSet bool
+	}
+	var want *outcome
+	for _, mode := range streamModes {
+		t.Run("mode="+mode, func(t *testing.T) {
+			db := openPG(t, DriverName, mode)
+			var got outcome
+			s := mustStream(t)
+			rows, err := db.Query(jsonDocsQuery, 3000, 40, s)
+			require.NoError(t, err)
+			var out strings.Builder
+			_, err = WriteNDJSON(context.Background(), &out, rows)
+			require.NoError(t, err)
+			got.NDJSON = out.String()
+			st := s.Stats()
+			got.Rows, got.Bytes, got.FirstRowSet = st.Rows, st.Bytes, st.FirstRow > 0
+
+			rows, err = db.Query(jsonDocsQuery, 3000, 40)
+			require.NoError(t, err)
+			for v, err := range Each[jsonPadItem](rows) {
+				require.NoError(t, err)
+				got.Items++
+				require.Equal(t, int(got.Items), v.ID)
+			}
+			if want == nil {
+				want = &got
+				assert.Equal(t, int64(3000), got.Rows)
+				return
+			}
+			assert.Equal(t, *want, got)
+		})
+	}
 }
