@@ -298,6 +298,14 @@ func (cur *cursor) Next(dest []driver.Value) error {
 			}
 		}
 		cur.grow()
+		// inFlight before the state check, as failState changes the state
+		// before it looks at inFlight: either the failure sees the batch in
+		// flight and bounds its read, or this sees the failure.
+		cur.inFlight.Store(true)
+		if r.state.load().final() {
+			cur.inFlight.Store(false)
+			return r.err()
+		}
 		// The context is watched by the stream itself; lib/pq's own watch
 		// would cost a goroutine per batch and send a cancel request.
 		batch, err := cur.fetch(context.Background(), cur.conn.inner.(driver.QueryerContext))
@@ -375,10 +383,13 @@ func (cur *cursor) interrupt() {
 // that does not drain in time (CloseAuto's drain timeout; at once under
 // CloseCancel) is cut, as in the single-statement mode.
 func (cur *cursor) close() error {
+	c := cur.conn
 	if cur.ended {
+		// A failure may have bounded the socket while the last batch or
+		// the COMMIT completed: the next query must not inherit it.
+		c.clearDeadline()
 		return nil
 	}
-	c := cur.conn
 	var drainErr error
 	if cur.batch != nil {
 		cut, last, err := cur.drainBatch()

@@ -191,6 +191,10 @@ func (r *rows) nextFailed(err error) error {
 		}
 		if _, ok := r.state.finish(Complete); ok {
 			r.endPause()
+			return err
+		}
+		if r.state.load() == Failed {
+			return r.err() // a Cancel, timeout or context came first
 		}
 		return err
 	}
