@@ -66,7 +66,9 @@ type Controller interface {
 	SetPauseTimeout(d time.Duration) error
 	// State returns the stream's current state.
 	State() State
-	// Stats returns a snapshot of the stream's counters.
+	// Stats returns a snapshot of the stream's counters. State and the
+	// pause figures come from one moment: PausedNow > 0 exactly when State
+	// is Paused.
 	Stats() Stats
 }
 
@@ -84,7 +86,8 @@ type Stats struct {
 	PauseTimeouts int64
 	// PausedTotal is the time spent paused, the current pause included.
 	PausedTotal time.Duration
-	// PausedNow is how long the current pause has lasted; 0 when not paused.
+	// PausedNow is how long the current pause has lasted; 0 unless State
+	// is Paused.
 	PausedNow time.Duration
 	// FirstRow is the time from the start of the query to the first row
 	// Next delivered; 0 before that row.
@@ -137,6 +140,27 @@ func (p *pauser) end() {
 	p.total += time.Since(p.pausedAt)
 	close(p.resume)
 	p.resume = nil
+}
+
+// snapshot fills st's State and pause figures from one moment: Pause,
+// Resume and the pause timer change the state under mu, so reading it
+// here cannot pair a Running stream with a pause in progress. A failure
+// or the end of the result changes the state before it ends the pause;
+// the pause then counts in PausedTotal but no longer in PausedNow. Called
+// with mu held.
+func (p *pauser) snapshot(r *rows, st *Stats) {
+	st.State = r.state.load()
+	st.Pauses, st.PauseTimeouts, st.PausedTotal = p.pauses, p.timeouts, p.total
+	if p.resume == nil {
+		return
+	}
+	// At least 1ns, so that PausedNow > 0 exactly while Paused even on a
+	// coarse clock.
+	now := max(time.Since(p.pausedAt), 1)
+	st.PausedTotal += now
+	if st.State == Paused {
+		st.PausedNow = now
+	}
 }
 
 // wait returns the channel that the current pause closes when it ends, or
