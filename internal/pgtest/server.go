@@ -58,6 +58,8 @@ type Server struct {
 	maxConn int
 	owner   *account // nil unless running as root, see runAs
 	logf    func(format string, args ...any)
+	// scramPassword is SCRAMUser's; see setupSecurity.
+	scramPassword string
 
 	// mu guards the fields below and is held for the whole of Stop and
 	// Restart, so the two never interleave.
@@ -132,7 +134,7 @@ func (s *Server) setup() error {
 			return fmt.Errorf("pgtest: %w", err)
 		}
 	}
-	s.watchdog = startWatchdog(dir, s.logf)
+	s.watchdog = startWatchdog(dir, filepath.Join(s.dataDir(), "postmaster.pid"), s.logf)
 
 	t := time.Now()
 	initdb := s.command("initdb", "-D", s.dataDir(), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-locale", "-N")
@@ -140,6 +142,9 @@ func (s *Server) setup() error {
 		return fmt.Errorf("pgtest: initdb: %w\n%s", err, s.logTail(0))
 	}
 	s.logf("pgtest: initdb took %v", time.Since(t).Round(time.Millisecond))
+	if err := s.setupSecurity(); err != nil {
+		return err
+	}
 
 	// A port that was free a moment ago may be taken by the time postgres
 	// binds it; only that failure is worth another try with a new port.
@@ -151,7 +156,7 @@ func (s *Server) setup() error {
 		s.port = port
 		err = s.startProcess()
 		if err == nil {
-			return nil
+			return s.createRoles(s.exec)
 		}
 		if !errors.Is(err, errBind) || attempt == bindAttempts {
 			return err
@@ -255,6 +260,7 @@ func (s *Server) startProcess() error {
 		"-c", "max_connections="+strconv.Itoa(s.maxConn),
 		"-c", "shared_buffers=128MB",
 	)
+	cmd.Args = append(cmd.Args, securitySettings()...)
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("pgtest: start postgres: %w", err)
 	}
@@ -303,6 +309,19 @@ func (s *Server) waitReady() error {
 			return fmt.Errorf("pgtest: postgres did not accept connections within %v: %w", readyTimeout, err)
 		}
 	}
+}
+
+// exec runs statements as postgres, for the harness's own setup.
+func (s *Server) exec(statements string) error {
+	db, err := sql.Open("postgres", s.DSN())
+	if err != nil {
+		return fmt.Errorf("pgtest: %w", err)
+	}
+	defer db.Close()
+	if _, err := db.Exec(statements); err != nil {
+		return fmt.Errorf("pgtest: %w", err)
+	}
+	return nil
 }
 
 // stopProcess shuts the postmaster down: fast shutdown first (disconnects
