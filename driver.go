@@ -118,12 +118,14 @@ func (d *Driver) Open(dsn string) (driver.Conn, error) {
 func (d *Driver) OpenConnector(dsn string) (driver.Connector, error) {
 	rest, opts, err := splitDSN(dsn)
 	if err != nil {
-		return nil, err
+		return nil, newRedactor(dsn).redact(err)
 	}
 	s := d.settings
 	if err := s.apply(opts); err != nil {
 		return nil, err
 	}
+	// Errors from here on may quote the DSN, password and all.
+	rd := newRedactor(rest)
 	var inner driver.Connector
 	switch id := d.inner.(type) {
 	case pq.Driver, *pq.Driver:
@@ -131,20 +133,21 @@ func (d *Driver) OpenConnector(dsn string) (driver.Connector, error) {
 		if err != nil {
 			// lib/pq reports a bad DSN when connecting, not from sql.Open;
 			// so does jsonstream.
-			inner = errConnector{driver: d.inner, err: err}
+			inner = errConnector{driver: d.inner, err: rd.redact(err)}
 			break
 		}
 		pc.Dialer(NewDialer(nil))
 		inner = pc
 	case driver.DriverContext:
 		if inner, err = id.OpenConnector(rest); err != nil {
-			return nil, err
+			return nil, rd.redact(err)
 		}
 	default:
 		inner = dsnConnector{driver: d.inner, dsn: rest}
 	}
 	c := newConnector(inner, s)
 	c.driver = d
+	c.redactor = rd
 	return c, nil
 }
 
