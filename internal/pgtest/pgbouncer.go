@@ -37,6 +37,9 @@ const (
 	TransactionPool = "transaction_pool"
 )
 
+// PgBouncerPoolSize is the number of server connections per pool.
+const PgBouncerPoolSize = 40
+
 // PgBouncer is a running pgbouncer process in front of a Server.
 type PgBouncer struct {
 	port    int
@@ -126,13 +129,13 @@ auth_type = trust
 auth_file = %[5]s
 admin_users = postgres
 max_client_conn = 500
-default_pool_size = 40
+default_pool_size = %[7]d
 ; lib/pq sends it at startup; PgBouncer refuses unknown parameters.
 ignore_startup_parameters = extra_float_digits
 server_login_retry = 1
 ; for the watchdog, which ends pgbouncer if the tests die without Stop
 pidfile = %[6]s
-`, SessionPool, TransactionPool, s.port, b.port, filepath.Join(b.dir, "users.txt"), filepath.Join(b.dir, "pgbouncer.pid"))
+`, SessionPool, TransactionPool, s.port, b.port, filepath.Join(b.dir, "users.txt"), filepath.Join(b.dir, "pgbouncer.pid"), PgBouncerPoolSize)
 	files := map[string]string{"pgbouncer.ini": ini, "users.txt": `"postgres" ""` + "\n"}
 	for name, data := range files {
 		p := filepath.Join(b.dir, name)
