@@ -36,6 +36,14 @@ var (
 // All methods may be called from any goroutine, at any time, also while
 // another goroutine is inside Next or Close. None of them blocks on the
 // stream: each returns at once.
+//
+// A Next blocked by a pause holds database/sql's lock on the rows, so
+// Tx.Rollback, Tx.Commit and Rows.Close called from another goroutine wait
+// until the pause ends: Resume, Cancel, the pause timeout or the end of
+// the query's context. (database/sql cancels a context of its own when a
+// transaction ends, which no driver sees.) To end a paused stream from
+// another goroutine, call Cancel, or cancel the context given to BeginTx
+// or to the query: either wakes the paused Next at once.
 type Controller interface {
 	// Pause stops the stream: once Pause returns, Next delivers no further
 	// row and nothing more is read from the server until Resume. A Next
@@ -185,6 +193,10 @@ func (p *pauser) wait() <-chan struct{} {
 // query, or passing a Stream a second time fails with an error wrapping
 // ErrStreamArgument. Before its query starts, its controller methods
 // return ErrNotStarted, State returns Running and Stats are zero.
+//
+// While a Stream holds Next paused, Tx.Rollback, Tx.Commit and Rows.Close
+// from other goroutines wait for it (see Controller): end a pause from
+// another goroutine with Cancel or by canceling the BeginTx context.
 type Stream struct {
 	opts []Option
 	// checked is where NewStream tries the options; inside the Stream so
