@@ -124,13 +124,15 @@ func serverQuery(t *testing.T, monitor *sql.DB, marker string) (pid int, state, 
 }
 
 // requireServerQueryStops waits up to a second for the query that carries
-// marker to stop running on the server.
-func requireServerQueryStops(t *testing.T, monitor *sql.DB, marker string) {
+// marker to stop running on the server, and returns how long it waited.
+func requireServerQueryStops(t *testing.T, monitor *sql.DB, marker string) time.Duration {
 	t.Helper()
+	start := time.Now()
 	require.Eventually(t, func() bool {
 		_, state, _, found := serverQuery(t, monitor, marker)
 		return !found || state != "active"
-	}, time.Second, 10*time.Millisecond, "the server still runs the query")
+	}, time.Second, time.Millisecond, "the server still runs the query")
+	return time.Since(start)
 }
 
 // monitorDB reaches the server directly as postgres, for pg_stat_activity.
@@ -234,12 +236,12 @@ func topologyEarlyClose(t *testing.T, db, monitor *sql.DB, mode CloseMode) {
 	start := time.Now()
 	require.NoError(t, rows.Close())
 	took := time.Since(start)
-	t.Logf("Close after 1 of %d rows took %v", n, took)
 	assert.Equal(t, Closed, s.State())
 	if mode != CloseDrain {
 		assert.Less(t, took, closeBound)
 	}
-	requireServerQueryStops(t, monitor, marker)
+	stopped := requireServerQueryStops(t, monitor, marker)
+	t.Logf("Close after 1 of %d rows took %v; the server query stopped within %v more", n, took, stopped)
 }
 
 // topologyCancel: Cancel on a paused stream fails it with ErrCanceled and
