@@ -100,9 +100,10 @@ func TestServerTimeoutsDuringPause(t *testing.T) {
 			// does not act on a cancel (that would break the protocol);
 			// the timeout is acted on at the first row after Resume.
 			t.Run("statement_timeout", func(t *testing.T) {
-				db := open(t, "statement_timeout=300")
+				db := open(t, "statement_timeout=500")
 				out := pauseFor(t, db, n, pause, false)
 				t.Logf("%d rows before the pause, %d after Resume, then %v", out.before, out.after, out.err)
+				require.Equal(t, pauseAt, out.before, "the timeout must fire during the pause")
 				var pqErr *pq.Error
 				require.ErrorAs(t, out.err, &pqErr)
 				assert.Equal(t, pq.ErrorCode("57014"), pqErr.Code)
@@ -125,9 +126,11 @@ func TestServerTimeoutsDuringPause(t *testing.T) {
 			// lost.
 			t.Run("idle_in_transaction_session_timeout, result already sent", func(t *testing.T) {
 				db := open(t, "idle_in_transaction_session_timeout=300")
-				out := pauseFor(t, db, pauseAt+20, pause, true)
+				// 5 rows more than the pause point: 40 kB, which the
+				// socket buffers hold.
+				out := pauseFor(t, db, pauseAt+5, pause, true)
 				t.Logf("%d rows before the pause, %d after Resume, then %v", out.before, out.after, out.err)
-				assert.Equal(t, 20, out.after, "the buffered rows still arrive")
+				assert.Equal(t, 5, out.after, "the buffered rows still arrive")
 				require.Error(t, out.err, "Commit of a transaction the server ended")
 				healthy(t, db)
 			})
