@@ -239,6 +239,15 @@ func TestHelperProcess(t *testing.T) {
 	if mode == "signal" {
 		defer s.StopOnSignal()()
 	}
+	if mode == "pgbouncer" {
+		b, err := StartPgBouncer(s, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.Stdout.WriteString("READY " + b.dir + " " + strconv.Itoa(b.Port()) + "\n")
+		time.Sleep(time.Minute) // until the parent ends us
+		t.Fatal("not ended by the parent")
+	}
 	os.Stdout.WriteString("READY " + s.dir + " " + strconv.Itoa(s.Port()) + "\n")
 	time.Sleep(time.Minute) // until the parent ends us
 	t.Fatal("not ended by the parent")
@@ -306,6 +315,23 @@ func TestStopOnSignal(t *testing.T) {
 		t.Errorf("server directory after SIGTERM: %v", err)
 	}
 	assertPortClosed(t, port)
+}
+
+// TestPgBouncerWatchdogAfterKill: a pgbouncer outlives no test process.
+func TestPgBouncerWatchdogAfterKill(t *testing.T) {
+	needBinaries(t)
+	if _, err := FindPgBouncer(); err != nil {
+		if inCI() {
+			t.Fatal(err, "\n", PgBouncerInstallHint)
+		}
+		t.Skip(err, "\n", PgBouncerInstallHint)
+	}
+	cmd, dir, port := runHelper(t, "pgbouncer")
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Wait()
+	waitGone(t, dir, port)
 }
 
 func TestWatchdogAfterKill(t *testing.T) {

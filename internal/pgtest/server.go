@@ -3,7 +3,8 @@
 //
 // Start creates a private cluster in a temporary directory, tuned for speed
 // instead of durability, and Stop removes every trace of it. Main, DSN and
-// Shared share one such server between the tests of a package.
+// Shared share one such server between the tests of a package, and
+// SharedPgBouncer a PgBouncer in front of it.
 package pgtest
 
 import (
@@ -49,8 +50,11 @@ type Options struct {
 }
 
 // Server is a running throwaway PostgreSQL cluster. It listens on
-// 127.0.0.1 only, trusts every local connection as user postgres, and runs
-// with fsync off: its data is not meant to survive a crash.
+// 127.0.0.1 and its Unix socket only, trusts every local connection as user
+// postgres, and runs with fsync off: its data is not meant to survive a
+// crash. It also serves TLS with certificates made at start (CAFile,
+// ClientCert) and has a role for client-certificate authentication
+// (CertUser) and one for SCRAM-SHA-256 (SCRAMUser).
 type Server struct {
 	port    int
 	dir     string // private temp dir: data directory, log file, unix socket
