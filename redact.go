@@ -70,7 +70,7 @@ func (r *redactor) addSecret(raw string) {
 		forms = append(forms, s)
 	}
 	escaper := strings.NewReplacer(`'`, `\'`, `\`, `\\`)
-	for _, f := range forms[:len(forms):len(forms)] {
+	for _, f := range slices.Clone(forms) {
 		quoted := strconv.Quote(f)
 		forms = append(forms, quoted[1:len(quoted)-1], escaper.Replace(f), url.QueryEscape(f), url.PathEscape(f))
 	}
@@ -113,7 +113,34 @@ func (r *redactor) redactString(s string) string {
 	for _, secret := range r.secrets {
 		s = maskSecret(s, secret)
 	}
+	s = r.maskEscapeError(s)
 	return redactText(s)
+}
+
+// escapeErrorPrefix starts the message of a url.EscapeError, which quotes
+// up to three bytes where unescaping failed: part of a password when it
+// failed there.
+const escapeErrorPrefix = `invalid URL escape "`
+
+func (r *redactor) maskEscapeError(s string) string {
+	i := strings.Index(s, escapeErrorPrefix)
+	if i < 0 {
+		return s
+	}
+	start := i + len(escapeErrorPrefix)
+	end := strings.IndexByte(s[start:], '"')
+	if end <= 0 {
+		return s
+	}
+	quoted := s[start : start+end]
+	if unq, err := strconv.Unquote(`"` + quoted + `"`); err == nil {
+		for _, secret := range r.secrets {
+			if strings.Contains(secret, unq) {
+				return s[:start] + redactMask + s[start+end:]
+			}
+		}
+	}
+	return s
 }
 
 // maskSecret replaces secret in s. A secret of three bytes or fewer is
@@ -146,11 +173,11 @@ func maskSecret(s, secret string) string {
 func isWordRune(r rune) bool { return unicode.IsLetter(r) || unicode.IsDigit(r) }
 
 // Patterns of a password in text whose DSN is unknown (a connector the
-// caller built): the userinfo of a postgres URL and a password parameter
-// in key=value or query form.
+// caller built): the userinfo of a postgres URL and a password or
+// sslpassword parameter in key=value or query form.
 var (
 	urlPasswordPattern      = regexp.MustCompile(`(?i)(postgres(?:ql)?://[^:/?#@\s"]*:)[^\s"]*(@)`)
-	keyValuePasswordPattern = regexp.MustCompile(`(?i)(\bpassword\s*=\s*)(?:'(?:[^'\\]|\\.)*(?:'|$)|[^\s&'"]+)`)
+	keyValuePasswordPattern = regexp.MustCompile(`(?i)(\b\w*password\s*=\s*)(?:'(?:[^'\\]|\\.)*(?:'|$)|[^\s&'"]+)`)
 )
 
 // redactText masks what looks like a password in s.

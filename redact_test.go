@@ -105,6 +105,7 @@ func TestRedactUnknownDSN(t *testing.T) {
 		`bad DSN "host=h password=S3cret port=x"`,
 		`bad DSN "host=h password='S3cret with space' port=x"`,
 		`postgresql://u@h/db?sslmode=disable&password=S3cret&x=1`,
+		`host=h sslpassword=S3cret sslkey=/k`,
 	} {
 		c, err := NewConnector(errorConnector{errors.New(msg)})
 		require.NoError(t, err)
@@ -159,11 +160,16 @@ func FuzzRedactDSN(f *testing.F) {
 // dsnWithPassword puts password into a DSN in one of the forms lib/pq
 // reads; false when password cannot be written in that form.
 func dsnWithPassword(form uint8, user, password, host, rest string) (string, bool) {
+	// In key=value forms, a user or host that opens a quote or holds a
+	// space would make the password the value of something else.
+	if form%6 >= 3 && strings.ContainsFunc(user+host, func(r rune) bool { return r == '\'' || r == '\\' || r == '=' || unicode.IsSpace(r) }) {
+		return "", false
+	}
 	switch form % 6 {
 	case 0: // URL userinfo, escaped by net/url
 		return "postgres://" + url.UserPassword(user, password).String() + "@" + host + rest, true
 	case 1: // URL userinfo as written by hand
-		if strings.ContainsAny(password, "/?#@") || strings.ContainsAny(user, ":/?#@") {
+		if strings.ContainsAny(password, "/?#@") || strings.ContainsAny(user, ":/?#@") || strings.Contains(host, "@") {
 			return "", false
 		}
 		return "postgresql://" + user + ":" + password + "@" + host + rest, true
