@@ -18,6 +18,9 @@
 //   - JSON documents: Each and ForEach iterate a result as typed values,
 //     WriteNDJSON and WriteJSONArray stream it to an io.Writer, in flat
 //     memory and with any driver.
+//   - No error carries a password: the DSN's passwords are masked in the
+//     errors of OpenConnector and Connect, lib/pq's own included (it
+//     returns Go's url.Parse error, which quotes a malformed URL DSN).
 //
 // # The stream contract
 //
