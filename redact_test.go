@@ -5,9 +5,11 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"errors"
+	"net"
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 	"unicode"
 
 	"github.com/lib/pq"
@@ -124,8 +126,7 @@ func (e errorConnector) Driver() driver.Driver                        { return p
 // FuzzRedactDSN: whatever surrounds it, no DSN makes jsonstream's error
 // carry its password. The password goes into the DSN in each of the ways
 // lib/pq reads one; the rest of the DSN is fuzzed to produce every kind of
-// parse error. Connect gets a context already canceled, so nothing is
-// dialled.
+// parse error. Nothing is dialled.
 func FuzzRedactDSN(f *testing.F) {
 	f.Add(uint8(0), "postgres", "Sup3rS3cretPW", "127.0.0.1:notaport", "/postgres?sslmode=disable")
 	f.Add(uint8(1), "u", "p@ss:w/rd", "h:x", "")
@@ -196,17 +197,30 @@ func dsnWithPassword(form uint8, user, password, host, rest string) (string, boo
 }
 
 // redactedConnectError is the error jsonstream gives for dsn, or "".
+// Dialling fails at once and always the same way, so that the message
+// depends on the DSN alone.
 func redactedConnectError(dsn string) string {
 	c, err := (&Driver{inner: pq.Driver{}, settings: defaultSettings()}).OpenConnector(dsn)
 	if err != nil {
 		return err.Error()
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	conn, err := c.Connect(ctx)
+	if pc, ok := c.(*Connector).inner.(*pq.Connector); ok {
+		pc.Dialer(NewDialer(refusingDialer{}))
+	}
+	conn, err := c.Connect(context.Background())
 	if err != nil {
 		return err.Error()
 	}
 	_ = conn.Close()
 	return ""
+}
+
+// refusingDialer fails every dial without touching the network.
+type refusingDialer struct{}
+
+var errDialRefused = errors.New("test dialer refuses")
+
+func (refusingDialer) Dial(string, string) (net.Conn, error) { return nil, errDialRefused }
+func (refusingDialer) DialTimeout(string, string, time.Duration) (net.Conn, error) {
+	return nil, errDialRefused
 }
