@@ -407,3 +407,16 @@ func TestPgBouncer(t *testing.T) {
 	}
 	rows.Close()
 }
+
+func TestFindPgBouncerNothing(t *testing.T) {
+	t.Setenv("PATH", "")
+	old := pgbouncerSearch
+	pgbouncerSearch = []string{filepath.Join(t.TempDir(), "pgbouncer")}
+	t.Cleanup(func() { pgbouncerSearch = old })
+	if p, err := FindPgBouncer(); !errors.Is(err, ErrNoPgBouncer) {
+		t.Fatalf("FindPgBouncer() = %q, %v; want ErrNoPgBouncer", p, err)
+	}
+	if _, err := StartPgBouncer(&Server{}, nil); !errors.Is(err, ErrNoPgBouncer) {
+		t.Fatalf("StartPgBouncer without the binary: %v; want ErrNoPgBouncer", err)
+	}
+}
