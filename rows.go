@@ -506,13 +506,11 @@ func (r *rows) Stats() Stats {
 		Bytes:    r.byteCount.Load(),
 		FirstRow: time.Duration(r.firstRow.Load()),
 	}
+	// A stream that was not Paused when State was read has no pauser yet,
+	// or had one already: Pause allocates it before the state changes.
 	if p := r.pause.Load(); p != nil {
 		p.mu.Lock()
-		st.Pauses, st.PauseTimeouts, st.PausedTotal = p.pauses, p.timeouts, p.total
-		if p.resume != nil {
-			st.PausedNow = time.Since(p.pausedAt)
-			st.PausedTotal += st.PausedNow
-		}
+		p.snapshot(r, &st)
 		p.mu.Unlock()
 	}
 	return st

@@ -239,6 +239,15 @@ func TestHelperProcess(t *testing.T) {
 	if mode == "signal" {
 		defer s.StopOnSignal()()
 	}
+	if mode == "pgbouncer" {
+		b, err := StartPgBouncer(s, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.Stdout.WriteString("READY " + b.dir + " " + strconv.Itoa(b.Port()) + "\n")
+		time.Sleep(time.Minute) // until the parent ends us
+		t.Fatal("not ended by the parent")
+	}
 	os.Stdout.WriteString("READY " + s.dir + " " + strconv.Itoa(s.Port()) + "\n")
 	time.Sleep(time.Minute) // until the parent ends us
 	t.Fatal("not ended by the parent")
@@ -308,6 +317,23 @@ func TestStopOnSignal(t *testing.T) {
 	assertPortClosed(t, port)
 }
 
+// TestPgBouncerWatchdogAfterKill: a pgbouncer outlives no test process.
+func TestPgBouncerWatchdogAfterKill(t *testing.T) {
+	needBinaries(t)
+	if _, err := FindPgBouncer(); err != nil {
+		if inCI() {
+			t.Fatal(err, "\n", PgBouncerInstallHint)
+		}
+		t.Skip(err, "\n", PgBouncerInstallHint)
+	}
+	cmd, dir, port := runHelper(t, "pgbouncer")
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Wait()
+	waitGone(t, dir, port)
+}
+
 func TestWatchdogAfterKill(t *testing.T) {
 	needBinaries(t)
 	cmd, dir, port := runHelper(t, "kill")
@@ -316,4 +342,81 @@ func TestWatchdogAfterKill(t *testing.T) {
 	}
 	cmd.Wait()
 	waitGone(t, dir, port)
+}
+
+func TestSecureTopologies(t *testing.T) {
+	s := Shared(t)
+	cert, key := s.ClientCert()
+	for name, dsn := range map[string]string{
+		"require":     s.DSNAs("user=postgres sslmode=require"),
+		"verify-full": "host=localhost port=" + strconv.Itoa(s.Port()) + " dbname=postgres user=postgres sslmode=verify-full sslrootcert=" + s.CAFile(),
+		"client cert": s.DSNAs("user=" + CertUser + " sslmode=verify-full sslrootcert=" + s.CAFile() + " sslcert=" + cert + " sslkey=" + key),
+		"unix socket": "host=" + s.SocketDir() + " port=" + strconv.Itoa(s.Port()) + " user=postgres dbname=postgres",
+		"scram":       s.DSNAs("user=" + SCRAMUser + " password=" + s.SCRAMPassword() + " sslmode=disable"),
+		"scram unix":  "host=" + s.SocketDir() + " port=" + strconv.Itoa(s.Port()) + " dbname=postgres user=" + SCRAMUser + " password=" + s.SCRAMPassword(),
+	} {
+		t.Run(name, func(t *testing.T) { selectOne(t, dsn) })
+	}
+	t.Run("scram refuses a wrong password", func(t *testing.T) {
+		db, err := sql.Open("postgres", s.DSNAs("user="+SCRAMUser+" password=wrong sslmode=disable"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close()
+		if err := db.Ping(); err == nil || !strings.Contains(err.Error(), "password authentication failed") {
+			t.Fatalf("Ping with a wrong password: %v", err)
+		}
+	})
+	t.Run("cert user needs its certificate", func(t *testing.T) {
+		db, err := sql.Open("postgres", s.DSNAs("user="+CertUser+" sslmode=require"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close()
+		if err := db.Ping(); err == nil {
+			t.Fatal("cert user logged in without a certificate")
+		}
+	})
+	t.Run("ssl is on", func(t *testing.T) {
+		db, err := sql.Open("postgres", s.DSNAs("user=postgres sslmode=require"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close()
+		var ssl bool
+		if err := db.QueryRow("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").Scan(&ssl); err != nil || !ssl {
+			t.Fatalf("connection not encrypted: %v, %v", ssl, err)
+		}
+	})
+}
+
+func TestPgBouncer(t *testing.T) {
+	b := SharedPgBouncer(t)
+	t.Logf("PgBouncer %s", b.Version())
+	for _, db := range []string{SessionPool, TransactionPool} {
+		selectOne(t, b.DSN(db))
+	}
+	admin, err := sql.Open("postgres", b.DSN("pgbouncer")+" binary_parameters=yes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	rows, err := admin.Query("SHOW POOLS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows.Close()
+}
+
+func TestFindPgBouncerNothing(t *testing.T) {
+	t.Setenv("PATH", "")
+	old := pgbouncerSearch
+	pgbouncerSearch = []string{filepath.Join(t.TempDir(), "pgbouncer")}
+	t.Cleanup(func() { pgbouncerSearch = old })
+	if p, err := FindPgBouncer(); !errors.Is(err, ErrNoPgBouncer) {
+		t.Fatalf("FindPgBouncer() = %q, %v; want ErrNoPgBouncer", p, err)
+	}
+	if _, err := StartPgBouncer(&Server{}, nil); !errors.Is(err, ErrNoPgBouncer) {
+		t.Fatalf("StartPgBouncer without the binary: %v; want ErrNoPgBouncer", err)
+	}
 }
