@@ -18,11 +18,17 @@ import (
 	"github.com/jsonstream/jsonstream/internal/pgtest"
 )
 
-// streamModes are the ways jsonstream can fetch a query's rows, each a
-// fragment added to the DSN. A mode added to jsonstream is one more line
-// here, and every topology and timeout test runs in it.
-var streamModes = []struct{ name, dsn string }{
-	{"single-statement", ""},
+// topologyModes are the stream modes every topology runs in, each a
+// fragment added to the DSN.
+var topologyModes = []topologyMode{
+	{"single-statement", "", false},
+	{"cursor", "jsonstream_fetch_size=auto", true},
+}
+
+// topologyMode is one stream mode of the topology tests.
+type topologyMode struct {
+	name, dsn string
+	cursor    bool
 }
 
 // topology is one way of reaching the server.
@@ -73,17 +79,17 @@ func topologies() []topology {
 
 // forEachTopologyAndMode runs f for every topology in every stream mode,
 // with the DSN that joins the two.
-func forEachTopologyAndMode(t *testing.T, f func(t *testing.T, top topology, dsn string)) {
+func forEachTopologyAndMode(t *testing.T, f func(t *testing.T, top topology, mode topologyMode, dsn string)) {
 	for _, top := range topologies() {
 		t.Run(top.name, func(t *testing.T) {
-			for _, mode := range streamModes {
+			for _, mode := range topologyModes {
 				t.Run(mode.name, func(t *testing.T) {
 					needRowsTable(t)
 					dsn := top.dsn(t)
 					if mode.dsn != "" {
 						dsn += " " + mode.dsn
 					}
-					f(t, top, dsn)
+					f(t, top, mode, dsn)
 				})
 			}
 		})
@@ -141,11 +147,11 @@ func monitorDB(t *testing.T) *sql.DB {
 }
 
 func TestTopologies(t *testing.T) {
-	forEachTopologyAndMode(t, func(t *testing.T, top topology, dsn string) {
+	forEachTopologyAndMode(t, func(t *testing.T, top topology, mode topologyMode, dsn string) {
 		monitor := monitorDB(t)
 		db := openDSN(t, DriverName, dsn)
-		t.Run("drop-in", func(t *testing.T) { topologyDropIn(t, dsn) })
-		t.Run("pause", func(t *testing.T) { topologyPause(t, db, monitor) })
+		t.Run("drop-in", func(t *testing.T) { topologyDropIn(t, top.dsn(t), mode.dsn) })
+		t.Run("pause", func(t *testing.T) { topologyPause(t, db, monitor, mode.cursor) })
 		for _, mode := range []CloseMode{CloseAuto, CloseCancel, CloseDrain} {
 			t.Run("early-close-"+mode.String(), func(t *testing.T) { topologyEarlyClose(t, db, monitor, mode) })
 		}
@@ -156,10 +162,14 @@ func TestTopologies(t *testing.T) {
 }
 
 // topologyDropIn: the same values and errors through lib/pq and
-// jsonstream, and the connection goes the way the topology says.
-func topologyDropIn(t *testing.T, dsn string) {
+// jsonstream in the stream mode given by mode, a DSN fragment, and the
+// connection goes the way the topology says.
+func topologyDropIn(t *testing.T, dsn, mode string) {
 	var results [2][]any
 	for i, name := range []string{"postgres", DriverName} {
+		if name == DriverName && mode != "" {
+			dsn += " " + mode
+		}
 		db := openDSN(t, name, dsn)
 		var user, ssl string
 		var viaSocket bool
@@ -183,8 +193,9 @@ func topologyDropIn(t *testing.T, dsn string) {
 }
 
 // topologyPause: while paused the server waits on the client
-// (ClientWrite) and no row arrives; after Resume every row comes once.
-func topologyPause(t *testing.T, db, monitor *sql.DB) {
+// (ClientWrite; in cursor mode idle in the cursor's transaction) and no
+// row arrives; after Resume every row comes once.
+func topologyPause(t *testing.T, db, monitor *sql.DB, cursor bool) {
 	const n = 300_000
 	query, marker := markedQuery(bigQuery)
 	s := mustStream(t)
@@ -203,17 +214,24 @@ func topologyPause(t *testing.T, db, monitor *sql.DB) {
 	}
 	read(1000)
 	require.NoError(t, s.Pause())
-	require.Eventually(t, func() bool {
+	waiting := func() bool {
+		if cursor {
+			// The backend's last statement is a FETCH of the cursor.
+			var n int
+			require.NoError(t, monitor.QueryRow(`SELECT count(*) FROM pg_stat_activity
+				WHERE query LIKE 'FETCH FORWARD % FROM jsonstream_cursor_%' AND state = 'idle in transaction'`).Scan(&n))
+			return n > 0
+		}
 		_, _, we, _ := serverQuery(t, monitor, marker)
 		return we == "ClientWrite"
-	}, 5*time.Second, 20*time.Millisecond, "the server should wait on the client")
+	}
+	require.Eventually(t, waiting, 5*time.Second, 20*time.Millisecond, "the server should wait on the client")
 	before := s.Stats()
 	time.Sleep(200 * time.Millisecond)
 	after := s.Stats()
 	assert.Equal(t, int64(1000), before.Rows)
 	assert.Equal(t, before.Rows, after.Rows, "rows delivered while paused")
-	_, _, we, _ := serverQuery(t, monitor, marker)
-	assert.Equal(t, "ClientWrite", we, "still waiting on the client")
+	assert.True(t, waiting(), "still waiting on the client")
 	require.NoError(t, s.Resume())
 	read(n)
 	require.NoError(t, rows.Err())
