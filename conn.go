@@ -111,7 +111,7 @@ func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, e
 	if err != nil {
 		return nil, err
 	}
-	return newStmt(c, si), nil
+	return newStmt(c, si, query), nil
 }
 
 // Close implements driver.Conn.
@@ -282,7 +282,7 @@ func (c *conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 	if err != nil {
 		return nil, err
 	}
-	return c.wrapRows(ctx, ir, s, start)
+	return c.wrapRows(ctx, ir, s, start, query)
 }
 
 // ExecContext implements driver.ExecerContext with the same fallbacks as
@@ -311,9 +311,11 @@ var errStreamOnExec = streamArgError("a Stream goes with Query, not Exec")
 
 // wrapRows makes the stream for the inner rows of one query and binds s,
 // the query's Stream argument, to it.
-func (c *conn) wrapRows(ctx context.Context, ir driver.Rows, s *Stream, start time.Time) (driver.Rows, error) {
+func (c *conn) wrapRows(ctx context.Context, ir driver.Rows, s *Stream, start time.Time, query string) (driver.Rows, error) {
 	if s == nil {
-		return newRows(ctx, c, ir, nil, start), nil
+		r := newRows(ctx, c, ir, nil, start)
+		r.observeStarted(query)
+		return r, nil
 	}
 	if !s.claimed.CompareAndSwap(false, true) {
 		_ = ir.Close()
@@ -321,6 +323,7 @@ func (c *conn) wrapRows(ctx context.Context, ir driver.Rows, s *Stream, start ti
 	}
 	r := newRows(ctx, c, ir, s.opts, start)
 	s.bound.Store(r)
+	r.observeStarted(query)
 	return r, nil
 }
 

@@ -15,6 +15,10 @@
 //     forgotten pause from holding a connection and a server snapshot.
 //   - Closing a stream before its end stops the server-side query instead of
 //     reading the whole rest of the result (CloseMode).
+//   - An Observer (WithObserver) hears of every stream's start, first row,
+//     pauses, pause timeouts and end, with how it ended; the
+//     github.com/jsonstream/jsonstream/otel module turns these events into
+//     OpenTelemetry metrics and span events.
 //   - JSON documents: Each and ForEach iterate a result as typed values,
 //     WriteNDJSON and WriteJSONArray stream it to an io.Writer, in flat
 //     memory and with any driver.

@@ -86,6 +86,8 @@ type settings struct {
 	onPauseTimeout PauseTimeoutAction
 	closeMode      CloseMode
 	drainTimeout   time.Duration
+	observer       Observer // nil: no events
+	observeQuery   bool
 }
 
 func defaultSettings() settings {

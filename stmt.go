@@ -11,6 +11,7 @@ import (
 type stmt struct {
 	inner driver.Stmt
 	conn  *conn
+	query string // for the observer
 }
 
 // stmtConverter is a stmt whose inner statement has the deprecated
@@ -29,8 +30,8 @@ var (
 	_ driver.ColumnConverter   = stmtConverter{}
 )
 
-func newStmt(c *conn, si driver.Stmt) driver.Stmt {
-	s := &stmt{inner: si, conn: c}
+func newStmt(c *conn, si driver.Stmt, query string) driver.Stmt {
+	s := &stmt{inner: si, conn: c, query: query}
 	if cc, ok := si.(driver.ColumnConverter); ok { //nolint:staticcheck // forwarded as database/sql uses it
 		return stmtConverter{s, cc}
 	}
@@ -66,7 +67,7 @@ func (s *stmt) Query(args []driver.Value) (driver.Rows, error) { //nolint:static
 	if err != nil {
 		return nil, err
 	}
-	return s.conn.wrapRows(context.Background(), ir, st, start)
+	return s.conn.wrapRows(context.Background(), ir, st, start, s.query)
 }
 
 // CheckNamedValue implements driver.NamedValueChecker: a *Stream is taken
@@ -107,7 +108,7 @@ func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driv
 	if err != nil {
 		return nil, err
 	}
-	return s.conn.wrapRows(ctx, ir, st, start)
+	return s.conn.wrapRows(ctx, ir, st, start, s.query)
 }
 
 // ExecContext implements driver.StmtExecContext, falling back to Exec as
