@@ -20,6 +20,7 @@ test: vet
 bench-smoke:
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -short .
 	@if [ -f bench/go.mod ]; then cd bench && $(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -short ./...; fi
+	@if [ -f otel/go.mod ]; then cd otel && $(GO) test -count=1 -run '^$$' -bench . -benchtime 1x ./...; fi
 
 demo:
 	$(GO) run ./cmd/demo $(ARGS)

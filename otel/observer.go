@@ -82,10 +82,17 @@ type Observer struct {
 	connsCut      metric.Int64Counter
 	firstRow      metric.Float64Histogram
 
-	// The attribute sets, built once so that recording allocates none.
-	byMode    [jsonstream.ModeCursor + 1]metric.MeasurementOption
-	byOutcome [jsonstream.ModeCursor + 1][jsonstream.OutcomeFailed + 1]metric.MeasurementOption
+	// The attribute sets, built once with their option slices: passing an
+	// option by itself would allocate its variadic slice per measurement.
+	byMode    [jsonstream.ModeCursor + 1]attrs
+	byOutcome [jsonstream.ModeCursor + 1][jsonstream.OutcomeFailed + 1]attrs
 	extra     []attribute.KeyValue
+}
+
+// attrs is one attribute set as the options of Add and Record.
+type attrs struct {
+	add    []metric.AddOption
+	record []metric.RecordOption
 }
 
 var _ jsonstream.Observer = (*Observer)(nil)
@@ -175,22 +182,23 @@ func NewObserver(opts ...Option) (*Observer, error) {
 	return o, nil
 }
 
-func (o *Observer) attributes(mode jsonstream.StreamMode, outcome *jsonstream.Outcome) metric.MeasurementOption {
+func (o *Observer) attributes(mode jsonstream.StreamMode, outcome *jsonstream.Outcome) attrs {
 	kv := append([]attribute.KeyValue{ModeKey.String(mode.String())}, o.extra...)
 	if outcome != nil {
 		kv = append(kv, OutcomeKey.String(outcome.String()))
 	}
-	return metric.WithAttributeSet(attribute.NewSet(kv...))
+	set := metric.WithAttributeSet(attribute.NewSet(kv...))
+	return attrs{add: []metric.AddOption{set}, record: []metric.RecordOption{set}}
 }
 
-func (o *Observer) modeAttrs(m jsonstream.StreamMode) metric.MeasurementOption {
+func (o *Observer) modeAttrs(m jsonstream.StreamMode) attrs {
 	if int(m) < len(o.byMode) {
 		return o.byMode[m]
 	}
 	return o.attributes(m, nil)
 }
 
-func (o *Observer) outcomeAttrs(m jsonstream.StreamMode, oc jsonstream.Outcome) metric.MeasurementOption {
+func (o *Observer) outcomeAttrs(m jsonstream.StreamMode, oc jsonstream.Outcome) attrs {
 	if int(m) < len(o.byOutcome) && int(oc) < len(o.byOutcome[m]) {
 		return o.byOutcome[m][oc]
 	}
@@ -203,43 +211,43 @@ func (o *Observer) ObserveStream(e jsonstream.Event) {
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	attrs := o.modeAttrs(e.Mode)
+	a := o.modeAttrs(e.Mode)
 	span := trace.SpanFromContext(ctx)
 	recording := span.IsRecording()
 	switch e.Kind {
 	case jsonstream.EventStarted:
-		o.open.Add(ctx, 1, attrs)
+		o.open.Add(ctx, 1, a.add...)
 	case jsonstream.EventFirstRow:
-		o.firstRow.Record(ctx, e.Stats.FirstRow.Seconds(), attrs)
+		o.firstRow.Record(ctx, e.Stats.FirstRow.Seconds(), a.record...)
 	case jsonstream.EventPaused:
-		o.pauses.Add(ctx, 1, attrs)
-		o.paused.Add(ctx, 1, attrs)
+		o.pauses.Add(ctx, 1, a.add...)
+		o.paused.Add(ctx, 1, a.add...)
 		if recording {
 			span.AddEvent("jsonstream.pause", trace.WithAttributes(RowsKey.Int64(e.Stats.Rows)))
 		}
 	case jsonstream.EventResumed:
-		o.paused.Add(ctx, -1, attrs)
-		o.pauseDuration.Record(ctx, e.Paused.Seconds(), attrs)
+		o.paused.Add(ctx, -1, a.add...)
+		o.pauseDuration.Record(ctx, e.Paused.Seconds(), a.record...)
 		if recording {
 			span.AddEvent("jsonstream.resume", trace.WithAttributes(PauseSecondsKey.Float64(e.Paused.Seconds())))
 		}
 	case jsonstream.EventPauseTimeout:
-		o.pauseTimeouts.Add(ctx, 1, attrs)
+		o.pauseTimeouts.Add(ctx, 1, a.add...)
 		if recording {
 			span.AddEvent("jsonstream.pause_timeout", trace.WithAttributes(PauseSecondsKey.Float64(e.Paused.Seconds())))
 		}
 	case jsonstream.EventEnded:
-		o.open.Add(ctx, -1, attrs)
+		o.open.Add(ctx, -1, a.add...)
 		if e.EndedPaused {
-			o.paused.Add(ctx, -1, attrs)
-			o.pauseDuration.Record(ctx, e.Paused.Seconds(), attrs)
+			o.paused.Add(ctx, -1, a.add...)
+			o.pauseDuration.Record(ctx, e.Paused.Seconds(), a.record...)
 		}
 		ended := o.outcomeAttrs(e.Mode, e.Outcome)
-		o.streams.Add(ctx, 1, ended)
-		o.rows.Add(ctx, e.Stats.Rows, ended)
-		o.bytes.Add(ctx, e.Stats.Bytes, ended)
+		o.streams.Add(ctx, 1, ended.add...)
+		o.rows.Add(ctx, e.Stats.Rows, ended.add...)
+		o.bytes.Add(ctx, e.Stats.Bytes, ended.add...)
 		if e.ConnCut {
-			o.connsCut.Add(ctx, 1, ended)
+			o.connsCut.Add(ctx, 1, ended.add...)
 		}
 		if recording && e.Outcome != jsonstream.OutcomeComplete {
 			span.AddEvent("jsonstream.early_close", trace.WithAttributes(
