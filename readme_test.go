@@ -130,14 +130,22 @@ func Example_http() {
 	})
 }
 
-// TestReadmeCodeBlocks requires every Go block of README.md to stand,
-// line for line (indentation aside), in a test file of this package, and
-// every make target the README names to exist.
+// TestReadmeCodeBlocks requires every Go block of README.md and
+// otel/README.md to stand, line for line (indentation aside), in a test
+// file of this package or of the otel module (which compiles the blocks
+// that use OpenTelemetry), and every make target the README names to
+// exist.
 func TestReadmeCodeBlocks(t *testing.T) {
 	readme, err := os.ReadFile("README.md")
 	require.NoError(t, err)
+	otelReadme, err := os.ReadFile(filepath.Join("otel", "README.md"))
+	require.NoError(t, err)
 	sources, err := filepath.Glob("*_test.go")
 	require.NoError(t, err)
+	otelSources, err := filepath.Glob(filepath.Join("otel", "*_test.go"))
+	require.NoError(t, err)
+	require.NotEmpty(t, otelSources)
+	sources = append(sources, otelSources...)
 	var corpus []string
 	for _, f := range sources {
 		b, err := os.ReadFile(f)
@@ -146,7 +154,7 @@ func TestReadmeCodeBlocks(t *testing.T) {
 	}
 	joined := "\n" + strings.Join(corpus, "\n") + "\n"
 
-	blocks := regexp.MustCompile("(?s)```go\n(.*?)```").FindAllStringSubmatch(string(readme), -1)
+	blocks := regexp.MustCompile("(?s)```go\n(.*?)```").FindAllStringSubmatch(string(readme)+string(otelReadme), -1)
 	require.NotEmpty(t, blocks)
 	for _, b := range blocks {
 		lines := normalize(b[1])
