@@ -322,8 +322,8 @@ func (c *conn) wrapRows(ctx context.Context, ir driver.Rows, s *Stream, start ti
 		return nil, streamArgError("Stream already used by another query")
 	}
 	r := newRows(ctx, c, ir, s.opts, start)
+	r.observeStarted(query) // before the Stream can reach r, so it is the first event
 	s.bound.Store(r)
-	r.observeStarted(query)
 	return r, nil
 }
 

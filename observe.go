@@ -60,8 +60,10 @@ const (
 	// From the pause timer's goroutine: a slow observer delays the
 	// timeout's effect.
 	EventPauseTimeout
-	// EventEnded: the stream was closed; the last event of a stream, fired
-	// exactly once, with the final Stats, the Outcome and the error. A
+	// EventEnded: the stream was closed; fired exactly once, with the final
+	// Stats, the Outcome and the error. It is the last event, but for those
+	// of a Pause, Resume or pause timeout that raced with Close on another
+	// goroutine. A
 	// stream that failed (Cancel, context, pause timeout, a server error)
 	// fires it when it is closed. From the goroutine that closed the rows:
 	// the consumer's, or database/sql's own when the query's context ends.
