@@ -165,6 +165,7 @@ func (o Outcome) String() string {
 // Event is one thing that happened to a stream. Fields that do not apply
 // to its Kind are zero.
 type Event struct {
+	// Kind says what happened.
 	Kind EventKind
 	// Context is the query's context (context.Background for a Query
 	// without one), so an observer finds the query's span in it.
@@ -172,12 +173,13 @@ type Event struct {
 	// Query is the query text under WithObserverQueryText(true); empty
 	// otherwise.
 	Query string
-	Mode  StreamMode
+	// Mode is how the stream reads its rows.
+	Mode StreamMode
 	// Stats are the stream's counters when the event fired.
 	Stats Stats
-	// Paused is how long the pause lasted that ended with this event:
-	// EventResumed, EventPauseTimeout, and EventEnded of a stream still
-	// paused when it ended.
+	// Paused is how long a pause lasted: the one EventResumed ended, the
+	// one that outlived the timeout on EventPauseTimeout, and on
+	// EventEnded the one that ended with the stream (EndedPaused).
 	Paused time.Duration
 
 	// The fields below are set on EventEnded only.
