@@ -37,36 +37,37 @@ func (f ObserverFunc) ObserveStream(e Event) { f(e) }
 type EventKind uint8
 
 const (
-	// EventStarted: the query was sent and the inner driver returned its
-	// rows. From the goroutine that called Query. First event of a stream.
+	// EventStarted means the query was sent and the inner driver returned
+	// its rows. From the goroutine that called Query; a stream's first
+	// event.
 	EventStarted EventKind = iota
-	// EventFirstRow: Next delivered the stream's first row; Stats.FirstRow
-	// is the time since the query was sent. From the goroutine that called
-	// Next.
+	// EventFirstRow means Next delivered the stream's first row;
+	// Stats.FirstRow is the time since the query was sent. From the
+	// goroutine that called Next.
 	EventFirstRow
-	// EventPaused: Pause paused a running stream (not on an already paused
-	// one). From the goroutine that called Pause.
+	// EventPaused means Pause paused a running stream (a Pause on a paused
+	// one fires nothing). From the goroutine that called Pause.
 	EventPaused
-	// EventResumed: a pause ended by Resume, or by the pause timeout under
-	// ResumeOnPauseTimeout (after EventPauseTimeout); Event.Paused is how
-	// long it lasted. From the goroutine that called Resume, or the pause
-	// timer's.
+	// EventResumed means a pause ended by Resume, or by the pause timeout
+	// under ResumeOnPauseTimeout (after EventPauseTimeout); Event.Paused is
+	// how long it lasted. From the goroutine that called Resume, or the
+	// pause timer's.
 	EventResumed
-	// EventPauseTimeout: a pause outlived the pause timeout; Event.Paused is
-	// how long it lasted. It fires before the timeout takes effect (the
-	// stream is still Paused): then the stream fails under
+	// EventPauseTimeout means a pause outlived the pause timeout;
+	// Event.Paused is how long it lasted. It fires before the timeout takes
+	// effect (the stream is still Paused); then the stream fails under
 	// FailOnPauseTimeout, or resumes under ResumeOnPauseTimeout
 	// (EventResumed follows), unless a Resume or Close came meanwhile.
 	// From the pause timer's goroutine: a slow observer delays the
 	// timeout's effect.
 	EventPauseTimeout
-	// EventEnded: the stream was closed; fired exactly once, with the final
-	// Stats, the Outcome and the error. It is the last event, but for those
-	// of a Pause, Resume or pause timeout that raced with Close on another
-	// goroutine. A
-	// stream that failed (Cancel, context, pause timeout, a server error)
-	// fires it when it is closed. From the goroutine that closed the rows:
-	// the consumer's, or database/sql's own when the query's context ends.
+	// EventEnded means the stream was closed; it fires exactly once, with
+	// the final Stats, the Outcome and the error. It is the last event but
+	// for those of a Pause, Resume or pause timeout that raced with Close
+	// on another goroutine. A stream that failed (Cancel, context, pause
+	// timeout, a server error) fires it when it is closed. From the
+	// goroutine that closed the rows: the consumer's, or database/sql's
+	// own when the query's context ends.
 	EventEnded
 )
 
@@ -115,27 +116,28 @@ func (m StreamMode) String() string {
 type Outcome uint8
 
 const (
-	// OutcomeComplete: every row was read.
+	// OutcomeComplete means every row was read.
 	OutcomeComplete Outcome = iota
-	// OutcomeDrained: closed early, and the rest of the result was read and
-	// thrown away, keeping the connection.
+	// OutcomeDrained means the stream was closed early, and the rest of
+	// the result was read and thrown away, keeping the connection.
 	OutcomeDrained
-	// OutcomeCut: closed early, and the connection was cut to stop the
-	// server-side query.
+	// OutcomeCut means the stream was closed early, and the connection was
+	// cut to stop the server-side query.
 	OutcomeCut
-	// OutcomeCursorClosed: closed early, and the server-side cursor was
-	// closed, keeping the connection.
+	// OutcomeCursorClosed means the stream was closed early, and its
+	// server-side cursor was closed, keeping the connection.
 	OutcomeCursorClosed
-	// OutcomeCanceled: failed by Cancel (ErrCanceled).
+	// OutcomeCanceled means the stream failed by Cancel (ErrCanceled).
 	OutcomeCanceled
-	// OutcomeContext: ended because the query's context, or its
-	// transaction's, ended; database/sql then closes the rows itself, so
-	// the stream may be Closed rather than Failed.
+	// OutcomeContext means the stream ended because the query's context,
+	// or its transaction's, ended; database/sql then closes the rows
+	// itself, so the stream may be Closed rather than Failed.
 	OutcomeContext
-	// OutcomePauseTimeout: failed by the pause timeout (ErrPauseTimeout).
+	// OutcomePauseTimeout means the stream failed by the pause timeout
+	// (ErrPauseTimeout).
 	OutcomePauseTimeout
-	// OutcomeFailed: failed by an error from the server, the network or the
-	// inner driver.
+	// OutcomeFailed means the stream failed by an error from the server,
+	// the network or the inner driver.
 	OutcomeFailed
 )
 

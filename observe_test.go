@@ -132,7 +132,7 @@ func TestObserverOutcomes(t *testing.T) {
 	}{
 		{
 			name: "complete", rows: countRows(2),
-			run: func(t *testing.T, rows *sql.Rows, _ *Stream, _ context.CancelFunc) {
+			run: func(_ *testing.T, rows *sql.Rows, _ *Stream, _ context.CancelFunc) {
 				for rows.Next() {
 				}
 			},
@@ -197,7 +197,7 @@ func TestObserverOutcomes(t *testing.T) {
 		},
 		{
 			name: "failed", rows: func(string) *fakeRows { return &fakeRows{n: 1, err: errServer} },
-			run: func(t *testing.T, rows *sql.Rows, _ *Stream, _ context.CancelFunc) {
+			run: func(_ *testing.T, rows *sql.Rows, _ *Stream, _ context.CancelFunc) {
 				for rows.Next() {
 				}
 			},
@@ -293,7 +293,7 @@ func TestObserverEndedOnce(t *testing.T) {
 	require.NoError(t, err)
 	dc, err := c.Connect(context.Background())
 	require.NoError(t, err)
-	defer dc.Close()
+	defer func() { _ = dc.Close() }()
 	r, err := dc.(driver.QueryerContext).QueryContext(context.Background(), "q", nil)
 	require.NoError(t, err)
 	require.NoError(t, r.Close())
@@ -313,7 +313,7 @@ func TestObserverQueryTextOnlyOnRequest(t *testing.T) {
 			readAll(t, rows)
 			stmt, err := db.Prepare("SELECT prepared ?")
 			require.NoError(t, err)
-			defer stmt.Close()
+			defer func() { _ = stmt.Close() }()
 			rows, err = stmt.Query(secret)
 			require.NoError(t, err)
 			readAll(t, rows)

@@ -17,7 +17,7 @@ import (
 // to add to BenchmarkOverhead's jsonstream-observed.
 func BenchmarkObserveStream(b *testing.B) {
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
-	defer mp.Shutdown(context.Background())
+	defer func() { _ = mp.Shutdown(context.Background()) }()
 	o, err := jsonstreamotel.NewObserver(jsonstreamotel.WithMeterProvider(mp))
 	if err != nil {
 		b.Fatal(err)
