@@ -370,27 +370,43 @@ func TestNilObserverIsAnError(t *testing.T) {
 // not wait for it, and the observer may itself use the stream.
 func TestSlowObserverSlowsOnlyItsCaller(t *testing.T) {
 	release := make(chan struct{})
-	inside := make(chan Stats, 1)
+	releaseOnce := sync.OnceFunc(func() { close(release) })
+	inside := make(chan error, 1)
 	var s *Stream
 	slow := ObserverFunc(func(e Event) {
-		if e.Kind == EventPaused {
-			inside <- s.Stats() // calling back into the stream must not deadlock
-			<-release
+		if e.Kind != EventPaused {
+			return
 		}
+		// Calling back into the stream must not deadlock.
+		stats := make(chan Stats, 1)
+		go func() { stats <- s.Stats() }()
+		select {
+		case st := <-stats:
+			if st.State != Paused {
+				inside <- fmt.Errorf("Stats in the observer: state %v", st.State)
+			}
+			inside <- nil
+		case <-time.After(time.Second):
+			inside <- errors.New("Stats called by the observer blocked")
+		}
+		<-release
 	})
 	db, _ := openFake(t, countRows(3), WithObserver(slow))
 	s = mustStream(t)
 	rows, err := db.Query("q", s)
 	require.NoError(t, err)
 	defer rows.Close()
+	// Deferred after rows.Close, so it runs first: a failing test must not
+	// leave the observer, and whatever it holds, blocking the Close.
+	defer releaseOnce()
 	require.True(t, rows.Next())
 
 	paused := make(chan error, 1)
 	go func() { paused <- s.Pause() }()
 	select {
-	case st := <-inside:
-		assert.Equal(t, Paused, st.State)
-	case <-time.After(time.Second):
+	case err := <-inside:
+		require.NoError(t, err)
+	case <-time.After(2 * time.Second):
 		t.Fatal("the observer did not get EventPaused")
 	}
 
@@ -411,7 +427,7 @@ func TestSlowObserverSlowsOnlyItsCaller(t *testing.T) {
 		t.Fatal("Pause returned before its observer did")
 	default:
 	}
-	close(release)
+	releaseOnce()
 	require.NoError(t, <-paused)
 }
 
