@@ -5,6 +5,7 @@ go 1.26.0
 replace github.com/jsonstream/jsonstream => ../
 
 require (
+	github.com/DATA-DOG/go-sqlmock v1.5.2
 	github.com/jsonstream/jsonstream v0.0.0-00010101000000-000000000000
 	github.com/lib/pq v1.12.3
 	github.com/stretchr/testify v1.12.1
