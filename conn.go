@@ -320,7 +320,7 @@ func (c *conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 	if err != nil {
 		return nil, err
 	}
-	return c.wrapRows(ctx, ir, s, r, start)
+	return c.wrapRows(ctx, ir, s, r, start, query)
 }
 
 // ExecContext implements driver.ExecerContext with the same fallbacks as
@@ -350,18 +350,19 @@ var errStreamOnExec = streamArgError("a Stream goes with Query, not Exec")
 
 // wrapRows makes r the stream of the inner rows of one query and binds s,
 // the query's Stream, to it.
-func (c *conn) wrapRows(ctx context.Context, ir driver.Rows, s *Stream, r *rows, start time.Time) (driver.Rows, error) {
+func (c *conn) wrapRows(ctx context.Context, ir driver.Rows, s *Stream, r *rows, start time.Time, query string) (driver.Rows, error) {
 	if s != nil && !s.claimed.CompareAndSwap(false, true) {
 		_ = ir.Close()
 		return nil, streamArgError("Stream already used by another query")
 	}
-	return c.bindRows(ctx, ir, s, r, start, nil), nil
+	return c.bindRows(ctx, ir, s, r, start, nil, query), nil
 }
 
 // bindRows makes the stream and binds s to it, once it is complete: a
 // Controller call may come at once from another goroutine.
-func (c *conn) bindRows(ctx context.Context, ir driver.Rows, s *Stream, r *rows, start time.Time, cur *cursor) *rows {
+func (c *conn) bindRows(ctx context.Context, ir driver.Rows, s *Stream, r *rows, start time.Time, cur *cursor, query string) *rows {
 	r.open(ctx, c, ir, start, cur)
+	r.observeStarted(query) // before the Stream can reach r, so it is the first event
 	if s != nil {
 		s.bound.Store(r)
 	}

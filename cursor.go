@@ -139,7 +139,7 @@ func (c *conn) queryCursor(ctx context.Context, query string, args []driver.Name
 		return nil, err
 	}
 	cur.first = cur.batch
-	return c.bindRows(ctx, cur, st, r, start, cur), nil
+	return c.bindRows(ctx, cur, st, r, start, cur, query), nil
 }
 
 // inTransactionBlock reports whether the session is inside a transaction

@@ -23,6 +23,10 @@
 //     run the query as a cursor and fetch it in batches: stopping early
 //     closes the cursor and keeps the connection and its session, inside
 //     and outside transactions.
+//   - An Observer (WithObserver) hears of every stream's start, first row,
+//     pauses, pause timeouts and end, with how it ended; the
+//     github.com/jsonstream/jsonstream/otel module turns these events into
+//     OpenTelemetry metrics and span events.
 //   - JSON documents: Each and ForEach iterate a result as typed values,
 //     WriteNDJSON and WriteJSONArray stream it to an io.Writer, in flat
 //     memory and with any driver.

@@ -96,6 +96,8 @@ type settings struct {
 	closeMode      CloseMode
 	drainTimeout   time.Duration
 	fetchSize      int // 0: single statement; FetchAuto or n > 0: cursor
+	observer       Observer // nil: no events
+	observeQuery   bool
 }
 
 func defaultSettings() settings {

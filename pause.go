@@ -125,6 +125,11 @@ type pauser struct {
 	total      time.Duration
 	pauses     int64
 	timeouts   int64
+	// resumes counts the pauses ended by Resume or ResumeOnPauseTimeout;
+	// the one pause more that pauses may count ended with the stream.
+	resumes int64
+	// last is how long the last pause that ended lasted.
+	last time.Duration
 }
 
 // begin starts a pause; r.state has just moved to Paused. Called with mu
@@ -150,7 +155,8 @@ func (p *pauser) end() {
 		p.timer.Stop()
 		p.timer = nil
 	}
-	p.total += time.Since(p.pausedAt)
+	p.last = time.Since(p.pausedAt)
+	p.total += p.last
 	close(p.resume)
 	p.resume = nil
 }
@@ -218,7 +224,8 @@ type Stream struct {
 
 // NewStream returns a Stream whose rows use opts on top of the
 // connector's settings (WithPauseTimeout, WithPauseTimeoutAction,
-// WithCloseMode, WithDrainTimeout, WithFetchSize). A bad option is an error wrapping
+// WithCloseMode, WithDrainTimeout, WithFetchSize, WithObserver,
+// WithObserverQueryText). A bad option is an error wrapping
 // ErrInvalidOption.
 func NewStream(opts ...Option) (*Stream, error) {
 	s := &Stream{opts: opts}

@@ -11,8 +11,9 @@ import (
 type stmt struct {
 	inner driver.Stmt
 	conn  *conn
-	// query is the statement's text, which cursor mode declares a cursor
-	// for instead of running the prepared statement.
+	// query is the statement's text: cursor mode declares a cursor for
+	// it instead of running the prepared statement, and the observer may
+	// be given it.
 	query string
 }
 
@@ -79,7 +80,7 @@ func (s *stmt) Query(args []driver.Value) (driver.Rows, error) { //nolint:static
 	if err != nil {
 		return nil, err
 	}
-	return s.conn.wrapRows(context.Background(), ir, st, r, start)
+	return s.conn.wrapRows(context.Background(), ir, st, r, start, s.query)
 }
 
 // CheckNamedValue implements driver.NamedValueChecker: a *Stream is taken
@@ -127,7 +128,7 @@ func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driv
 	if err != nil {
 		return nil, err
 	}
-	return s.conn.wrapRows(ctx, ir, st, r, start)
+	return s.conn.wrapRows(ctx, ir, st, r, start, s.query)
 }
 
 // ExecContext implements driver.StmtExecContext, falling back to Exec as

@@ -31,6 +31,7 @@ type demo struct {
 	dsn   string
 	table string
 	rows  int
+	seen  *tally // the observer of db's streams
 
 	streamed struct {
 		rows, bytes     int64
@@ -397,5 +398,6 @@ func (d *demo) summary() {
 	}
 	row(fmt.Sprintf("pause timeout (%v)", pauseTimeout), "%s", timeout)
 	row("early close after 1 row", "jsonstream %s, lib/pq %s", seconds(d.early.jsonstream), seconds(d.early.libpq))
+	row("the observer saw", "%s", d.seen)
 	w.Flush()
 }

@@ -13,7 +13,6 @@ package main
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"flag"
 	"fmt"
@@ -24,7 +23,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/jsonstream/jsonstream"
 	"github.com/jsonstream/jsonstream/internal/pgtest"
 	"github.com/lib/pq"
 )
@@ -132,7 +130,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 		}
 	}
 
-	db, err := sql.Open(jsonstream.DriverName, dsn)
+	observed := &tally{}
+	db, err := openObserved(dsn, observed)
 	if err != nil {
 		return err
 	}
@@ -147,6 +146,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 		dsn:   dsn,
 		table: demoTable(),
 		rows:  cfg.rows,
+		seen:  observed,
 	}
 	defer func() {
 		if dropErr := d.dropTable(ctx); dropErr != nil {

@@ -93,10 +93,15 @@ func TestDemo(t *testing.T) {
 		"pause timeout (1s)",
 		"ErrPauseTimeout after",
 		"early close after 1 row",
+		"the observer saw",
 	} {
 		assert.Contains(t, out, want)
 	}
 	assert.Regexp(t, `pause\s+[\d.]+ s at row 10,000, 0 rows read while paused`, out)
+	// The stream step's pause and the forgotten one, which timed out and
+	// cut its connection; its stream ended pause_timeout, and the
+	// streamed one complete.
+	assert.Regexp(t, `the observer saw\s+[\d,]+ streams \(complete [\d,]+, .*pause_timeout 1\b.*\); [\d,]+ rows, 2 pauses \([\d.]+ m?s paused\), 1 pause timeout, [1-9]\d* connections? cut`, out)
 	assert.Regexp(t, `20,000 rows  5\.\d MB  [\d,]+ rows/s  complete`, stderr.String())
 	assert.NotContains(t, out, "Starting a throwaway", "a DSN was given")
 
