@@ -95,7 +95,7 @@ type settings struct {
 	onPauseTimeout PauseTimeoutAction
 	closeMode      CloseMode
 	drainTimeout   time.Duration
-	fetchSize      int // 0: single statement; FetchAuto or n > 0: cursor
+	fetchSize      int      // 0: single statement; FetchAuto or n > 0: cursor
 	observer       Observer // nil: no events
 	observeQuery   bool
 }
