@@ -305,8 +305,16 @@ func (p *stallProxy) port() int { return p.ln.Addr().(*net.TCPAddr).Port }
 func TestNetworkStall(t *testing.T) {
 	needRowsTable(t)
 	srv := pgtest.Shared(t)
+	// In cursor mode the stall meets a FETCH in flight, whose read the
+	// failure bounds by the drain timeout before it cuts.
+	for _, mode := range []string{"", "jsonstream_fetch_size=100"} {
+		t.Run("mode="+mode, func(t *testing.T) { networkStall(t, srv, mode) })
+	}
+}
+
+func networkStall(t *testing.T, srv *pgtest.Server, mode string) {
 	proxyDSN := func(p *stallProxy) string {
-		return fmt.Sprintf("host=127.0.0.1 port=%d user=postgres dbname=postgres sslmode=disable", p.port())
+		return fmt.Sprintf("host=127.0.0.1 port=%d user=postgres dbname=postgres sslmode=disable %s", p.port(), mode)
 	}
 	t.Run("context deadline ends Next", func(t *testing.T) {
 		p := newStallProxy(t, fmt.Sprintf("127.0.0.1:%d", srv.Port()))

@@ -33,8 +33,9 @@ type conn struct {
 	// transaction and nothing else ran since. A cursor-backed stream then
 	// need not ask the server (inTransactionBlock).
 	txIdle bool
-	// unwrapped is set once the inner conn was handed out (sql.Conn.Raw):
-	// statements may run that jsonstream does not see.
+	// unwrapped is set once the inner conn or a statement of it was
+	// handed out (sql.Conn.Raw, Unwrap): statements may run that
+	// jsonstream does not see, so txIdle is no longer trusted.
 	unwrapped bool
 	// cursorSeq numbers the cursors of the session.
 	cursorSeq uint64
@@ -78,7 +79,7 @@ func newConn(inner driver.Conn, s *settings, sk *sock) *conn {
 
 // Unwrap returns the inner driver's connection, for sql.Conn.Raw.
 func (c *conn) Unwrap() driver.Conn {
-	c.unwrapped, c.txIdle = true, false
+	c.unwrapped = true
 	return c.inner
 }
 
@@ -195,7 +196,7 @@ func (t *tx) Rollback() error {
 // ended notes the end of a transaction begun with BeginTx: once it ended
 // without error, the session is outside any transaction block.
 func (c *conn) ended(err error) error {
-	c.txIdle = err == nil && !c.unwrapped
+	c.txIdle = err == nil
 	return err
 }
 

@@ -72,10 +72,21 @@ func (s *sock) drainRead(p []byte) (int, error) {
 	return n, err
 }
 
-// beginDrain starts a drain that ends at deadline.
-func (s *sock) beginDrain(deadline time.Time) {
+// beginDrain starts a drain that ends at deadline, or one without a bound
+// when deadline is zero, in place of any earlier bound (a failure's). It
+// reports false when an earlier deadline could not be cleared.
+func (s *sock) beginDrain(deadline time.Time) bool {
 	s.drained = 0
-	s.until.Store(deadline.UnixNano())
+	ok := true
+	if s.armed.Swap(false) {
+		ok = s.Conn.SetReadDeadline(time.Time{}) == nil
+	}
+	if deadline.IsZero() {
+		s.until.Store(0)
+	} else {
+		s.until.Store(deadline.UnixNano())
+	}
+	return ok
 }
 
 // interrupt bounds, from any goroutine, the read that a failing stream's

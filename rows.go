@@ -324,7 +324,11 @@ func (r *rows) drainOrCut() error {
 	if s == nil {
 		return r.inner.Close()
 	}
-	s.beginDrain(time.Now().Add(r.settings.drainTimeout))
+	if !s.beginDrain(time.Now().Add(r.settings.drainTimeout)) {
+		r.conn.cut()
+		_ = r.inner.Close()
+		return nil
+	}
 	err := r.inner.Close()
 	if err != nil && isTimeout(err) {
 		r.conn.cut()

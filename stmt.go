@@ -46,8 +46,12 @@ func (s stmtConverter) ColumnConverter(idx int) driver.ValueConverter {
 	return s.cc.ColumnConverter(idx)
 }
 
-// Unwrap returns the inner driver's statement.
-func (s *stmt) Unwrap() driver.Stmt { return s.inner }
+// Unwrap returns the inner driver's statement: what runs through it
+// jsonstream does not see.
+func (s *stmt) Unwrap() driver.Stmt {
+	s.conn.unwrapped = true
+	return s.inner
+}
 
 // Close implements driver.Stmt.
 func (s *stmt) Close() error { return s.inner.Close() }
