@@ -90,7 +90,10 @@ func TestCursorStreamsLeaveNothing(t *testing.T) {
 func cursorStressRound(db *sql.DB, rnd *rand.Rand, kind int) error {
 	ctx := context.Background()
 	size := []int{FetchAuto, 1, 5, 100}[rnd.IntN(4)]
-	opts := []Option{WithFetchSize(size), WithPauseTimeout(time.Millisecond)}
+	opts := []Option{WithFetchSize(size)}
+	if kind == 4 {
+		opts = append(opts, WithPauseTimeout(time.Millisecond))
+	}
 	s, err := NewStream(opts...)
 	if err != nil {
 		return err
