@@ -134,7 +134,7 @@ func TestPausedServerWaitsOnClient(t *testing.T) {
 // failWhilePaused pauses a large stream, lets end() end the pause, and
 // checks the contract: Next returns want promptly, the server stops the
 // query, and the connection never serves another query.
-func failWhilePaused(t *testing.T, opts []Option, ctx context.Context, end func(*Stream), want error) {
+func failWhilePaused(t *testing.T, ctx context.Context, opts []Option, end func(*Stream), want error) {
 	db := openPG(t, DriverName, "")
 	monitor := openPG(t, "postgres", "")
 	conn, pid := backend(t, db)
@@ -164,12 +164,12 @@ func failWhilePaused(t *testing.T, opts []Option, ctx context.Context, end func(
 }
 
 func TestPauseTimeoutStopsServerQuery(t *testing.T) {
-	failWhilePaused(t, []Option{WithPauseTimeout(200 * time.Millisecond)}, context.Background(),
+	failWhilePaused(t, context.Background(), []Option{WithPauseTimeout(200 * time.Millisecond)},
 		func(*Stream) {}, ErrPauseTimeout)
 }
 
 func TestCancelStopsServerQuery(t *testing.T) {
-	failWhilePaused(t, nil, context.Background(), func(s *Stream) {
+	failWhilePaused(t, context.Background(), nil, func(s *Stream) {
 		time.AfterFunc(100*time.Millisecond, func() { _ = s.Cancel() })
 	}, ErrCanceled)
 }
@@ -177,7 +177,7 @@ func TestCancelStopsServerQuery(t *testing.T) {
 func TestContextEndWhilePausedStopsServerQuery(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel()
-	failWhilePaused(t, nil, ctx, func(*Stream) {}, context.DeadlineExceeded)
+	failWhilePaused(t, ctx, nil, func(*Stream) {}, context.DeadlineExceeded)
 }
 
 func TestPauseTimeoutFromDSN(t *testing.T) {

@@ -242,7 +242,8 @@ func racePauseTimer(t *testing.T, rounds int) {
 			// the new Pause below usually get it before the callback.
 			p := r.pause.Load()
 			p.mu.Lock()
-			for start := time.Now(); time.Since(start) < 100*time.Microsecond; {
+			for deadline := time.Now().Add(100 * time.Microsecond); time.Now().Before(deadline); {
+				runtime.Gosched()
 			}
 			p.mu.Unlock()
 		}
