@@ -17,15 +17,12 @@ import (
 
 // fakeSock stands for the network connection that jsonstream's dialer
 // would have made, so that the fake driver's conns can be cut: closing it
-// is the cut. Its SetReadDeadline fails on demand.
+// is the cut.
 type fakeSock struct {
 	closed    chan struct{}
 	closeOnce sync.Once
-	closes    atomic.Int64
 	// onClose runs on the first Close, before closed is closed.
 	onClose func()
-	// deadlineErr, when set, is what SetReadDeadline returns.
-	deadlineErr atomic.Pointer[error]
 }
 
 func newFakeSock() *fakeSock { return &fakeSock{closed: make(chan struct{})} }
@@ -58,7 +55,6 @@ func (s *fakeSock) Write(b []byte) (int, error) {
 }
 
 func (s *fakeSock) Close() error {
-	s.closes.Add(1)
 	s.closeOnce.Do(func() {
 		if s.onClose != nil {
 			s.onClose()
@@ -71,14 +67,8 @@ func (s *fakeSock) Close() error {
 func (s *fakeSock) LocalAddr() net.Addr              { return &net.TCPAddr{} }
 func (s *fakeSock) RemoteAddr() net.Addr             { return &net.TCPAddr{} }
 func (s *fakeSock) SetDeadline(time.Time) error      { return nil }
+func (s *fakeSock) SetReadDeadline(time.Time) error  { return nil }
 func (s *fakeSock) SetWriteDeadline(time.Time) error { return nil }
-
-func (s *fakeSock) SetReadDeadline(time.Time) error {
-	if p := s.deadlineErr.Load(); p != nil {
-		return *p
-	}
-	return nil
-}
 
 // errCutRead is what a fake read on a cut connection returns.
 var errCutRead = errors.New("fake: read on a cut connection")
@@ -93,9 +83,7 @@ type sockRows struct {
 	feed     chan string
 	fail     chan struct{}
 	buffered bool
-	closeErr error
 	next     atomic.Int64 // inner Next calls
-	closes   atomic.Int64
 }
 
 func newSockRows(sock *fakeSock) *sockRows {
@@ -103,7 +91,7 @@ func newSockRows(sock *fakeSock) *sockRows {
 }
 
 func (r *sockRows) Columns() []string { return []string{"data"} }
-func (r *sockRows) Close() error      { r.closes.Add(1); return r.closeErr }
+func (r *sockRows) Close() error      { return nil }
 
 func (r *sockRows) Next(dest []driver.Value) error {
 	r.next.Add(1)
