@@ -1,9 +1,11 @@
 # The two commands a newcomer needs:
 #   make demo   runs the demo against a throwaway PostgreSQL (or DATABASE_URL)
-#   make test   runs vet and every test under the race detector
+#   make test   runs vet, the linter and every test under the race detector
 GO ?= go
+# The version .ci/run installs; .golangci.yml is its configuration.
+GOLANGCI_LINT ?= golangci-lint
 
-.PHONY: test demo bench bench-smoke vet
+.PHONY: test demo bench bench-smoke vet lint
 
 vet:
 	$(GO) vet ./...
@@ -11,7 +13,16 @@ vet:
 	@if [ -f integration/go.mod ]; then cd integration && $(GO) vet ./...; fi
 	@if [ -f otel/go.mod ]; then cd otel && $(GO) vet ./...; fi
 
-test: vet
+# The root module, then every module below it with a go.mod of its own.
+lint:
+	$(GOLANGCI_LINT) run ./...
+	@for mod in $$(find . -mindepth 2 -name go.mod -not -path '*/testdata/*' | sort); do \
+		dir=$$(dirname $$mod); \
+		echo "cd $$dir && $(GOLANGCI_LINT) run ./..."; \
+		(cd $$dir && $(GOLANGCI_LINT) run --config $(CURDIR)/.golangci.yml ./...) || exit 1; \
+	done
+
+test: vet lint
 	$(GO) test -race -count=1 -timeout 40m ./...
 	@if [ -f bench/go.mod ]; then cd bench && $(GO) test -race -count=1 -timeout 10m ./...; fi
 	@if [ -f integration/go.mod ]; then cd integration && $(GO) test -race -count=1 -timeout 10m ./...; fi

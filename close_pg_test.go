@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/lib/pq"
+	"github.com/lib/pq/pqerror"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -156,7 +157,7 @@ func TestServerErrorMidStream(t *testing.T) {
 	}
 	pqErr, ok := rows.Err().(*pq.Error) //nolint:errorlint // unchanged, so the direct assertion works
 	require.True(t, ok, "got %T %v", rows.Err(), rows.Err())
-	assert.Equal(t, pq.ErrorCode("22012"), pqErr.Code)
+	assert.Equal(t, pqerror.DivisionByZero, pqErr.Code)
 	assert.Equal(t, Failed, s.State())
 	require.NoError(t, rows.Close())
 	var one int
@@ -355,7 +356,8 @@ func networkStall(t *testing.T, srv *pgtest.Server, mode string) {
 		closed := make(chan error, 1)
 		go func() { closed <- rows.Close() }()
 		select {
-		case <-closed:
+		case err := <-closed:
+			assert.NoError(t, err, "Close after the cut")
 		case <-time.After(2 * time.Second):
 			t.Fatal("Close hangs on a stalled network after the pause timeout")
 		}

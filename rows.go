@@ -187,7 +187,7 @@ func (r *rows) await() error {
 
 // nextFailed handles an error from the inner Next.
 func (r *rows) nextFailed(err error) error {
-	if err == io.EOF {
+	if err == io.EOF { //nolint:errorlint // drivers return io.EOF itself, and database/sql compares with ==
 		if next, ok := r.inner.(driver.RowsNextResultSet); ok && next.HasNextResultSet() {
 			return err
 		}

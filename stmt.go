@@ -22,7 +22,7 @@ type stmt struct {
 // separate type so that a statement without it does not seem to have it.
 type stmtConverter struct {
 	*stmt
-	cc driver.ColumnConverter
+	cc driver.ColumnConverter //nolint:staticcheck // forwarded: database/sql still consults it
 }
 
 var (
@@ -30,7 +30,7 @@ var (
 	_ driver.StmtQueryContext  = (*stmt)(nil)
 	_ driver.StmtExecContext   = (*stmt)(nil)
 	_ driver.NamedValueChecker = (*stmt)(nil)
-	_ driver.ColumnConverter   = stmtConverter{}
+	_ driver.ColumnConverter   = stmtConverter{} //nolint:staticcheck // forwarded: database/sql still consults it
 )
 
 func newStmt(c *conn, si driver.Stmt, query string) driver.Stmt {

@@ -107,7 +107,7 @@ func openSQL(driverName string) func(ctx context.Context, dsn string) (Conn, err
 			return nil, err
 		}
 		if err := db.PingContext(ctx); err != nil {
-			db.Close()
+			_ = db.Close()
 			return nil, err
 		}
 		return SQLConn{db}, nil
@@ -126,7 +126,7 @@ func (c SQLConn) Stream(ctx context.Context, query string, fn func([]byte) bool)
 	dest := []any{&data}
 	for rows.Next() {
 		if err := rows.Scan(dest...); err != nil {
-			rows.Close()
+			_ = rows.Close()
 			return err
 		}
 		if !fn(data) {

@@ -253,11 +253,15 @@ func TestFakeDriver(t *testing.T) {
 			}
 			got = append(got, s)
 		}
-		rows.Close()
+		if err := rows.Close(); err != nil {
+			t.Error(err)
+		}
 		if len(got) != 3 || strings.Join(got, "") != strings.Repeat(string(document), 3) {
 			t.Errorf("%s: got %d rows %q", v.name, len(got), got)
 		}
-		db.Close()
+		if err := db.Close(); err != nil {
+			t.Error(err)
+		}
 	}
 	r := &fakeRows{left: 1 << 30}
 	dest := make([]driver.Value, 1)

@@ -102,7 +102,7 @@ func (d *demo) stream(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }()
 	stream, err := jsonstream.NewStream()
 	if err != nil {
 		return err
@@ -258,12 +258,12 @@ func (d *demo) pauseTimeout(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }()
 	rows, err := conn.QueryContext(ctx, dataset.Select(d.table, 0), stream)
 	if err != nil {
 		return err
 	}
-	defer rows.Close()
+	defer func() { _ = rows.Close() }() // the stream failed or was read; its error is reported below
 	if !rows.Next() {
 		return fmt.Errorf("pause timeout: no first row: %w", rows.Err())
 	}
@@ -279,7 +279,7 @@ func (d *demo) pauseTimeout(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		return fmt.Errorf("pause timeout: Next returned %t, %v; want false, ErrPauseTimeout", more, t.err)
+		return fmt.Errorf("pause timeout: Next returned %t, %w; want false, ErrPauseTimeout", more, t.err)
 	}
 	d.out.say("  Next returned false after %s; rows.Err(): %v", seconds(t.waited), t.err)
 	s := stream.Stats()
@@ -348,7 +348,7 @@ func (d *demo) earlyClose(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer plain.Close()
+	defer func() { _ = plain.Close() }()
 	if d.early.libpq, err = closeAfterFirstRow(ctx, plain, q); err != nil {
 		return err
 	}
@@ -363,7 +363,7 @@ func closeAfterFirstRow(ctx context.Context, db *sql.DB, query string) (time.Dur
 		return 0, err
 	}
 	if !rows.Next() {
-		rows.Close()
+		_ = rows.Close()
 		return 0, fmt.Errorf("early close: no first row: %w", rows.Err())
 	}
 	begin := time.Now()
@@ -379,7 +379,7 @@ func (d *demo) summary() {
 	d.out.heading("Summary")
 	w := tabwriter.NewWriter(d.out.stdout, 0, 0, 3, ' ', 0)
 	row := func(name, format string, args ...any) {
-		fmt.Fprintf(w, "  %s\t"+format+"\n", append([]any{name}, args...)...)
+		_, _ = fmt.Fprintf(w, "  %s\t"+format+"\n", append([]any{name}, args...)...)
 	}
 	st, p, t := &d.streamed, &d.pause, &d.timeout
 	row("rows streamed", "%s, decoded into dataset.Entity", group(st.rows))
@@ -399,5 +399,5 @@ func (d *demo) summary() {
 	row(fmt.Sprintf("pause timeout (%v)", pauseTimeout), "%s", timeout)
 	row("early close after 1 row", "jsonstream %s, lib/pq %s", seconds(d.early.jsonstream), seconds(d.early.libpq))
 	row("the observer saw", "%s", d.seen)
-	w.Flush()
+	_ = w.Flush() // to the terminal: a failed write has nowhere better to go
 }

@@ -68,7 +68,7 @@ func parseArgs(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&c.rows, "rows", 1_000_000, "number of JSON documents to load and stream")
 	usage := func() {
 		fs.SetOutput(stderr)
-		fmt.Fprintf(stderr, "usage: demo [-rows N] [-dsn DSN]\n\n"+
+		_, _ = fmt.Fprintf(stderr, "usage: demo [-rows N] [-dsn DSN]\n\n"+
 			"Loads N JSON documents into PostgreSQL and shows jsonstream streaming,\n"+
 			"pausing and closing them. Without -dsn or $%s it runs its own\n"+
 			"throwaway server and removes it afterwards.\n\n", envDSN)
@@ -135,7 +135,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 	if err != nil {
 		return err
 	}
-	defer db.Close()
+	defer func() { _ = db.Close() }()
 	if err := db.PingContext(ctx); err != nil {
 		return fmt.Errorf("connecting to PostgreSQL: %w", err)
 	}
@@ -171,7 +171,7 @@ func demoTable() string { return fmt.Sprintf("jsonstream_demo_%d", os.Getpid()) 
 func startServer(out *printer) (*pgtest.Server, error) {
 	if _, err := findBinDir(); err != nil {
 		if errors.Is(err, pgtest.ErrNoServer) {
-			fmt.Fprint(out.stderr, noServerMessage())
+			_, _ = fmt.Fprint(out.stderr, noServerMessage())
 			return nil, errors.New("no PostgreSQL to run against")
 		}
 		return nil, err

@@ -168,8 +168,8 @@ func interruptAt(t *testing.T, at string, args ...string) string {
 			t.Fatalf("run ended before %q with %v\nstdout:\n%s\nstderr:\n%s", at, err, stdout.String(), stderr.String())
 		case <-deadline:
 			cancel()
-			<-done
-			t.Fatalf("no %q within a minute\nstdout:\n%s", at, stdout.String())
+			err := <-done
+			t.Fatalf("no %q within a minute; run then returned %v\nstdout:\n%s", at, err, stdout.String())
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
@@ -181,7 +181,7 @@ func interruptAt(t *testing.T, at string, args ...string) string {
 		assert.ErrorIs(t, err, errInterrupted)
 	case <-time.After(cancelWithin):
 		t.Errorf("run did not return within %v of the cancel", cancelWithin)
-		<-done
+		t.Logf("run returned %v in the end", <-done)
 	}
 	return stdout.String()
 }

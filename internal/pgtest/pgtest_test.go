@@ -76,7 +76,7 @@ func assertPortClosed(t *testing.T, port int) {
 	t.Helper()
 	conn, err := net.DialTimeout("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), time.Second)
 	if err == nil {
-		conn.Close()
+		_ = conn.Close()
 		t.Errorf("port %d still accepts connections", port)
 	}
 }
@@ -91,7 +91,7 @@ func TestStartRestartStop(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("Start took %v", time.Since(begin))
-	defer s.Stop()
+	defer func() { _ = s.Stop() }() // for a failure midway; the test stops it itself
 	port := s.Port()
 	selectOne(t, s.DSN())
 	selectOne(t, s.URL())
@@ -129,7 +129,7 @@ func TestStartFailureCleansUp(t *testing.T) {
 	// Beyond PostgreSQL's limit, so the postmaster exits at once.
 	s, err := Start(Options{MaxConnections: 1 << 20})
 	if err == nil {
-		s.Stop()
+		_ = s.Stop()
 		t.Fatal("Start succeeded with an impossible max_connections")
 	}
 	if !strings.Contains(err.Error(), "max_connections") {
@@ -148,7 +148,7 @@ func TestStartAsRootNeedsReachableTempDir(t *testing.T) {
 
 	s, err := Start(Options{})
 	if err == nil {
-		s.Stop()
+		_ = s.Stop()
 		t.Fatal("Start succeeded in a temp dir the server cannot reach")
 	}
 	if !strings.Contains(err.Error(), "TMPDIR") {
@@ -244,11 +244,11 @@ func TestHelperProcess(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		os.Stdout.WriteString("READY " + b.dir + " " + strconv.Itoa(b.Port()) + "\n")
+		_, _ = os.Stdout.WriteString("READY " + b.dir + " " + strconv.Itoa(b.Port()) + "\n")
 		time.Sleep(time.Minute) // until the parent ends us
 		t.Fatal("not ended by the parent")
 	}
-	os.Stdout.WriteString("READY " + s.dir + " " + strconv.Itoa(s.Port()) + "\n")
+	_, _ = os.Stdout.WriteString("READY " + s.dir + " " + strconv.Itoa(s.Port()) + "\n")
 	time.Sleep(time.Minute) // until the parent ends us
 	t.Fatal("not ended by the parent")
 }
@@ -270,8 +270,8 @@ func runHelper(t *testing.T, mode string) (*exec.Cmd, string, int) {
 	line, err := bufio.NewReader(out).ReadString('\n')
 	f := strings.Fields(line)
 	if err != nil || len(f) != 3 || f[0] != "READY" {
-		cmd.Process.Kill()
-		cmd.Wait()
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
 		t.Fatalf("helper did not start a server: %q, %v", line, err)
 	}
 	port, _ := strconv.Atoi(f[2])
@@ -340,7 +340,7 @@ func TestWatchdogAfterKill(t *testing.T) {
 	if err := cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	cmd.Wait()
+	_ = cmd.Wait() // killed: it can only say so
 	waitGone(t, dir, port)
 }
 

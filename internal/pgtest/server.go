@@ -282,9 +282,9 @@ func (s *Server) startProcess() error {
 		_ = s.stopProcess()
 		tail := s.logTail(logStart)
 		if strings.Contains(tail, "could not bind") || strings.Contains(tail, "could not create any TCP/IP sockets") {
-			return fmt.Errorf("%w %d: %v\n%s", errBind, s.port, err, tail)
+			return fmt.Errorf("%w %d: %w\n%s", errBind, s.port, err, tail)
 		}
-		return fmt.Errorf("%v\n%s", err, tail)
+		return fmt.Errorf("%w\n%s", err, tail)
 	}
 	s.logf("pgtest: postgres accepted connections after %v", time.Since(t).Round(time.Millisecond))
 	return nil
@@ -295,7 +295,7 @@ func (s *Server) waitReady() error {
 	if err != nil {
 		return fmt.Errorf("pgtest: %w", err)
 	}
-	defer db.Close()
+	defer func() { _ = db.Close() }()
 	deadline := time.Now().Add(readyTimeout)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -306,7 +306,7 @@ func (s *Server) waitReady() error {
 		}
 		select {
 		case <-s.exited:
-			return fmt.Errorf("pgtest: postgres exited during startup (last connection error: %v)", err)
+			return fmt.Errorf("pgtest: postgres exited during startup (last connection error: %w)", err)
 		case <-time.After(50 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
@@ -484,7 +484,7 @@ func freePort() (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("pgtest: find a free port: %w", err)
 	}
-	defer l.Close()
+	defer func() { _ = l.Close() }()
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
@@ -506,7 +506,7 @@ func (s *Server) logTail(from int64) string {
 	if err != nil {
 		return ""
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }() // read only
 	if fi, err := f.Stat(); err == nil && fi.Size()-from > logTailBytes {
 		from = fi.Size() - logTailBytes
 	}

@@ -54,7 +54,7 @@ func Main(m *testing.M) (code int) {
 	// the server's watchdog cleans up in that case.
 	defer func() {
 		if r := recover(); r != nil {
-			stopShared()
+			_ = stopShared() // the panic is what matters
 			panic(r)
 		}
 	}()
