@@ -318,7 +318,7 @@ func (cur *cursor) Next(dest []driver.Value) error {
 			cur.pending(false)
 			_ = cur.batch.Close() // read to the end, or failed: nothing left to read
 			cur.batch = nil
-			if err != io.EOF {
+			if err != io.EOF { //nolint:errorlint // drivers return io.EOF itself
 				cur.noteError(err)
 				return err
 			}
@@ -524,7 +524,7 @@ func (cur *cursor) drainBatch(count bool) (cut, last bool, err error) {
 	}
 	cur.pending(false)
 	switch {
-	case err == io.EOF:
+	case err == io.EOF: //nolint:errorlint // drivers return io.EOF itself
 		return false, count && cur.got < cur.asked, nil
 	case isTimeout(err):
 		c.cut()

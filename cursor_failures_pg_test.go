@@ -21,7 +21,7 @@ func TestCursorCancelWhileNotReadingKeepsCallersTx(t *testing.T) {
 	db.SetMaxOpenConns(1)
 	tx, err := db.Begin()
 	require.NoError(t, err)
-	defer tx.Rollback()
+	defer func() { _ = tx.Rollback() }()
 	_, err = tx.Exec("CREATE TEMP TABLE cursor_keep2 (a int); INSERT INTO cursor_keep2 VALUES (1)")
 	require.NoError(t, err)
 	s := mustStream(t)
@@ -75,7 +75,7 @@ func TestCursorCancelBetweenBatchesSendsNoFetch(t *testing.T) {
 	require.NoError(t, err)
 	locker, err := other.Begin()
 	require.NoError(t, err)
-	defer locker.Rollback()
+	defer func() { _ = locker.Rollback() }()
 	_, err = locker.Exec("SELECT id FROM cursor_locked WHERE id = 15 FOR UPDATE")
 	require.NoError(t, err)
 
@@ -133,7 +133,7 @@ func TestCursorClientErrorClosesCursorInCallersTx(t *testing.T) {
 	db.SetMaxOpenConns(1)
 	tx, err := db.Begin()
 	require.NoError(t, err)
-	defer tx.Rollback()
+	defer func() { _ = tx.Rollback() }()
 	// A DateStyle lib/pq does not parse: the third row's date fails in
 	// lib/pq's decode, on the client.
 	_, err = tx.Exec("SET LOCAL DateStyle = 'SQL, DMY'")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"database/sql/driver"
+	"errors"
 	"io"
 	"net"
 	"strings"
@@ -104,7 +105,7 @@ type eofHookRows struct {
 
 func (r *eofHookRows) Next(dest []driver.Value) error {
 	err := r.Rows.Next(dest)
-	if err == io.EOF {
+	if errors.Is(err, io.EOF) {
 		r.c.mu.Lock()
 		hook := r.c.eof
 		r.c.eof = nil

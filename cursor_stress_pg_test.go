@@ -138,7 +138,10 @@ func cursorStressRound(db *sql.DB, rnd *rand.Rand, kind int) error {
 		return err
 	}
 	read := rnd.IntN(20)
-	for i := 0; i < read && rows.Next(); i++ {
+	for i := 0; i < read; i++ {
+		if !rows.Next() {
+			break
+		}
 	}
 	var want error
 	switch kind {
@@ -171,7 +174,7 @@ func cursorStressRound(db *sql.DB, rnd *rand.Rand, kind int) error {
 		for rows.Next() {
 		}
 		if err := rows.Err(); !errors.Is(err, want) {
-			return fmt.Errorf("Err() = %v, want %v", err, want)
+			return fmt.Errorf("Err() = %w, want %w", err, want)
 		}
 	} else if err := rows.Err(); err != nil {
 		return err

@@ -26,7 +26,8 @@ func TestCursorProbesAfterUnwrap(t *testing.T) {
 		r, err := q.QueryContext(ctx, "SELECT data FROM docs", nil)
 		require.NoError(t, err)
 		dest := make([]driver.Value, 1)
-		for r.Next(dest) == nil {
+		for err == nil {
+			err = r.Next(dest)
 		}
 		require.NoError(t, r.Close())
 

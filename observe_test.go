@@ -423,8 +423,8 @@ func TestSlowObserverSlowsOnlyItsCaller(t *testing.T) {
 		t.Fatal("the stream's other callers waited for a slow observer")
 	}
 	select {
-	case <-paused:
-		t.Fatal("Pause returned before its observer did")
+	case err := <-paused:
+		t.Fatalf("Pause returned (%v) before its observer did", err)
 	default:
 	}
 	releaseOnce()

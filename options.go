@@ -162,8 +162,8 @@ func WithDrainTimeout(d time.Duration) Option {
 	}
 }
 
-// FetchAuto, given to WithFetchSize, makes a stream fetch from a cursor in
-// batches that adapt to the rows: see WithFetchSize.
+// FetchAuto makes WithFetchSize fetch from a cursor in batches that adapt
+// to the rows.
 const FetchAuto = -1
 
 // WithFetchSize chooses how a query's rows come from the server. 0, the

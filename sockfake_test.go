@@ -128,9 +128,11 @@ type sockScriptConn struct {
 	closed    atomic.Bool
 }
 
-func (c *sockScriptConn) Prepare(string) (driver.Stmt, error) { return nil, errors.New("fake: no Prepare") }
-func (c *sockScriptConn) Close() error                        { c.closed.Store(true); return nil }
-func (c *sockScriptConn) Begin() (driver.Tx, error)           { return fakeTx{}, nil }
+func (c *sockScriptConn) Prepare(string) (driver.Stmt, error) {
+	return nil, errors.New("fake: no Prepare")
+}
+func (c *sockScriptConn) Close() error              { c.closed.Store(true); return nil }
+func (c *sockScriptConn) Begin() (driver.Tx, error) { return fakeTx{}, nil }
 
 func (c *sockScriptConn) QueryContext(context.Context, string, []driver.NamedValue) (driver.Rows, error) {
 	return c.connector.newRows(c.sock), nil

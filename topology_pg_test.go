@@ -458,7 +458,7 @@ func TestPgBouncerTransactionPoolingLibPQ(t *testing.T) {
 
 // concurrentArgQueries runs perWorker queries with an argument in each of
 // workers goroutines and returns how many failed, and the first error.
-func concurrentArgQueries(t *testing.T, db *sql.DB, workers, perWorker int) (int, error) {
+func concurrentArgQueries(_ *testing.T, db *sql.DB, workers, perWorker int) (int, error) {
 	db.SetMaxOpenConns(workers)
 	var failed atomic.Int64
 	var first atomic.Pointer[error]

@@ -12,7 +12,7 @@ import (
 
 // pausedInTx starts bigQuery in a transaction begun with txCtx, reads one
 // row, pauses, and calls Next in another goroutine, where it blocks.
-func pausedInTx(t *testing.T, db *sql.DB, txCtx context.Context) (*sql.Tx, *sql.Rows, *Stream, string, <-chan nextResult) {
+func pausedInTx(t *testing.T, txCtx context.Context, db *sql.DB) (*sql.Tx, *sql.Rows, *Stream, string, <-chan nextResult) {
 	t.Helper()
 	tx, err := db.BeginTx(txCtx, nil)
 	require.NoError(t, err)
@@ -52,7 +52,7 @@ func TestEndingTxWhileNextPaused(t *testing.T) {
 		"rows.Close": func(_ *sql.Tx, rows *sql.Rows) error { return rows.Close() },
 	} {
 		t.Run(name+" waits for Resume", func(t *testing.T) {
-			tx, rows, s, _, next := pausedInTx(t, db, context.Background())
+			tx, rows, s, _, next := pausedInTx(t, context.Background(), db)
 			ended := returnsAsync(func() error { return end(tx, rows) })
 			select {
 			case err := <-ended:
@@ -62,20 +62,22 @@ func TestEndingTxWhileNextPaused(t *testing.T) {
 			require.NoError(t, s.Resume())
 			requireWithin(t, next, 5*time.Second)
 			select {
-			case <-ended:
+			case err := <-ended:
+				t.Logf("%s after Resume: %v", name, err)
 			case <-time.After(5 * time.Second):
 				t.Fatalf("%s still waits after Resume", name)
 			}
 		})
 	}
 	t.Run("Cancel ends the wait", func(t *testing.T) {
-		tx, rows, s, marker, next := pausedInTx(t, db, context.Background())
+		tx, rows, s, marker, next := pausedInTx(t, context.Background(), db)
 		rolledBack := returnsAsync(tx.Rollback)
 		require.NoError(t, s.Cancel())
 		r := requireWithin(t, next, wake)
 		assert.ErrorIs(t, r.err, ErrCanceled)
 		select {
-		case <-rolledBack:
+		case err := <-rolledBack:
+			t.Logf("Rollback after Cancel: %v", err)
 		case <-time.After(time.Second):
 			t.Fatal("Rollback still waits after Cancel")
 		}
@@ -85,14 +87,15 @@ func TestEndingTxWhileNextPaused(t *testing.T) {
 	t.Run("canceling the BeginTx context ends the wait", func(t *testing.T) {
 		txCtx, cancel := context.WithCancel(context.Background())
 		defer cancel()
-		tx, rows, s, marker, next := pausedInTx(t, db, txCtx)
+		tx, rows, s, marker, next := pausedInTx(t, txCtx, db)
 		cancel()
 		r := requireWithin(t, next, wake)
 		assert.False(t, r.ok)
 		assert.ErrorIs(t, r.err, context.Canceled)
 		assert.Equal(t, Failed, s.State())
 		select {
-		case <-returnsAsync(tx.Rollback):
+		case err := <-returnsAsync(tx.Rollback):
+			t.Logf("Rollback after the context ended: %v", err)
 		case <-time.After(time.Second):
 			t.Fatal("Rollback still waits after the context ended")
 		}

@@ -175,9 +175,9 @@ pidfile = %[6]s
 		b.stopProcess()
 		tail := b.logTail(logStart)
 		if strings.Contains(tail, "Address already in use") {
-			return fmt.Errorf("%w %d: %v\n%s", errBind, b.port, err, tail)
+			return fmt.Errorf("%w %d: %w\n%s", errBind, b.port, err, tail)
 		}
-		return fmt.Errorf("%v\n%s", err, tail)
+		return fmt.Errorf("%w\n%s", err, tail)
 	}
 	return nil
 }
@@ -187,7 +187,7 @@ func (b *PgBouncer) waitReady() error {
 	if err != nil {
 		return fmt.Errorf("pgtest: %w", err)
 	}
-	defer db.Close()
+	defer func() { _ = db.Close() }()
 	deadline := time.Now().Add(readyTimeout)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -198,7 +198,7 @@ func (b *PgBouncer) waitReady() error {
 		}
 		select {
 		case <-b.exited:
-			return fmt.Errorf("pgtest: pgbouncer exited during startup (last connection error: %v)", err)
+			return fmt.Errorf("pgtest: pgbouncer exited during startup (last connection error: %w)", err)
 		case <-time.After(50 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {

@@ -330,7 +330,7 @@ func TestPgBouncerWatchdogAfterKill(t *testing.T) {
 	if err := cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	cmd.Wait()
+	_ = cmd.Wait()
 	waitGone(t, dir, port)
 }
 
@@ -405,7 +405,7 @@ func TestPgBouncer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rows.Close()
+	_ = rows.Close()
 }
 
 func TestFindPgBouncerNothing(t *testing.T) {

@@ -321,7 +321,7 @@ func (s *Server) exec(statements string) error {
 	if err != nil {
 		return fmt.Errorf("pgtest: %w", err)
 	}
-	defer db.Close()
+	defer func() { _ = db.Close() }()
 	if _, err := db.Exec(statements); err != nil {
 		return fmt.Errorf("pgtest: %w", err)
 	}
