@@ -211,10 +211,13 @@ type stallProxy struct {
 	ln      net.Listener
 	target  string
 	stalled atomic.Bool
-	wg      sync.WaitGroup // the accept loop and the copiers; close waits for them
-	mu      sync.Mutex     // guards conns and closed
-	conns   []net.Conn
-	closed  bool
+	// delay holds each chunk for a while before passing it on: a network
+	// whose round trips cost.
+	delay  atomic.Int64
+	wg     sync.WaitGroup // the accept loop and the copiers; close waits for them
+	mu     sync.Mutex     // guards conns and closed
+	conns  []net.Conn
+	closed bool
 }
 
 func newStallProxy(t *testing.T, target string) *stallProxy {
@@ -264,6 +267,9 @@ func (p *stallProxy) pipe(dst, src net.Conn) {
 			return
 		}
 		n, err := src.Read(buf)
+		if d := time.Duration(p.delay.Load()); n > 0 && d > 0 {
+			time.Sleep(d)
+		}
 		if n > 0 && !p.stalled.Load() {
 			if _, werr := dst.Write(buf[:n]); werr != nil {
 				return

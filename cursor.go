@@ -492,7 +492,18 @@ func (cur *cursor) close() error {
 		c.clearDeadline()
 		return drainErr // the caller's transaction failed: the cursor went with it
 	}
+	// The end statement is one round trip, which a network slower than
+	// the drain timeout may well take: it gets a bound of its own, there
+	// only for a connection that stopped answering.
+	if s := c.sock; s != nil && !deadline.IsZero() && !s.beginDrain(time.Now().Add(max(cursorEndTimeout, cur.r.settings.drainTimeout))) {
+		c.cut()
+		return drainErr
+	}
 	err := cur.exec(cur.endStatement(commit))
+	if err != nil && isTimeout(err) {
+		c.cut() // the connection stopped answering: as a cut stream, nothing to report
+		return drainErr
+	}
 	if err != nil || !c.clearDeadline() {
 		c.discard() // the session is in an unknown state: never reuse it
 		if drainErr != nil || failed {
@@ -503,6 +514,11 @@ func (cur *cursor) close() error {
 	c.txIdle = cur.own
 	return drainErr
 }
+
+// cursorEndTimeout bounds the statement that ends a cursor on Close when
+// the drain is bounded: long enough for any working network, short enough
+// that Close on a dead one returns.
+const cursorEndTimeout = time.Second
 
 // drainBatch reads off the rest of the batch in flight under the drain
 // window close set. It reports whether it cut the connection instead, and

@@ -12,6 +12,8 @@ import (
 	"github.com/lib/pq"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/jsonstream/jsonstream/internal/pgtest"
 )
 
 // cursorModes are the cursor-backed fetch sizes the tests run: a batch
@@ -334,4 +336,26 @@ func TestStreamModesAgreeOnJSONAndStats(t *testing.T) {
 			assert.Equal(t, *want, got)
 		})
 	}
+}
+
+// TestCursorEarlyCloseOnSlowNetwork: on a network whose round trip is
+// longer than the drain timeout, an early close still reads off its batch
+// and ends the cursor: the statement that ends it has a bound of its own.
+func TestCursorEarlyCloseOnSlowNetwork(t *testing.T) {
+	needRowsTable(t)
+	p := newStallProxy(t, fmt.Sprintf("127.0.0.1:%d", pgtest.Shared(t).Port()))
+	p.delay.Store(int64(4 * time.Millisecond)) // 8 ms a round trip, past the 5 ms drain timeout
+	db := openDSN(t, DriverName, fmt.Sprintf("host=127.0.0.1 port=%d user=postgres dbname=postgres sslmode=disable jsonstream_fetch_size=auto", p.port()))
+	db.SetMaxOpenConns(1)
+	first := pidOf(t, db)
+	for i := 0; i < 10; i++ {
+		rows, err := db.Query(bigQuery, bigRows)
+		require.NoError(t, err)
+		for j := 0; j <= i; j++ {
+			require.True(t, rows.Next())
+		}
+		require.NoError(t, rows.Close(), "round %d", i)
+		require.Equal(t, first, pidOf(t, db), "round %d: the connection was cut", i)
+	}
+	sessionClean(t, db)
 }

@@ -39,9 +39,12 @@ type sock struct {
 	// armed is set once the deadline is on the socket, so that the end of
 	// the drain knows to clear it.
 	armed atomic.Bool
-	// drained counts the bytes read during the drain; only the reading
-	// goroutine touches it.
-	drained int
+	// drained counts the bytes read during the drain, and armFailed is
+	// set when the drain's deadline could not be set: the drain then
+	// failed mid-result and the connection must be cut. Only the reading
+	// goroutine touches them.
+	drained   int
+	armFailed bool
 }
 
 // Read implements net.Conn. Outside a drain it is the socket's own Read.
@@ -57,6 +60,7 @@ func (s *sock) drainRead(p []byte) (int, error) {
 	if !s.armed.Load() {
 		s.armed.Store(true)
 		if err := s.SetReadDeadline(time.Unix(0, until)); err != nil {
+			s.armFailed = true
 			return 0, err
 		}
 	}
@@ -76,7 +80,7 @@ func (s *sock) drainRead(p []byte) (int, error) {
 // when deadline is zero, in place of any earlier bound (a failure's). It
 // reports false when an earlier deadline could not be cleared.
 func (s *sock) beginDrain(deadline time.Time) bool {
-	s.drained = 0
+	s.drained, s.armFailed = 0, false
 	ok := true
 	if s.armed.Swap(false) {
 		ok = s.SetReadDeadline(time.Time{}) == nil
@@ -100,12 +104,15 @@ func (s *sock) interrupt(d time.Duration) {
 }
 
 // endDrain ends the drain and clears its deadline if one was armed. It
-// reports false when the deadline could not be cleared: the socket would
-// time out under the next query, so the caller cuts it.
+// reports false when the deadline could not be set, which left a result
+// half read, or cleared, which would time out the next query: the caller
+// cuts the connection.
 func (s *sock) endDrain() bool {
 	s.until.Store(0)
-	if !s.armed.Swap(false) {
-		return true
+	ok := !s.armFailed
+	s.armFailed = false
+	if s.armed.Swap(false) && s.SetReadDeadline(time.Time{}) != nil {
+		ok = false
 	}
-	return s.SetReadDeadline(time.Time{}) == nil
+	return ok
 }

@@ -335,10 +335,8 @@ func (r *rows) drainOrCut() error {
 		return nil
 	}
 	if !s.endDrain() {
-		r.conn.cut()
-		if err == nil {
-			return nil
-		}
+		r.conn.cut() // the rest is unread, or the next query would time out
+		return nil
 	}
 	return err
 }
