@@ -1,0 +1,43 @@
+package bench
+
+import "time"
+
+// The clients each cursor-mode benchmark compares, in the report's order.
+// Jsonstream is the single-statement mode (fetch size 0) with its default
+// CloseAuto, which cuts the connection to stop early.
+var (
+	// EarlyCloseNextClients: an early close on the whole table and the
+	// next query on the same pool.
+	EarlyCloseNextClients = []string{LibPQ, PgxStdlib, PgxNative, Jsonstream, JsonstreamCursorAuto, JsonstreamCursorFixed}
+	// EarlyCloseTxClients: an early close inside a BeginTx transaction,
+	// which needs database/sql.
+	EarlyCloseTxClients = []string{LibPQ, PgxStdlib, Jsonstream, JsonstreamCursorAuto, JsonstreamCursorFixed}
+	// ChurnClients: concurrent workers that each read a little of a large
+	// result and close it, over and over, on one pool.
+	ChurnClients = []string{LibPQ, PgxStdlib, Jsonstream, JsonstreamCursorAuto, JsonstreamCursorFixed}
+	// FetchClients: complete results, and the one-row query.
+	FetchClients = []string{LibPQ, Jsonstream, JsonstreamCursorAuto, JsonstreamCursorFixed}
+	// SelectOneClients: QueryRow("SELECT 1"), jsonstream in its default
+	// mode against what it wraps.
+	SelectOneClients = []string{LibPQ, Jsonstream}
+	// ProxyClients: drains and early closes through a DelayProxy.
+	ProxyClients = []string{Jsonstream, JsonstreamCursorFixed, JsonstreamCursorAuto}
+)
+
+// FetchSizes are the result sizes of BenchmarkFetch and BenchmarkProxy.
+var FetchSizes = []int{1_000, 10_000, 100_000, 1_000_000}
+
+// ChurnWorkers is how many goroutines share the pool in BenchmarkChurn.
+const ChurnWorkers = 4
+
+// ChurnRows is how many rows each query of BenchmarkChurn reads before
+// it closes the rows.
+const ChurnRows = 100
+
+// ChurnTime is how long BenchmarkChurn's workers keep starting queries
+// (a tenth of it under -short).
+const ChurnTime = 4 * time.Second
+
+// ProxyDelay is what the DelayProxy of BenchmarkProxy adds to each
+// direction: a 2 ms round trip, as between machines in one region.
+const ProxyDelay = time.Millisecond
