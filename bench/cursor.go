@@ -24,8 +24,24 @@ var (
 	ProxyClients = []string{Jsonstream, JsonstreamCursorFixed, JsonstreamCursorAuto}
 )
 
-// FetchSizes are the result sizes of BenchmarkFetch and BenchmarkProxy.
+// FetchSizes are the result sizes of BenchmarkFetch; BenchmarkProxy
+// leaves out the first, whose time is all round trips.
 var FetchSizes = []int{1_000, 10_000, 100_000, 1_000_000}
+
+// SizesUpTo returns the sizes of list up to rows, or rows alone when it
+// is smaller than all of them.
+func SizesUpTo(list []int, rows int) []int {
+	var out []int
+	for _, n := range list {
+		if n <= rows {
+			out = append(out, n)
+		}
+	}
+	if len(out) == 0 {
+		out = []int{rows}
+	}
+	return out
+}
 
 // ChurnWorkers is how many goroutines share the pool in BenchmarkChurn.
 const ChurnWorkers = 4

@@ -79,21 +79,6 @@ func (s *sessionCounter) start(b *testing.B) int64 {
 	return n
 }
 
-// sizesUpTo returns the sizes of list up to rows, or rows alone when it
-// is smaller than all of them.
-func sizesUpTo(list []int, rows int) []int {
-	var out []int
-	for _, n := range list {
-		if n <= rows {
-			out = append(out, n)
-		}
-	}
-	if len(out) == 0 {
-		out = []int{rows}
-	}
-	return out
-}
-
 // earlyCloseNext queries the whole table on conn, reads one row, closes,
 // and runs the next query b.N times; it reports ns/op (all of it),
 // ns/close and ns/next (the next query, which pays for a connection the
@@ -317,7 +302,7 @@ func drain(b *testing.B, conn Conn, query string, n int) {
 // statement at 100,000 rows and more, where its batches have grown.
 func BenchmarkFetch(b *testing.B) {
 	env := setup(b)
-	for _, n := range sizesUpTo(FetchSizes, env.rows) {
+	for _, n := range SizesUpTo(FetchSizes, env.rows) {
 		query := dataset.Select(env.table, n)
 		for _, name := range FetchClients {
 			b.Run(fmt.Sprintf("rows=%d/client=%s", n, name), func(b *testing.B) {
@@ -422,7 +407,7 @@ func BenchmarkProxy(b *testing.B) {
 		}
 		return open(b, clientNamed(name), &pgEnv{dsn: dsn, table: env.table, rows: env.rows})
 	}
-	for _, n := range sizesUpTo(FetchSizes[1:], env.rows) {
+	for _, n := range SizesUpTo(FetchSizes[1:], env.rows) {
 		query := dataset.Select(env.table, n)
 		for _, name := range ProxyClients {
 			b.Run(fmt.Sprintf("rows=%d/client=%s", n, name), func(b *testing.B) {
