@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql/driver"
 	"errors"
-	"net"
 	"sync/atomic"
 	"time"
 )
@@ -17,7 +16,7 @@ type conn struct {
 	settings *settings
 	// sock is the network connection under inner, when jsonstream's dialer
 	// made it; nil otherwise. Closing it is how a query is stopped early.
-	sock net.Conn
+	sock *sock
 	// cutDone is set once sock was closed; the conn is then bad.
 	cutDone atomic.Bool
 
@@ -29,6 +28,16 @@ type conn struct {
 	// transaction. txCtx is that transaction's context.
 	inTx  bool
 	txCtx context.Context
+	// txIdle is set while the session is known to be outside any
+	// transaction block: freshly connected, or jsonstream ended its own
+	// transaction and nothing else ran since. A cursor-backed stream then
+	// need not ask the server (inTransactionBlock).
+	txIdle bool
+	// unwrapped is set once the inner conn was handed out (sql.Conn.Raw):
+	// statements may run that jsonstream does not see.
+	unwrapped bool
+	// cursorSeq numbers the cursors of the session.
+	cursorSeq uint64
 }
 
 // streamArg holds a Stream taken out of a statement's arguments until the
@@ -62,16 +71,20 @@ var (
 	_ driver.NamedValueChecker  = (*conn)(nil)
 )
 
-func newConn(inner driver.Conn, s *settings, sock *net.Conn) *conn {
-	c := &conn{inner: inner, settings: s}
-	if sock != nil {
-		c.sock = *sock
-	}
-	return c
+func newConn(inner driver.Conn, s *settings, sk *sock) *conn {
+	// A new session is outside any transaction block.
+	return &conn{inner: inner, settings: s, sock: sk, txIdle: true}
 }
 
 // Unwrap returns the inner driver's connection, for sql.Conn.Raw.
-func (c *conn) Unwrap() driver.Conn { return c.inner }
+func (c *conn) Unwrap() driver.Conn {
+	c.unwrapped, c.txIdle = true, false
+	return c.inner
+}
+
+// ran notes that a statement jsonstream does not follow ran on the
+// session: whether it is in a transaction block is unknown from now on.
+func (c *conn) ran() { c.txIdle = false }
 
 // cut closes the network connection, which ends whatever the server was
 // sending and makes the server stop the query. It reports whether the
@@ -97,6 +110,7 @@ func (c *conn) Prepare(query string) (driver.Stmt, error) {
 // Prepare as database/sql does.
 func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {
 	c.arg = streamArg{}
+	c.ran()
 	var si driver.Stmt
 	var err error
 	if p, ok := c.inner.(driver.ConnPrepareContext); ok {
@@ -111,7 +125,7 @@ func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, e
 	if err != nil {
 		return nil, err
 	}
-	return newStmt(c, si), nil
+	return newStmt(c, si, query), nil
 }
 
 // Close implements driver.Conn.
@@ -147,6 +161,7 @@ func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 		return nil, err
 	}
 	c.inTx, c.txCtx = true, ctx
+	c.ran()
 	return &tx{inner: inner, conn: c}, nil
 }
 
@@ -159,13 +174,20 @@ type tx struct {
 // Commit implements driver.Tx.
 func (t *tx) Commit() error {
 	t.conn.inTx, t.conn.txCtx = false, nil
-	return t.inner.Commit()
+	return t.conn.ended(t.inner.Commit())
 }
 
 // Rollback implements driver.Tx.
 func (t *tx) Rollback() error {
 	t.conn.inTx, t.conn.txCtx = false, nil
-	return t.inner.Rollback()
+	return t.conn.ended(t.inner.Rollback())
+}
+
+// ended notes the end of a transaction begun with BeginTx: once it ended
+// without error, the session is outside any transaction block.
+func (c *conn) ended(err error) error {
+	c.txIdle = err == nil && !c.unwrapped
+	return err
 }
 
 // Ping implements driver.Pinger; without it on the inner conn, database/sql
@@ -262,6 +284,11 @@ func (c *conn) takeStream(owner any, nargs int) *Stream {
 func (c *conn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
 	s := c.takeStream(c, len(args))
 	start := time.Now()
+	set := c.querySettings(s)
+	if set.fetchSize != 0 {
+		return c.queryCursor(ctx, query, args, s, &set, start)
+	}
+	c.ran()
 	var ir driver.Rows
 	var err error
 	switch q := c.inner.(type) {
@@ -282,7 +309,7 @@ func (c *conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 	if err != nil {
 		return nil, err
 	}
-	return c.wrapRows(ctx, ir, s, start)
+	return c.wrapRows(ctx, ir, s, &set, start)
 }
 
 // ExecContext implements driver.ExecerContext with the same fallbacks as
@@ -291,6 +318,7 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 	if c.takeStream(c, len(args)) != nil {
 		return nil, errStreamOnExec
 	}
+	c.ran()
 	switch e := c.inner.(type) {
 	case driver.ExecerContext:
 		return e.ExecContext(ctx, query, args)
@@ -309,19 +337,34 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 
 var errStreamOnExec = streamArgError("a Stream goes with Query, not Exec")
 
+// querySettings returns the settings of a query: the connection's, with
+// the options of its Stream, if any (checked by NewStream), on top.
+func (c *conn) querySettings(s *Stream) settings {
+	set := *c.settings
+	if s != nil {
+		_ = set.apply(s.opts)
+	}
+	return set
+}
+
 // wrapRows makes the stream for the inner rows of one query and binds s,
 // the query's Stream argument, to it.
-func (c *conn) wrapRows(ctx context.Context, ir driver.Rows, s *Stream, start time.Time) (driver.Rows, error) {
-	if s == nil {
-		return newRows(ctx, c, ir, nil, start), nil
-	}
-	if !s.claimed.CompareAndSwap(false, true) {
+func (c *conn) wrapRows(ctx context.Context, ir driver.Rows, s *Stream, set *settings, start time.Time) (driver.Rows, error) {
+	if s != nil && !s.claimed.CompareAndSwap(false, true) {
 		_ = ir.Close()
 		return nil, streamArgError("Stream already used by another query")
 	}
-	r := newRows(ctx, c, ir, s.opts, start)
-	s.bound.Store(r)
-	return r, nil
+	return c.bindRows(ctx, ir, s, set, start, nil), nil
+}
+
+// bindRows makes the stream and binds s to it, once it is complete: a
+// Controller call may come at once from another goroutine.
+func (c *conn) bindRows(ctx context.Context, ir driver.Rows, s *Stream, set *settings, start time.Time, cur *cursor) *rows {
+	r := newRows(ctx, c, ir, set, start, cur)
+	if s != nil {
+		s.bound.Store(r)
+	}
+	return r
 }
 
 // namedToValues is database/sql's conversion for drivers without the

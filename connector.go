@@ -96,7 +96,7 @@ type socketKey struct{}
 // socketSlot receives the network connection the dialer made for one
 // Connect. When lib/pq tries several hosts the last dial wins, which is
 // the one it keeps.
-type socketSlot struct{ conn atomic.Pointer[net.Conn] }
+type socketSlot struct{ conn atomic.Pointer[sock] }
 
 // NewDialer returns a pq.Dialer that dials with base (a net.Dialer when
 // base is nil) and lets the jsonstream Connector that asked for the
@@ -138,7 +138,9 @@ func (d dialer) DialContext(ctx context.Context, network, address string) (net.C
 		return nil, err
 	}
 	if slot, ok := ctx.Value(socketKey{}).(*socketSlot); ok {
-		slot.conn.Store(&c)
+		s := &sock{Conn: c}
+		slot.conn.Store(s)
+		return s, nil
 	}
 	return c, nil
 }

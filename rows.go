@@ -19,6 +19,9 @@ import (
 type rows struct {
 	inner driver.Rows
 	conn  *conn
+	// cursor is inner when the stream is cursor-backed (WithFetchSize),
+	// else nil: a failure then interrupts the cursor instead of cutting.
+	cursor *cursor
 	// ctx is the query's context. A Next blocked by a pause watches it,
 	// since database/sql cannot interrupt a driver's Next.
 	ctx   context.Context
@@ -63,18 +66,20 @@ var (
 	_ Controller                            = (*rows)(nil)
 )
 
-// newRows wraps inner with the conn's settings and the options of the
-// query's Stream, if any (already checked by NewStream); start is when the
-// query was sent.
-func newRows(ctx context.Context, c *conn, inner driver.Rows, streamOpts []Option, start time.Time) *rows {
+// newRows wraps inner with the query's settings; start is when the query
+// was sent, cur the cursor when inner is one.
+func newRows(ctx context.Context, c *conn, inner driver.Rows, set *settings, start time.Time, cur *cursor) *rows {
 	r := &rows{
 		inner:    inner,
 		conn:     c,
+		cursor:   cur,
 		ctx:      ctx,
-		settings: *c.settings,
+		settings: *set,
 		start:    start,
 	}
-	_ = r.settings.apply(streamOpts)
+	if cur != nil {
+		cur.r = r
+	}
 	r.pauseTimeout.Store(int64(r.settings.pauseTimeout))
 	if c.txCtx != nil && c.txCtx != ctx {
 		r.txCtx = c.txCtx
@@ -227,9 +232,20 @@ func (r *rows) failState(err error, cut bool) bool {
 		return false // Next reached the end just now
 	}
 	if cut {
-		r.conn.cut()
+		r.stopServer()
 	}
 	return true
+}
+
+// stopServer stops the server's side of a failing stream: a cursor-backed
+// stream's server is idle between batches, or gets the drain timeout to
+// finish the batch in flight; a single statement is cut.
+func (r *rows) stopServer() {
+	if r.cursor != nil {
+		r.cursor.interrupt()
+		return
+	}
+	r.conn.cut()
 }
 
 // endPause ends a pause in progress, waking a blocked Next.
@@ -261,6 +277,9 @@ func (r *rows) Close() error {
 		return err
 	}
 	r.endPause()
+	if r.cursor != nil {
+		return r.cursor.close()
+	}
 	if r.conn.inTx {
 		// Cutting would end the transaction too: drain, as lib/pq does.
 		return r.inner.Close()
@@ -280,23 +299,24 @@ func (r *rows) Close() error {
 
 // drainOrCut is CloseAuto: drain what arrives within the drain timeout,
 // cut the connection if the rest takes longer.
+// The deadline is armed only if the drain has to wait on the network (see
+// drain.go), so a QueryRow, whose rest is already in hand, pays nothing.
 func (r *rows) drainOrCut() error {
-	sock := r.conn.sock
-	if sock == nil {
+	s := r.conn.sock
+	if s == nil {
 		return r.inner.Close()
 	}
-	if err := sock.SetReadDeadline(time.Now().Add(r.settings.drainTimeout)); err != nil {
-		r.conn.cut()
-		_ = r.inner.Close()
-		return nil
-	}
+	s.beginDrain(time.Now().Add(r.settings.drainTimeout))
 	err := r.inner.Close()
 	if err != nil && isTimeout(err) {
 		r.conn.cut()
 		return nil
 	}
-	if err := sock.SetReadDeadline(time.Time{}); err != nil {
+	if !s.endDrain() {
 		r.conn.cut()
+		if err == nil {
+			return nil
+		}
 	}
 	return err
 }

@@ -11,6 +11,9 @@ import (
 type stmt struct {
 	inner driver.Stmt
 	conn  *conn
+	// query is the statement's text, which cursor mode declares a cursor
+	// for instead of running the prepared statement.
+	query string
 }
 
 // stmtConverter is a stmt whose inner statement has the deprecated
@@ -29,8 +32,8 @@ var (
 	_ driver.ColumnConverter   = stmtConverter{}
 )
 
-func newStmt(c *conn, si driver.Stmt) driver.Stmt {
-	s := &stmt{inner: si, conn: c}
+func newStmt(c *conn, si driver.Stmt, query string) driver.Stmt {
+	s := &stmt{inner: si, conn: c, query: query}
 	if cc, ok := si.(driver.ColumnConverter); ok { //nolint:staticcheck // forwarded as database/sql uses it
 		return stmtConverter{s, cc}
 	}
@@ -55,6 +58,7 @@ func (s *stmt) NumInput() int { return s.inner.NumInput() }
 // Exec implements driver.Stmt.
 func (s *stmt) Exec(args []driver.Value) (driver.Result, error) { //nolint:staticcheck // required by driver.Stmt
 	s.conn.arg = streamArg{}
+	s.conn.ran()
 	return s.inner.Exec(args) //nolint:staticcheck
 }
 
@@ -62,11 +66,20 @@ func (s *stmt) Exec(args []driver.Value) (driver.Result, error) { //nolint:stati
 func (s *stmt) Query(args []driver.Value) (driver.Rows, error) { //nolint:staticcheck // required by driver.Stmt
 	st := s.conn.takeStream(s, len(args))
 	start := time.Now()
+	set := s.conn.querySettings(st)
+	if set.fetchSize != 0 {
+		named := make([]driver.NamedValue, len(args))
+		for i, v := range args {
+			named[i] = driver.NamedValue{Ordinal: i + 1, Value: v}
+		}
+		return s.conn.queryCursor(context.Background(), s.query, named, st, &set, start)
+	}
+	s.conn.ran()
 	ir, err := s.inner.Query(args) //nolint:staticcheck
 	if err != nil {
 		return nil, err
 	}
-	return s.conn.wrapRows(context.Background(), ir, st, start)
+	return s.conn.wrapRows(context.Background(), ir, st, &set, start)
 }
 
 // CheckNamedValue implements driver.NamedValueChecker: a *Stream is taken
@@ -90,6 +103,11 @@ func (s *stmt) CheckNamedValue(nv *driver.NamedValue) error {
 func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {
 	st := s.conn.takeStream(s, len(args))
 	start := time.Now()
+	set := s.conn.querySettings(st)
+	if set.fetchSize != 0 {
+		return s.conn.queryCursor(ctx, s.query, args, st, &set, start)
+	}
+	s.conn.ran()
 	var ir driver.Rows
 	var err error
 	if q, ok := s.inner.(driver.StmtQueryContext); ok {
@@ -107,7 +125,7 @@ func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driv
 	if err != nil {
 		return nil, err
 	}
-	return s.conn.wrapRows(ctx, ir, st, start)
+	return s.conn.wrapRows(ctx, ir, st, &set, start)
 }
 
 // ExecContext implements driver.StmtExecContext, falling back to Exec as
@@ -116,6 +134,7 @@ func (s *stmt) ExecContext(ctx context.Context, args []driver.NamedValue) (drive
 	if s.conn.takeStream(s, len(args)) != nil {
 		return nil, errStreamOnExec
 	}
+	s.conn.ran()
 	if e, ok := s.inner.(driver.StmtExecContext); ok {
 		return e.ExecContext(ctx, args)
 	}

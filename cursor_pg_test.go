@@ -1,0 +1,276 @@
+package jsonstream
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/lib/pq"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// cursorModes are the cursor-backed fetch sizes the tests run: a batch
+// of one row, a small fixed batch, and FetchAuto.
+var cursorModes = []string{"jsonstream_fetch_size=1", "jsonstream_fetch_size=7", "jsonstream_fetch_size=auto"}
+
+// openCursorPG opens a jsonstream pool of one connection in cursor mode.
+func openCursorPG(t *testing.T, mode string) *sql.DB {
+	t.Helper()
+	db := openPG(t, DriverName, mode)
+	db.SetMaxOpenConns(1)
+	return db
+}
+
+// pid returns the server process of db's only connection.
+func pid(t *testing.T, q interface {
+	QueryRowContext(context.Context, string, ...any) *sql.Row
+}) int {
+	t.Helper()
+	var p int
+	require.NoError(t, q.QueryRowContext(context.Background(), "SELECT pg_backend_pid()").Scan(&p))
+	return p
+}
+
+// sessionClean asserts that the session of q is outside any transaction
+// and has no cursor open.
+func sessionClean(t *testing.T, q interface {
+	QueryRowContext(context.Context, string, ...any) *sql.Row
+}) {
+	t.Helper()
+	var cursors int
+	var inTx bool
+	// now() is the transaction's start: in a transaction block it stays
+	// put while statement_timestamp moves on.
+	// A single statement, whatever the pool's mode: a cursor of its own
+	// would be counted.
+	single, err := NewStream(WithFetchSize(0))
+	require.NoError(t, err)
+	require.NoError(t, q.QueryRowContext(context.Background(),
+		"SELECT (SELECT count(*) FROM pg_cursors), now() <> statement_timestamp()", single).Scan(&cursors, &inTx))
+	assert.Zero(t, cursors, "cursors left open")
+	assert.False(t, inTx, "session left in a transaction block")
+}
+
+func TestCursorStreamsEveryRow(t *testing.T) {
+	for _, mode := range cursorModes {
+		t.Run(mode, func(t *testing.T) {
+			db := openCursorPG(t, mode)
+			before := pid(t, db)
+			for _, n := range []int{0, 1, 6, 7, 8, 100, 5000} {
+				s := mustStream(t)
+				rows, err := db.Query("SELECT g, 'row ' || g FROM generate_series(1, $1::int) g", n, s)
+				require.NoError(t, err)
+				next := 1
+				for rows.Next() {
+					var g int
+					var text string
+					require.NoError(t, rows.Scan(&g, &text))
+					require.Equal(t, next, g, "every row once, in order")
+					require.Equal(t, fmt.Sprint("row ", g), text)
+					next++
+				}
+				require.NoError(t, rows.Err())
+				require.NoError(t, rows.Close())
+				assert.Equal(t, n+1, next, "%d rows", n)
+				assert.Equal(t, Complete, s.State())
+				assert.Equal(t, int64(n), s.Stats().Rows)
+			}
+			assert.Equal(t, before, pid(t, db), "same connection throughout")
+			sessionClean(t, db)
+		})
+	}
+}
+
+func TestCursorEarlyCloseKeepsConnection(t *testing.T) {
+	needRowsTable(t)
+	for _, mode := range cursorModes {
+		t.Run(mode, func(t *testing.T) {
+			db := openCursorPG(t, mode)
+			before := pid(t, db)
+			_, err := db.Exec("SET application_name = 'kept_session'")
+			require.NoError(t, err)
+			rows, err := db.Query(bigQuery, bigRows)
+			require.NoError(t, err)
+			require.True(t, rows.Next())
+			start := time.Now()
+			require.NoError(t, rows.Close())
+			took := time.Since(start)
+			t.Logf("Close after 1 of %d rows took %v", bigRows, took)
+			assert.Less(t, took, closeBound)
+			assert.Equal(t, before, pid(t, db), "the connection was kept")
+			var app string
+			require.NoError(t, db.QueryRow("SELECT current_setting('application_name')").Scan(&app))
+			assert.Equal(t, "kept_session", app, "the session kept its state")
+			sessionClean(t, db)
+		})
+	}
+}
+
+// TestCursorQueryRowCommits: a QueryRow closes its rows before it sees
+// the end; when the batch held the whole result the statement completed,
+// and its effects are committed as in the single-statement mode.
+func TestCursorQueryRowCommits(t *testing.T) {
+	db := openCursorPG(t, "jsonstream_fetch_size=auto")
+	_, err := db.Exec("CREATE TEMP SEQUENCE cursor_commit_seq")
+	require.NoError(t, err)
+	var v int
+	require.NoError(t, db.QueryRow("SELECT nextval('cursor_commit_seq')").Scan(&v))
+	require.Equal(t, 1, v)
+	require.NoError(t, db.QueryRow("SELECT nextval('cursor_commit_seq')").Scan(&v))
+	require.Equal(t, 2, v)
+	_, err = db.Exec("CREATE TEMP TABLE cursor_commit (a int)")
+	require.NoError(t, err)
+	_, err = db.Exec(`CREATE FUNCTION pg_temp.cursor_insert(v int) RETURNS int LANGUAGE sql AS
+		'INSERT INTO cursor_commit VALUES (v) RETURNING v'`)
+	require.NoError(t, err)
+	require.NoError(t, db.QueryRow("SELECT pg_temp.cursor_insert(5)").Scan(&v))
+	var n int
+	require.NoError(t, db.QueryRow("SELECT count(*) FROM cursor_commit").Scan(&n))
+	assert.Equal(t, 1, n, "the QueryRow's insert was committed")
+	sessionClean(t, db)
+}
+
+func TestCursorInsideBeginTx(t *testing.T) {
+	needRowsTable(t)
+	db := openCursorPG(t, "jsonstream_fetch_size=auto")
+	before := pid(t, db)
+	ctx := context.Background()
+	tx, err := db.BeginTx(ctx, nil)
+	require.NoError(t, err)
+	_, err = tx.Exec("CREATE TEMP TABLE in_tx (a int)")
+	require.NoError(t, err)
+	rows, err := tx.Query(bigQuery, bigRows)
+	require.NoError(t, err)
+	require.True(t, rows.Next())
+	start := time.Now()
+	require.NoError(t, rows.Close())
+	t.Logf("Close inside a transaction after 1 of %d rows took %v", bigRows, time.Since(start))
+	assert.Less(t, time.Since(start), closeBound)
+	// The transaction goes on: its table is there, a complete stream too.
+	var n int
+	require.NoError(t, tx.QueryRow("SELECT count(*) FROM in_tx").Scan(&n))
+	rows, err = tx.Query("SELECT g FROM generate_series(1, 50) g")
+	require.NoError(t, err)
+	for rows.Next() {
+		n++
+	}
+	require.NoError(t, rows.Err())
+	assert.Equal(t, 50, n)
+	require.NoError(t, tx.Rollback(), "jsonstream did not end the transaction")
+	var exists bool
+	require.NoError(t, db.QueryRow("SELECT to_regclass('pg_temp.in_tx') IS NOT NULL").Scan(&exists))
+	assert.False(t, exists, "the rollback was the caller's")
+	assert.Equal(t, before, pid(t, db))
+	sessionClean(t, db)
+}
+
+// TestCursorInsideExecBegin: a transaction begun with Exec("BEGIN") on a
+// sql.Conn is found, used, and never committed or rolled back by
+// jsonstream.
+func TestCursorInsideExecBegin(t *testing.T) {
+	needRowsTable(t)
+	db := openCursorPG(t, "jsonstream_fetch_size=auto")
+	ctx := context.Background()
+	conn, err := db.Conn(ctx)
+	require.NoError(t, err)
+	defer conn.Close()
+	before := pid(t, conn)
+	_, err = conn.ExecContext(ctx, "BEGIN")
+	require.NoError(t, err)
+	_, err = conn.ExecContext(ctx, "CREATE TEMP TABLE exec_begin (a int)")
+	require.NoError(t, err)
+	for _, complete := range []bool{false, true} {
+		rows, err := conn.QueryContext(ctx, bigQuery, map[bool]int{false: bigRows, true: 30}[complete])
+		require.NoError(t, err)
+		require.True(t, rows.Next())
+		if complete {
+			for rows.Next() {
+			}
+			require.NoError(t, rows.Err())
+		}
+		require.NoError(t, rows.Close())
+		var n int
+		require.NoError(t, conn.QueryRowContext(ctx, "SELECT count(*) FROM exec_begin").Scan(&n),
+			"the caller's transaction goes on (complete=%v)", complete)
+	}
+	_, err = conn.ExecContext(ctx, "ROLLBACK")
+	require.NoError(t, err)
+	var exists bool
+	require.NoError(t, conn.QueryRowContext(ctx, "SELECT to_regclass('pg_temp.exec_begin') IS NOT NULL").Scan(&exists))
+	assert.False(t, exists, "jsonstream committed the caller's transaction")
+	assert.Equal(t, before, pid(t, conn))
+	sessionClean(t, conn)
+}
+
+func TestCursorRejectsWhatDeclareCannotTake(t *testing.T) {
+	db := openCursorPG(t, "jsonstream_fetch_size=auto")
+	before := pid(t, db)
+	_, err := db.Exec("CREATE TEMP TABLE cursor_reject (a int)")
+	require.NoError(t, err)
+	for _, q := range []struct {
+		query string
+		args  []any
+	}{
+		{"SHOW work_mem", nil},
+		{"SELECT 1; INSERT INTO cursor_reject VALUES (1)", nil},
+		{"INSERT INTO cursor_reject VALUES (2) RETURNING a", nil},
+		{"INSERT INTO cursor_reject VALUES ($1) RETURNING a", []any{3}},
+		{"WITH d AS (INSERT INTO cursor_reject VALUES (4) RETURNING a) SELECT * FROM d", nil},
+	} {
+		t.Run(q.query, func(t *testing.T) {
+			rows, err := db.Query(q.query, q.args...)
+			if err == nil {
+				rows.Close()
+			}
+			require.Error(t, err)
+			t.Log(err)
+			assert.ErrorIs(t, err, ErrCursorQuery)
+			var pqErr *pq.Error
+			assert.True(t, errors.As(err, &pqErr), "the server's error is wrapped")
+			assert.Contains(t, err.Error(), "WithFetchSize(FetchAuto)")
+			var n int
+			require.NoError(t, db.QueryRow("SELECT count(*) FROM cursor_reject").Scan(&n))
+			assert.Zero(t, n, "nothing ran")
+			assert.Equal(t, before, pid(t, db), "the connection is kept")
+			sessionClean(t, db)
+		})
+	}
+}
+
+func TestCursorErrorPositionInCallersQuery(t *testing.T) {
+	db := openCursorPG(t, "jsonstream_fetch_size=5")
+	_, err := db.Query("SELECT a FROM no_such_table")
+	var pqErr *pq.Error
+	require.True(t, errors.As(err, &pqErr), "%v", err)
+	assert.Equal(t, "42P01", string(pqErr.Code))
+	assert.Equal(t, "15", pqErr.Position, "position of no_such_table in the query as written")
+	_, err = db.Query("SELECT 1/0")
+	pqErr, ok := err.(*pq.Error) //nolint:errorlint // drop-in code asserts directly
+	require.True(t, ok, "%T %v", err, err)
+	assert.Equal(t, "22012", string(pqErr.Code))
+	sessionClean(t, db)
+}
+
+func TestCursorPreparedStatement(t *testing.T) {
+	db := openCursorPG(t, "jsonstream_fetch_size=3")
+	st, err := db.Prepare("SELECT g FROM generate_series(1, $1::int) g")
+	require.NoError(t, err)
+	defer st.Close()
+	for _, n := range []int{2, 3, 10} {
+		s := mustStream(t)
+		rows, err := st.QueryContext(context.Background(), n, s)
+		require.NoError(t, err)
+		got := 0
+		for rows.Next() {
+			got++
+		}
+		require.NoError(t, rows.Err())
+		assert.Equal(t, n, got)
+		assert.Equal(t, Complete, s.State())
+	}
+	sessionClean(t, db)
+}

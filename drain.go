@@ -1,0 +1,100 @@
+package jsonstream
+
+import (
+	"net"
+	"sync/atomic"
+	"time"
+)
+
+// A drain reads off the rest of a result so that the connection can serve
+// another query: CloseAuto's drain of a single-statement stream, and a
+// cursor-backed stream's batch in flight. Its deadline is armed only when
+// the drain has to wait on the network: when the rest is already in
+// lib/pq's buffer (QueryRow's CommandComplete and ReadyForQuery usually
+// are), a drain sets no deadline and starts no timer.
+//
+// Past the deadline a drain is not cut while the remainder is small and
+// arrives at once: a client descheduled under load finds its deadline gone
+// with the data already in the kernel's buffer, and cutting then would
+// cost a connection for nothing. A large remainder, or a server that stops
+// sending, is cut as before.
+const (
+	// drainGraceBytes is how much a drain may read past its deadline.
+	drainGraceBytes = 256 << 10
+	// drainGrace is how long each read past the deadline may wait for data.
+	drainGrace = time.Millisecond
+	// drainGraceMax bounds how long past its deadline a drain may go on.
+	drainGraceMax = 100 * time.Millisecond
+)
+
+// sock is the network connection jsonstream's dialer made for one
+// connection. lib/pq reads and writes through it; jsonstream closes it to
+// cut the connection and arms drain deadlines on it.
+type sock struct {
+	net.Conn
+	// until is the drain's deadline in Unix nanoseconds while a drain is
+	// on, 0 otherwise. Set by the goroutine that drains, or by a failure
+	// (Cancel, pause timeout, context) from any goroutine.
+	until atomic.Int64
+	// armed is set once the deadline is on the socket, so that the end of
+	// the drain knows to clear it.
+	armed atomic.Bool
+	// drained counts the bytes read during the drain; only the reading
+	// goroutine touches it.
+	drained int
+}
+
+// Read implements net.Conn. Outside a drain it is the socket's own Read.
+func (s *sock) Read(p []byte) (int, error) {
+	if s.until.Load() == 0 {
+		return s.Conn.Read(p)
+	}
+	return s.drainRead(p)
+}
+
+func (s *sock) drainRead(p []byte) (int, error) {
+	until := s.until.Load()
+	if !s.armed.Load() {
+		s.armed.Store(true)
+		if err := s.Conn.SetReadDeadline(time.Unix(0, until)); err != nil {
+			return 0, err
+		}
+	}
+	n, err := s.Conn.Read(p)
+	if n == 0 && err != nil && isTimeout(err) && s.drained < drainGraceBytes &&
+		time.Since(time.Unix(0, until)) < drainGraceMax {
+		if e := s.Conn.SetReadDeadline(time.Now().Add(drainGrace)); e != nil {
+			return 0, e
+		}
+		n, err = s.Conn.Read(p)
+	}
+	s.drained += n
+	return n, err
+}
+
+// beginDrain starts a drain that ends at deadline.
+func (s *sock) beginDrain(deadline time.Time) {
+	s.drained = 0
+	s.until.Store(deadline.UnixNano())
+}
+
+// interrupt bounds, from any goroutine, the read that a failing stream's
+// reader may be blocked in: it gets d to finish what it reads, then fails
+// with a timeout.
+func (s *sock) interrupt(d time.Duration) {
+	deadline := time.Now().Add(d)
+	s.until.Store(deadline.UnixNano())
+	s.armed.Store(true)
+	_ = s.Conn.SetReadDeadline(deadline) // a failure shows in the read
+}
+
+// endDrain ends the drain and clears its deadline if one was armed. It
+// reports false when the deadline could not be cleared: the socket would
+// time out under the next query, so the caller cuts it.
+func (s *sock) endDrain() bool {
+	s.until.Store(0)
+	if !s.armed.Swap(false) {
+		return true
+	}
+	return s.Conn.SetReadDeadline(time.Time{}) == nil
+}
