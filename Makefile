@@ -8,10 +8,12 @@ GO ?= go
 vet:
 	$(GO) vet ./...
 	@if [ -f bench/go.mod ]; then cd bench && $(GO) vet ./...; fi
+	@if [ -f integration/go.mod ]; then cd integration && $(GO) vet ./...; fi
 
 test: vet
 	$(GO) test -race -count=1 -timeout 40m ./...
 	@if [ -f bench/go.mod ]; then cd bench && $(GO) test -race -count=1 -timeout 10m ./...; fi
+	@if [ -f integration/go.mod ]; then cd integration && $(GO) test -race -count=1 -timeout 10m ./...; fi
 	@$(MAKE) --no-print-directory bench-smoke
 
 # Runs every benchmark once so that none can rot; the numbers mean nothing.

@@ -101,6 +101,15 @@ func (c *conn) cut() bool {
 
 func (c *conn) isCut() bool { return c.cutDone.Load() }
 
+// discard makes sure the connection is never reused: cut when
+// jsonstream dialed it, marked bad otherwise (ResetSession and IsValid
+// then report it).
+func (c *conn) discard() {
+	if !c.cut() {
+		c.cutDone.Store(true)
+	}
+}
+
 // Prepare implements driver.Conn.
 func (c *conn) Prepare(query string) (driver.Stmt, error) {
 	return c.PrepareContext(context.Background(), query)
@@ -282,15 +291,17 @@ func (c *conn) takeStream(owner any, nargs int) *Stream {
 // driver.Queryer as database/sql does, or to driver.ErrSkip (database/sql
 // then prepares the statement) when the inner conn has neither.
 func (c *conn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
-	s := c.takeStream(c, len(args))
+	s, err := queryStream(ctx, c.takeStream(c, len(args)))
+	if err != nil {
+		return nil, err
+	}
 	start := time.Now()
-	set := c.querySettings(s)
-	if set.fetchSize != 0 {
-		return c.queryCursor(ctx, query, args, s, &set, start)
+	r := newRows(ctx, c, s)
+	if r.settings.fetchSize != 0 {
+		return c.queryCursor(ctx, query, args, s, r, start)
 	}
 	c.ran()
 	var ir driver.Rows
-	var err error
 	switch q := c.inner.(type) {
 	case driver.QueryerContext:
 		ir, err = q.QueryContext(ctx, query, args)
@@ -309,7 +320,7 @@ func (c *conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 	if err != nil {
 		return nil, err
 	}
-	return c.wrapRows(ctx, ir, s, &set, start)
+	return c.wrapRows(ctx, ir, s, r, start)
 }
 
 // ExecContext implements driver.ExecerContext with the same fallbacks as
@@ -337,30 +348,20 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 
 var errStreamOnExec = streamArgError("a Stream goes with Query, not Exec")
 
-// querySettings returns the settings of a query: the connection's, with
-// the options of its Stream, if any (checked by NewStream), on top.
-func (c *conn) querySettings(s *Stream) settings {
-	set := *c.settings
-	if s != nil {
-		_ = set.apply(s.opts)
-	}
-	return set
-}
-
-// wrapRows makes the stream for the inner rows of one query and binds s,
-// the query's Stream argument, to it.
-func (c *conn) wrapRows(ctx context.Context, ir driver.Rows, s *Stream, set *settings, start time.Time) (driver.Rows, error) {
+// wrapRows makes r the stream of the inner rows of one query and binds s,
+// the query's Stream, to it.
+func (c *conn) wrapRows(ctx context.Context, ir driver.Rows, s *Stream, r *rows, start time.Time) (driver.Rows, error) {
 	if s != nil && !s.claimed.CompareAndSwap(false, true) {
 		_ = ir.Close()
 		return nil, streamArgError("Stream already used by another query")
 	}
-	return c.bindRows(ctx, ir, s, set, start, nil), nil
+	return c.bindRows(ctx, ir, s, r, start, nil), nil
 }
 
 // bindRows makes the stream and binds s to it, once it is complete: a
 // Controller call may come at once from another goroutine.
-func (c *conn) bindRows(ctx context.Context, ir driver.Rows, s *Stream, set *settings, start time.Time, cur *cursor) *rows {
-	r := newRows(ctx, c, ir, set, start, cur)
+func (c *conn) bindRows(ctx context.Context, ir driver.Rows, s *Stream, r *rows, start time.Time, cur *cursor) *rows {
+	r.open(ctx, c, ir, start, cur)
 	if s != nil {
 		s.bound.Store(r)
 	}

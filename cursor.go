@@ -81,7 +81,8 @@ type cursor struct {
 // the connection is in one, declares the cursor and fetches the first
 // batch, so that errors in the query come from Query as they do in the
 // single-statement mode.
-func (c *conn) queryCursor(ctx context.Context, query string, args []driver.NamedValue, st *Stream, set *settings, start time.Time) (driver.Rows, error) {
+func (c *conn) queryCursor(ctx context.Context, query string, args []driver.NamedValue, st *Stream, r *rows, start time.Time) (driver.Rows, error) {
+	set := &r.settings
 	execer, okE := c.inner.(driver.ExecerContext)
 	queryer, okQ := c.inner.(driver.QueryerContext)
 	if !okE || !okQ {
@@ -132,13 +133,13 @@ func (c *conn) queryCursor(ctx context.Context, query string, args []driver.Name
 		cur.abandon()
 		return nil, cursorError(err, set.fetchSize, offset)
 	}
-	cur.batch, err = cur.fetch(ctx, queryer)
+	cur.batch, err = cur.firstFetch(ctx, queryer, set.drainTimeout)
 	if err != nil {
 		cur.abandon()
 		return nil, err
 	}
 	cur.first = cur.batch
-	return c.bindRows(ctx, cur, st, set, start, cur), nil
+	return c.bindRows(ctx, cur, st, r, start, cur), nil
 }
 
 // inTransactionBlock reports whether the session is inside a transaction
@@ -221,6 +222,28 @@ func (cur *cursor) fetch(ctx context.Context, queryer driver.QueryerContext) (dr
 	return rows, nil
 }
 
+// firstFetch sends the first FETCH. The query's context is not handed to
+// the inner driver: lib/pq would watch it for as long as the first batch
+// is open, and when it ends send a cancel request and give up the
+// connection. A context that ends while the first batch is on its way
+// bounds the read instead, as a failure does later (interrupt).
+func (cur *cursor) firstFetch(ctx context.Context, queryer driver.QueryerContext, drainTimeout time.Duration) (driver.Rows, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	s := cur.conn.sock
+	if s == nil || ctx.Done() == nil {
+		return cur.fetch(ctx, queryer)
+	}
+	stop := context.AfterFunc(ctx, func() { s.interrupt(drainTimeout) })
+	rows, err := cur.fetch(context.Background(), queryer)
+	if !stop() && err != nil {
+		cur.conn.cut()
+		return nil, ctx.Err()
+	}
+	return rows, err
+}
+
 // grow sets the size of the next batch under FetchAuto.
 func (cur *cursor) grow() {
 	if cur.size != 0 {
@@ -278,6 +301,11 @@ func (cur *cursor) Next(dest []driver.Value) error {
 		// The context is watched by the stream itself; lib/pq's own watch
 		// would cost a goroutine per batch and send a cancel request.
 		batch, err := cur.fetch(context.Background(), cur.conn.inner.(driver.QueryerContext))
+		if errors.Is(err, driver.ErrBadConn) {
+			// lib/pq finds the session gone only when it sends, and says no
+			// more: name what commonly ends an idle transaction's session.
+			return fmt.Errorf("jsonstream: the server ended the session of a cursor-backed stream between batches (idle_in_transaction_session_timeout, or a terminated backend): %w", err)
+		}
 		if err != nil {
 			return err
 		}
@@ -289,11 +317,15 @@ func (cur *cursor) Next(dest []driver.Value) error {
 // own transaction (which closes the cursor), or CLOSE inside the caller's.
 func (cur *cursor) finish() error {
 	cur.ended = true
+	if !cur.conn.clearDeadline() {
+		return driver.ErrBadConn
+	}
 	stmt := "CLOSE " + cur.name
 	if cur.own {
 		stmt = "COMMIT"
 	}
 	if err := cur.exec(stmt); err != nil {
+		cur.conn.discard() // the session is in an unknown state: never reuse it
 		return err
 	}
 	cur.conn.txIdle = cur.own
@@ -305,9 +337,14 @@ func (cur *cursor) finish() error {
 // transaction or the cursor was never declared.
 func (cur *cursor) abandon() {
 	cur.ended = true
-	if cur.own && cur.exec("ROLLBACK") == nil {
-		cur.conn.txIdle = true
+	if !cur.own {
+		return
 	}
+	if cur.exec("ROLLBACK") != nil {
+		cur.conn.discard() // the session is in an unknown state: never reuse it
+		return
+	}
+	cur.conn.txIdle = true
 }
 
 func (cur *cursor) exec(stmt string) error {
@@ -351,7 +388,7 @@ func (cur *cursor) close() error {
 		}
 		if last && err == nil {
 			if err := cur.finish(); err != io.EOF {
-				c.cut() // the session is in an unknown state: never reuse it
+				c.discard() // the session is in an unknown state: never reuse it
 				return err
 			}
 			return nil
@@ -359,7 +396,7 @@ func (cur *cursor) close() error {
 		drainErr = err
 	}
 	cur.ended = true
-	if c.isCut() {
+	if c.isCut() || !c.clearDeadline() {
 		return nil
 	}
 	if cur.aborted && !cur.own {
@@ -370,7 +407,7 @@ func (cur *cursor) close() error {
 		stmt = "ROLLBACK"
 	}
 	if err := cur.exec(stmt); err != nil {
-		c.cut() // the session is in an unknown state: never reuse it
+		c.discard() // the session is in an unknown state: never reuse it
 		if drainErr != nil {
 			return drainErr
 		}
@@ -424,6 +461,17 @@ func (cur *cursor) drainBatch() (cut, last bool, err error) {
 		return false, false, err
 	}
 	return false, cur.got < cur.asked, nil
+}
+
+// clearDeadline ends a failure's bound on the socket (interrupt) before
+// the connection sends anything more; when that fails, it cuts the
+// connection and reports false.
+func (c *conn) clearDeadline() bool {
+	if c.sock == nil || c.sock.endDrain() {
+		return true
+	}
+	c.cut()
+	return false
 }
 
 // The column type methods forward to the first batch's rows, which

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -25,8 +26,8 @@ func openCursorPG(t *testing.T, mode string) *sql.DB {
 	return db
 }
 
-// pid returns the server process of db's only connection.
-func pid(t *testing.T, q interface {
+// pidOf returns the server process of q's connection.
+func pidOf(t *testing.T, q interface {
 	QueryRowContext(context.Context, string, ...any) *sql.Row
 }) int {
 	t.Helper()
@@ -59,7 +60,7 @@ func TestCursorStreamsEveryRow(t *testing.T) {
 	for _, mode := range cursorModes {
 		t.Run(mode, func(t *testing.T) {
 			db := openCursorPG(t, mode)
-			before := pid(t, db)
+			before := pidOf(t, db)
 			for _, n := range []int{0, 1, 6, 7, 8, 100, 5000} {
 				s := mustStream(t)
 				rows, err := db.Query("SELECT g, 'row ' || g FROM generate_series(1, $1::int) g", n, s)
@@ -79,7 +80,7 @@ func TestCursorStreamsEveryRow(t *testing.T) {
 				assert.Equal(t, Complete, s.State())
 				assert.Equal(t, int64(n), s.Stats().Rows)
 			}
-			assert.Equal(t, before, pid(t, db), "same connection throughout")
+			assert.Equal(t, before, pidOf(t, db), "same connection throughout")
 			sessionClean(t, db)
 		})
 	}
@@ -90,7 +91,7 @@ func TestCursorEarlyCloseKeepsConnection(t *testing.T) {
 	for _, mode := range cursorModes {
 		t.Run(mode, func(t *testing.T) {
 			db := openCursorPG(t, mode)
-			before := pid(t, db)
+			before := pidOf(t, db)
 			_, err := db.Exec("SET application_name = 'kept_session'")
 			require.NoError(t, err)
 			rows, err := db.Query(bigQuery, bigRows)
@@ -101,7 +102,7 @@ func TestCursorEarlyCloseKeepsConnection(t *testing.T) {
 			took := time.Since(start)
 			t.Logf("Close after 1 of %d rows took %v", bigRows, took)
 			assert.Less(t, took, closeBound)
-			assert.Equal(t, before, pid(t, db), "the connection was kept")
+			assert.Equal(t, before, pidOf(t, db), "the connection was kept")
 			var app string
 			require.NoError(t, db.QueryRow("SELECT current_setting('application_name')").Scan(&app))
 			assert.Equal(t, "kept_session", app, "the session kept its state")
@@ -137,7 +138,7 @@ func TestCursorQueryRowCommits(t *testing.T) {
 func TestCursorInsideBeginTx(t *testing.T) {
 	needRowsTable(t)
 	db := openCursorPG(t, "jsonstream_fetch_size=auto")
-	before := pid(t, db)
+	before := pidOf(t, db)
 	ctx := context.Background()
 	tx, err := db.BeginTx(ctx, nil)
 	require.NoError(t, err)
@@ -164,7 +165,7 @@ func TestCursorInsideBeginTx(t *testing.T) {
 	var exists bool
 	require.NoError(t, db.QueryRow("SELECT to_regclass('pg_temp.in_tx') IS NOT NULL").Scan(&exists))
 	assert.False(t, exists, "the rollback was the caller's")
-	assert.Equal(t, before, pid(t, db))
+	assert.Equal(t, before, pidOf(t, db))
 	sessionClean(t, db)
 }
 
@@ -178,7 +179,7 @@ func TestCursorInsideExecBegin(t *testing.T) {
 	conn, err := db.Conn(ctx)
 	require.NoError(t, err)
 	defer conn.Close()
-	before := pid(t, conn)
+	before := pidOf(t, conn)
 	_, err = conn.ExecContext(ctx, "BEGIN")
 	require.NoError(t, err)
 	_, err = conn.ExecContext(ctx, "CREATE TEMP TABLE exec_begin (a int)")
@@ -202,13 +203,13 @@ func TestCursorInsideExecBegin(t *testing.T) {
 	var exists bool
 	require.NoError(t, conn.QueryRowContext(ctx, "SELECT to_regclass('pg_temp.exec_begin') IS NOT NULL").Scan(&exists))
 	assert.False(t, exists, "jsonstream committed the caller's transaction")
-	assert.Equal(t, before, pid(t, conn))
+	assert.Equal(t, before, pidOf(t, conn))
 	sessionClean(t, conn)
 }
 
 func TestCursorRejectsWhatDeclareCannotTake(t *testing.T) {
 	db := openCursorPG(t, "jsonstream_fetch_size=auto")
-	before := pid(t, db)
+	before := pidOf(t, db)
 	_, err := db.Exec("CREATE TEMP TABLE cursor_reject (a int)")
 	require.NoError(t, err)
 	for _, q := range []struct {
@@ -235,7 +236,7 @@ func TestCursorRejectsWhatDeclareCannotTake(t *testing.T) {
 			var n int
 			require.NoError(t, db.QueryRow("SELECT count(*) FROM cursor_reject").Scan(&n))
 			assert.Zero(t, n, "nothing ran")
-			assert.Equal(t, before, pid(t, db), "the connection is kept")
+			assert.Equal(t, before, pidOf(t, db), "the connection is kept")
 			sessionClean(t, db)
 		})
 	}
@@ -273,4 +274,64 @@ func TestCursorPreparedStatement(t *testing.T) {
 		assert.Equal(t, Complete, s.State())
 	}
 	sessionClean(t, db)
+}
+
+// TestCursorModeFromContext: code that cannot pass a Stream (generated
+// queries, ORMs) chooses cursor mode through its context.
+func TestCursorModeFromContext(t *testing.T) {
+	needRowsTable(t)
+	db := openPG(t, DriverName, "")
+	db.SetMaxOpenConns(1)
+	before := pidOf(t, db)
+	ctx, err := ContextWithOptions(context.Background(), WithFetchSize(FetchAuto))
+	require.NoError(t, err)
+	for i := 0; i < 3; i++ {
+		rows, err := db.QueryContext(ctx, bigQuery, bigRows)
+		require.NoError(t, err)
+		require.True(t, rows.Next())
+		require.NoError(t, rows.Close())
+	}
+	assert.Equal(t, before, pidOf(t, db), "early closes in cursor mode kept the connection")
+	sessionClean(t, db)
+}
+
+// TestStreamModesAgreeOnJSONAndStats: the JSON helpers write the same
+// bytes and Stats count the same rows and bytes in every stream mode.
+func TestStreamModesAgreeOnJSONAndStats(t *testing.T) {
+	type outcome struct {
+		NDJSON      string
+		Items, Rows int64
+		Bytes       int64
+		FirstRowSet bool
+	}
+	var want *outcome
+	for _, mode := range streamModes {
+		t.Run("mode="+mode, func(t *testing.T) {
+			db := openPG(t, DriverName, mode)
+			var got outcome
+			s := mustStream(t)
+			rows, err := db.Query(jsonDocsQuery, 3000, 40, s)
+			require.NoError(t, err)
+			var out strings.Builder
+			_, err = WriteNDJSON(context.Background(), &out, rows)
+			require.NoError(t, err)
+			got.NDJSON = out.String()
+			st := s.Stats()
+			got.Rows, got.Bytes, got.FirstRowSet = st.Rows, st.Bytes, st.FirstRow > 0
+
+			rows, err = db.Query(jsonDocsQuery, 3000, 40)
+			require.NoError(t, err)
+			for v, err := range Each[jsonPadItem](rows) {
+				require.NoError(t, err)
+				got.Items++
+				require.Equal(t, int(got.Items), v.ID)
+			}
+			if want == nil {
+				want = &got
+				assert.Equal(t, int64(3000), got.Rows)
+				return
+			}
+			assert.Equal(t, *want, got)
+		})
+	}
 }

@@ -11,10 +11,18 @@
 //     Failed, Closed) kept in an atomic. A Stream passed as one more query
 //     argument controls it from any goroutine: Pause, Resume, Cancel, Stats.
 //     While paused, nothing is read from the server; the server waits.
+//     ContextWithStream carries a Stream to a query through its context
+//     instead, for code that builds its query calls itself (sqlc, sqlx,
+//     GORM); ContextWithOptions carries per-query settings to every query
+//     of a context.
 //   - A pause timeout (WithPauseTimeout, per connector or per Stream) stops a
 //     forgotten pause from holding a connection and a server snapshot.
 //   - Closing a stream before its end stops the server-side query instead of
 //     reading the whole rest of the result (CloseMode).
+//   - Cursor-backed streams (WithFetchSize, DSN jsonstream_fetch_size=auto)
+//     run the query as a cursor and fetch it in batches: stopping early
+//     closes the cursor and keeps the connection and its session, inside
+//     and outside transactions.
 //   - JSON documents: Each and ForEach iterate a result as typed values,
 //     WriteNDJSON and WriteJSONArray stream it to an io.Writer, in flat
 //     memory and with any driver.
@@ -39,7 +47,14 @@
 //   - A stream that fails by Cancel, pause timeout or context (the query's,
 //     or the transaction's it runs in) has its connection cut: the server
 //     stops the query and database/sql discards the connection, so it never
-//     returns to the pool in the middle of a result.
+//     returns to the pool in the middle of a result. A cursor-backed stream
+//     instead closes its cursor when it is closed and keeps the connection;
+//     only a batch in flight that does not arrive within the drain timeout
+//     is cut.
+//   - Tx.Commit, Tx.Rollback and Rows.Close called from another goroutine
+//     while Next is paused wait for it: database/sql holds the rows' lock
+//     during Next. End such a stream with Cancel, or with the context given
+//     to the query or to BeginTx, which wake a paused Next.
 //   - The pause machinery (lock, channel, timer, counters) is allocated by the
 //     first Pause; a stream that never pauses carries only its atomic state
 //     and counters.
@@ -48,7 +63,8 @@
 //
 // Settings are given as Options to NewConnector or NewDriver, or as DSN
 // parameters starting with DSNPrefix, which are removed before the DSN
-// reaches lib/pq. A Stream's own Options override them for its query.
+// reaches lib/pq. Options attached to a query's context (ContextWithOptions)
+// override them, and a Stream's own Options override both for its query.
 //
 // # Wrapping
 //

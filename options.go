@@ -43,7 +43,15 @@ func (a PauseTimeoutAction) String() string {
 // Inside a transaction begun with BeginTx, Close always drains: cutting
 // the connection would end the transaction. A session kept with sql.Conn
 // loses its state (temporary tables, SET, advisory locks, LISTEN) when its
-// connection is cut: use CloseDrain there if that state matters.
+// connection is cut: use CloseDrain there if that state matters, or a
+// cursor-backed stream (WithFetchSize).
+//
+// A cursor-backed stream's Close never has more than one batch to read
+// off: it reads it within the drain timeout under CloseAuto (and cuts the
+// connection if it takes longer), whatever it takes under CloseDrain and
+// inside any transaction, and not at all under CloseCancel, which cuts
+// when a batch is in flight. It then closes the cursor (rolling back the
+// transaction jsonstream began for it) and keeps the connection.
 type CloseMode uint8
 
 const (
@@ -158,12 +166,25 @@ const FetchAuto = -1
 
 // WithFetchSize chooses how a query's rows come from the server. 0, the
 // default, sends the query as one statement and streams its whole result.
-// n > 0 runs the query as a cursor and fetches n rows per batch; FetchAuto
-// fetches in batches that start small and grow (see the README's "which
-// mode"). A cursor-backed stream stops early without losing its
-// connection: Close, Cancel, the pause timeout and the query's context
-// close the cursor instead of cutting the connection. Any other value is
-// an error wrapping ErrInvalidOption.
+// n > 0 runs it as a cursor, DECLARE … NO SCROLL CURSOR FOR (query), and
+// FETCHes n rows per batch until a batch comes back short. FetchAuto
+// starts with batches of 16 rows, so that a QueryRow or an early close
+// costs almost nothing, and doubles them up to 8,192 rows and about 256
+// KiB of values, so that reading off the rest of a batch stays well under
+// a millisecond on loopback while a long stream makes few round trips.
+//
+// Outside a transaction jsonstream begins one for the cursor, commits it
+// after a complete stream and rolls it back after an early close or a
+// failure, as a stopped statement would be. Inside a transaction (begun
+// with BeginTx, or with Exec("BEGIN"), which jsonstream detects) it uses
+// that transaction and never ends it. A cursor-backed stream stops early
+// without losing its connection: Close, Cancel, the pause timeout and the
+// query's context close the cursor instead of cutting the connection.
+//
+// DECLARE takes one SELECT, VALUES or TABLE query: any other query fails
+// with an error wrapping ErrCursorQuery and the server's error, and
+// nothing runs. Any other value of n is an error wrapping
+// ErrInvalidOption.
 func WithFetchSize(n int) Option {
 	return func(s *settings) error {
 		if n < 0 && n != FetchAuto {

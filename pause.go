@@ -19,11 +19,13 @@ var (
 	// is Complete, Failed or Closed; the call changes nothing.
 	ErrStreamEnded = errors.New("jsonstream: stream has ended")
 	// ErrNotStarted is returned by a Stream's controller methods before a
-	// query has started with the Stream as an argument.
+	// query has started with the Stream as an argument or in its context.
 	ErrNotStarted = errors.New("jsonstream: stream has not started")
 	// ErrStreamArgument is wrapped by the errors about a misused Stream
 	// argument: passed twice, passed to a statement that returns no rows, or
-	// used for a second query.
+	// used for a second query; and about a Stream in a context
+	// (ContextWithStream) reaching a second query or a query with another
+	// Stream argument.
 	ErrStreamArgument = errors.New("jsonstream: misused Stream argument")
 	// ErrRowsClosed is returned by Next after the rows were closed.
 	ErrRowsClosed = errors.New("jsonstream: rows are closed")
@@ -41,7 +43,8 @@ type Controller interface {
 	// row and nothing more is read from the server until Resume. A Next
 	// already waiting for the server when Pause is called keeps the row it
 	// receives until Resume. The server, finding the connection's buffers
-	// full, waits for the client (wait event ClientWrite).
+	// full, waits for the client (wait event ClientWrite); a cursor-backed
+	// stream's server has sent its batch and is idle in its transaction.
 	//
 	// A blocked Next returns when Resume is called, the query's context
 	// ends (with the context's error), Cancel is called (ErrCanceled), or the
@@ -57,8 +60,10 @@ type Controller interface {
 	Resume() error
 	// Cancel ends a live stream: Next returns ErrCanceled, and the
 	// server-side query is stopped by cutting the connection (which
-	// database/sql then discards). On an ended stream it returns
-	// ErrStreamEnded.
+	// database/sql then discards). A cursor-backed stream keeps its
+	// connection: Close closes the cursor, after reading off the batch in
+	// flight, if any, within the drain timeout. On an ended stream Cancel
+	// returns ErrStreamEnded.
 	Cancel() error
 	// SetPauseTimeout sets the pause timeout of the pauses that start after
 	// it; 0 removes the bound. A negative value is an error wrapping
@@ -155,7 +160,8 @@ func (p *pauser) wait() <-chan struct{} {
 // of a DB, Conn, Tx or Stmt opened with jsonstream; jsonstream removes it
 // from the arguments (it takes no $n placeholder) and binds it to the rows
 // of that query. From then on the Stream controls those rows, from any
-// goroutine.
+// goroutine. For code that builds its query calls itself, attach the
+// Stream to the query's context instead, with ContextWithStream.
 //
 // A Stream serves one query. Passing it to Exec, passing two Streams to one
 // query, or passing a Stream a second time fails with an error wrapping
@@ -176,7 +182,7 @@ type Stream struct {
 
 // NewStream returns a Stream whose rows use opts on top of the
 // connector's settings (WithPauseTimeout, WithPauseTimeoutAction,
-// WithCloseMode, WithDrainTimeout). A bad option is an error wrapping
+// WithCloseMode, WithDrainTimeout, WithFetchSize). A bad option is an error wrapping
 // ErrInvalidOption.
 func NewStream(opts ...Option) (*Stream, error) {
 	s := &Stream{opts: opts}

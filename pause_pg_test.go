@@ -87,97 +87,121 @@ func requireBackendStops(t *testing.T, monitor *sql.DB, pid int) {
 	}, time.Second, 10*time.Millisecond, "backend %d still running the query", pid)
 }
 
+// TestPausedServerWaitsOnClient: while paused, nothing is read and the
+// server waits: on the client's socket in the single-statement mode
+// (ClientWrite), idle in its transaction between batches in cursor mode.
+// After Resume every row comes once, in order.
 func TestPausedServerWaitsOnClient(t *testing.T) {
-	const n = 1_000_000
-	db := openPG(t, DriverName, "")
-	monitor := openPG(t, "postgres", "")
-	conn, pid := backend(t, db)
+	for _, mode := range streamModes {
+		t.Run("mode="+mode, func(t *testing.T) {
+			const n = 1_000_000
+			db := openPG(t, DriverName, mode)
+			monitor := openPG(t, "postgres", "")
+			conn, pid := backend(t, db)
 
-	s := mustStream(t)
-	rows, err := conn.QueryContext(context.Background(), bigQuery, n, s)
-	require.NoError(t, err)
-	defer rows.Close()
-	next := 1
-	read := func(k int) {
-		for i := 0; i < k && rows.Next(); i++ {
-			var g int
-			var pad string
-			require.NoError(t, rows.Scan(&g, &pad))
-			require.Equal(t, next, g, "every row once, in order")
-			next++
-		}
+			s := mustStream(t)
+			rows, err := conn.QueryContext(context.Background(), bigQuery, n, s)
+			require.NoError(t, err)
+			defer rows.Close()
+			next := 1
+			read := func(k int) {
+				for i := 0; i < k && rows.Next(); i++ {
+					var g int
+					var pad string
+					require.NoError(t, rows.Scan(&g, &pad))
+					require.Equal(t, next, g, "every row once, in order")
+					next++
+				}
+			}
+			read(1000)
+			require.NoError(t, s.Pause())
+
+			waiting := func() bool {
+				state, we, _ := activity(t, monitor, pid)
+				if mode == "" {
+					return we == "ClientWrite"
+				}
+				return state == "idle in transaction"
+			}
+			require.Eventually(t, waiting, 5*time.Second, 20*time.Millisecond, "the server should be waiting on the client")
+			before := s.Stats()
+			time.Sleep(300 * time.Millisecond)
+			after := s.Stats()
+			assert.Equal(t, int64(1000), before.Rows)
+			assert.Equal(t, before.Rows, after.Rows, "rows delivered while paused")
+			assert.Equal(t, before.Bytes, after.Bytes)
+			assert.True(t, waiting(), "still waiting on the client")
+			assert.GreaterOrEqual(t, after.PausedNow, 300*time.Millisecond)
+
+			require.NoError(t, s.Resume())
+			read(n)
+			require.NoError(t, rows.Err())
+			assert.Equal(t, n+1, next)
+			assert.Equal(t, Complete, s.State())
+		})
 	}
-	read(1000)
-	require.NoError(t, s.Pause())
-
-	require.Eventually(t, func() bool {
-		_, we, _ := activity(t, monitor, pid)
-		return we == "ClientWrite"
-	}, 5*time.Second, 20*time.Millisecond, "the server should be waiting on the client")
-	before := s.Stats()
-	time.Sleep(300 * time.Millisecond)
-	after := s.Stats()
-	assert.Equal(t, int64(1000), before.Rows)
-	assert.Equal(t, before.Rows, after.Rows, "rows delivered while paused")
-	assert.Equal(t, before.Bytes, after.Bytes)
-	_, we, _ := activity(t, monitor, pid)
-	assert.Equal(t, "ClientWrite", we, "still waiting on the client")
-	assert.GreaterOrEqual(t, after.PausedNow, 300*time.Millisecond)
-
-	require.NoError(t, s.Resume())
-	read(n)
-	require.NoError(t, rows.Err())
-	assert.Equal(t, n+1, next)
-	assert.Equal(t, Complete, s.State())
 }
 
 // failWhilePaused pauses a large stream, lets end() end the pause, and
-// checks the contract: Next returns want promptly, the server stops the
-// query, and the connection never serves another query.
-func failWhilePaused(t *testing.T, opts []Option, ctx context.Context, end func(*Stream), want error) {
-	db := openPG(t, DriverName, "")
-	monitor := openPG(t, "postgres", "")
-	conn, pid := backend(t, db)
+// checks the contract in each stream mode: Next returns want promptly and
+// the server stops the query. The single-statement mode cuts the
+// connection, which never serves another query; cursor mode closes the
+// cursor and keeps the connection, its session clean.
+func failWhilePaused(t *testing.T, opts []Option, ctx func() context.Context, end func(*Stream), want error) {
+	for _, mode := range streamModes {
+		t.Run("mode="+mode, func(t *testing.T) {
+			db := openPG(t, DriverName, mode)
+			monitor := openPG(t, "postgres", "")
+			conn, pid := backend(t, db)
 
-	s := mustStream(t, opts...)
-	rows, err := conn.QueryContext(ctx, bigQuery, bigRows, s)
-	require.NoError(t, err)
-	defer rows.Close()
-	for i := 0; i < 10; i++ {
-		require.True(t, rows.Next())
+			s := mustStream(t, opts...)
+			rows, err := conn.QueryContext(ctx(), bigQuery, bigRows, s)
+			require.NoError(t, err)
+			defer rows.Close()
+			for i := 0; i < 10; i++ {
+				require.True(t, rows.Next())
+			}
+			require.NoError(t, s.Pause())
+			end(s)
+			start := time.Now()
+			assert.False(t, rows.Next())
+			t.Logf("Next returned %v after the pause ended", time.Since(start))
+			assert.ErrorIs(t, rows.Err(), want)
+			assert.Equal(t, Failed, s.State())
+			require.NoError(t, rows.Close())
+			requireBackendStops(t, monitor, pid)
+
+			if mode != "" {
+				assert.Equal(t, pid, pidOf(t, conn), "cursor mode keeps the connection")
+				sessionClean(t, conn)
+				return
+			}
+			// The connection was cut, so database/sql must not hand it out again.
+			_ = conn.Close()
+			var other int
+			require.NoError(t, db.QueryRow("SELECT pg_backend_pid()").Scan(&other))
+			assert.NotEqual(t, pid, other, "a connection cut mid-result went back to the pool")
+		})
 	}
-	require.NoError(t, s.Pause())
-	end(s)
-	start := time.Now()
-	assert.False(t, rows.Next())
-	t.Logf("Next returned %v after the pause ended", time.Since(start))
-	assert.ErrorIs(t, rows.Err(), want)
-	assert.Equal(t, Failed, s.State())
-	requireBackendStops(t, monitor, pid)
-	require.NoError(t, rows.Close())
-
-	// The connection was cut, so database/sql must not hand it out again.
-	_ = conn.Close()
-	var other int
-	require.NoError(t, db.QueryRow("SELECT pg_backend_pid()").Scan(&other))
-	assert.NotEqual(t, pid, other, "a connection cut mid-result went back to the pool")
 }
 
 func TestPauseTimeoutStopsServerQuery(t *testing.T) {
-	failWhilePaused(t, []Option{WithPauseTimeout(200 * time.Millisecond)}, context.Background(),
+	failWhilePaused(t, []Option{WithPauseTimeout(200 * time.Millisecond)}, context.Background,
 		func(*Stream) {}, ErrPauseTimeout)
 }
 
 func TestCancelStopsServerQuery(t *testing.T) {
-	failWhilePaused(t, nil, context.Background(), func(s *Stream) {
+	failWhilePaused(t, nil, context.Background, func(s *Stream) {
 		time.AfterFunc(100*time.Millisecond, func() { _ = s.Cancel() })
 	}, ErrCanceled)
 }
 
 func TestContextEndWhilePausedStopsServerQuery(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
-	defer cancel()
-	failWhilePaused(t, nil, ctx, func(*Stream) {}, context.DeadlineExceeded)
+	failWhilePaused(t, nil, func() context.Context {
+		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		t.Cleanup(cancel)
+		return ctx
+	}, func(*Stream) {}, context.DeadlineExceeded)
 }
 
 func TestPauseTimeoutFromDSN(t *testing.T) {

@@ -32,15 +32,35 @@ func openPG(t testing.TB, driverName, extra string) *sql.DB {
 	return db
 }
 
-// both runs f once through lib/pq and once through jsonstream and
-// requires the same observable result.
+// streamModes are the DSN fragments of jsonstream's stream modes: the
+// single statement, and cursor-backed with FetchAuto and with a batch
+// size small enough that every test crosses batches.
+var streamModes = []string{"", "jsonstream_fetch_size=auto", "jsonstream_fetch_size=3"}
+
+// both runs f once through lib/pq and once through jsonstream in each
+// stream mode, and requires the same observable result.
 func both[T any](t *testing.T, f func(t *testing.T, db *sql.DB) T) {
 	t.Helper()
-	pqDB := openPG(t, "postgres", "")
-	jsDB := openPG(t, DriverName, "")
-	want := f(t, pqDB)
-	got := f(t, jsDB)
-	assert.Equal(t, want, got, "jsonstream differs from lib/pq")
+	bothIn(t, streamModes, f)
+}
+
+// bothSingle is both for what only the single-statement mode takes:
+// SHOW, several statements in one query (cursor mode refuses them with
+// ErrCursorQuery, see TestCursorRejectsWhatDeclareCannotTake).
+func bothSingle[T any](t *testing.T, f func(t *testing.T, db *sql.DB) T) {
+	t.Helper()
+	bothIn(t, streamModes[:1], f)
+}
+
+func bothIn[T any](t *testing.T, modes []string, f func(t *testing.T, db *sql.DB) T) {
+	t.Helper()
+	want := f(t, openPG(t, "postgres", ""))
+	for _, mode := range modes {
+		t.Run("mode="+mode, func(t *testing.T) {
+			got := f(t, openPG(t, DriverName, mode))
+			assert.Equal(t, want, got, "jsonstream differs from lib/pq")
+		})
+	}
 }
 
 // scanAll reads every row as []any of driver values, then closes rows.
@@ -78,7 +98,7 @@ func TestDropInArrayArguments(t *testing.T) {
 }
 
 func TestDropInErrors(t *testing.T) {
-	both(t, func(t *testing.T, db *sql.DB) []any {
+	bothSingle(t, func(t *testing.T, db *sql.DB) []any {
 		var out []any
 		for _, q := range []string{"SELECT 1/0", "SELEC 1", "SELECT * FROM no_such_table"} {
 			_, err := db.Exec(q)
@@ -101,7 +121,7 @@ func TestDropInErrors(t *testing.T) {
 }
 
 func TestDropInTransactions(t *testing.T) {
-	both(t, func(t *testing.T, db *sql.DB) []any {
+	bothSingle(t, func(t *testing.T, db *sql.DB) []any {
 		ctx := context.Background()
 		tx, err := db.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelSerializable, ReadOnly: true})
 		require.NoError(t, err)
@@ -159,7 +179,7 @@ func TestDropInPreparedReuseAndCopyIn(t *testing.T) {
 }
 
 func TestDropInMultipleResultSetsAndLargeValue(t *testing.T) {
-	both(t, func(t *testing.T, db *sql.DB) []any {
+	bothSingle(t, func(t *testing.T, db *sql.DB) []any {
 		rows, err := db.Query("SELECT 1; SELECT 'two', 3")
 		require.NoError(t, err)
 		var sets [][][]any

@@ -130,28 +130,49 @@ func Example_http() {
 	})
 }
 
+// integrationSection is the README section whose Go blocks use
+// third-party libraries: they are compiled (and run) in the integration
+// module, which has them, and must stand in its test files.
+const integrationSection = "## With sqlc, sqlx, GORM and OpenTelemetry"
+
 // TestReadmeCodeBlocks requires every Go block of README.md to stand,
-// line for line (indentation aside), in a test file of this package, and
-// every make target the README names to exist.
+// line for line (indentation aside), in a test file of this package, or
+// of the integration module for integrationSection, and every make target
+// the README names to exist.
 func TestReadmeCodeBlocks(t *testing.T) {
 	readme, err := os.ReadFile("README.md")
 	require.NoError(t, err)
-	sources, err := filepath.Glob("*_test.go")
-	require.NoError(t, err)
-	var corpus []string
-	for _, f := range sources {
-		b, err := os.ReadFile(f)
+	corpus := func(glob string) string {
+		sources, err := filepath.Glob(glob)
 		require.NoError(t, err)
-		corpus = append(corpus, normalize(string(b))...)
+		require.NotEmpty(t, sources, glob)
+		var lines []string
+		for _, f := range sources {
+			b, err := os.ReadFile(f)
+			require.NoError(t, err)
+			lines = append(lines, normalize(string(b))...)
+		}
+		return "\n" + strings.Join(lines, "\n") + "\n"
 	}
-	joined := "\n" + strings.Join(corpus, "\n") + "\n"
+	root, integration := corpus("*_test.go"), corpus(filepath.Join("integration", "*_test.go"))
 
-	blocks := regexp.MustCompile("(?s)```go\n(.*?)```").FindAllStringSubmatch(string(readme), -1)
-	require.NotEmpty(t, blocks)
-	for _, b := range blocks {
-		lines := normalize(b[1])
-		require.Contains(t, joined, "\n"+strings.Join(lines, "\n")+"\n", "a README Go block is not in any test file:\n%s", b[1])
+	goBlock := regexp.MustCompile("(?s)```go\n(.*?)```")
+	require.Contains(t, string(readme), "\n"+integrationSection+"\n")
+	inIntegration := 0
+	for _, section := range regexp.MustCompile(`(?m)^## `).Split(string(readme), -1) {
+		joined, where := root, "this package"
+		if strings.HasPrefix("## "+section, integrationSection+"\n") {
+			joined, where = integration, "the integration module"
+		}
+		for _, b := range goBlock.FindAllStringSubmatch(section, -1) {
+			lines := normalize(b[1])
+			require.True(t, strings.Contains(joined, "\n"+strings.Join(lines, "\n")+"\n"), "a README Go block is not in a test file of %s:\n%s", where, b[1])
+			if where != "this package" {
+				inIntegration++
+			}
+		}
 	}
+	require.Equal(t, 4, inIntegration, "one block each for sqlc, sqlx, GORM and otelsql")
 
 	makefile, err := os.ReadFile("Makefile")
 	require.NoError(t, err)

@@ -44,8 +44,9 @@ type rows struct {
 	// connection cannot be cut.
 	stopWatch, stopTxWatch func() bool
 
-	// settings are the query's: the connector's with a Stream's options on
-	// top. Its pauseTimeout is the starting value of the field below.
+	// settings are the query's: the connector's, then the context's
+	// (ContextWithOptions), then a Stream's options on top. Its
+	// pauseTimeout is the starting value of the field below.
 	settings     settings
 	pauseTimeout atomic.Int64 // time.Duration; SetPauseTimeout may come from any goroutine
 
@@ -66,17 +67,26 @@ var (
 	_ Controller                            = (*rows)(nil)
 )
 
-// newRows wraps inner with the query's settings; start is when the query
-// was sent, cur the cursor when inner is one.
-func newRows(ctx context.Context, c *conn, inner driver.Rows, set *settings, start time.Time, cur *cursor) *rows {
-	r := &rows{
-		inner:    inner,
-		conn:     c,
-		cursor:   cur,
-		ctx:      ctx,
-		settings: *set,
-		start:    start,
+// newRows allocates the stream of one query with the query's settings:
+// the connection's, then the options of its context (ContextWithOptions),
+// then those of its Stream, if any (checked when they were made). They
+// are applied here, to the stream itself, so that no copy of them
+// escapes; open completes the stream once the query runs.
+func newRows(ctx context.Context, c *conn, s *Stream) *rows {
+	r := &rows{settings: *c.settings}
+	if v := fromContext(ctx); v != nil {
+		_ = r.settings.apply(v.opts)
 	}
+	if s != nil {
+		_ = r.settings.apply(s.opts)
+	}
+	return r
+}
+
+// open wraps inner, the query's rows; start is when the query was sent,
+// cur the cursor when inner is one.
+func (r *rows) open(ctx context.Context, c *conn, inner driver.Rows, start time.Time, cur *cursor) {
+	r.inner, r.conn, r.cursor, r.ctx, r.start = inner, c, cur, ctx, start
 	if cur != nil {
 		cur.r = r
 	}
@@ -96,7 +106,6 @@ func newRows(ctx context.Context, c *conn, inner driver.Rows, set *settings, sta
 			r.stopTxWatch = context.AfterFunc(tx, func() { r.fail(tx.Err(), true) })
 		}
 	}
-	return r
 }
 
 // txDone is the Done channel of the transaction's context; nil (never

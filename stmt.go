@@ -66,20 +66,20 @@ func (s *stmt) Exec(args []driver.Value) (driver.Result, error) { //nolint:stati
 func (s *stmt) Query(args []driver.Value) (driver.Rows, error) { //nolint:staticcheck // required by driver.Stmt
 	st := s.conn.takeStream(s, len(args))
 	start := time.Now()
-	set := s.conn.querySettings(st)
-	if set.fetchSize != 0 {
+	r := newRows(context.Background(), s.conn, st)
+	if r.settings.fetchSize != 0 {
 		named := make([]driver.NamedValue, len(args))
 		for i, v := range args {
 			named[i] = driver.NamedValue{Ordinal: i + 1, Value: v}
 		}
-		return s.conn.queryCursor(context.Background(), s.query, named, st, &set, start)
+		return s.conn.queryCursor(context.Background(), s.query, named, st, r, start)
 	}
 	s.conn.ran()
 	ir, err := s.inner.Query(args) //nolint:staticcheck
 	if err != nil {
 		return nil, err
 	}
-	return s.conn.wrapRows(context.Background(), ir, st, &set, start)
+	return s.conn.wrapRows(context.Background(), ir, st, r, start)
 }
 
 // CheckNamedValue implements driver.NamedValueChecker: a *Stream is taken
@@ -101,15 +101,17 @@ func (s *stmt) CheckNamedValue(nv *driver.NamedValue) error {
 // QueryContext implements driver.StmtQueryContext, falling back to Query
 // as database/sql does.
 func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {
-	st := s.conn.takeStream(s, len(args))
+	st, err := queryStream(ctx, s.conn.takeStream(s, len(args)))
+	if err != nil {
+		return nil, err
+	}
 	start := time.Now()
-	set := s.conn.querySettings(st)
-	if set.fetchSize != 0 {
-		return s.conn.queryCursor(ctx, s.query, args, st, &set, start)
+	r := newRows(ctx, s.conn, st)
+	if r.settings.fetchSize != 0 {
+		return s.conn.queryCursor(ctx, s.query, args, st, r, start)
 	}
 	s.conn.ran()
 	var ir driver.Rows
-	var err error
 	if q, ok := s.inner.(driver.StmtQueryContext); ok {
 		ir, err = q.QueryContext(ctx, args)
 	} else {
@@ -125,7 +127,7 @@ func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driv
 	if err != nil {
 		return nil, err
 	}
-	return s.conn.wrapRows(ctx, ir, st, &set, start)
+	return s.conn.wrapRows(ctx, ir, st, r, start)
 }
 
 // ExecContext implements driver.StmtExecContext, falling back to Exec as

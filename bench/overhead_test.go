@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jsonstream/jsonstream"
 )
@@ -80,6 +81,16 @@ var overheadVariants = []overheadVariant{
 	{"jsonstream-stream-arg", true, func(b *testing.B, db *sql.DB) {
 		readAll(b, db, newStream(b), nil)
 	}},
+	// The Stream through the context instead: one allocation more, the
+	// context itself.
+	{"jsonstream-context-stream", true, func(b *testing.B, db *sql.DB) {
+		readAllContext(jsonstream.ContextWithStream(context.Background(), newStream(b)), b, db, nil, nil)
+	}},
+	// Options in a context made once, as a request's: what each query
+	// pays to find and apply them.
+	{"jsonstream-context-options", true, func(b *testing.B, db *sql.DB) {
+		readAllContext(contextWithOptions, b, db, nil, nil)
+	}},
 	// A Stream, one Pause (which allocates the pause machinery) and one
 	// Resume per query.
 	{"jsonstream-paused-once", true, func(b *testing.B, db *sql.DB) {
@@ -107,12 +118,27 @@ func newStream(b *testing.B) *jsonstream.Stream {
 // calls between (if not nil) before the first row, and reads every row as
 // the real-server benchmarks do.
 func readAll(b *testing.B, db *sql.DB, s *jsonstream.Stream, between func()) {
+	readAllContext(context.Background(), b, db, s, between)
+}
+
+// contextWithOptions carries the options of jsonstream-context-options.
+var contextWithOptions = func() context.Context {
+	ctx, err := jsonstream.ContextWithOptions(context.Background(),
+		jsonstream.WithPauseTimeout(time.Minute), jsonstream.WithCloseMode(jsonstream.CloseDrain))
+	if err != nil {
+		panic(err)
+	}
+	return ctx
+}()
+
+// readAllContext is readAll with the query's context.
+func readAllContext(ctx context.Context, b *testing.B, db *sql.DB, s *jsonstream.Stream, between func()) {
 	var rows *sql.Rows
 	var err error
 	if s != nil {
-		rows, err = db.QueryContext(context.Background(), "q", s)
+		rows, err = db.QueryContext(ctx, "q", s)
 	} else {
-		rows, err = db.QueryContext(context.Background(), "q")
+		rows, err = db.QueryContext(ctx, "q")
 	}
 	if err != nil {
 		b.Fatal(err)

@@ -200,7 +200,7 @@ type job struct {
 // Variants of BenchmarkOverhead and BenchmarkDecode and BenchmarkNDJSON
 // beyond bench.Clients; the names are those the benchmarks use.
 var (
-	overheadVariants = []string{"inner", "jsonstream", "jsonstream-stream-arg", "jsonstream-paused-once"}
+	overheadVariants = []string{"inner", "jsonstream", "jsonstream-stream-arg", "jsonstream-context-stream", "jsonstream-context-options", "jsonstream-paused-once"}
 	decodeClients    = append(clientNames(), "jsonstream-each")
 	ndjsonVariants   = []string{"jsonstream-writendjson", "jsonstream-raw"}
 )

@@ -208,7 +208,8 @@ func (r *report) overhead(b *strings.Builder) {
 	b.WriteString("`BenchmarkOverhead`: one query through database/sql on a fake driver that returns 1 or 100 rows " +
 		"of a constant 280-byte document, with no I/O and no allocation per row, so that all that differs is " +
 		"the wrapper. *jsonstream* never pauses; *stream-arg* passes a `jsonstream.NewStream()` but never " +
-		"pauses; *paused-once* passes one and calls Pause and Resume once, the Stream included. " +
+		"pauses; *context-stream* attaches one with `ContextWithStream` instead; *context-options* runs with a " +
+		"context made once by `ContextWithOptions`; *paused-once* passes one and calls Pause and Resume once, the Stream included. " +
 		"The claim under test: the pause machinery is allocated by the first Pause only, and a query that " +
 		"never pauses costs at most one allocation more than the inner driver.\n\n")
 	b.WriteString("| rows | variant | ns/op | CPU ns/op | B/op | allocs/op | allocs − inner | CPU ÷ inner |\n|---:|---|---:|---:|---:|---:|---:|---:|\n")
