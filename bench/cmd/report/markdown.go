@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -650,6 +651,9 @@ func rate(v float64) string {
 		return fmt.Sprintf("%.2fM", v/1e6)
 	case v >= 1e3:
 		return fmt.Sprintf("%.1fk", v/1e3)
+	case v < 10 && v > 0:
+		// Rates of a query that takes seconds.
+		return fmt.Sprintf("%.2f", v)
 	}
 	return fmt.Sprintf("%.0f", v)
 }
@@ -675,7 +679,13 @@ func minutes(d time.Duration) string {
 	return fmt.Sprintf("%.0f minutes", d.Minutes())
 }
 
-func ratio(v float64) string { return fmt.Sprintf("%.2f×", v) }
+func ratio(v float64) string {
+	if v > 0 && v < 0.01 {
+		// Two significant digits, where two decimals would show 0.00×.
+		return strconv.FormatFloat(v, 'g', 2, 64) + "×"
+	}
+	return fmt.Sprintf("%.2f×", v)
+}
 
 func percent(v float64) string { return fmt.Sprintf("%.0f%%", 100*v) }
 

@@ -183,6 +183,8 @@ func TestFormatting(t *testing.T) {
 		{duration(5.22e6), "5.22 ms"},
 		{duration(993), "993 ns"},
 		{ratio(0.987), "0.99×"},
+		{ratio(0.0012), "0.0012×"},
+		{rate(0.4321), "0.43"},
 	} {
 		if c.got != c.want {
 			t.Errorf("got %q, want %q", c.got, c.want)
