@@ -33,8 +33,9 @@ type conn struct {
 	// transaction and nothing else ran since. A cursor-backed stream then
 	// need not ask the server (inTransactionBlock).
 	txIdle bool
-	// unwrapped is set once the inner conn was handed out (sql.Conn.Raw):
-	// statements may run that jsonstream does not see.
+	// unwrapped is set once the inner conn or a statement of it was
+	// handed out (sql.Conn.Raw, Unwrap): statements may run that
+	// jsonstream does not see, so txIdle is no longer trusted.
 	unwrapped bool
 	// cursorSeq numbers the cursors of the session.
 	cursorSeq uint64
@@ -78,7 +79,7 @@ func newConn(inner driver.Conn, s *settings, sk *sock) *conn {
 
 // Unwrap returns the inner driver's connection, for sql.Conn.Raw.
 func (c *conn) Unwrap() driver.Conn {
-	c.unwrapped, c.txIdle = true, false
+	c.unwrapped = true
 	return c.inner
 }
 
@@ -195,7 +196,7 @@ func (t *tx) Rollback() error {
 // ended notes the end of a transaction begun with BeginTx: once it ended
 // without error, the session is outside any transaction block.
 func (c *conn) ended(err error) error {
-	c.txIdle = err == nil && !c.unwrapped
+	c.txIdle = err == nil
 	return err
 }
 
@@ -320,7 +321,7 @@ func (c *conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 	if err != nil {
 		return nil, err
 	}
-	return c.wrapRows(ctx, ir, s, r, start)
+	return c.wrapRows(ctx, ir, s, r, start, query)
 }
 
 // ExecContext implements driver.ExecerContext with the same fallbacks as
@@ -350,18 +351,19 @@ var errStreamOnExec = streamArgError("a Stream goes with Query, not Exec")
 
 // wrapRows makes r the stream of the inner rows of one query and binds s,
 // the query's Stream, to it.
-func (c *conn) wrapRows(ctx context.Context, ir driver.Rows, s *Stream, r *rows, start time.Time) (driver.Rows, error) {
+func (c *conn) wrapRows(ctx context.Context, ir driver.Rows, s *Stream, r *rows, start time.Time, query string) (driver.Rows, error) {
 	if s != nil && !s.claimed.CompareAndSwap(false, true) {
 		_ = ir.Close()
 		return nil, streamArgError("Stream already used by another query")
 	}
-	return c.bindRows(ctx, ir, s, r, start, nil), nil
+	return c.bindRows(ctx, ir, s, r, start, nil, query), nil
 }
 
 // bindRows makes the stream and binds s to it, once it is complete: a
 // Controller call may come at once from another goroutine.
-func (c *conn) bindRows(ctx context.Context, ir driver.Rows, s *Stream, r *rows, start time.Time, cur *cursor) *rows {
+func (c *conn) bindRows(ctx context.Context, ir driver.Rows, s *Stream, r *rows, start time.Time, cur *cursor, query string) *rows {
 	r.open(ctx, c, ir, start, cur)
+	r.observeStarted(query) // before the Stream can reach r, so it is the first event
 	if s != nil {
 		s.bound.Store(r)
 	}

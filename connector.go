@@ -20,6 +20,8 @@ type Connector struct {
 	inner    driver.Connector
 	driver   *Driver
 	settings settings
+	// redactor masks the DSN's passwords in the errors of Connect.
+	redactor *redactor
 }
 
 var (
@@ -60,6 +62,7 @@ func newConnector(inner driver.Connector, s settings) *Connector {
 		inner:    inner,
 		settings: s,
 		driver:   &Driver{inner: inner.Driver(), settings: s},
+		redactor: newRedactor(""),
 	}
 }
 
@@ -68,7 +71,7 @@ func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
 	var sock socketSlot
 	ic, err := c.inner.Connect(context.WithValue(ctx, socketKey{}, &sock))
 	if err != nil {
-		return nil, err
+		return nil, c.redactor.redact(err)
 	}
 	return newConn(ic, &c.settings, sock.conn.Load()), nil
 }

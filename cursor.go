@@ -9,7 +9,7 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
-	"sync/atomic"
+	"sync"
 	"time"
 
 	"github.com/lib/pq"
@@ -66,10 +66,15 @@ type cursor struct {
 	asked, got int
 	// first is the first batch's rows, kept for the column types.
 	first driver.Rows
-	// inFlight is set while a FETCH's reply is not fully read: a failure
-	// then has to bound the read (interrupt) rather than simply stop.
-	inFlight atomic.Bool
-	// aborted is set when a server error ended the transaction's use: the
+	// mu orders the consumer's round trips against a failure from
+	// another goroutine (interrupt): the failure either finds a reply
+	// pending and bounds its read, or finds none and leaves the socket
+	// alone, never arming a deadline after the consumer moved on.
+	mu sync.Mutex
+	// inFlight is set, under mu, while a reply (a FETCH's batch, a COMMIT,
+	// CLOSE or ROLLBACK) is not fully read.
+	inFlight bool
+	// aborted is set when a server error failed the transaction: the
 	// cursor is gone with it.
 	aborted bool
 	// ended is set once the cursor was closed (and jsonstream's
@@ -89,7 +94,7 @@ func (c *conn) queryCursor(ctx context.Context, query string, args []driver.Name
 		return nil, fmt.Errorf("%w: WithFetchSize(%s): cursor mode needs an inner connection with driver.ExecerContext and driver.QueryerContext, %T has not",
 			ErrInvalidOption, fetchSizeString(set.fetchSize), c.inner)
 	}
-	if st != nil && !st.claimed.CompareAndSwap(false, true) {
+	if st != nil && st.claimed.Load() {
 		return nil, streamArgError("Stream already used by another query")
 	}
 	own := false
@@ -103,6 +108,7 @@ func (c *conn) queryCursor(ctx context.Context, query string, args []driver.Name
 	c.cursorSeq++
 	cur := &cursor{
 		conn: c,
+		r:    r,
 		name: "jsonstream_cursor_" + strconv.FormatUint(c.cursorSeq, 10),
 		own:  own,
 		size: set.fetchSize,
@@ -130,16 +136,24 @@ func (c *conn) queryCursor(ctx context.Context, query string, args []driver.Name
 		_, err = execer.ExecContext(ctx, declare, args)
 	}
 	if err != nil {
-		cur.abandon()
+		cur.abandon(false)
 		return nil, cursorError(err, set.fetchSize, offset)
 	}
-	cur.batch, err = cur.firstFetch(ctx, queryer, set.drainTimeout)
+	cur.batch, err = cur.firstFetch(ctx, queryer)
 	if err != nil {
-		cur.abandon()
+		cur.abandon(true)
 		return nil, err
 	}
 	cur.first = cur.batch
-	return c.bindRows(ctx, cur, st, r, start, cur), nil
+	// Claimed only now, as in the single-statement mode: a query that
+	// failed (database/sql retries one on a bad connection) leaves the
+	// Stream to the next.
+	if st != nil && !st.claimed.CompareAndSwap(false, true) {
+		_ = cur.batch.Close()
+		cur.abandon(true)
+		return nil, streamArgError("Stream already used by another query")
+	}
+	return c.bindRows(ctx, cur, st, r, start, cur, query), nil
 }
 
 // inTransactionBlock reports whether the session is inside a transaction
@@ -149,7 +163,7 @@ func (c *conn) queryCursor(ctx context.Context, query string, args []driver.Name
 // (no_active_sql_transaction) exactly outside a transaction block, and
 // its RELEASE leaves no trace inside one.
 func (c *conn) inTransactionBlock(ctx context.Context, execer driver.ExecerContext) (bool, error) {
-	if c.txIdle {
+	if c.txIdle && !c.unwrapped {
 		return false, nil
 	}
 	_, err := execer.ExecContext(ctx, "SAVEPOINT jsonstream_probe; RELEASE SAVEPOINT jsonstream_probe", nil)
@@ -209,37 +223,63 @@ func fetchSizeString(n int) string {
 	return strconv.Itoa(n)
 }
 
-// fetch sends the next FETCH and returns its rows.
+// pending marks whether a reply is being read; see mu.
+func (cur *cursor) pending(on bool) {
+	cur.mu.Lock()
+	cur.inFlight = on
+	cur.mu.Unlock()
+}
+
+// noteError records what err, from a statement of the cursor's, means
+// for the transaction: a server error failed it; an error of the client
+// (a value lib/pq cannot decode) did not.
+func (cur *cursor) noteError(err error) {
+	if sqlState(err) != "" {
+		cur.aborted = true
+	}
+}
+
+// fetch sends the next FETCH, its reply already marked pending, and
+// returns its rows.
 func (cur *cursor) fetch(ctx context.Context, queryer driver.QueryerContext) (driver.Rows, error) {
 	cur.asked, cur.got = cur.next, 0
-	cur.inFlight.Store(true)
 	rows, err := queryer.QueryContext(ctx, "FETCH FORWARD "+strconv.Itoa(cur.asked)+" FROM "+cur.name, nil)
 	if err != nil {
-		cur.inFlight.Store(false)
-		cur.aborted = true
+		cur.pending(false)
+		cur.noteError(err)
 		return nil, err
 	}
 	return rows, nil
 }
 
 // firstFetch sends the first FETCH. The query's context is not handed to
-// the inner driver: lib/pq would watch it for as long as the first batch
-// is open, and when it ends send a cancel request and give up the
-// connection. A context that ends while the first batch is on its way
-// bounds the read instead, as a failure does later (interrupt).
-func (cur *cursor) firstFetch(ctx context.Context, queryer driver.QueryerContext, drainTimeout time.Duration) (driver.Rows, error) {
+// lib/pq when jsonstream dialed the connection: lib/pq would watch it for
+// as long as the first batch is open, and when it ends send a cancel
+// request and give up the connection. A context that ends while the
+// first batch is on its way bounds the read instead, as a failure does
+// later (interrupt).
+func (cur *cursor) firstFetch(ctx context.Context, queryer driver.QueryerContext) (driver.Rows, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	s := cur.conn.sock
-	if s == nil || ctx.Done() == nil {
+	cur.pending(true)
+	if cur.conn.sock == nil || ctx.Done() == nil {
 		return cur.fetch(ctx, queryer)
 	}
-	stop := context.AfterFunc(ctx, func() { s.interrupt(drainTimeout) })
+	// fired is closed when the watch has done its work, so that the
+	// watch never arms the socket after this returned.
+	fired := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		cur.interrupt()
+		close(fired)
+	})
 	rows, err := cur.fetch(context.Background(), queryer)
-	if !stop() && err != nil {
-		cur.conn.cut()
-		return nil, ctx.Err()
+	if !stop() {
+		<-fired
+		if err != nil {
+			cur.conn.cut()
+			return nil, ctx.Err()
+		}
 	}
 	return rows, err
 }
@@ -267,6 +307,7 @@ func (cur *cursor) Columns() []string { return cur.first.Columns() }
 // so the connection is clean when the caller learns that the stream is
 // complete.
 func (cur *cursor) Next(dest []driver.Value) error {
+	r := cur.r
 	for {
 		if cur.batch != nil {
 			err := cur.batch.Next(dest)
@@ -274,13 +315,13 @@ func (cur *cursor) Next(dest []driver.Value) error {
 				cur.got++
 				return nil
 			}
-			cur.inFlight.Store(false)
-			if err != io.EOF {
-				cur.aborted = true
+			cur.pending(false)
+			_ = cur.batch.Close() // read to the end, or failed: nothing left to read
+			cur.batch = nil
+			if err != io.EOF { //nolint:errorlint // drivers return io.EOF itself
+				cur.noteError(err)
 				return err
 			}
-			_ = cur.batch.Close() // read to the end: nothing left to fail
-			cur.batch = nil
 			if cur.got < cur.asked {
 				return cur.finish()
 			}
@@ -288,9 +329,13 @@ func (cur *cursor) Next(dest []driver.Value) error {
 		if cur.ended {
 			return io.EOF
 		}
-		r := cur.r
+		// Between batches: a Pause that came meanwhile holds the next
+		// FETCH, and a failure or an ended context stops it.
+		if err := r.await(); err != nil {
+			return err
+		}
 		if err := r.ctx.Err(); err != nil {
-			return err // the query's context ended between batches
+			return err
 		}
 		if r.txCtx != nil {
 			if err := r.txCtx.Err(); err != nil {
@@ -298,6 +343,15 @@ func (cur *cursor) Next(dest []driver.Value) error {
 			}
 		}
 		cur.grow()
+		// Pending before the state check, as failState changes the state
+		// before it interrupts: either the failure sees the FETCH pending
+		// and bounds its read, or this sees the failure. A Pause that came
+		// since await is waited out as well.
+		cur.pending(true)
+		if r.state.load() != Running {
+			cur.pending(false)
+			continue
+		}
 		// The context is watched by the stream itself; lib/pq's own watch
 		// would cost a goroutine per batch and send a cancel request.
 		batch, err := cur.fetch(context.Background(), cur.conn.inner.(driver.QueryerContext))
@@ -313,38 +367,55 @@ func (cur *cursor) Next(dest []driver.Value) error {
 	}
 }
 
-// finish ends a cursor that returned its last row: COMMIT of jsonstream's
-// own transaction (which closes the cursor), or CLOSE inside the caller's.
+// endStatement is what ends the cursor: COMMIT or ROLLBACK of
+// jsonstream's own transaction (which closes the cursor), CLOSE inside
+// the caller's.
+func (cur *cursor) endStatement(commit bool) string {
+	switch {
+	case !cur.own:
+		return "CLOSE " + cur.name
+	case commit:
+		return "COMMIT"
+	}
+	return "ROLLBACK"
+}
+
+// finish ends a cursor that returned its last row, from Next: the stream
+// is complete once the end statement succeeded. A failure meanwhile
+// bounds its reply like a batch's.
 func (cur *cursor) finish() error {
 	cur.ended = true
-	if !cur.conn.clearDeadline() {
+	c := cur.conn
+	if !c.clearDeadline() { // a failure's bound on the last batch
 		return driver.ErrBadConn
 	}
-	stmt := "CLOSE " + cur.name
-	if cur.own {
-		stmt = "COMMIT"
-	}
-	if err := cur.exec(stmt); err != nil {
-		cur.conn.discard() // the session is in an unknown state: never reuse it
+	cur.pending(true)
+	err := cur.exec(cur.endStatement(true))
+	cur.pending(false)
+	if err != nil || !c.clearDeadline() {
+		c.discard() // the session is in an unknown state: never reuse it
+		if err == nil {
+			err = driver.ErrBadConn
+		}
 		return err
 	}
-	cur.conn.txIdle = cur.own
+	c.txIdle = cur.own
 	return io.EOF
 }
 
 // abandon ends a cursor whose start failed: jsonstream's own transaction
-// is rolled back; in the caller's, the error already aborted the
-// transaction or the cursor was never declared.
-func (cur *cursor) abandon() {
+// is rolled back; in the caller's, a declared cursor is closed unless a
+// server error failed the transaction, and the cursor with it.
+func (cur *cursor) abandon(declared bool) {
 	cur.ended = true
-	if !cur.own {
+	if !cur.own && (!declared || cur.aborted) {
 		return
 	}
-	if cur.exec("ROLLBACK") != nil {
+	if cur.exec(cur.endStatement(false)) != nil {
 		cur.conn.discard() // the session is in an unknown state: never reuse it
 		return
 	}
-	cur.conn.txIdle = true
+	cur.conn.txIdle = cur.own
 }
 
 func (cur *cursor) exec(stmt string) error {
@@ -353,16 +424,15 @@ func (cur *cursor) exec(stmt string) error {
 }
 
 // interrupt is how a failure (Cancel, pause timeout, context) stops a
-// cursor-backed stream, from any goroutine. Between batches the server is
-// idle and nothing needs stopping: the consumer's Close closes the cursor.
-// With a batch in flight the reader gets the drain timeout to finish it
-// before its read fails and the connection is cut.
+// cursor-backed stream, from any goroutine. Between round trips the
+// server is idle and nothing needs stopping: the consumer's Close closes
+// the cursor. With a reply pending, the reader gets the drain timeout to
+// finish it before its read fails and the connection is cut.
 func (cur *cursor) interrupt() {
-	if !cur.inFlight.Load() {
-		return
-	}
-	if s := cur.conn.sock; s != nil {
-		s.interrupt(cur.r.settings.drainTimeout)
+	cur.mu.Lock()
+	defer cur.mu.Unlock()
+	if cur.inFlight && cur.conn.sock != nil {
+		cur.conn.sock.interrupt(cur.r.settings.drainTimeout)
 	}
 }
 
@@ -371,44 +441,61 @@ func (cur *cursor) interrupt() {
 // transaction, and the connection stays in the pool with its session.
 // When that batch turns out to be the last (a QueryRow, a small result)
 // the stream was complete after all and its transaction is committed, as
-// the single-statement mode's drain lets the statement finish. A batch
-// that does not drain in time (CloseAuto's drain timeout; at once under
-// CloseCancel) is cut, as in the single-statement mode.
+// the single-statement mode's drain lets the statement finish.
+//
+// Under CloseAuto, and after a failure, both the batch and the end
+// statement get the drain timeout from now, and a connection that does
+// not answer in time is cut; under CloseCancel a batch in flight is cut
+// at once. In the caller's transaction Close waits as long as the server
+// takes: a cut would end that transaction.
 func (cur *cursor) close() error {
-	if cur.ended {
-		return nil
-	}
 	c := cur.conn
-	var drainErr error
-	if cur.batch != nil {
-		cut, last, err := cur.drainBatch()
-		if cut {
-			cur.ended = true
-			return nil
-		}
-		if last && err == nil {
-			if err := cur.finish(); err != io.EOF {
-				c.discard() // the session is in an unknown state: never reuse it
-				return err
-			}
-			return nil
-		}
-		drainErr = err
+	if cur.ended {
+		c.clearDeadline() // a failure's bound on the last round trip
+		return nil
 	}
 	cur.ended = true
-	if c.isCut() || !c.clearDeadline() {
+	mode := cur.r.settings.closeMode
+	failed := cur.r.state.load() == Failed
+	switch {
+	case !cur.own:
+		mode = CloseDrain
+	case failed:
+		mode = CloseAuto
+	}
+	if mode == CloseCancel && cur.batch != nil {
+		c.cut()
+		_ = cur.batch.Close()
 		return nil
 	}
+	var deadline time.Time
+	if mode == CloseAuto {
+		deadline = time.Now().Add(cur.r.settings.drainTimeout)
+	}
+	// A fresh window: a failure's bound may have run out while nobody read.
+	if s := c.sock; s != nil && !s.beginDrain(deadline) {
+		c.cut()
+		return nil
+	}
+	commit := false
+	var drainErr error
+	if cur.batch != nil {
+		// Whether the batch was the last matters only for a transaction
+		// of jsonstream's that a complete stream commits.
+		cut, last, err := cur.drainBatch(cur.own && !failed)
+		if cut {
+			return nil
+		}
+		commit, drainErr = last && err == nil && !cur.aborted, err
+	}
 	if cur.aborted && !cur.own {
-		return drainErr // the caller's transaction is aborted: the cursor went with it
+		c.clearDeadline()
+		return drainErr // the caller's transaction failed: the cursor went with it
 	}
-	stmt := "CLOSE " + cur.name
-	if cur.own {
-		stmt = "ROLLBACK"
-	}
-	if err := cur.exec(stmt); err != nil {
+	err := cur.exec(cur.endStatement(commit))
+	if err != nil || !c.clearDeadline() {
 		c.discard() // the session is in an unknown state: never reuse it
-		if drainErr != nil {
+		if drainErr != nil || failed {
 			return drainErr
 		}
 		return err
@@ -417,55 +504,39 @@ func (cur *cursor) close() error {
 	return drainErr
 }
 
-// drainBatch reads off the rest of the batch in flight as the close mode
-// says. It reports whether it cut the connection instead, and whether
-// the batch was the cursor's last.
-func (cur *cursor) drainBatch() (cut, last bool, err error) {
+// drainBatch reads off the rest of the batch in flight under the drain
+// window close set. It reports whether it cut the connection instead, and
+// when count is set whether the batch was the cursor's last; without
+// count the rows are skipped, not decoded.
+func (cur *cursor) drainBatch(count bool) (cut, last bool, err error) {
 	batch, c := cur.batch, cur.conn
 	cur.batch = nil
-	defer cur.inFlight.Store(false)
-	mode := cur.r.settings.closeMode
-	if !cur.own {
-		mode = CloseDrain // a cut would end the caller's transaction
-	}
-	s := c.sock
-	switch {
-	case s == nil:
-	case mode == CloseCancel:
-		c.cut()
-		_ = batch.Close()
-		return true, false, nil
-	case mode == CloseAuto && s.until.Load() == 0:
-		s.beginDrain(time.Now().Add(cur.r.settings.drainTimeout))
-	}
-	dest := make([]driver.Value, len(batch.Columns()))
-	for err == nil {
-		if err = batch.Next(dest); err == nil {
-			cur.got++
+	if count {
+		dest := make([]driver.Value, len(batch.Columns()))
+		for err == nil {
+			if err = batch.Next(dest); err == nil {
+				cur.got++
+			}
 		}
+		_ = batch.Close()
+	} else if err = batch.Close(); err == nil {
+		err = io.EOF
 	}
-	if err == io.EOF {
-		err = nil
-	}
-	_ = batch.Close()
-	if err != nil && isTimeout(err) {
+	cur.pending(false)
+	switch {
+	case err == io.EOF: //nolint:errorlint // drivers return io.EOF itself
+		return false, count && cur.got < cur.asked, nil
+	case isTimeout(err):
 		c.cut()
 		return true, false, nil
 	}
-	if s != nil && !s.endDrain() {
-		c.cut()
-		return true, false, nil
-	}
-	if err != nil {
-		cur.aborted = true
-		return false, false, err
-	}
-	return false, cur.got < cur.asked, nil
+	cur.noteError(err)
+	return false, false, err
 }
 
-// clearDeadline ends a failure's bound on the socket (interrupt) before
-// the connection sends anything more; when that fails, it cuts the
-// connection and reports false.
+// clearDeadline ends any bound on the socket (a drain's, a failure's)
+// before the connection serves anything more; when that fails, it cuts
+// the connection and reports false.
 func (c *conn) clearDeadline() bool {
 	if c.sock == nil || c.sock.endDrain() {
 		return true

@@ -225,7 +225,7 @@ func TestCursorRejectsWhatDeclareCannotTake(t *testing.T) {
 		t.Run(q.query, func(t *testing.T) {
 			rows, err := db.Query(q.query, q.args...)
 			if err == nil {
-				rows.Close()
+				_ = rows.Close()
 			}
 			require.Error(t, err)
 			t.Log(err)

@@ -44,7 +44,7 @@ func sqlStateOf(err error) string {
 	return ""
 }
 
-// TestServerTimeoutsDuringPause: what PostgreSQL's timeouts do to a
+// TestServerTimeoutsDuringPauseByMode: what PostgreSQL's timeouts do to a
 // stream paused longer than they allow, in each stream mode.
 //
 //   - statement_timeout: in the single-statement mode the statement is
@@ -59,7 +59,7 @@ func sqlStateOf(err error) string {
 //     driver.ErrBadConn, which jsonstream's error wraps and explains) and
 //     the pool replaces the connection. The single-statement mode is not idle
 //     while paused: the stream goes on.
-func TestServerTimeoutsDuringPause(t *testing.T) {
+func TestServerTimeoutsDuringPauseByMode(t *testing.T) {
 	needRowsTable(t)
 	const pause = 600 * time.Millisecond
 	for _, tc := range []struct {

@@ -56,14 +56,14 @@ func (s *sock) drainRead(p []byte) (int, error) {
 	until := s.until.Load()
 	if !s.armed.Load() {
 		s.armed.Store(true)
-		if err := s.Conn.SetReadDeadline(time.Unix(0, until)); err != nil {
+		if err := s.SetReadDeadline(time.Unix(0, until)); err != nil {
 			return 0, err
 		}
 	}
 	n, err := s.Conn.Read(p)
 	if n == 0 && err != nil && isTimeout(err) && s.drained < drainGraceBytes &&
 		time.Since(time.Unix(0, until)) < drainGraceMax {
-		if e := s.Conn.SetReadDeadline(time.Now().Add(drainGrace)); e != nil {
+		if e := s.SetReadDeadline(time.Now().Add(drainGrace)); e != nil {
 			return 0, e
 		}
 		n, err = s.Conn.Read(p)
@@ -72,10 +72,21 @@ func (s *sock) drainRead(p []byte) (int, error) {
 	return n, err
 }
 
-// beginDrain starts a drain that ends at deadline.
-func (s *sock) beginDrain(deadline time.Time) {
+// beginDrain starts a drain that ends at deadline, or one without a bound
+// when deadline is zero, in place of any earlier bound (a failure's). It
+// reports false when an earlier deadline could not be cleared.
+func (s *sock) beginDrain(deadline time.Time) bool {
 	s.drained = 0
-	s.until.Store(deadline.UnixNano())
+	ok := true
+	if s.armed.Swap(false) {
+		ok = s.SetReadDeadline(time.Time{}) == nil
+	}
+	if deadline.IsZero() {
+		s.until.Store(0)
+	} else {
+		s.until.Store(deadline.UnixNano())
+	}
+	return ok
 }
 
 // interrupt bounds, from any goroutine, the read that a failing stream's
@@ -85,7 +96,7 @@ func (s *sock) interrupt(d time.Duration) {
 	deadline := time.Now().Add(d)
 	s.until.Store(deadline.UnixNano())
 	s.armed.Store(true)
-	_ = s.Conn.SetReadDeadline(deadline) // a failure shows in the read
+	_ = s.SetReadDeadline(deadline) // a failure shows in the read
 }
 
 // endDrain ends the drain and clears its deadline if one was armed. It
@@ -96,5 +107,5 @@ func (s *sock) endDrain() bool {
 	if !s.armed.Swap(false) {
 		return true
 	}
-	return s.Conn.SetReadDeadline(time.Time{}) == nil
+	return s.SetReadDeadline(time.Time{}) == nil
 }

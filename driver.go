@@ -23,9 +23,16 @@
 //     run the query as a cursor and fetch it in batches: stopping early
 //     closes the cursor and keeps the connection and its session, inside
 //     and outside transactions.
+//   - An Observer (WithObserver) hears of every stream's start, first row,
+//     pauses, pause timeouts and end, with how it ended; the
+//     github.com/jsonstream/jsonstream/otel module turns these events into
+//     OpenTelemetry metrics and span events.
 //   - JSON documents: Each and ForEach iterate a result as typed values,
 //     WriteNDJSON and WriteJSONArray stream it to an io.Writer, in flat
 //     memory and with any driver.
+//   - No error carries a password: the DSN's passwords are masked in the
+//     errors of OpenConnector and Connect, lib/pq's own included (it
+//     returns Go's url.Parse error, which quotes a malformed URL DSN).
 //
 // # The stream contract
 //
@@ -134,12 +141,14 @@ func (d *Driver) Open(dsn string) (driver.Conn, error) {
 func (d *Driver) OpenConnector(dsn string) (driver.Connector, error) {
 	rest, opts, err := splitDSN(dsn)
 	if err != nil {
-		return nil, err
+		return nil, newRedactor(dsn).redact(err)
 	}
 	s := d.settings
 	if err := s.apply(opts); err != nil {
 		return nil, err
 	}
+	// Errors from here on may quote the DSN, password and all.
+	rd := newRedactor(rest)
 	var inner driver.Connector
 	switch id := d.inner.(type) {
 	case pq.Driver, *pq.Driver:
@@ -147,20 +156,21 @@ func (d *Driver) OpenConnector(dsn string) (driver.Connector, error) {
 		if err != nil {
 			// lib/pq reports a bad DSN when connecting, not from sql.Open;
 			// so does jsonstream.
-			inner = errConnector{driver: d.inner, err: err}
+			inner = errConnector{driver: d.inner, err: rd.redact(err)}
 			break
 		}
 		pc.Dialer(NewDialer(nil))
 		inner = pc
 	case driver.DriverContext:
 		if inner, err = id.OpenConnector(rest); err != nil {
-			return nil, err
+			return nil, rd.redact(err)
 		}
 	default:
 		inner = dsnConnector{driver: d.inner, dsn: rest}
 	}
 	c := newConnector(inner, s)
 	c.driver = d
+	c.redactor = rd
 	return c, nil
 }
 

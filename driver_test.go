@@ -13,6 +13,7 @@ import (
 
 	"github.com/DATA-DOG/go-sqlmock"
 	"github.com/lib/pq"
+	"github.com/lib/pq/pqerror"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -163,7 +164,7 @@ func TestSQLMockInside(t *testing.T) {
 	_, err = db.Query("SELECT broken")
 	pqErr, ok := err.(*pq.Error) //nolint:errorlint // the direct assertion is what drop-in code does
 	require.True(t, ok, "got %T", err)
-	assert.Equal(t, pq.ErrorCode("42P01"), pqErr.Code)
+	assert.Equal(t, pqerror.UndefinedTable, pqErr.Code)
 	require.NoError(t, mock.ExpectationsWereMet())
 }
 

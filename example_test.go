@@ -191,8 +191,9 @@ func ExampleCloseMode() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	if rows.Next() {
-		// found what we wanted in the first row
+	if !rows.Next() {
+		log.Fatal("no events")
 	}
+	// The first row is all we wanted.
 	_ = rows.Close() // milliseconds, whatever is left
 }

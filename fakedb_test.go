@@ -62,7 +62,7 @@ func (c *fakeConn) QueryContext(_ context.Context, query string, args []driver.N
 	return c.driver.newRows(query), nil
 }
 
-func (c *fakeConn) ExecContext(_ context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
+func (c *fakeConn) ExecContext(_ context.Context, _ string, args []driver.NamedValue) (driver.Result, error) {
 	c.args = args
 	return driver.RowsAffected(len(args)), nil
 }

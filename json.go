@@ -411,7 +411,7 @@ func Each[T any](rows *sql.Rows, opts ...JSONOption) iter.Seq2[T, error] {
 			yield(zero, errNilRows)
 			return
 		}
-		defer rows.Close()
+		defer rows.Close() //nolint:errcheck // errors reach the loop through rows.Err; after an early stop no one is left to tell
 		// fail closes rows first, so the connection is back in the pool
 		// (or cut) by the time the loop body sees the error.
 		fail := func(err error) {

@@ -273,7 +273,8 @@ func TestEachBreakClosesRows(t *testing.T) {
 func TestEachPanicInLoopClosesRows(t *testing.T) {
 	rows := jsonQuery(t, jsonDocRows("JSONB", []byte(`{"id":1}`), []byte(`{"id":2}`)))
 	assert.PanicsWithValue(t, "boom", func() {
-		for range Each[jsonItem](rows) {
+		for _, err := range Each[jsonItem](rows) {
+			assert.NoError(t, err)
 			panic("boom")
 		}
 	})
@@ -287,7 +288,8 @@ func TestEachPanicInUnmarshalClosesRows(t *testing.T) {
 	done := make(chan any, 1)
 	go func() {
 		defer func() { done <- recover() }()
-		for range Each[jsonItem](rows, WithUnmarshal(func([]byte, any) error { panic("decoder") })) {
+		for _, err := range Each[jsonItem](rows, WithUnmarshal(func([]byte, any) error { panic("decoder") })) {
+			t.Errorf("the sequence went on after the decoder panicked: %v", err)
 		}
 	}()
 	select {

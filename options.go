@@ -95,7 +95,9 @@ type settings struct {
 	onPauseTimeout PauseTimeoutAction
 	closeMode      CloseMode
 	drainTimeout   time.Duration
-	fetchSize      int // 0: single statement; FetchAuto or n > 0: cursor
+	fetchSize      int      // 0: single statement; FetchAuto or n > 0: cursor
+	observer       Observer // nil: no events
+	observeQuery   bool
 }
 
 func defaultSettings() settings {
@@ -160,8 +162,8 @@ func WithDrainTimeout(d time.Duration) Option {
 	}
 }
 
-// FetchAuto, given to WithFetchSize, makes a stream fetch from a cursor in
-// batches that adapt to the rows: see WithFetchSize.
+// FetchAuto makes WithFetchSize fetch from a cursor in batches that adapt
+// to the rows.
 const FetchAuto = -1
 
 // WithFetchSize chooses how a query's rows come from the server. 0, the

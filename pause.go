@@ -38,6 +38,14 @@ var (
 // All methods may be called from any goroutine, at any time, also while
 // another goroutine is inside Next or Close. None of them blocks on the
 // stream: each returns at once.
+//
+// A Next blocked by a pause holds database/sql's lock on the rows, so
+// Tx.Rollback, Tx.Commit and Rows.Close called from another goroutine wait
+// until the pause ends: Resume, Cancel, the pause timeout or the end of
+// the query's context. (database/sql cancels a context of its own when a
+// transaction ends, which no driver sees.) To end a paused stream from
+// another goroutine, call Cancel, or cancel the context given to BeginTx
+// or to the query: either wakes the paused Next at once.
 type Controller interface {
 	// Pause stops the stream: once Pause returns, Next delivers no further
 	// row and nothing more is read from the server until Resume. A Next
@@ -71,7 +79,9 @@ type Controller interface {
 	SetPauseTimeout(d time.Duration) error
 	// State returns the stream's current state.
 	State() State
-	// Stats returns a snapshot of the stream's counters.
+	// Stats returns a snapshot of the stream's counters. State and the
+	// pause figures come from one moment: PausedNow > 0 exactly when State
+	// is Paused.
 	Stats() Stats
 }
 
@@ -89,7 +99,8 @@ type Stats struct {
 	PauseTimeouts int64
 	// PausedTotal is the time spent paused, the current pause included.
 	PausedTotal time.Duration
-	// PausedNow is how long the current pause has lasted; 0 when not paused.
+	// PausedNow is how long the current pause has lasted; 0 unless State
+	// is Paused.
 	PausedNow time.Duration
 	// FirstRow is the time from the start of the query to the first row
 	// Next delivered; 0 before that row.
@@ -114,6 +125,11 @@ type pauser struct {
 	total      time.Duration
 	pauses     int64
 	timeouts   int64
+	// resumes counts the pauses ended by Resume or ResumeOnPauseTimeout;
+	// the one pause more that pauses may count ended with the stream.
+	resumes int64
+	// last is how long the last pause that ended lasted.
+	last time.Duration
 }
 
 // begin starts a pause; r.state has just moved to Paused. Called with mu
@@ -139,9 +155,31 @@ func (p *pauser) end() {
 		p.timer.Stop()
 		p.timer = nil
 	}
-	p.total += time.Since(p.pausedAt)
+	p.last = time.Since(p.pausedAt)
+	p.total += p.last
 	close(p.resume)
 	p.resume = nil
+}
+
+// snapshot fills st's State and pause figures from one moment: Pause,
+// Resume and the pause timer change the state under mu, so reading it
+// here cannot pair a Running stream with a pause in progress. A failure
+// or the end of the result changes the state before it ends the pause;
+// the pause then counts in PausedTotal but no longer in PausedNow. Called
+// with mu held.
+func (p *pauser) snapshot(r *rows, st *Stats) {
+	st.State = r.state.load()
+	st.Pauses, st.PauseTimeouts, st.PausedTotal = p.pauses, p.timeouts, p.total
+	if p.resume == nil {
+		return
+	}
+	// At least 1ns, so that PausedNow > 0 exactly while Paused even on a
+	// coarse clock.
+	now := max(time.Since(p.pausedAt), 1)
+	st.PausedTotal += now
+	if st.State == Paused {
+		st.PausedNow = now
+	}
 }
 
 // wait returns the channel that the current pause closes when it ends, or
@@ -167,6 +205,10 @@ func (p *pauser) wait() <-chan struct{} {
 // query, or passing a Stream a second time fails with an error wrapping
 // ErrStreamArgument. Before its query starts, its controller methods
 // return ErrNotStarted, State returns Running and Stats are zero.
+//
+// While a Stream holds Next paused, Tx.Rollback, Tx.Commit and Rows.Close
+// from other goroutines wait for it (see Controller): end a pause from
+// another goroutine with Cancel or by canceling the BeginTx context.
 type Stream struct {
 	opts []Option
 	// checked is where NewStream tries the options; inside the Stream so
@@ -182,7 +224,8 @@ type Stream struct {
 
 // NewStream returns a Stream whose rows use opts on top of the
 // connector's settings (WithPauseTimeout, WithPauseTimeoutAction,
-// WithCloseMode, WithDrainTimeout, WithFetchSize). A bad option is an error wrapping
+// WithCloseMode, WithDrainTimeout, WithFetchSize, WithObserver,
+// WithObserverQueryText). A bad option is an error wrapping
 // ErrInvalidOption.
 func NewStream(opts ...Option) (*Stream, error) {
 	s := &Stream{opts: opts}

@@ -135,39 +135,46 @@ func Example_http() {
 // module, which has them, and must stand in its test files.
 const integrationSection = "## With sqlc, sqlx, GORM and OpenTelemetry"
 
-// TestReadmeCodeBlocks requires every Go block of README.md to stand,
-// line for line (indentation aside), in a test file of this package, or
-// of the integration module for integrationSection, and every make target
-// the README names to exist.
+// TestReadmeCodeBlocks requires every Go block of README.md and
+// otel/README.md to stand, line for line (indentation aside), in a test
+// file of this package or of the otel module (which compiles the blocks
+// that use OpenTelemetry), or of the integration module for
+// integrationSection, and every make target the README names to exist.
 func TestReadmeCodeBlocks(t *testing.T) {
 	readme, err := os.ReadFile("README.md")
 	require.NoError(t, err)
-	corpus := func(glob string) string {
-		sources, err := filepath.Glob(glob)
-		require.NoError(t, err)
-		require.NotEmpty(t, sources, glob)
+	otelReadme, err := os.ReadFile(filepath.Join("otel", "README.md"))
+	require.NoError(t, err)
+	corpus := func(globs ...string) string {
 		var lines []string
-		for _, f := range sources {
-			b, err := os.ReadFile(f)
+		for _, glob := range globs {
+			sources, err := filepath.Glob(glob)
 			require.NoError(t, err)
-			lines = append(lines, normalize(string(b))...)
+			require.NotEmpty(t, sources, glob)
+			for _, f := range sources {
+				b, err := os.ReadFile(f)
+				require.NoError(t, err)
+				lines = append(lines, normalize(string(b))...)
+			}
 		}
 		return "\n" + strings.Join(lines, "\n") + "\n"
 	}
-	root, integration := corpus("*_test.go"), corpus(filepath.Join("integration", "*_test.go"))
+	root := corpus("*_test.go", filepath.Join("otel", "*_test.go"))
+	integration := corpus(filepath.Join("integration", "*_test.go"))
 
 	goBlock := regexp.MustCompile("(?s)```go\n(.*?)```")
 	require.Contains(t, string(readme), "\n"+integrationSection+"\n")
 	inIntegration := 0
-	for _, section := range regexp.MustCompile(`(?m)^## `).Split(string(readme), -1) {
-		joined, where := root, "this package"
+	sections := regexp.MustCompile(`(?m)^## `).Split(string(readme), -1)
+	for _, section := range append(sections, string(otelReadme)) {
+		joined, where := root, "this package or the otel module"
 		if strings.HasPrefix("## "+section, integrationSection+"\n") {
 			joined, where = integration, "the integration module"
 		}
 		for _, b := range goBlock.FindAllStringSubmatch(section, -1) {
 			lines := normalize(b[1])
 			require.True(t, strings.Contains(joined, "\n"+strings.Join(lines, "\n")+"\n"), "a README Go block is not in a test file of %s:\n%s", where, b[1])
-			if where != "this package" {
+			if where == "the integration module" {
 				inIntegration++
 			}
 		}

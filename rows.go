@@ -54,6 +54,7 @@ type rows struct {
 	firstRow  atomic.Int64 // time.Duration since start; 0 before the first row
 	rowCount  atomic.Int64
 	byteCount atomic.Int64
+	obs       observation
 }
 
 var (
@@ -149,6 +150,7 @@ func (r *rows) Next(dest []driver.Value) error {
 	}
 	if r.rowCount.Add(1) == 1 {
 		r.firstRow.Store(int64(max(time.Since(r.start), 1)))
+		r.observeFirstRow()
 	}
 	r.byteCount.Add(n)
 	return nil
@@ -185,12 +187,16 @@ func (r *rows) await() error {
 
 // nextFailed handles an error from the inner Next.
 func (r *rows) nextFailed(err error) error {
-	if err == io.EOF {
+	if err == io.EOF { //nolint:errorlint // drivers return io.EOF itself, and database/sql compares with ==
 		if next, ok := r.inner.(driver.RowsNextResultSet); ok && next.HasNextResultSet() {
 			return err
 		}
 		if _, ok := r.state.finish(Complete); ok {
 			r.endPause()
+			return err
+		}
+		if r.state.load() == Failed {
+			return r.err() // a Cancel, timeout or context came first
 		}
 		return err
 	}
@@ -268,7 +274,10 @@ func (r *rows) endPause() {
 
 // Close implements driver.Rows. A stream with rows left is ended as its
 // CloseMode says.
-func (r *rows) Close() error {
+func (r *rows) Close() (err error) {
+	if r.settings.observer != nil {
+		defer func() { r.observeEnd(err) }()
+	}
 	r.ending.Lock()
 	from, live := r.state.finish(Closed)
 	r.ending.Unlock()
@@ -315,7 +324,11 @@ func (r *rows) drainOrCut() error {
 	if s == nil {
 		return r.inner.Close()
 	}
-	s.beginDrain(time.Now().Add(r.settings.drainTimeout))
+	if !s.beginDrain(time.Now().Add(r.settings.drainTimeout)) {
+		r.conn.cut()
+		_ = r.inner.Close()
+		return nil
+	}
 	err := r.inner.Close()
 	if err != nil && isTimeout(err) {
 		r.conn.cut()
@@ -402,6 +415,14 @@ func (r *rows) ColumnTypePrecisionScale(index int) (precision, scale int64, ok b
 // Pause implements Controller.
 func (r *rows) Pause() error {
 	p := r.pauser()
+	began := false
+	// Deferred before the unlock so that it runs after it: the observer
+	// must not hold up the stream's other callers.
+	defer func() {
+		if began {
+			r.observePause(EventPaused, 0)
+		}
+	}()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for {
@@ -411,6 +432,7 @@ func (r *rows) Pause() error {
 		case Running:
 			if r.state.cas(Running, Paused) {
 				p.begin(r)
+				began = true
 				return nil
 			}
 		default:
@@ -437,6 +459,13 @@ func (r *rows) Resume() error {
 		}
 		return nil // never paused
 	}
+	var resumed time.Duration // the pause this call ended, for the observer
+	// Deferred before the unlock so that it runs after it, as in Pause.
+	defer func() {
+		if resumed > 0 {
+			r.observePause(EventResumed, resumed)
+		}
+	}()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	switch s := r.state.load(); s {
@@ -445,6 +474,8 @@ func (r *rows) Resume() error {
 	case Paused:
 		if r.state.cas(Paused, Running) {
 			p.end()
+			p.resumes++
+			resumed = max(p.last, 1)
 			return nil
 		}
 		return ended(r.state.load())
@@ -462,9 +493,15 @@ func (r *rows) pauseExpired(generation uint64) {
 		return // Resume, Close or a later pause came first
 	}
 	p.timeouts++
+	if r.settings.observer != nil && !r.observeTimeout(p, generation) {
+		return // Resume or Close came while the observer heard of it
+	}
+	var resumed time.Duration // the pause ended, for the observer
 	if r.settings.onPauseTimeout == ResumeOnPauseTimeout {
 		if r.state.cas(Paused, Running) {
 			p.end()
+			p.resumes++
+			resumed = max(p.last, 1)
 		}
 	} else if r.failState(ErrPauseTimeout, true) {
 		// Still under p.mu: a Resume cannot slip in between the check
@@ -472,6 +509,9 @@ func (r *rows) pauseExpired(generation uint64) {
 		p.end()
 	}
 	p.mu.Unlock()
+	if resumed > 0 {
+		r.observePause(EventResumed, resumed)
+	}
 }
 
 // Cancel implements Controller.
@@ -502,13 +542,11 @@ func (r *rows) Stats() Stats {
 		Bytes:    r.byteCount.Load(),
 		FirstRow: time.Duration(r.firstRow.Load()),
 	}
+	// A stream that was not Paused when State was read has no pauser yet,
+	// or had one already: Pause allocates it before the state changes.
 	if p := r.pause.Load(); p != nil {
 		p.mu.Lock()
-		st.Pauses, st.PauseTimeouts, st.PausedTotal = p.pauses, p.timeouts, p.total
-		if p.resume != nil {
-			st.PausedNow = time.Since(p.pausedAt)
-			st.PausedTotal += st.PausedNow
-		}
+		p.snapshot(r, &st)
 		p.mu.Unlock()
 	}
 	return st

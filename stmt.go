@@ -11,8 +11,9 @@ import (
 type stmt struct {
 	inner driver.Stmt
 	conn  *conn
-	// query is the statement's text, which cursor mode declares a cursor
-	// for instead of running the prepared statement.
+	// query is the statement's text: cursor mode declares a cursor for
+	// it instead of running the prepared statement, and the observer may
+	// be given it.
 	query string
 }
 
@@ -21,7 +22,7 @@ type stmt struct {
 // separate type so that a statement without it does not seem to have it.
 type stmtConverter struct {
 	*stmt
-	cc driver.ColumnConverter
+	cc driver.ColumnConverter //nolint:staticcheck // forwarded: database/sql still consults it
 }
 
 var (
@@ -29,7 +30,7 @@ var (
 	_ driver.StmtQueryContext  = (*stmt)(nil)
 	_ driver.StmtExecContext   = (*stmt)(nil)
 	_ driver.NamedValueChecker = (*stmt)(nil)
-	_ driver.ColumnConverter   = stmtConverter{}
+	_ driver.ColumnConverter   = stmtConverter{} //nolint:staticcheck // forwarded: database/sql still consults it
 )
 
 func newStmt(c *conn, si driver.Stmt, query string) driver.Stmt {
@@ -45,8 +46,12 @@ func (s stmtConverter) ColumnConverter(idx int) driver.ValueConverter {
 	return s.cc.ColumnConverter(idx)
 }
 
-// Unwrap returns the inner driver's statement.
-func (s *stmt) Unwrap() driver.Stmt { return s.inner }
+// Unwrap returns the inner driver's statement: what runs through it
+// jsonstream does not see.
+func (s *stmt) Unwrap() driver.Stmt {
+	s.conn.unwrapped = true
+	return s.inner
+}
 
 // Close implements driver.Stmt.
 func (s *stmt) Close() error { return s.inner.Close() }
@@ -79,7 +84,7 @@ func (s *stmt) Query(args []driver.Value) (driver.Rows, error) { //nolint:static
 	if err != nil {
 		return nil, err
 	}
-	return s.conn.wrapRows(context.Background(), ir, st, r, start)
+	return s.conn.wrapRows(context.Background(), ir, st, r, start, s.query)
 }
 
 // CheckNamedValue implements driver.NamedValueChecker: a *Stream is taken
@@ -127,7 +132,7 @@ func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driv
 	if err != nil {
 		return nil, err
 	}
-	return s.conn.wrapRows(ctx, ir, st, r, start)
+	return s.conn.wrapRows(ctx, ir, st, r, start, s.query)
 }
 
 // ExecContext implements driver.StmtExecContext, falling back to Exec as

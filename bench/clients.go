@@ -149,7 +149,7 @@ func openJsonstream(opts ...jsonstream.Option) func(ctx context.Context, dsn str
 
 func pingSQL(ctx context.Context, db *sql.DB) (Conn, error) {
 	if err := db.PingContext(ctx); err != nil {
-		db.Close()
+		_ = db.Close()
 		return nil, err
 	}
 	return SQLConn{db}, nil
@@ -180,7 +180,7 @@ func (c SQLConn) Stream(ctx context.Context, query string, fn func([]byte) bool)
 	dest := []any{&data}
 	for rows.Next() {
 		if err := rows.Scan(dest...); err != nil {
-			rows.Close()
+			_ = rows.Close()
 			return err
 		}
 		if !fn(data) {

@@ -33,7 +33,7 @@ func newSessionCounter(b *testing.B, env *pgEnv) *sessionCounter {
 		b.Fatal(err)
 	}
 	db.SetMaxOpenConns(1)
-	b.Cleanup(func() { db.Close() })
+	b.Cleanup(func() { _ = db.Close() })
 	s := &sessionCounter{db: db, ok: true}
 	if _, err := s.read(); err != nil {
 		b.Logf("no session count (PostgreSQL 14 or later has it): %v", err)
@@ -266,7 +266,7 @@ func fillPool(b *testing.B, db *sql.DB, n int) {
 		conns = append(conns, c)
 	}
 	for _, c := range conns {
-		c.Close()
+		_ = c.Close()
 	}
 }
 
@@ -400,7 +400,7 @@ func BenchmarkProxy(b *testing.B) {
 		}
 		// Registered before open's cleanup, so run after it: the clients
 		// close their connections, then the proxy goes.
-		b.Cleanup(func() { proxy.Close() })
+		b.Cleanup(func() { _ = proxy.Close() })
 		dsn, err := WithAddr(env.dsn, proxy.Addr())
 		if err != nil {
 			b.Fatal(err)

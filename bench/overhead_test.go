@@ -8,6 +8,7 @@ import (
 	"io"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -68,29 +69,30 @@ func (r *fakeRows) Next(dest []driver.Value) error {
 // overheadVariant runs one query and reads all its rows.
 type overheadVariant struct {
 	name string
-	// wrap says whether the query goes through jsonstream.
+	// wrap says whether the query goes through jsonstream, with opts.
 	wrap  bool
 	query func(b *testing.B, db *sql.DB)
+	opts  []jsonstream.Option
 }
 
 var overheadVariants = []overheadVariant{
-	{"inner", false, func(b *testing.B, db *sql.DB) { readAll(b, db, nil, nil) }},
-	{"jsonstream", true, func(b *testing.B, db *sql.DB) { readAll(b, db, nil, nil) }},
+	{"inner", false, func(b *testing.B, db *sql.DB) { readAll(b, db, nil, nil) }, nil},
+	{"jsonstream", true, func(b *testing.B, db *sql.DB) { readAll(b, db, nil, nil) }, nil},
 	// The Stream argument alone, without a pause: what the handle and its
 	// binding cost, to tell them from the pause machinery below.
 	{"jsonstream-stream-arg", true, func(b *testing.B, db *sql.DB) {
 		readAll(b, db, newStream(b), nil)
-	}},
+	}, nil},
 	// The Stream through the context instead: one allocation more, the
 	// context itself.
 	{"jsonstream-context-stream", true, func(b *testing.B, db *sql.DB) {
 		readAllContext(jsonstream.ContextWithStream(context.Background(), newStream(b)), b, db, nil, nil)
-	}},
+	}, nil},
 	// Options in a context made once, as a request's: what each query
 	// pays to find and apply them.
 	{"jsonstream-context-options", true, func(b *testing.B, db *sql.DB) {
 		readAllContext(contextWithOptions, b, db, nil, nil)
-	}},
+	}, nil},
 	// A Stream, one Pause (which allocates the pause machinery) and one
 	// Resume per query.
 	{"jsonstream-paused-once", true, func(b *testing.B, db *sql.DB) {
@@ -103,7 +105,38 @@ var overheadVariants = []overheadVariant{
 				b.Fatal(err)
 			}
 		})
-	}},
+	}, nil},
+	// An Observer on the connector that counts the events, as a metrics
+	// observer would: what the events cost (never paused: started, first
+	// row, ended).
+	{"jsonstream-observed", true, func(b *testing.B, db *sql.DB) { readAll(b, db, nil, nil) },
+		[]jsonstream.Option{jsonstream.WithObserver(&eventCounter{})}},
+	// The same with a pause, which adds the paused and resumed events.
+	{"jsonstream-observed-paused-once", true, func(b *testing.B, db *sql.DB) {
+		s := newStream(b)
+		readAll(b, db, s, func() {
+			if err := s.Pause(); err != nil {
+				b.Fatal(err)
+			}
+			if err := s.Resume(); err != nil {
+				b.Fatal(err)
+			}
+		})
+	}, []jsonstream.Option{jsonstream.WithObserver(&eventCounter{})}},
+}
+
+// eventCounter counts a stream's events by kind, and the rows of the
+// streams that ended.
+type eventCounter struct {
+	kinds [jsonstream.EventEnded + 1]atomic.Int64 // events come from any goroutine
+	rows  atomic.Int64
+}
+
+func (c *eventCounter) ObserveStream(e jsonstream.Event) {
+	c.kinds[e.Kind].Add(1)
+	if e.Kind == jsonstream.EventEnded {
+		c.rows.Add(e.Stats.Rows)
+	}
 }
 
 func newStream(b *testing.B) *jsonstream.Stream {
@@ -170,7 +203,7 @@ func BenchmarkOverhead(b *testing.B) {
 			b.Run("rows="+strconv.Itoa(n)+"/"+v.name, func(b *testing.B) {
 				var connector driver.Connector = fakeConnector{rows: n}
 				if v.wrap {
-					c, err := jsonstream.NewConnector(connector)
+					c, err := jsonstream.NewConnector(connector, v.opts...)
 					if err != nil {
 						b.Fatal(err)
 					}
@@ -202,7 +235,7 @@ func TestFakeDriver(t *testing.T) {
 	for _, v := range overheadVariants {
 		db := sql.OpenDB(fakeConnector{rows: 3})
 		if v.wrap {
-			c, err := jsonstream.NewConnector(fakeConnector{rows: 3})
+			c, err := jsonstream.NewConnector(fakeConnector{rows: 3}, v.opts...)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -220,11 +253,15 @@ func TestFakeDriver(t *testing.T) {
 			}
 			got = append(got, s)
 		}
-		rows.Close()
+		if err := rows.Close(); err != nil {
+			t.Error(err)
+		}
 		if len(got) != 3 || strings.Join(got, "") != strings.Repeat(string(document), 3) {
 			t.Errorf("%s: got %d rows %q", v.name, len(got), got)
 		}
-		db.Close()
+		if err := db.Close(); err != nil {
+			t.Error(err)
+		}
 	}
 	r := &fakeRows{left: 1 << 30}
 	dest := make([]driver.Value, 1)

@@ -197,7 +197,7 @@ func connectPgx(b *testing.B, env *pgEnv) *pgx.Conn {
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(func() { conn.Close(context.Background()) })
+	b.Cleanup(func() { _ = conn.Close(context.Background()) })
 	return conn
 }
 

@@ -66,7 +66,7 @@ func (p *DelayProxy) Close() error {
 	p.mu.Lock()
 	p.closed = true
 	for c := range p.conns {
-		c.Close()
+		_ = c.Close()
 	}
 	p.mu.Unlock()
 	p.wg.Wait()
@@ -108,15 +108,15 @@ func (p *DelayProxy) accept() {
 func (p *DelayProxy) forward(client net.Conn) {
 	defer p.wg.Done()
 	if !p.track(client) {
-		client.Close()
+		_ = client.Close()
 		return
 	}
 	server, err := net.Dial("tcp", p.target)
 	if err != nil || !p.track(server) {
 		if server != nil {
-			server.Close()
+			_ = server.Close()
 		}
-		client.Close()
+		_ = client.Close()
 		p.untrack(client)
 		return
 	}
@@ -127,8 +127,8 @@ func (p *DelayProxy) forward(client net.Conn) {
 	go func() { defer pair.Done(); p.pipe(server, client) }()
 	go func() { defer pair.Done(); p.pipe(client, server) }()
 	pair.Wait()
-	client.Close()
-	server.Close()
+	_ = client.Close()
+	_ = server.Close()
 	p.untrack(client, server)
 }
 
@@ -155,8 +155,8 @@ func (p *DelayProxy) pipe(dst, src net.Conn) {
 				}
 				if _, err := dst.Write(c.buf[:c.n]); err != nil {
 					failed = true
-					dst.Close()
-					src.Close()
+					_ = dst.Close()
+					_ = src.Close()
 				}
 			}
 			chunkBuffers.Put(c.buf)
@@ -165,9 +165,9 @@ func (p *DelayProxy) pipe(dst, src net.Conn) {
 			// The end of src travels on as a half close, after its data,
 			// as it would through a network.
 			if tc, ok := dst.(*net.TCPConn); ok {
-				tc.CloseWrite()
+				_ = tc.CloseWrite()
 			} else {
-				dst.Close()
+				_ = dst.Close()
 			}
 		}
 	}()

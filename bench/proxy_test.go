@@ -17,7 +17,7 @@ func echoServer(t *testing.T) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	t.Cleanup(func() { ln.Close() })
+	t.Cleanup(func() { _ = ln.Close() })
 	// Serves until the test's cleanup closes the listener.
 	go func() {
 		for {
@@ -28,7 +28,7 @@ func echoServer(t *testing.T) string {
 			// Echoes one connection until the client's half close.
 			go func() {
 				defer c.Close()
-				io.Copy(c, c)
+				_, _ = io.Copy(c, c)
 			}()
 		}
 	}()
@@ -51,8 +51,8 @@ func TestDelayProxy(t *testing.T) {
 	data := bytes.Repeat([]byte("0123456789abcdef"), 1<<16)
 	sent := time.Now()
 	go func() {
-		c.Write(data)
-		c.(*net.TCPConn).CloseWrite()
+		_, _ = c.Write(data)
+		_ = c.(*net.TCPConn).CloseWrite()
 	}()
 	got, err := io.ReadAll(c)
 	require.NoError(t, err, "the echo ends with the end of what was sent")

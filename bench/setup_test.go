@@ -144,7 +144,7 @@ func open(b *testing.B, c Client, env *pgEnv) Conn {
 	if err != nil {
 		b.Fatalf("%s: %v", c.Name, err)
 	}
-	b.Cleanup(func() { conn.Close() })
+	b.Cleanup(func() { _ = conn.Close() })
 	// The first query of a connection pays for what later ones find ready
 	// (pgx loads type information, database/sql fills its pools); keep it
 	// off the clock.

@@ -89,7 +89,7 @@ func TestGORM(t *testing.T) {
 		var batch []Document
 		var seen []int64
 		batches := 0
-		res := gdb.WithContext(ctx).Where("kind = ?", "a").FindInBatches(&batch, 500, func(tx *gorm.DB, n int) error {
+		res := gdb.WithContext(ctx).Where("kind = ?", "a").FindInBatches(&batch, 500, func(_ *gorm.DB, _ int) error {
 			batches++
 			for _, d := range batch {
 				seen = append(seen, d.ID)

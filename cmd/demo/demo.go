@@ -32,6 +32,7 @@ type demo struct {
 	dsn   string
 	table string
 	rows  int
+	seen  *tally // the observer of db's streams
 
 	streamed struct {
 		rows, bytes     int64
@@ -100,7 +101,7 @@ func (d *demo) stream(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }()
 	stream, err := jsonstream.NewStream()
 	if err != nil {
 		return err
@@ -256,12 +257,12 @@ func (d *demo) pauseTimeout(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }()
 	rows, err := conn.QueryContext(ctx, dataset.Select(d.table, 0), stream)
 	if err != nil {
 		return err
 	}
-	defer rows.Close()
+	defer func() { _ = rows.Close() }() // the stream failed or was read; its error is reported below
 	if !rows.Next() {
 		return fmt.Errorf("pause timeout: no first row: %w", rows.Err())
 	}
@@ -277,7 +278,7 @@ func (d *demo) pauseTimeout(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		return fmt.Errorf("pause timeout: Next returned %t, %v; want false, ErrPauseTimeout", more, t.err)
+		return fmt.Errorf("pause timeout: Next returned %t, %w; want false, ErrPauseTimeout", more, t.err)
 	}
 	d.out.say("  Next returned false after %s; rows.Err(): %v", seconds(t.waited), t.err)
 	s := stream.Stats()
@@ -381,7 +382,7 @@ func (d *demo) earlyClose(ctx context.Context) error {
 			return err
 		}
 		res, err := closeAfterFirstRow(ctx, db, q)
-		db.Close()
+		_ = db.Close()
 		if err != nil {
 			return fmt.Errorf("%s: %w", w.name, err)
 		}
@@ -411,7 +412,7 @@ func closeAfterFirstRow(ctx context.Context, db *sql.DB, query string) (closeRes
 		return res, err
 	}
 	if !rows.Next() {
-		rows.Close()
+		_ = rows.Close()
 		return res, fmt.Errorf("early close: no first row: %w", rows.Err())
 	}
 	begin := time.Now()
@@ -432,7 +433,7 @@ func (d *demo) summary() {
 	d.out.heading("Summary")
 	w := tabwriter.NewWriter(d.out.stdout, 0, 0, 3, ' ', 0)
 	row := func(name, format string, args ...any) {
-		fmt.Fprintf(w, "  %s\t"+format+"\n", append([]any{name}, args...)...)
+		_, _ = fmt.Fprintf(w, "  %s\t"+format+"\n", append([]any{name}, args...)...)
 	}
 	st, p, t := &d.streamed, &d.pause, &d.timeout
 	row("rows streamed", "%s, decoded into dataset.Entity", group(st.rows))
@@ -461,5 +462,6 @@ func (d *demo) summary() {
 		}
 		row(name, "%s %s, %s", r.name, seconds(r.took), conn)
 	}
-	w.Flush()
+	row("the observer saw", "%s", d.seen)
+	_ = w.Flush() // to the terminal: a failed write has nowhere better to go
 }

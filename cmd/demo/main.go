@@ -15,7 +15,6 @@ package main
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"flag"
 	"fmt"
@@ -26,7 +25,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/jsonstream/jsonstream"
 	"github.com/jsonstream/jsonstream/internal/pgtest"
 	"github.com/lib/pq"
 )
@@ -72,7 +70,7 @@ func parseArgs(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&c.rows, "rows", 1_000_000, "number of JSON documents to load and stream")
 	usage := func() {
 		fs.SetOutput(stderr)
-		fmt.Fprintf(stderr, "usage: demo [-rows N] [-dsn DSN]\n\n"+
+		_, _ = fmt.Fprintf(stderr, "usage: demo [-rows N] [-dsn DSN]\n\n"+
 			"Loads N JSON documents into PostgreSQL and shows jsonstream streaming,\n"+
 			"pausing and closing them. Without -dsn or $%s it runs its own\n"+
 			"throwaway server and removes it afterwards.\n\n", envDSN)
@@ -134,11 +132,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 		}
 	}
 
-	db, err := sql.Open(jsonstream.DriverName, dsn)
+	observed := &tally{}
+	db, err := openObserved(dsn, observed)
 	if err != nil {
 		return err
 	}
-	defer db.Close()
+	defer func() { _ = db.Close() }()
 	if err := db.PingContext(ctx); err != nil {
 		return fmt.Errorf("connecting to PostgreSQL: %w", err)
 	}
@@ -149,6 +148,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 		dsn:   dsn,
 		table: demoTable(),
 		rows:  cfg.rows,
+		seen:  observed,
 	}
 	defer func() {
 		if dropErr := d.dropTable(ctx); dropErr != nil {
@@ -173,7 +173,7 @@ func demoTable() string { return fmt.Sprintf("jsonstream_demo_%d", os.Getpid()) 
 func startServer(out *printer) (*pgtest.Server, error) {
 	if _, err := findBinDir(); err != nil {
 		if errors.Is(err, pgtest.ErrNoServer) {
-			fmt.Fprint(out.stderr, noServerMessage())
+			_, _ = fmt.Fprint(out.stderr, noServerMessage())
 			return nil, errors.New("no PostgreSQL to run against")
 		}
 		return nil, err

@@ -92,6 +92,7 @@ func TestDemo(t *testing.T) {
 		"pause timeout (1s)",
 		"ErrPauseTimeout after",
 		"early close after 1 row",
+		"the observer saw",
 	} {
 		assert.Contains(t, out, want)
 	}
@@ -111,6 +112,10 @@ func TestDemo(t *testing.T) {
 		assert.Equal(t, kept, m[3] == "kept", way)
 		assert.Regexp(t, `\n\s+(early close after 1 row)?\s+`+regexp.QuoteMeta(way)+` [\d.]+ [µm]?s, `+map[bool]string{true: "same", false: "new"}[kept]+` backend\n`, out)
 	}
+	// The stream step's pause and the forgotten one, which timed out and
+	// cut its connection; its stream ended pause_timeout, and the
+	// streamed one complete.
+	assert.Regexp(t, `the observer saw\s+[\d,]+ streams \(complete [\d,]+, .*pause_timeout 1\b.*\); [\d,]+ rows, 2 pauses \([\d.]+ m?s paused\), 1 pause timeout, [1-9]\d* connections? cut`, out)
 	assert.Regexp(t, `20,000 rows  5\.\d MB  [\d,]+ rows/s  complete`, stderr.String())
 	assert.NotContains(t, out, "Starting a throwaway", "a DSN was given")
 
@@ -177,8 +182,8 @@ func interruptAt(t *testing.T, at string, args ...string) string {
 			t.Fatalf("run ended before %q with %v\nstdout:\n%s\nstderr:\n%s", at, err, stdout.String(), stderr.String())
 		case <-deadline:
 			cancel()
-			<-done
-			t.Fatalf("no %q within a minute\nstdout:\n%s", at, stdout.String())
+			err := <-done
+			t.Fatalf("no %q within a minute; run then returned %v\nstdout:\n%s", at, err, stdout.String())
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
@@ -190,7 +195,7 @@ func interruptAt(t *testing.T, at string, args ...string) string {
 		assert.ErrorIs(t, err, errInterrupted)
 	case <-time.After(cancelWithin):
 		t.Errorf("run did not return within %v of the cancel", cancelWithin)
-		<-done
+		t.Logf("run returned %v in the end", <-done)
 	}
 	return stdout.String()
 }

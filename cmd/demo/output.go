@@ -11,7 +11,9 @@ import (
 const plainEvery = time.Second
 
 // printer keeps the progress line on stderr and the narration on stdout
-// from garbling each other. It is used from one goroutine only.
+// from garbling each other. It is used from one goroutine only. Its
+// write errors are dropped: a terminal that fails a write leaves nowhere
+// better to report it.
 type printer struct {
 	stdout, stderr io.Writer
 	// live is set when stderr is a terminal: the progress line is then
@@ -34,7 +36,7 @@ func newPrinter(stdout, stderr io.Writer) *printer {
 func (p *printer) progress(line string, force bool) {
 	if p.live {
 		// \x1b[K clears what a longer previous line left on the right.
-		fmt.Fprint(p.stderr, "\r"+line+"\x1b[K")
+		_, _ = fmt.Fprint(p.stderr, "\r"+line+"\x1b[K")
 		p.open, p.last = true, line
 		return
 	}
@@ -42,14 +44,14 @@ func (p *printer) progress(line string, force bool) {
 		return
 	}
 	p.lastPlain = time.Now()
-	fmt.Fprintln(p.stderr, line)
+	_, _ = fmt.Fprintln(p.stderr, line)
 }
 
 // endLine keeps the live progress line on screen as it stands and moves
 // below it, so what follows does not overwrite it.
 func (p *printer) endLine() {
 	if p.open {
-		fmt.Fprintln(p.stderr)
+		_, _ = fmt.Fprintln(p.stderr)
 		p.open = false
 	}
 }
@@ -57,13 +59,13 @@ func (p *printer) endLine() {
 // say prints a line of narration on stdout, below any progress line.
 func (p *printer) say(format string, args ...any) {
 	p.endLine()
-	fmt.Fprintf(p.stdout, format+"\n", args...)
+	_, _ = fmt.Fprintf(p.stdout, format+"\n", args...)
 }
 
 // heading starts a step of the demo.
 func (p *printer) heading(format string, args ...any) {
 	p.endLine()
-	fmt.Fprintf(p.stdout, "\n== "+format+"\n", args...)
+	_, _ = fmt.Fprintf(p.stdout, "\n== "+format+"\n", args...)
 }
 
 // megabytes is in decimal units, as transfer rates usually are.

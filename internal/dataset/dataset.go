@@ -185,7 +185,7 @@ func Select(table string, limit int) string {
 func checkTable(table string) error {
 	ok := table != "" && len(table) <= 61 && (table[0] < '0' || table[0] > '9')
 	for _, c := range table {
-		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_') {
+		if (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '_' {
 			ok = false
 		}
 	}

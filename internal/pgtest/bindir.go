@@ -79,8 +79,8 @@ func FindBinDir() (string, error) {
 
 func pathCandidates(initdb string) []string {
 	dirs := []string{}
-	if real, err := filepath.EvalSymlinks(initdb); err == nil {
-		dirs = append(dirs, filepath.Dir(real))
+	if resolved, err := filepath.EvalSymlinks(initdb); err == nil {
+		dirs = append(dirs, filepath.Dir(resolved))
 	}
 	if d := filepath.Dir(initdb); !slices.Contains(dirs, d) {
 		dirs = append(dirs, d)

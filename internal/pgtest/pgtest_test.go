@@ -76,7 +76,7 @@ func assertPortClosed(t *testing.T, port int) {
 	t.Helper()
 	conn, err := net.DialTimeout("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), time.Second)
 	if err == nil {
-		conn.Close()
+		_ = conn.Close()
 		t.Errorf("port %d still accepts connections", port)
 	}
 }
@@ -91,7 +91,7 @@ func TestStartRestartStop(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("Start took %v", time.Since(begin))
-	defer s.Stop()
+	defer func() { _ = s.Stop() }() // for a failure midway; the test stops it itself
 	port := s.Port()
 	selectOne(t, s.DSN())
 	selectOne(t, s.URL())
@@ -129,7 +129,7 @@ func TestStartFailureCleansUp(t *testing.T) {
 	// Beyond PostgreSQL's limit, so the postmaster exits at once.
 	s, err := Start(Options{MaxConnections: 1 << 20})
 	if err == nil {
-		s.Stop()
+		_ = s.Stop()
 		t.Fatal("Start succeeded with an impossible max_connections")
 	}
 	if !strings.Contains(err.Error(), "max_connections") {
@@ -148,7 +148,7 @@ func TestStartAsRootNeedsReachableTempDir(t *testing.T) {
 
 	s, err := Start(Options{})
 	if err == nil {
-		s.Stop()
+		_ = s.Stop()
 		t.Fatal("Start succeeded in a temp dir the server cannot reach")
 	}
 	if !strings.Contains(err.Error(), "TMPDIR") {
@@ -239,7 +239,16 @@ func TestHelperProcess(t *testing.T) {
 	if mode == "signal" {
 		defer s.StopOnSignal()()
 	}
-	os.Stdout.WriteString("READY " + s.dir + " " + strconv.Itoa(s.Port()) + "\n")
+	if mode == "pgbouncer" {
+		b, err := StartPgBouncer(s, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = os.Stdout.WriteString("READY " + b.dir + " " + strconv.Itoa(b.Port()) + "\n")
+		time.Sleep(time.Minute) // until the parent ends us
+		t.Fatal("not ended by the parent")
+	}
+	_, _ = os.Stdout.WriteString("READY " + s.dir + " " + strconv.Itoa(s.Port()) + "\n")
 	time.Sleep(time.Minute) // until the parent ends us
 	t.Fatal("not ended by the parent")
 }
@@ -261,8 +270,8 @@ func runHelper(t *testing.T, mode string) (*exec.Cmd, string, int) {
 	line, err := bufio.NewReader(out).ReadString('\n')
 	f := strings.Fields(line)
 	if err != nil || len(f) != 3 || f[0] != "READY" {
-		cmd.Process.Kill()
-		cmd.Wait()
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
 		t.Fatalf("helper did not start a server: %q, %v", line, err)
 	}
 	port, _ := strconv.Atoi(f[2])
@@ -308,12 +317,106 @@ func TestStopOnSignal(t *testing.T) {
 	assertPortClosed(t, port)
 }
 
+// TestPgBouncerWatchdogAfterKill: a pgbouncer outlives no test process.
+func TestPgBouncerWatchdogAfterKill(t *testing.T) {
+	needBinaries(t)
+	if _, err := FindPgBouncer(); err != nil {
+		if inCI() {
+			t.Fatal(err, "\n", PgBouncerInstallHint)
+		}
+		t.Skip(err, "\n", PgBouncerInstallHint)
+	}
+	cmd, dir, port := runHelper(t, "pgbouncer")
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+	waitGone(t, dir, port)
+}
+
 func TestWatchdogAfterKill(t *testing.T) {
 	needBinaries(t)
 	cmd, dir, port := runHelper(t, "kill")
 	if err := cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	cmd.Wait()
+	_ = cmd.Wait() // killed: it can only say so
 	waitGone(t, dir, port)
+}
+
+func TestSecureTopologies(t *testing.T) {
+	s := Shared(t)
+	cert, key := s.ClientCert()
+	for name, dsn := range map[string]string{
+		"require":     s.DSNAs("user=postgres sslmode=require"),
+		"verify-full": "host=localhost port=" + strconv.Itoa(s.Port()) + " dbname=postgres user=postgres sslmode=verify-full sslrootcert=" + s.CAFile(),
+		"client cert": s.DSNAs("user=" + CertUser + " sslmode=verify-full sslrootcert=" + s.CAFile() + " sslcert=" + cert + " sslkey=" + key),
+		"unix socket": "host=" + s.SocketDir() + " port=" + strconv.Itoa(s.Port()) + " user=postgres dbname=postgres",
+		"scram":       s.DSNAs("user=" + SCRAMUser + " password=" + s.SCRAMPassword() + " sslmode=disable"),
+		"scram unix":  "host=" + s.SocketDir() + " port=" + strconv.Itoa(s.Port()) + " dbname=postgres user=" + SCRAMUser + " password=" + s.SCRAMPassword(),
+	} {
+		t.Run(name, func(t *testing.T) { selectOne(t, dsn) })
+	}
+	t.Run("scram refuses a wrong password", func(t *testing.T) {
+		db, err := sql.Open("postgres", s.DSNAs("user="+SCRAMUser+" password=wrong sslmode=disable"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close()
+		if err := db.Ping(); err == nil || !strings.Contains(err.Error(), "password authentication failed") {
+			t.Fatalf("Ping with a wrong password: %v", err)
+		}
+	})
+	t.Run("cert user needs its certificate", func(t *testing.T) {
+		db, err := sql.Open("postgres", s.DSNAs("user="+CertUser+" sslmode=require"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close()
+		if err := db.Ping(); err == nil {
+			t.Fatal("cert user logged in without a certificate")
+		}
+	})
+	t.Run("ssl is on", func(t *testing.T) {
+		db, err := sql.Open("postgres", s.DSNAs("user=postgres sslmode=require"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close()
+		var ssl bool
+		if err := db.QueryRow("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").Scan(&ssl); err != nil || !ssl {
+			t.Fatalf("connection not encrypted: %v, %v", ssl, err)
+		}
+	})
+}
+
+func TestPgBouncer(t *testing.T) {
+	b := SharedPgBouncer(t)
+	t.Logf("PgBouncer %s", b.Version())
+	for _, db := range []string{SessionPool, TransactionPool} {
+		selectOne(t, b.DSN(db))
+	}
+	admin, err := sql.Open("postgres", b.DSN("pgbouncer")+" binary_parameters=yes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	rows, err := admin.Query("SHOW POOLS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = rows.Close()
+}
+
+func TestFindPgBouncerNothing(t *testing.T) {
+	t.Setenv("PATH", "")
+	old := pgbouncerSearch
+	pgbouncerSearch = []string{filepath.Join(t.TempDir(), "pgbouncer")}
+	t.Cleanup(func() { pgbouncerSearch = old })
+	if p, err := FindPgBouncer(); !errors.Is(err, ErrNoPgBouncer) {
+		t.Fatalf("FindPgBouncer() = %q, %v; want ErrNoPgBouncer", p, err)
+	}
+	if _, err := StartPgBouncer(&Server{}, nil); !errors.Is(err, ErrNoPgBouncer) {
+		t.Fatalf("StartPgBouncer without the binary: %v; want ErrNoPgBouncer", err)
+	}
 }

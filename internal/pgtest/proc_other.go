@@ -17,5 +17,8 @@ func signalFast(p *os.Process) error { return p.Kill() }
 // signalImmediate has no gentle equivalent here.
 func signalImmediate(p *os.Process) error { return p.Kill() }
 
+// signalTerminate has no gentle equivalent here.
+func signalTerminate(p *os.Process) error { return p.Kill() }
+
 // killGroup can only reach the postmaster here.
 func killGroup(p *os.Process) error { return p.Kill() }

@@ -25,6 +25,9 @@ func signalFast(p *os.Process) error { return p.Signal(syscall.SIGINT) }
 // signalImmediate requests PostgreSQL's immediate shutdown.
 func signalImmediate(p *os.Process) error { return p.Signal(syscall.SIGQUIT) }
 
+// signalTerminate asks for PgBouncer's immediate shutdown.
+func signalTerminate(p *os.Process) error { return p.Signal(syscall.SIGTERM) }
+
 // killGroup kills the postmaster and every backend it left behind; the
 // postmaster leads its own group (see sysProcAttr).
 func killGroup(p *os.Process) error { return syscall.Kill(-p.Pid, syscall.SIGKILL) }

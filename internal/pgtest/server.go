@@ -3,7 +3,8 @@
 //
 // Start creates a private cluster in a temporary directory, tuned for speed
 // instead of durability, and Stop removes every trace of it. Main, DSN and
-// Shared share one such server between the tests of a package.
+// Shared share one such server between the tests of a package, and
+// SharedPgBouncer a PgBouncer in front of it.
 package pgtest
 
 import (
@@ -49,8 +50,11 @@ type Options struct {
 }
 
 // Server is a running throwaway PostgreSQL cluster. It listens on
-// 127.0.0.1 only, trusts every local connection as user postgres, and runs
-// with fsync off: its data is not meant to survive a crash.
+// 127.0.0.1 and its Unix socket only, trusts every local connection as user
+// postgres, and runs with fsync off: its data is not meant to survive a
+// crash. It also serves TLS with certificates made at start (CAFile,
+// ClientCert) and has a role for client-certificate authentication
+// (CertUser) and one for SCRAM-SHA-256 (SCRAMUser).
 type Server struct {
 	port    int
 	dir     string // private temp dir: data directory, log file, unix socket
@@ -58,6 +62,8 @@ type Server struct {
 	maxConn int
 	owner   *account // nil unless running as root, see runAs
 	logf    func(format string, args ...any)
+	// scramPassword is SCRAMUser's; see setupSecurity.
+	scramPassword string
 
 	// mu guards the fields below and is held for the whole of Stop and
 	// Restart, so the two never interleave.
@@ -132,7 +138,7 @@ func (s *Server) setup() error {
 			return fmt.Errorf("pgtest: %w", err)
 		}
 	}
-	s.watchdog = startWatchdog(dir, s.logf)
+	s.watchdog = startWatchdog(dir, filepath.Join(s.dataDir(), "postmaster.pid"), s.logf)
 
 	t := time.Now()
 	initdb := s.command("initdb", "-D", s.dataDir(), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-locale", "-N")
@@ -140,6 +146,9 @@ func (s *Server) setup() error {
 		return fmt.Errorf("pgtest: initdb: %w\n%s", err, s.logTail(0))
 	}
 	s.logf("pgtest: initdb took %v", time.Since(t).Round(time.Millisecond))
+	if err := s.setupSecurity(); err != nil {
+		return err
+	}
 
 	// A port that was free a moment ago may be taken by the time postgres
 	// binds it; only that failure is worth another try with a new port.
@@ -151,7 +160,7 @@ func (s *Server) setup() error {
 		s.port = port
 		err = s.startProcess()
 		if err == nil {
-			return nil
+			return s.createRoles(s.exec)
 		}
 		if !errors.Is(err, errBind) || attempt == bindAttempts {
 			return err
@@ -255,6 +264,7 @@ func (s *Server) startProcess() error {
 		"-c", "max_connections="+strconv.Itoa(s.maxConn),
 		"-c", "shared_buffers=128MB",
 	)
+	cmd.Args = append(cmd.Args, securitySettings()...)
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("pgtest: start postgres: %w", err)
 	}
@@ -272,9 +282,9 @@ func (s *Server) startProcess() error {
 		_ = s.stopProcess()
 		tail := s.logTail(logStart)
 		if strings.Contains(tail, "could not bind") || strings.Contains(tail, "could not create any TCP/IP sockets") {
-			return fmt.Errorf("%w %d: %v\n%s", errBind, s.port, err, tail)
+			return fmt.Errorf("%w %d: %w\n%s", errBind, s.port, err, tail)
 		}
-		return fmt.Errorf("%v\n%s", err, tail)
+		return fmt.Errorf("%w\n%s", err, tail)
 	}
 	s.logf("pgtest: postgres accepted connections after %v", time.Since(t).Round(time.Millisecond))
 	return nil
@@ -285,7 +295,7 @@ func (s *Server) waitReady() error {
 	if err != nil {
 		return fmt.Errorf("pgtest: %w", err)
 	}
-	defer db.Close()
+	defer func() { _ = db.Close() }()
 	deadline := time.Now().Add(readyTimeout)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -296,13 +306,26 @@ func (s *Server) waitReady() error {
 		}
 		select {
 		case <-s.exited:
-			return fmt.Errorf("pgtest: postgres exited during startup (last connection error: %v)", err)
+			return fmt.Errorf("pgtest: postgres exited during startup (last connection error: %w)", err)
 		case <-time.After(50 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("pgtest: postgres did not accept connections within %v: %w", readyTimeout, err)
 		}
 	}
+}
+
+// exec runs statements as postgres, for the harness's own setup.
+func (s *Server) exec(statements string) error {
+	db, err := sql.Open("postgres", s.DSN())
+	if err != nil {
+		return fmt.Errorf("pgtest: %w", err)
+	}
+	defer func() { _ = db.Close() }()
+	if _, err := db.Exec(statements); err != nil {
+		return fmt.Errorf("pgtest: %w", err)
+	}
+	return nil
 }
 
 // stopProcess shuts the postmaster down: fast shutdown first (disconnects
@@ -461,7 +484,7 @@ func freePort() (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("pgtest: find a free port: %w", err)
 	}
-	defer l.Close()
+	defer func() { _ = l.Close() }()
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
@@ -483,7 +506,7 @@ func (s *Server) logTail(from int64) string {
 	if err != nil {
 		return ""
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }() // read only
 	if fi, err := f.Stat(); err == nil && fi.Size()-from > logTailBytes {
 		from = fi.Size() - logTailBytes
 	}

@@ -30,6 +30,11 @@ var shared struct {
 	srv       *Server
 	err       error
 	stopWatch func() // ends srv's signal watcher
+
+	// The shared PgBouncer in front of srv, started on first use.
+	triedBouncer bool
+	bouncer      *PgBouncer
+	bouncerErr   error
 }
 
 // Main runs the tests of a package that uses the shared server:
@@ -49,7 +54,7 @@ func Main(m *testing.M) (code int) {
 	// the server's watchdog cleans up in that case.
 	defer func() {
 		if r := recover(); r != nil {
-			stopShared()
+			_ = stopShared() // the panic is what matters
 			panic(r)
 		}
 	}()
@@ -90,10 +95,15 @@ func stopShared() error {
 		shared.stopWatch()
 		shared.stopWatch = nil
 	}
-	if shared.srv == nil {
-		return nil
+	var bouncerErr error
+	if shared.bouncer != nil {
+		bouncerErr = shared.bouncer.Stop()
+		shared.bouncer = nil
 	}
-	err := shared.srv.Stop()
+	if shared.srv == nil {
+		return bouncerErr
+	}
+	err := errors.Join(bouncerErr, shared.srv.Stop())
 	shared.srv = nil
 	return err
 }
@@ -152,6 +162,33 @@ func sharedServer(t testing.TB) *Server {
 		}
 	}
 	return shared.srv
+}
+
+// SharedPgBouncer returns a PgBouncer in front of the shared server,
+// started on the first call and stopped by Main. Like Shared, it skips
+// the test when JSONSTREAM_TEST_DSN is set (outside CI); without the
+// pgbouncer binary it skips the test with PgBouncerInstallHint, or fails
+// it under CI.
+func SharedPgBouncer(t testing.TB) *PgBouncer {
+	t.Helper()
+	srv := Shared(t)
+	shared.mu.Lock()
+	defer shared.mu.Unlock()
+	if !shared.triedBouncer {
+		shared.triedBouncer = true
+		shared.bouncer, shared.bouncerErr = StartPgBouncer(srv, quietLogf)
+	}
+	if shared.bouncerErr != nil {
+		switch {
+		case errors.Is(shared.bouncerErr, ErrNoPgBouncer) && inCI():
+			t.Fatal(shared.bouncerErr, "\n", PgBouncerInstallHint)
+		case errors.Is(shared.bouncerErr, ErrNoPgBouncer):
+			t.Skip(shared.bouncerErr, "\n", PgBouncerInstallHint)
+		default:
+			t.Fatal(shared.bouncerErr)
+		}
+	}
+	return shared.bouncer
 }
 
 // quietLogf keeps progress out of test output unless tests run verbose.

@@ -8,14 +8,15 @@ import (
 // watchdogScript runs in a separate process whose stdin is a pipe held
 // only by us. When we exit in any way, including a panic in a test
 // goroutine, a test timeout or SIGKILL, none of which run Stop, the pipe
-// closes; the script then shuts the server down and removes $1.
-// After a normal Stop it finds nothing left to do. The postmaster removes
-// its pid file when it exits; that, not kill -0, is the sign to go on,
+// closes; the script then ends the process whose pid file is $2 (the
+// postmaster, or a pgbouncer) and removes $1. After a normal Stop it finds
+// nothing left to do. The process removes its pid file when it exits;
+// that, not kill -0, is the sign to go on,
 // because the exited postmaster lingers as a zombie until whoever inherits
 // it gets round to reaping it.
 const watchdogScript = `
 cat >/dev/null
-pidfile="$1/data/postmaster.pid"
+pidfile="$2"
 pid=$(head -n 1 "$pidfile" 2>/dev/null)
 if [ -n "$pid" ] && kill -QUIT "$pid" 2>/dev/null; then
 	i=0
@@ -36,8 +37,8 @@ type watchdog struct {
 
 // startWatchdog is best effort: without /bin/sh the server still works,
 // it just is not cleaned up if we die without calling Stop.
-func startWatchdog(dir string, logf func(string, ...any)) *watchdog {
-	cmd := exec.Command("/bin/sh", "-c", watchdogScript, "pgtest-watchdog", dir)
+func startWatchdog(dir, pidfile string, logf func(string, ...any)) *watchdog {
+	cmd := exec.Command("/bin/sh", "-c", watchdogScript, "pgtest-watchdog", dir, pidfile)
 	// Its own process group keeps a Ctrl-C aimed at us from killing it
 	// before it has done its job.
 	cmd.SysProcAttr = sysProcAttr(nil)

@@ -99,7 +99,7 @@ func run(cfg config) error {
 			}
 			return err
 		}
-		defer srv.Stop()
+		defer func() { _ = srv.Stop() }() // a throwaway server; the report is what matters
 		defer srv.StopOnSignal()()
 		cfg.dsn, cfg.ownServer = srv.DSN(), true
 	}
@@ -109,7 +109,7 @@ func run(cfg config) error {
 	if err != nil {
 		return err
 	}
-	defer db.Close()
+	defer func() { _ = db.Close() }()
 	if err := loadDataset(ctx, db, cfg.rows); err != nil {
 		return err
 	}
@@ -122,7 +122,7 @@ func run(cfg config) error {
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(tmp)
+	defer func() { _ = os.RemoveAll(tmp) }() // in the temp dir: the system cleans up what is left
 	testBin := filepath.Join(tmp, "bench.test")
 	logf("building the benchmarks")
 	build := exec.Command("go", "test", "-c", "-o", testBin, ".")
@@ -318,16 +318,16 @@ func writeAtomic(path string, data []byte) error {
 		return err
 	}
 	if _, err := f.Write(data); err != nil {
-		f.Close()
-		os.Remove(f.Name())
+		_ = f.Close()
+		_ = os.Remove(f.Name())
 		return err
 	}
 	if err := f.Close(); err != nil {
-		os.Remove(f.Name())
+		_ = os.Remove(f.Name()) // the error above is the one to report
 		return err
 	}
 	if err := os.Chmod(f.Name(), 0o644); err != nil {
-		os.Remove(f.Name())
+		_ = os.Remove(f.Name()) // the error above is the one to report
 		return err
 	}
 	return os.Rename(f.Name(), path)

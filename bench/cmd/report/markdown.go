@@ -147,7 +147,7 @@ func (r *report) summary(b *strings.Builder, largest int) {
 		paused, ok4 := r.res.median(overheadName(n, "jsonstream-paused-once"), "allocs/op")
 		innerCPU, _ := r.res.median(overheadName(n, "inner"), "cpu-ns/op")
 		jsCPU, _ := r.res.median(overheadName(n, "jsonstream"), "cpu-ns/op")
-		if !(ok1 && ok2 && ok3 && ok4) {
+		if !ok1 || !ok2 || !ok3 || !ok4 {
 			continue
 		}
 		fmt.Fprintf(b, "- **Per query of %d row(s)** on an in-memory driver: never paused %+.0f allocation and %+.0f ns of CPU "+
@@ -248,7 +248,7 @@ func (r *report) overhead(b *strings.Builder) {
 		inner, ok2 := r.res.median(overheadName(n, "inner"), "allocs/op")
 		arg, ok3 := r.res.median(overheadName(n, "jsonstream-stream-arg"), "allocs/op")
 		paused, ok4 := r.res.median(overheadName(n, "jsonstream-paused-once"), "allocs/op")
-		if !(ok1 && ok2 && ok3 && ok4) {
+		if !ok1 || !ok2 || !ok3 || !ok4 {
 			continue
 		}
 		verdict := "holds"
@@ -572,16 +572,16 @@ func (r *report) slowerSection(b *strings.Builder) {
 		"larger than the spread of the rounds; the second those within it, which this run cannot tell from "+
 		"the machine's noise. CPU per row and allocations are the steadiest measures here; wall-clock "+
 		"rates move with everything else the machine runs.\n\n", 100*noise)
-	var clear, noisy []finding
+	var clean, noisy []finding
 	for _, f := range r.slower {
 		if f.noisy {
 			noisy = append(noisy, f)
 		} else {
-			clear = append(clear, f)
+			clean = append(clean, f)
 		}
 	}
 	b.WriteString("### Beyond the noise\n\n")
-	writeFindings(b, clear)
+	writeFindings(b, clean)
 	b.WriteString("### Within the noise\n\n")
 	writeFindings(b, noisy)
 }

@@ -46,7 +46,7 @@ func peakChild(clientName, dsn string, rows int) error {
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }()
 
 	res := peakResult{Client: clientName}
 	sample := []metrics.Sample{{Name: heapMetric}}
@@ -106,7 +106,7 @@ func procStatus(field string) (uint64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("peak RSS needs Linux's /proc: %w", err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }() // read only
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		value, ok := strings.CutPrefix(sc.Text(), field+":")

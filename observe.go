@@ -1,0 +1,358 @@
+package jsonstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+)
+
+// Observer receives the events of every stream it is set on, to feed
+// metrics, traces or logs. Set it on a Connector or Driver with
+// WithObserver, or on one query with a Stream's WithObserver, which
+// replaces the connector's for that query.
+//
+// ObserveStream is called synchronously, on the goroutine whose call
+// caused the event (listed at each EventKind), never while jsonstream
+// holds a lock: a slow observer slows only the call it is made from, and
+// it may call the stream's Controller methods. Events of one stream that
+// come from different goroutines (a Pause on one, a Resume on another) may
+// reach the observer in either order or at the same time, so ObserveStream
+// must be safe for concurrent use; Stats.Pauses numbers the pauses.
+//
+// An event never carries the query's arguments, and carries the query
+// text only under WithObserverQueryText(true).
+type Observer interface {
+	ObserveStream(Event)
+}
+
+// ObserverFunc makes an ordinary function an Observer.
+type ObserverFunc func(Event)
+
+// ObserveStream implements Observer.
+func (f ObserverFunc) ObserveStream(e Event) { f(e) }
+
+// EventKind says what happened to a stream.
+type EventKind uint8
+
+const (
+	// EventStarted means the query was sent and the inner driver returned
+	// its rows. From the goroutine that called Query; a stream's first
+	// event.
+	EventStarted EventKind = iota
+	// EventFirstRow means Next delivered the stream's first row;
+	// Stats.FirstRow is the time since the query was sent. From the
+	// goroutine that called Next.
+	EventFirstRow
+	// EventPaused means Pause paused a running stream (a Pause on a paused
+	// one fires nothing). From the goroutine that called Pause.
+	EventPaused
+	// EventResumed means a pause ended by Resume, or by the pause timeout
+	// under ResumeOnPauseTimeout (after EventPauseTimeout); Event.Paused is
+	// how long it lasted. From the goroutine that called Resume, or the
+	// pause timer's.
+	EventResumed
+	// EventPauseTimeout means a pause outlived the pause timeout;
+	// Event.Paused is how long it lasted. It fires before the timeout takes
+	// effect (the stream is still Paused); then the stream fails under
+	// FailOnPauseTimeout, or resumes under ResumeOnPauseTimeout
+	// (EventResumed follows), unless a Resume or Close came meanwhile.
+	// From the pause timer's goroutine: a slow observer delays the
+	// timeout's effect.
+	EventPauseTimeout
+	// EventEnded means the stream was closed; it fires exactly once, with
+	// the final Stats, the Outcome and the error. It is the last event but
+	// for those of a Pause, Resume or pause timeout that raced with Close
+	// on another goroutine. A stream that failed (Cancel, context, pause
+	// timeout, a server error) fires it when it is closed. From the
+	// goroutine that closed the rows: the consumer's, or database/sql's
+	// own when the query's context ends.
+	EventEnded
+)
+
+// String returns the kind's name, as in "paused".
+func (k EventKind) String() string {
+	switch k {
+	case EventStarted:
+		return "started"
+	case EventFirstRow:
+		return "first_row"
+	case EventPaused:
+		return "paused"
+	case EventResumed:
+		return "resumed"
+	case EventPauseTimeout:
+		return "pause_timeout"
+	case EventEnded:
+		return "ended"
+	}
+	return fmt.Sprintf("EventKind(%d)", uint8(k))
+}
+
+// StreamMode says how a stream reads its rows from the server.
+type StreamMode uint8
+
+const (
+	// ModeSingle streams the result of one statement, as the server sends
+	// it.
+	ModeSingle StreamMode = iota
+	// ModeCursor reads the result through a server-side cursor, in batches.
+	ModeCursor
+)
+
+// String returns "single" or "cursor".
+func (m StreamMode) String() string {
+	switch m {
+	case ModeSingle:
+		return "single"
+	case ModeCursor:
+		return "cursor"
+	}
+	return fmt.Sprintf("StreamMode(%d)", uint8(m))
+}
+
+// Outcome says how a stream ended.
+type Outcome uint8
+
+const (
+	// OutcomeComplete means every row was read.
+	OutcomeComplete Outcome = iota
+	// OutcomeDrained means the stream was closed early, and the rest of
+	// the result was read and thrown away, keeping the connection.
+	OutcomeDrained
+	// OutcomeCut means the stream was closed early, and the connection was
+	// cut to stop the server-side query.
+	OutcomeCut
+	// OutcomeCursorClosed means the stream was closed early, and its
+	// server-side cursor was closed, keeping the connection.
+	OutcomeCursorClosed
+	// OutcomeCanceled means the stream failed by Cancel (ErrCanceled).
+	OutcomeCanceled
+	// OutcomeContext means the stream ended because the query's context,
+	// or its transaction's, ended; database/sql then closes the rows
+	// itself, so the stream may be Closed rather than Failed.
+	OutcomeContext
+	// OutcomePauseTimeout means the stream failed by the pause timeout
+	// (ErrPauseTimeout).
+	OutcomePauseTimeout
+	// OutcomeFailed means the stream failed by an error from the server,
+	// the network or the inner driver.
+	OutcomeFailed
+)
+
+// String returns the outcome's name, as in "pause_timeout".
+func (o Outcome) String() string {
+	switch o {
+	case OutcomeComplete:
+		return "complete"
+	case OutcomeDrained:
+		return "drained"
+	case OutcomeCut:
+		return "cut"
+	case OutcomeCursorClosed:
+		return "cursor_closed"
+	case OutcomeCanceled:
+		return "canceled"
+	case OutcomeContext:
+		return "context"
+	case OutcomePauseTimeout:
+		return "pause_timeout"
+	case OutcomeFailed:
+		return "failed"
+	}
+	return fmt.Sprintf("Outcome(%d)", uint8(o))
+}
+
+// Event is one thing that happened to a stream. Fields that do not apply
+// to its Kind are zero.
+type Event struct {
+	// Kind says what happened.
+	Kind EventKind
+	// Context is the query's context (context.Background for a Query
+	// without one), so an observer finds the query's span in it.
+	Context context.Context
+	// Query is the query text under WithObserverQueryText(true); empty
+	// otherwise.
+	Query string
+	// Mode is how the stream reads its rows.
+	Mode StreamMode
+	// Stats are the stream's counters when the event fired.
+	Stats Stats
+	// Paused is how long a pause lasted: the one EventResumed ended, the
+	// one that outlived the timeout on EventPauseTimeout, and on
+	// EventEnded the one that ended with the stream (EndedPaused).
+	Paused time.Duration
+
+	// The fields below are set on EventEnded only.
+
+	// Outcome is how the stream ended.
+	Outcome Outcome
+	// Err is the error that failed the stream, or the one Close returned.
+	Err error
+	// EndedPaused reports that the stream was paused when it ended (by
+	// Close, a failure, or reaching its end), so no EventResumed ends its
+	// last pause.
+	EndedPaused bool
+	// ConnCut reports that jsonstream cut the stream's connection: on an
+	// early Close, Cancel, the pause timeout or the end of the context.
+	ConnCut bool
+}
+
+// WithObserver sets the Observer that receives the events of the streams.
+// On a Stream it replaces the connector's Observer for that query. A nil
+// Observer is an error.
+func WithObserver(o Observer) Option {
+	return func(s *settings) error {
+		if f, ok := o.(ObserverFunc); o == nil || ok && f == nil {
+			return invalid("WithObserver", o, "nil Observer")
+		}
+		s.observer = o
+		return nil
+	}
+}
+
+// WithObserverQueryText sets whether events carry the query text
+// (Event.Query); the default is false, since a query text may hold what a
+// dashboard should not show.
+func WithObserverQueryText(include bool) Option {
+	return func(s *settings) error {
+		s.observeQuery = include
+		return nil
+	}
+}
+
+// observation is what a stream keeps for its observer; it lives inside
+// rows, so a stream without an observer pays no allocation for it.
+type observation struct {
+	query string
+	// ended is set by the Close that fires EventEnded, so it fires once
+	// whoever closes the rows and how often.
+	ended atomic.Bool
+}
+
+// mode is how the stream reads its rows.
+func (r *rows) mode() StreamMode {
+	if r.cursor != nil {
+		return ModeCursor
+	}
+	return ModeSingle
+}
+
+// event returns an event of kind about r, with its current Stats.
+func (r *rows) event(kind EventKind) Event {
+	return Event{Kind: kind, Context: r.ctx, Query: r.obs.query, Mode: r.mode(), Stats: r.Stats()}
+}
+
+// observeStarted fires EventStarted; query is the statement's text.
+func (r *rows) observeStarted(query string) {
+	if r.settings.observer == nil {
+		return
+	}
+	if r.settings.observeQuery {
+		r.obs.query = query
+	}
+	r.settings.observer.ObserveStream(r.event(EventStarted))
+}
+
+// observeFirstRow fires EventFirstRow.
+func (r *rows) observeFirstRow() {
+	if r.settings.observer != nil {
+		r.settings.observer.ObserveStream(r.event(EventFirstRow))
+	}
+}
+
+// observePause fires EventPaused, or, with a paused duration, the events
+// of a pause that ended: EventPauseTimeout when timedOut, EventResumed
+// when resumed.
+func (r *rows) observePause(kind EventKind, paused time.Duration) {
+	if r.settings.observer == nil {
+		return
+	}
+	e := r.event(kind)
+	e.Paused = paused
+	r.settings.observer.ObserveStream(e)
+}
+
+// observeTimeout fires EventPauseTimeout from the pause timer, called and
+// returning with p.mu held. It fires before the timeout takes effect, so
+// that the stream's end follows it, and unlocks p.mu meanwhile, so that a
+// slow observer holds up only the timeout. It reports whether the pause
+// is still the one that expired; if not, p.mu is unlocked.
+func (r *rows) observeTimeout(p *pauser, generation uint64) bool {
+	paused := max(time.Since(p.pausedAt), 1)
+	p.mu.Unlock()
+	r.observePause(EventPauseTimeout, paused)
+	p.mu.Lock()
+	if p.generation != generation || r.state.load() != Paused {
+		p.mu.Unlock()
+		return false
+	}
+	return true
+}
+
+// observeEnd fires EventEnded after Close, which returned closeErr. The
+// final state says who ended the stream: Close itself (Closed), the end of
+// the result (Complete), or a failure before Close (Failed).
+func (r *rows) observeEnd(closeErr error) {
+	if r.settings.observer == nil || !r.obs.ended.CompareAndSwap(false, true) {
+		return
+	}
+	e := r.event(EventEnded)
+	e.Err = closeErr
+	e.ConnCut = r.conn.isCut()
+	if p := r.pause.Load(); p != nil {
+		p.mu.Lock()
+		if p.pauses > p.resumes {
+			e.EndedPaused, e.Paused = true, p.last
+		}
+		p.mu.Unlock()
+	}
+	switch e.Stats.State {
+	case Complete:
+		e.Outcome = OutcomeComplete
+	case Closed:
+		switch {
+		case e.ConnCut:
+			e.Outcome = OutcomeCut
+		case r.cursor != nil:
+			e.Outcome = OutcomeCursorClosed
+		default:
+			e.Outcome = OutcomeDrained
+		}
+		// database/sql closes the rows itself when the context ends, often
+		// before jsonstream's own watch fails the stream.
+		if err := r.contextErr(); err != nil {
+			e.Outcome, e.Err = OutcomeContext, err
+		}
+	default:
+		e.Err = r.err()
+		e.Outcome = failureOutcome(e.Err)
+	}
+	r.settings.observer.ObserveStream(e)
+}
+
+// contextErr is the error of the query's context or its transaction's,
+// whichever ended.
+func (r *rows) contextErr() error {
+	if err := r.ctx.Err(); err != nil {
+		return err
+	}
+	if r.txCtx != nil {
+		return r.txCtx.Err()
+	}
+	return nil
+}
+
+// failureOutcome tells why a stream failed from the error that failed it.
+func failureOutcome(err error) Outcome {
+	switch {
+	case errors.Is(err, ErrCanceled):
+		return OutcomeCanceled
+	case errors.Is(err, ErrPauseTimeout):
+		return OutcomePauseTimeout
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return OutcomeContext
+	}
+	return OutcomeFailed
+}
