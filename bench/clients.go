@@ -18,7 +18,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
 	_ "github.com/jackc/pgx/v5/stdlib" // registers "pgx" with database/sql
-	_ "github.com/lib/pq"              // registers "postgres"
+	"github.com/lib/pq"                // also registers "postgres"
 
 	"github.com/jsonstream/jsonstream"
 )
@@ -75,6 +75,9 @@ type Conn interface {
 	// the early close each driver does its own way. data is only valid
 	// during the call.
 	Stream(ctx context.Context, query string, fn func(data []byte) bool) error
+	// SelectOne runs SELECT 1 and reads its row: the next query of an
+	// application, which pays for whatever the previous close left behind.
+	SelectOne(ctx context.Context) error
 	// Close closes the connection or pool.
 	Close() error
 }
@@ -97,6 +100,61 @@ var Clients = []Client{
 	{Name: PgxNative, Open: openPgx},
 }
 
+// Clients of the cursor-mode benchmarks beyond Clients: jsonstream with
+// WithFetchSize. The Jsonstream client is the single-statement mode
+// (fetch size 0), whose early Close cuts the connection.
+const (
+	JsonstreamCursorAuto  = "jsonstream-cursor-auto"
+	JsonstreamCursorFixed = "jsonstream-cursor-1000"
+)
+
+// FixedFetchSize is the batch of JsonstreamCursorFixed: about 280 KB of
+// documents, a batch whose rest costs an early Close well under a
+// millisecond on loopback, and a round trip per thousand rows.
+const FixedFetchSize = 1000
+
+// CursorClients are the cursor-mode clients. They are kept apart from
+// Clients so that the benchmarks of the single-statement mode do not
+// grow by them.
+var CursorClients = []Client{
+	{Name: JsonstreamCursorAuto, Open: openJsonstream(jsonstream.WithFetchSize(jsonstream.FetchAuto))},
+	{Name: JsonstreamCursorFixed, Open: openJsonstream(jsonstream.WithFetchSize(FixedFetchSize))},
+}
+
+// ClientNamed returns the client of Clients or CursorClients called name.
+func ClientNamed(name string) (Client, bool) {
+	for _, c := range append(Clients[:len(Clients):len(Clients)], CursorClients...) {
+		if c.Name == name {
+			return c, true
+		}
+	}
+	return Client{}, false
+}
+
+// openJsonstream opens jsonstream over lib/pq with opts, through
+// connectors: the DSN is then passed to lib/pq in whichever form it came.
+func openJsonstream(opts ...jsonstream.Option) func(ctx context.Context, dsn string) (Conn, error) {
+	return func(ctx context.Context, dsn string) (Conn, error) {
+		inner, err := pq.NewConnector(dsn)
+		if err != nil {
+			return nil, err
+		}
+		connector, err := jsonstream.NewConnector(inner, opts...)
+		if err != nil {
+			return nil, err
+		}
+		return pingSQL(ctx, sql.OpenDB(connector))
+	}
+}
+
+func pingSQL(ctx context.Context, db *sql.DB) (Conn, error) {
+	if err := db.PingContext(ctx); err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	return SQLConn{db}, nil
+}
+
 // SQLConn is a Conn over database/sql.
 type SQLConn struct{ DB *sql.DB }
 
@@ -106,11 +164,7 @@ func openSQL(driverName string) func(ctx context.Context, dsn string) (Conn, err
 		if err != nil {
 			return nil, err
 		}
-		if err := db.PingContext(ctx); err != nil {
-			_ = db.Close()
-			return nil, err
-		}
-		return SQLConn{db}, nil
+		return pingSQL(ctx, db)
 	}
 }
 
@@ -137,6 +191,12 @@ func (c SQLConn) Stream(ctx context.Context, query string, fn func([]byte) bool)
 		return err
 	}
 	return rows.Err()
+}
+
+// SelectOne implements Conn.
+func (c SQLConn) SelectOne(ctx context.Context) error {
+	var one int
+	return c.DB.QueryRowContext(ctx, "SELECT 1").Scan(&one)
 }
 
 // Close implements Conn.
@@ -176,6 +236,12 @@ func (c pgxConn) Stream(ctx context.Context, query string, fn func([]byte) bool)
 	}
 	rows.Close()
 	return rows.Err()
+}
+
+// SelectOne implements Conn.
+func (c pgxConn) SelectOne(ctx context.Context) error {
+	var one int
+	return c.conn.QueryRow(ctx, "SELECT 1").Scan(&one)
 }
 
 // Close implements Conn.

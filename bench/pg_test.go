@@ -295,12 +295,11 @@ func BenchmarkDecode(b *testing.B) {
 }
 
 func clientNamed(name string) Client {
-	for _, c := range Clients {
-		if c.Name == name {
-			return c
-		}
+	c, ok := ClientNamed(name)
+	if !ok {
+		panic("bench: no client " + name)
 	}
-	panic("bench: no client " + name)
+	return c
 }
 
 // sink keeps the decoded values observable, so the compiler cannot drop

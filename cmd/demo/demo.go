@@ -11,6 +11,7 @@ import (
 
 	"github.com/jsonstream/jsonstream"
 	"github.com/jsonstream/jsonstream/internal/dataset"
+	"github.com/lib/pq"
 )
 
 const (
@@ -51,9 +52,7 @@ type demo struct {
 		backendGone bool
 		selectOK    bool
 	}
-	early struct {
-		jsonstream, libpq time.Duration
-	}
+	early []closeResult
 }
 
 func (d *demo) load(ctx context.Context) error {
@@ -332,47 +331,102 @@ func (d *demo) backendGone(ctx context.Context, pid int) (bool, error) {
 	}
 }
 
-// earlyClose times rows.Close right after the first row of the whole
-// table, through jsonstream and through lib/pq alone.
-func (d *demo) earlyClose(ctx context.Context) error {
-	d.out.heading("Closing a %s-row result after its first row", group(int64(d.rows)))
-	q := dataset.Select(d.table, 0)
-	var err error
-	if d.early.jsonstream, err = closeAfterFirstRow(ctx, d.db, q); err != nil {
-		return err
-	}
-	d.out.say("  jsonstream  rows.Close() took %-8s (drains for up to %s, then cuts the connection)",
-		seconds(d.early.jsonstream), seconds(jsonstream.DefaultDrainTimeout))
+// closeWay is one way of closing a result early, as the earlyClose step
+// compares them.
+type closeWay struct {
+	name string
+	// how says what the close does, for the narration.
+	how string
+	// open returns a pool of one connection, so that the backend pid
+	// before and after the close tells whether the connection was kept.
+	open func() (*sql.DB, error)
+}
 
-	plain, err := sql.Open("postgres", d.dsn)
-	if err != nil {
-		return err
+// closeResult is what an early close did.
+type closeResult struct {
+	name                string
+	took, next          time.Duration
+	pidBefore, pidAfter int
+}
+
+// kept reports whether the pool's one connection survived the close.
+func (r closeResult) kept() bool { return r.pidBefore == r.pidAfter }
+
+// earlyClose closes a result of the whole table right after its first
+// row, on a pool of one connection, in jsonstream's cursor mode, in its
+// single-statement mode and with lib/pq alone: how long Close takes, and
+// whether the next query finds the same server backend.
+func (d *demo) earlyClose(ctx context.Context) error {
+	d.out.heading("Closing a %s-row result after its first row, on a pool of one connection", group(int64(d.rows)))
+	ways := []closeWay{
+		{"jsonstream, cursor (FetchAuto)", "reads off the batch in flight, closes the cursor", func() (*sql.DB, error) {
+			inner, err := pq.NewConnector(d.dsn)
+			if err != nil {
+				return nil, err
+			}
+			c, err := jsonstream.NewConnector(inner, jsonstream.WithFetchSize(jsonstream.FetchAuto))
+			if err != nil {
+				return nil, err
+			}
+			return sql.OpenDB(c), nil
+		}},
+		{"jsonstream, single statement", fmt.Sprintf("drains for up to %s, then cuts the connection", seconds(jsonstream.DefaultDrainTimeout)),
+			func() (*sql.DB, error) { return sql.Open(jsonstream.DriverName, d.dsn) }},
+		{"lib/pq", fmt.Sprintf("reads the remaining %s", plural(int64(d.rows)-1, "row")),
+			func() (*sql.DB, error) { return sql.Open("postgres", d.dsn) }},
 	}
-	defer func() { _ = plain.Close() }()
-	if d.early.libpq, err = closeAfterFirstRow(ctx, plain, q); err != nil {
-		return err
+	q := dataset.Select(d.table, 0)
+	for _, w := range ways {
+		db, err := w.open()
+		if err != nil {
+			return err
+		}
+		res, err := closeAfterFirstRow(ctx, db, q)
+		_ = db.Close()
+		if err != nil {
+			return fmt.Errorf("%s: %w", w.name, err)
+		}
+		res.name = w.name
+		d.early = append(d.early, res)
+		fate := "kept"
+		if !res.kept() {
+			fate = "cut (the next query opened a new one)"
+		}
+		d.out.say("  %-30s rows.Close() took %-8s (%s)", w.name, seconds(res.took), w.how)
+		d.out.say("  %-30s backend pid %d, then %d: connection %s; the next query took %s", "", res.pidBefore, res.pidAfter, fate, seconds(res.next))
 	}
-	d.out.say("  lib/pq      rows.Close() took %-8s (reads the remaining %s)",
-		seconds(d.early.libpq), plural(int64(d.rows)-1, "row"))
 	return nil
 }
 
-func closeAfterFirstRow(ctx context.Context, db *sql.DB, query string) (time.Duration, error) {
+// closeAfterFirstRow runs query on db, a pool of one connection, reads
+// one row and times Close and the query after it, noting the backend pid
+// before and after.
+func closeAfterFirstRow(ctx context.Context, db *sql.DB, query string) (closeResult, error) {
+	var res closeResult
+	db.SetMaxOpenConns(1)
+	if err := db.QueryRowContext(ctx, "SELECT pg_backend_pid()").Scan(&res.pidBefore); err != nil {
+		return res, err
+	}
 	rows, err := db.QueryContext(ctx, query)
 	if err != nil {
-		return 0, err
+		return res, err
 	}
 	if !rows.Next() {
 		_ = rows.Close()
-		return 0, fmt.Errorf("early close: no first row: %w", rows.Err())
+		return res, fmt.Errorf("early close: no first row: %w", rows.Err())
 	}
 	begin := time.Now()
 	err = rows.Close()
-	took := time.Since(begin)
+	res.took = time.Since(begin)
 	if err != nil {
-		return 0, fmt.Errorf("early close: %w", err)
+		return res, fmt.Errorf("early close: %w", err)
 	}
-	return took, ctx.Err()
+	begin = time.Now()
+	if err := db.QueryRowContext(ctx, "SELECT pg_backend_pid()").Scan(&res.pidAfter); err != nil {
+		return res, fmt.Errorf("the query after the early close: %w", err)
+	}
+	res.next = time.Since(begin)
+	return res, ctx.Err()
 }
 
 func (d *demo) summary() {
@@ -397,7 +451,17 @@ func (d *demo) summary() {
 		timeout += ", SELECT 1 ok"
 	}
 	row(fmt.Sprintf("pause timeout (%v)", pauseTimeout), "%s", timeout)
-	row("early close after 1 row", "jsonstream %s, lib/pq %s", seconds(d.early.jsonstream), seconds(d.early.libpq))
+	for i, r := range d.early {
+		name := ""
+		if i == 0 {
+			name = "early close after 1 row"
+		}
+		conn := "same backend"
+		if !r.kept() {
+			conn = "new backend"
+		}
+		row(name, "%s %s, %s", r.name, seconds(r.took), conn)
+	}
 	row("the observer saw", "%s", d.seen)
 	_ = w.Flush() // to the terminal: a failed write has nowhere better to go
 }

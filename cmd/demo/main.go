@@ -1,7 +1,9 @@
 // Command demo shows jsonstream at work on a table of JSON documents: it
 // streams them into Go values with a live progress line, pauses the
 // stream and shows that the server waits for it, lets a pause timeout
-// fire, and times an early Close against plain lib/pq.
+// fire, and closes a result early in cursor mode, in the single-statement
+// mode and with plain lib/pq: how long Close takes, and whether the
+// connection survives it.
 //
 //	go run ./cmd/demo                  a throwaway PostgreSQL, 1,000,000 documents
 //	go run ./cmd/demo -rows 50000      fewer documents

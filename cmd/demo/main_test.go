@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -83,9 +84,7 @@ func TestDemo(t *testing.T) {
 		"== A forgotten pause: WithPauseTimeout(1s)",
 		"rows.Err(): " + "jsonstream: pause timeout expired",
 		"SELECT 1 on the same *sql.DB returned 1",
-		"== Closing a 20,000-row result after its first row",
-		"jsonstream  rows.Close() took",
-		"lib/pq      rows.Close() took",
+		"== Closing a 20,000-row result after its first row, on a pool of one connection",
 		"== Summary",
 		"rows streamed",
 		"throughput",
@@ -98,6 +97,21 @@ func TestDemo(t *testing.T) {
 		assert.Contains(t, out, want)
 	}
 	assert.Regexp(t, `pause\s+[\d.]+ s at row 10,000, 0 rows read while paused`, out)
+	// The early close keeps the connection in cursor mode and with lib/pq,
+	// and loses it in the single-statement mode.
+	for way, kept := range map[string]bool{
+		"jsonstream, cursor (FetchAuto)": true,
+		"jsonstream, single statement":   false,
+		"lib/pq":                         true,
+	} {
+		m := regexp.MustCompile(regexp.QuoteMeta(way) + ` +rows\.Close\(\) took .*\n +backend pid (\d+), then (\d+): connection (kept|cut)`).FindStringSubmatch(out)
+		if !assert.NotNil(t, m, "no early close for %s", way) {
+			continue
+		}
+		assert.Equal(t, kept, m[1] == m[2], "%s: backend pid %s, then %s", way, m[1], m[2])
+		assert.Equal(t, kept, m[3] == "kept", way)
+		assert.Regexp(t, `\n\s+(early close after 1 row)?\s+`+regexp.QuoteMeta(way)+` [\d.]+ [µm]?s, `+map[bool]string{true: "same", false: "new"}[kept]+` backend\n`, out)
+	}
 	// The stream step's pause and the forgotten one, which timed out and
 	// cut its connection; its stream ended pause_timeout, and the
 	// streamed one complete.

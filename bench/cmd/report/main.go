@@ -41,11 +41,20 @@ func main() {
 	flag.IntVar(&cfg.count, "count", 5, "rounds: runs of every benchmark per client, whose median is reported")
 	flag.StringVar(&cfg.out, "out", "RESULTS.md", "file to write the report to")
 	flag.StringVar(&cfg.benchtime, "benchtime", "1s", "go test -benchtime for each benchmark run")
+	only := flag.String("only", "", "run only the jobs whose label matches this regular expression, such as 'Churn|Fetch' (the report then holds only their numbers)")
 	peakClient := flag.String("peak-child", "", "internal: stream -rows documents with this client and print its peak memory")
 	flag.Parse()
 	if flag.NArg() > 0 || cfg.rows < 1 || cfg.count < 1 {
 		flag.Usage()
 		os.Exit(2)
+	}
+	if *only != "" {
+		re, err := regexp.Compile(*only)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "report: -only:", err)
+			os.Exit(2)
+		}
+		cfg.only = re
 	}
 
 	var err error
@@ -66,6 +75,8 @@ type config struct {
 	count     int
 	out       string
 	benchtime string
+	// only, when set, selects the jobs to run by their label.
+	only *regexp.Regexp
 	// ownServer is set when the report started the server itself.
 	ownServer bool
 }
@@ -128,6 +139,9 @@ func run(cfg config) error {
 	for round := 0; round < cfg.count; round++ {
 		start := time.Now()
 		for _, j := range jobs(round) {
+			if cfg.only != nil && !cfg.only.MatchString(j.label) {
+				continue
+			}
 			if err := r.run(j, round); err != nil {
 				return err
 			}
@@ -220,6 +234,17 @@ func jobs(round int) []job {
 	add("EarlyClose", clientNames(), func(c string) string { return "^BenchmarkEarlyClose$/" + quote("client="+c) })
 	add("Decode", decodeClients, func(c string) string { return "^BenchmarkDecode$/" + quote("client="+c) })
 	add("NDJSON", ndjsonVariants, func(c string) string { return "^BenchmarkNDJSON$/" + quote("client="+c) })
+	// The cursor modes' comparisons, each next to its references in the
+	// same round.
+	add("EarlyCloseNext", bench.EarlyCloseNextClients, func(c string) string { return "^BenchmarkEarlyCloseNext$/" + quote("client="+c) })
+	add("EarlyCloseTx", bench.EarlyCloseTxClients, func(c string) string { return "^BenchmarkEarlyCloseTx$/" + quote("client="+c) })
+	add("Churn", bench.ChurnClients, func(c string) string { return "^BenchmarkChurn$/" + quote("client="+c) })
+	add("Fetch", bench.FetchClients, func(c string) string { return "^BenchmarkFetch$/^rows=/" + quote("client="+c) })
+	add("QueryRow", bench.FetchClients, func(c string) string { return "^BenchmarkQueryRow$/" + quote("client="+c) })
+	add("SelectOne", bench.SelectOneClients, func(c string) string { return "^BenchmarkSelectOne$/^ctx=/" + quote("client="+c) })
+	// The drains and the early close of one client share a process, and so
+	// its proxy's warm-up; the level between is rows=N or early-close.
+	add("Proxy", bench.ProxyClients, func(c string) string { return "^BenchmarkProxy$//" + quote("client="+c) })
 	for _, c := range rotate(clientNames(), round) {
 		js = append(js, job{label: "Peak memory " + c, peak: c})
 	}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -70,6 +71,7 @@ func (r *report) markdown() []byte {
 	r.peak(&body)
 	r.decode(&body)
 	r.ndjson(&body)
+	r.cursor(&body)
 
 	fmt.Fprintf(&b, "# jsonstream benchmarks\n\n")
 	fmt.Fprintf(&b, "jsonstream against lib/pq (which it wraps), pgx through database/sql and pgx native, "+
@@ -157,6 +159,7 @@ func (r *report) summary(b *strings.Builder, largest int) {
 			fmt.Fprintf(b, "- **Peak RSS streaming %s rows**: jsonstream %s, lib/pq %s.\n", count(r.cfg.rows), mib(hp), mib(lp))
 		}
 	}
+	r.cursorSummary(b)
 	noisy := 0
 	for _, f := range r.slower {
 		if f.noisy {
@@ -621,7 +624,8 @@ func (r *report) reproduce(b *strings.Builder) {
 	b.WriteString("export JSONSTREAM_BENCH_DSN='host=127.0.0.1 port=5432 user=postgres sslmode=disable'\n")
 	fmt.Fprintf(b, "export JSONSTREAM_BENCH_ROWS=%d\n", r.cfg.rows)
 	fmt.Fprintf(b, "go test -run '^$' -bench 'BenchmarkStream/rows=%d/' -count 5\n", r.sizes()[len(r.sizes())-1])
-	b.WriteString("go test -run '^$' -bench 'BenchmarkEarlyClose|BenchmarkCeiling|BenchmarkDecode|BenchmarkNDJSON' -count 5\n")
+	b.WriteString("go test -run '^$' -bench 'BenchmarkEarlyClose$|BenchmarkCeiling|BenchmarkDecode|BenchmarkNDJSON' -count 5\n")
+	b.WriteString("go test -run '^$' -bench 'BenchmarkEarlyCloseNext|BenchmarkEarlyCloseTx|BenchmarkChurn|BenchmarkFetch|BenchmarkQueryRow|BenchmarkSelectOne|BenchmarkProxy' -count 5\n")
 	fmt.Fprintf(b, "go run ./cmd/report -peak-child jsonstream -dsn \"$JSONSTREAM_BENCH_DSN\" -rows %d\n```\n\n", r.cfg.rows)
 	b.WriteString("Without `JSONSTREAM_BENCH_DSN` the benchmarks start a throwaway server of their own and load the " +
 		"dataset into it (about ten seconds for a million documents); `-short` uses 10,000.\n")
@@ -647,6 +651,9 @@ func rate(v float64) string {
 		return fmt.Sprintf("%.2fM", v/1e6)
 	case v >= 1e3:
 		return fmt.Sprintf("%.1fk", v/1e3)
+	case v < 10 && v > 0:
+		// Rates of a query that takes seconds.
+		return fmt.Sprintf("%.2f", v)
 	}
 	return fmt.Sprintf("%.0f", v)
 }
@@ -672,7 +679,13 @@ func minutes(d time.Duration) string {
 	return fmt.Sprintf("%.0f minutes", d.Minutes())
 }
 
-func ratio(v float64) string { return fmt.Sprintf("%.2f×", v) }
+func ratio(v float64) string {
+	if v > 0 && v < 0.01 {
+		// Two significant digits, where two decimals would show 0.00×.
+		return strconv.FormatFloat(v, 'g', 2, 64) + "×"
+	}
+	return fmt.Sprintf("%.2f×", v)
+}
 
 func percent(v float64) string { return fmt.Sprintf("%.0f%%", 100*v) }
 

@@ -90,6 +90,15 @@ func TestJobsSelectOneClient(t *testing.T) {
 		"BenchmarkEarlyClose/client=libpq",
 		"BenchmarkCeiling/rows=1000/method=copy",
 		"BenchmarkNDJSON/client=jsonstream-raw",
+		"BenchmarkEarlyCloseNext/client=jsonstream",
+		"BenchmarkEarlyCloseNext/client=jsonstream-cursor-auto",
+		"BenchmarkChurn/client=jsonstream-cursor-1000",
+		"BenchmarkFetch/rows=1000/client=jsonstream-cursor-auto",
+		"BenchmarkSelectOne/ctx=cancel/client=libpq",
+		"BenchmarkSelectOne/ctx=background/client=libpq",
+		"BenchmarkProxy/rows=10000/client=jsonstream-cursor-auto",
+		"BenchmarkProxy/early-close/client=jsonstream-cursor-auto",
+		"BenchmarkProxy/early-close/client=jsonstream",
 	}
 	want := map[string][]string{
 		"Stream jsonstream":               {names[0]},
@@ -101,6 +110,13 @@ func TestJobsSelectOneClient(t *testing.T) {
 		"Ceiling":                         {names[8]},
 		"NDJSON jsonstream-raw":           {names[9]},
 		"Overhead jsonstream-paused-once": {names[6]},
+		"EarlyClose jsonstream":           nil,
+		"EarlyCloseNext jsonstream":       {names[10]},
+		"Churn jsonstream-cursor-1000":    {names[12]},
+		"Fetch jsonstream-cursor-auto":    {names[13]},
+		"SelectOne libpq":                 {names[14], names[15]},
+		"Proxy jsonstream-cursor-auto":    {names[16], names[17]},
+		"Proxy jsonstream":                {names[18]},
 	}
 	seen := map[string]bool{}
 	for _, j := range jobs(0) {
@@ -167,9 +183,51 @@ func TestFormatting(t *testing.T) {
 		{duration(5.22e6), "5.22 ms"},
 		{duration(993), "993 ns"},
 		{ratio(0.987), "0.99×"},
+		{ratio(0.0012), "0.0012×"},
+		{rate(0.4321), "0.43"},
 	} {
 		if c.got != c.want {
 			t.Errorf("got %q, want %q", c.got, c.want)
+		}
+	}
+}
+
+// TestCursorGoals checks the verdicts of the cursor section against
+// results on either side of each goal.
+func TestCursorGoals(t *testing.T) {
+	r := &report{cfg: config{rows: 1_000_000, count: 1}, res: newResults()}
+	add := func(name, unit string, v float64) { r.res.add(name, unit, v) }
+	add(earlyNextName("jsonstream-cursor-auto"), "ns/op", 1.5e6)
+	add(earlyNextName("jsonstream-cursor-auto"), "sessions/op", 0)
+	add(earlyTxName("jsonstream-cursor-auto"), "ns/op", 6e6)
+	add(churnName("jsonstream"), "queries/s", 300)
+	add(churnName("jsonstream-cursor-auto"), "queries/s", 3500)
+	add(churnName("jsonstream-cursor-auto"), "sessions/s", 0)
+	add(churnName("jsonstream-cursor-1000"), "queries/s", 3500)
+	add(churnName("jsonstream-cursor-1000"), "sessions/s", 0.5)
+	add(fetchName(1_000_000, "jsonstream"), "rows/s", 400_000)
+	add(fetchName(1_000_000, "jsonstream-cursor-auto"), "rows/s", 390_000)
+	add(fetchName(100_000, "jsonstream"), "rows/s", 400_000)
+	add(fetchName(100_000, "jsonstream-cursor-auto"), "rows/s", 370_000)
+	for _, kind := range []string{"background", "cancel"} {
+		add(selectOneName(kind, "libpq"), "ns/op", 100)
+		add(selectOneName(kind, "libpq"), "cpu-ns/op", 100)
+		add(selectOneName(kind, "jsonstream"), "ns/op", 101)
+	}
+	add(selectOneName("background", "jsonstream"), "cpu-ns/op", 101)
+	add(selectOneName("cancel", "jsonstream"), "cpu-ns/op", 110)
+	var b strings.Builder
+	r.cursor(&b)
+	out := b.String()
+	for _, want := range []string{
+		"no new session: met (1.50 ms, 0 new sessions per query)",
+		"FetchAuto **not met** (6.00 ms)",
+		"FetchAuto met (11.67×, 0 new sessions/s); jsonstream cursor, fetch 1000 **not met** (11.67×, 0.50 new sessions/s)",
+		"100,000 rows **not met** (0.93×); 1,000,000 rows met (0.97×)",
+		"background context met (time 1.01×, CPU 1.01×); cancel context **not met** (time 1.01×, CPU 1.10×)",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("no %q in\n%s", want, out)
 		}
 	}
 }

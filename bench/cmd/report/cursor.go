@@ -1,0 +1,453 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/jsonstream/jsonstream/bench"
+)
+
+// The cursor modes' section: jsonstream with WithFetchSize against its
+// single-statement mode (fetch size 0, whose early Close cuts the
+// connection) and against lib/pq and pgx, with the goals each comparison
+// is held to.
+
+// Goals the cursor modes are held to; the report says whether this run
+// met each.
+const (
+	goalEarlyCloseNext = 2e6 // ns: early close and the next query, FetchAuto
+	goalEarlyCloseTx   = 5e6 // ns: early close inside BeginTx
+	goalChurnFactor    = 10  // queries/s over the single-statement mode's
+	goalDrainLoss      = 0.05
+	goalSelectOne      = 0.02
+)
+
+func init() {
+	displayNames[bench.JsonstreamCursorAuto] = "jsonstream cursor, FetchAuto"
+	displayNames[bench.JsonstreamCursorFixed] = fmt.Sprintf("jsonstream cursor, fetch %d", bench.FixedFetchSize)
+}
+
+// modeName is how the cursor section names jsonstream's default client:
+// by its mode, since the section is about modes.
+func modeName(client string) string {
+	if client == bench.Jsonstream {
+		return "jsonstream single statement (cut)"
+	}
+	return display(client)
+}
+
+// shortName names a client in a column header, where the section's
+// context says the rest.
+func shortName(client string) string {
+	switch client {
+	case bench.Jsonstream:
+		return "single statement"
+	case bench.JsonstreamCursorAuto:
+		return "FetchAuto"
+	case bench.JsonstreamCursorFixed:
+		return fmt.Sprintf("fetch %d", bench.FixedFetchSize)
+	}
+	return display(client)
+}
+
+func verdict(met bool) string {
+	if met {
+		return "met"
+	}
+	return "**not met**"
+}
+
+// sessions formats a count of new server sessions.
+func sessions(v float64) string {
+	if v == 0 {
+		return "0"
+	}
+	return fmt.Sprintf("%.2f", v)
+}
+
+func (r *report) has(prefix string) bool {
+	for name := range r.res.samples {
+		if strings.HasPrefix(name, prefix) {
+			return true
+		}
+	}
+	return false
+}
+
+func (r *report) cursor(b *strings.Builder) {
+	if !r.has("EarlyCloseNext/") && !r.has("EarlyCloseTx/") && !r.has("Churn/") && !r.has("Fetch/") &&
+		!r.has("QueryRow/") && !r.has("SelectOne/") && !r.has("Proxy/") {
+		return
+	}
+	b.WriteString("## Cursor mode: stopping early without losing the connection\n\n")
+	fmt.Fprintf(b, "`WithFetchSize(n)` runs a query as `DECLARE … NO SCROLL CURSOR` and `FETCH n` batches "+
+		"inside a transaction, so that an early Close reads off the batch in flight and closes the cursor "+
+		"instead of cutting the connection. *cursor, FetchAuto* lets the batches grow; *cursor, fetch %d* "+
+		"keeps them fixed. *single statement (cut)* is the default mode (fetch size 0, CloseAuto). "+
+		"*New sessions* are the connections the server started, from `pg_stat_database.sessions` read "+
+		"before and after over a connection of its own.\n\n", bench.FixedFetchSize)
+	r.cursorEarlyClose(b)
+	r.cursorTx(b)
+	r.cursorChurn(b)
+	r.cursorDrain(b)
+	r.cursorQueryRow(b)
+	r.selectOne(b)
+	r.cursorProxy(b)
+}
+
+func earlyNextName(client string) string { return "EarlyCloseNext/client=" + client }
+
+// earlyCloseTable writes the rows of an early-close-and-next-query table
+// for clients, with name giving each one's benchmark.
+func (r *report) earlyCloseTable(b *strings.Builder, clients []string, name func(string) string, base string) {
+	b.WriteString("| client | per query | close | next query | new sessions per query | per query ÷ " + shortName(base) + " |\n|---|---:|---:|---:|---:|---:|\n")
+	baseOp, okBase := r.res.median(name(base), "ns/op")
+	for _, c := range clients {
+		op, ok := r.res.stat(name(c), "ns/op")
+		if !ok {
+			continue
+		}
+		cl, _ := r.res.stat(name(c), "ns/close")
+		next, _ := r.res.stat(name(c), "ns/next")
+		s, okS := r.res.median(name(c), "sessions/op")
+		fmt.Fprintf(b, "| %s | %s | %s | %s | %s | %s |\n", modeName(c), withSpread(duration(op.median), op),
+			withSpread(duration(cl.median), cl), withSpread(duration(next.median), next),
+			ifOK(okS, sessions(s)), ifOK(okBase, ratio(op.median/baseOp)))
+	}
+	b.WriteString("\n")
+}
+
+func (r *report) cursorEarlyClose(b *strings.Builder) {
+	if !r.has("EarlyCloseNext/") {
+		return
+	}
+	b.WriteString("### Early close, then the next query\n\n")
+	fmt.Fprintf(b, "`BenchmarkEarlyCloseNext`: a query for all %s rows, one row read, Close, then "+
+		"`SELECT 1` on the same pool (or connection, for pgx native). *Per query* is all of it: "+
+		"what giving up on a large result costs the application.\n\n", count(r.cfg.rows))
+	r.earlyCloseTable(b, bench.EarlyCloseNextClients, earlyNextName, bench.LibPQ)
+	op, ok := r.res.median(earlyNextName(bench.JsonstreamCursorAuto), "ns/op")
+	s, okS := r.res.median(earlyNextName(bench.JsonstreamCursorAuto), "sessions/op")
+	if ok && okS {
+		fmt.Fprintf(b, "Goal, FetchAuto: at most %s per query with no new session: %s (%s, %s new sessions per query).\n\n",
+			duration(goalEarlyCloseNext), verdict(op <= goalEarlyCloseNext && s == 0), duration(op), sessions(s))
+	}
+}
+
+func earlyTxName(client string) string { return "EarlyCloseTx/client=" + client }
+
+func (r *report) cursorTx(b *strings.Builder) {
+	if !r.has("EarlyCloseTx/") {
+		return
+	}
+	b.WriteString("### Early close inside a transaction\n\n")
+	fmt.Fprintf(b, "`BenchmarkEarlyCloseTx`: `BeginTx`, a query for all %s rows, one row read, Close, "+
+		"Commit. The single-statement mode cannot cut a connection that holds a transaction, so it "+
+		"reads the rest as lib/pq does; the cursor modes close the cursor and leave the transaction "+
+		"to its owner.\n\n", count(r.cfg.rows))
+	b.WriteString("| client | per transaction | close | ÷ lib/pq |\n|---|---:|---:|---:|\n")
+	base, okBase := r.res.median(earlyTxName(bench.LibPQ), "ns/op")
+	for _, c := range bench.EarlyCloseTxClients {
+		op, ok := r.res.stat(earlyTxName(c), "ns/op")
+		if !ok {
+			continue
+		}
+		cl, _ := r.res.stat(earlyTxName(c), "ns/close")
+		fmt.Fprintf(b, "| %s | %s | %s | %s |\n", modeName(c), withSpread(duration(op.median), op),
+			withSpread(duration(cl.median), cl), ifOK(okBase, ratio(op.median/base)))
+	}
+	b.WriteString("\n")
+	var parts []string
+	for _, c := range []string{bench.JsonstreamCursorAuto, bench.JsonstreamCursorFixed} {
+		if op, ok := r.res.median(earlyTxName(c), "ns/op"); ok {
+			parts = append(parts, fmt.Sprintf("%s %s (%s)", display(c), verdict(op <= goalEarlyCloseTx), duration(op)))
+		}
+	}
+	if len(parts) > 0 {
+		fmt.Fprintf(b, "Goal: at most %s per transaction: %s.\n\n", duration(goalEarlyCloseTx), strings.Join(parts, "; "))
+	}
+}
+
+func churnName(client string) string { return "Churn/client=" + client }
+
+func (r *report) cursorChurn(b *strings.Builder) {
+	if !r.has("Churn/") {
+		return
+	}
+	b.WriteString("### Churn\n\n")
+	fmt.Fprintf(b, "`BenchmarkChurn`: %d goroutines on one pool (%d idle connections kept), each looping "+
+		"\"query all %s rows, read %d, Close\" for %v; the queries still running then are finished "+
+		"and counted.\n\n", bench.ChurnWorkers, bench.ChurnWorkers, count(r.cfg.rows), bench.ChurnRows, bench.ChurnTime)
+	b.WriteString("| client | queries/s | new sessions/s | queries/s ÷ single statement |\n|---|---:|---:|---:|\n")
+	base, okBase := r.res.median(churnName(bench.Jsonstream), "queries/s")
+	for _, c := range bench.ChurnClients {
+		q, ok := r.res.stat(churnName(c), "queries/s")
+		if !ok {
+			continue
+		}
+		s, okS := r.res.median(churnName(c), "sessions/s")
+		fmt.Fprintf(b, "| %s | %s | %s | %s |\n", modeName(c), withSpread(rate(q.median), q),
+			ifOK(okS, sessions(s)), ifOK(okBase, ratio(q.median/base)))
+	}
+	b.WriteString("\n")
+	if !okBase {
+		return
+	}
+	var parts []string
+	for _, c := range []string{bench.JsonstreamCursorAuto, bench.JsonstreamCursorFixed} {
+		q, ok := r.res.median(churnName(c), "queries/s")
+		s, okS := r.res.median(churnName(c), "sessions/s")
+		if ok && okS {
+			parts = append(parts, fmt.Sprintf("%s %s (%s, %s new sessions/s)", display(c),
+				verdict(q >= goalChurnFactor*base && s == 0), ratio(q/base), sessions(s)))
+		}
+	}
+	if len(parts) > 0 {
+		fmt.Fprintf(b, "Goal: at least %d× the single statement's queries/s with no new session: %s.\n\n",
+			goalChurnFactor, strings.Join(parts, "; "))
+	}
+}
+
+func fetchName(rows int, client string) string {
+	return fmt.Sprintf("Fetch/rows=%d/client=%s", rows, client)
+}
+
+// drainTable writes rows/s and CPU per row for clients at sizes, as
+// ratios to base.
+func (r *report) drainTable(b *strings.Builder, sizes []int, clients []string, name func(int, string) string, base string) {
+	b.WriteString("| rows |")
+	for _, c := range clients {
+		fmt.Fprintf(b, " %s rows/s |", shortName(c))
+	}
+	for _, c := range clients {
+		if c != base {
+			fmt.Fprintf(b, " %s ÷ %s: rows/s, CPU/row |", shortName(c), shortName(base))
+		}
+	}
+	b.WriteString("\n|---:|" + strings.Repeat("---:|", 2*len(clients)-1) + "\n")
+	for _, n := range sizes {
+		baseRate, okR := r.res.median(name(n, base), "rows/s")
+		baseCPU, okC := r.res.median(name(n, base), "cpu-ns/row")
+		if !okR {
+			continue
+		}
+		fmt.Fprintf(b, "| %s |", count(n))
+		for _, c := range clients {
+			if s, ok := r.res.stat(name(n, c), "rows/s"); ok {
+				fmt.Fprintf(b, " %s |", withSpread(rate(s.median), s))
+			} else {
+				b.WriteString(" – |")
+			}
+		}
+		for _, c := range clients {
+			if c == base {
+				continue
+			}
+			v, ok := r.res.median(name(n, c), "rows/s")
+			cpu, okCPU := r.res.median(name(n, c), "cpu-ns/row")
+			fmt.Fprintf(b, " %s, %s |", ifOK(ok, ratio(v/baseRate)), ifOK(okCPU && okC, ratio(cpu/baseCPU)))
+		}
+		b.WriteString("\n")
+	}
+	b.WriteString("\n")
+}
+
+func (r *report) cursorDrain(b *strings.Builder) {
+	if !r.has("Fetch/") {
+		return
+	}
+	b.WriteString("### Complete results\n\n")
+	b.WriteString("`BenchmarkFetch`: `SELECT data FROM v_entity ORDER BY id LIMIT n`, every row read, as in " +
+		"[Streaming](#streaming), in the cursor modes beside the single statement and lib/pq.\n\n")
+	clients := []string{bench.Jsonstream, bench.JsonstreamCursorAuto, bench.JsonstreamCursorFixed, bench.LibPQ}
+	sizes := bench.SizesUpTo(bench.FetchSizes, r.cfg.rows)
+	r.drainTable(b, sizes, clients, fetchName, bench.Jsonstream)
+	var parts []string
+	for _, n := range sizes {
+		if n < 100_000 {
+			continue
+		}
+		single, ok1 := r.res.median(fetchName(n, bench.Jsonstream), "rows/s")
+		auto, ok2 := r.res.median(fetchName(n, bench.JsonstreamCursorAuto), "rows/s")
+		if ok1 && ok2 {
+			parts = append(parts, fmt.Sprintf("%s rows %s (%s)", count(n), verdict(auto >= (1-goalDrainLoss)*single), ratio(auto/single)))
+		}
+	}
+	if len(parts) > 0 {
+		fmt.Fprintf(b, "Goal, FetchAuto: rows/s within %.0f%% of the single statement's from 100,000 rows: %s.\n\n",
+			100*goalDrainLoss, strings.Join(parts, "; "))
+	}
+	for _, n := range sizes {
+		for _, c := range []string{bench.JsonstreamCursorAuto, bench.JsonstreamCursorFixed} {
+			what := fmt.Sprintf("%s, streaming %s rows", display(c), count(n))
+			r.compare("the single-statement mode", what, fetchName(n, c), fetchName(n, bench.Jsonstream), "rows/s", higherIsBetter, rate)
+			r.compare("the single-statement mode", what, fetchName(n, c), fetchName(n, bench.Jsonstream), "cpu-ns/row", lowerIsBetter, duration)
+		}
+	}
+}
+
+func queryRowName(client string) string { return "QueryRow/client=" + client }
+
+func (r *report) cursorQueryRow(b *strings.Builder) {
+	if !r.has("QueryRow/") {
+		return
+	}
+	b.WriteString("### A one-row query\n\n")
+	b.WriteString("`BenchmarkQueryRow`: `QueryRow(\"SELECT data FROM v_entity WHERE id = $1\")`. The cursor " +
+		"modes send BEGIN, DECLARE, FETCH, CLOSE and COMMIT where the single statement sends one query: " +
+		"what that costs a query too small to need a cursor.\n\n")
+	b.WriteString("| client | ns/op | CPU ns/op | allocs/op | time ÷ single statement | time ÷ lib/pq |\n|---|---:|---:|---:|---:|---:|\n")
+	single, okS := r.res.median(queryRowName(bench.Jsonstream), "ns/op")
+	libpq, okL := r.res.median(queryRowName(bench.LibPQ), "ns/op")
+	for _, c := range bench.FetchClients {
+		op, ok := r.res.stat(queryRowName(c), "ns/op")
+		if !ok {
+			continue
+		}
+		cpu, _ := r.res.stat(queryRowName(c), "cpu-ns/op")
+		allocs, _ := r.res.median(queryRowName(c), "allocs/op")
+		fmt.Fprintf(b, "| %s | %s | %s | %.0f | %s | %s |\n", modeName(c), withSpread(duration(op.median), op),
+			withSpread(duration(cpu.median), cpu), allocs, ifOK(okS, ratio(op.median/single)), ifOK(okL, ratio(op.median/libpq)))
+	}
+	b.WriteString("\n")
+}
+
+func selectOneName(ctx, client string) string {
+	return fmt.Sprintf("SelectOne/ctx=%s/client=%s", ctx, client)
+}
+
+func (r *report) selectOne(b *strings.Builder) {
+	if !r.has("SelectOne/") {
+		return
+	}
+	b.WriteString("### QueryRow(\"SELECT 1\") in the default mode\n\n")
+	b.WriteString("`BenchmarkSelectOne`: the most common query shape, whose rows database/sql closes before " +
+		"reading to their end, so that it goes through the early-close path on every call. jsonstream in " +
+		"its default mode against lib/pq, with `context.Background()` and with a cancellable context (for " +
+		"which lib/pq starts a goroutine per query). Wall time and the client's CPU time per query.\n\n")
+	b.WriteString("| context | client | ns/op | CPU ns/op | allocs/op | time ÷ lib/pq | CPU ÷ lib/pq |\n|---|---|---:|---:|---:|---:|---:|\n")
+	var parts []string
+	for _, kind := range []string{"background", "cancel"} {
+		base, okB := r.res.median(selectOneName(kind, bench.LibPQ), "ns/op")
+		baseCPU, okC := r.res.median(selectOneName(kind, bench.LibPQ), "cpu-ns/op")
+		for _, c := range bench.SelectOneClients {
+			name := selectOneName(kind, c)
+			op, ok := r.res.stat(name, "ns/op")
+			if !ok {
+				continue
+			}
+			cpu, _ := r.res.stat(name, "cpu-ns/op")
+			allocs, _ := r.res.median(name, "allocs/op")
+			fmt.Fprintf(b, "| %s | %s | %s | %s | %.0f | %s | %s |\n", kind, display(c), withSpread(duration(op.median), op),
+				withSpread(duration(cpu.median), cpu), allocs, ifOK(okB, ratio(op.median/base)), ifOK(okC, ratio(cpu.median/baseCPU)))
+		}
+		js, ok1 := r.res.median(selectOneName(kind, bench.Jsonstream), "ns/op")
+		jsCPU, ok2 := r.res.median(selectOneName(kind, bench.Jsonstream), "cpu-ns/op")
+		if ok1 && ok2 && okB && okC {
+			parts = append(parts, fmt.Sprintf("%s context %s (time %s, CPU %s)", kind,
+				verdict(js <= (1+goalSelectOne)*base && jsCPU <= (1+goalSelectOne)*baseCPU), ratio(js/base), ratio(jsCPU/baseCPU)))
+		}
+		what := fmt.Sprintf("QueryRow(\"SELECT 1\"), %s context", kind)
+		r.compare("vs lib/pq", what, selectOneName(kind, bench.Jsonstream), selectOneName(kind, bench.LibPQ), "ns/op", lowerIsBetter, duration)
+		r.compare("vs lib/pq", what, selectOneName(kind, bench.Jsonstream), selectOneName(kind, bench.LibPQ), "cpu-ns/op", lowerIsBetter, duration)
+	}
+	b.WriteString("\n")
+	if len(parts) > 0 {
+		fmt.Fprintf(b, "Goal: within %.0f%% of lib/pq in both time and CPU: %s.\n\n", 100*goalSelectOne, strings.Join(parts, "; "))
+	}
+}
+
+func proxyName(rows int, client string) string {
+	return fmt.Sprintf("Proxy/rows=%d/client=%s", rows, client)
+}
+
+func proxyEarlyName(client string) string { return "Proxy/early-close/client=" + client }
+
+func (r *report) cursorProxy(b *strings.Builder) {
+	if !r.has("Proxy/") {
+		return
+	}
+	b.WriteString("### Through a network with a 2 ms round trip\n\n")
+	fmt.Fprintf(b, "`BenchmarkProxy`: the drains of [Complete results](#complete-results) and the early "+
+		"close of [Early close, then the next query](#early-close-then-the-next-query), through a proxy "+
+		"in the benchmark process (`bench.DelayProxy`) that holds each direction for %v: every round trip "+
+		"costs 2 ms more, a stream pays %v once. The proxy's own CPU is counted in the client's.\n\n",
+		bench.ProxyDelay, bench.ProxyDelay)
+	r.drainTable(b, bench.SizesUpTo(bench.FetchSizes[1:], r.cfg.rows), bench.ProxyClients, proxyName, bench.Jsonstream)
+	r.earlyCloseTable(b, bench.ProxyClients, proxyEarlyName, bench.Jsonstream)
+}
+
+// cursorSummary writes the cursor modes' headline numbers for the summary
+// at the top of the report.
+func (r *report) cursorSummary(b *strings.Builder) {
+	auto, fixed, single := bench.JsonstreamCursorAuto, bench.JsonstreamCursorFixed, bench.Jsonstream
+	op := func(name, unit string) (float64, bool) { return r.res.median(name, unit) }
+	if a, ok := op(earlyNextName(auto), "ns/op"); ok {
+		as, _ := op(earlyNextName(auto), "sessions/op")
+		line := fmt.Sprintf("- **Closing after 1 row of %s and running the next query**: cursor FetchAuto %s with %s new sessions per query",
+			count(r.cfg.rows), duration(a), sessions(as))
+		if s, ok := op(earlyNextName(single), "ns/op"); ok {
+			ss, _ := op(earlyNextName(single), "sessions/op")
+			line += fmt.Sprintf(", single statement %s with %s", duration(s), sessions(ss))
+		}
+		if l, ok := op(earlyNextName(bench.LibPQ), "ns/op"); ok {
+			line += ", lib/pq " + duration(l)
+		}
+		b.WriteString(line + ".\n")
+	}
+	if a, ok := op(earlyTxName(auto), "ns/op"); ok {
+		line := fmt.Sprintf("- **The same inside BeginTx**: cursor FetchAuto %s", duration(a))
+		if s, ok := op(earlyTxName(single), "ns/op"); ok {
+			line += ", single statement (which drains) " + duration(s)
+		}
+		b.WriteString(line + ".\n")
+	}
+	if a, ok := op(churnName(auto), "queries/s"); ok {
+		as, _ := op(churnName(auto), "sessions/s")
+		line := fmt.Sprintf("- **Churn** (%d workers, read %d rows and Close): cursor FetchAuto %s queries/s and %s new sessions/s",
+			bench.ChurnWorkers, bench.ChurnRows, rate(a), sessions(as))
+		if s, ok := op(churnName(single), "queries/s"); ok && s > 0 {
+			ss, _ := op(churnName(single), "sessions/s")
+			line += fmt.Sprintf(", %s the single statement's %s queries/s with %s new sessions/s", ratio(a/s), rate(s), sessions(ss))
+		}
+		b.WriteString(line + ".\n")
+	}
+	n := bench.SizesUpTo(bench.FetchSizes, r.cfg.rows)
+	largest := n[len(n)-1]
+	if a, ok := op(fetchName(largest, auto), "rows/s"); ok {
+		if s, ok := op(fetchName(largest, single), "rows/s"); ok {
+			line := fmt.Sprintf("- **Streaming %s rows from a cursor**: FetchAuto %s of the single statement's rows/s", count(largest), ratio(a/s))
+			if f, ok := op(fetchName(largest, fixed), "rows/s"); ok {
+				line += fmt.Sprintf(", fetch %d %s", bench.FixedFetchSize, ratio(f/s))
+			}
+			if pa, ok := op(proxyName(largest, auto), "rows/s"); ok {
+				if ps, ok := op(proxyName(largest, single), "rows/s"); ok {
+					line += fmt.Sprintf("; with a 2 ms round trip FetchAuto %s", ratio(pa/ps))
+					if pf, ok := op(proxyName(largest, fixed), "rows/s"); ok {
+						line += fmt.Sprintf(", fetch %d %s", bench.FixedFetchSize, ratio(pf/ps))
+					}
+				}
+			}
+			b.WriteString(line + ".\n")
+		}
+	}
+	if a, ok := op(queryRowName(auto), "ns/op"); ok {
+		if s, ok := op(queryRowName(single), "ns/op"); ok {
+			fmt.Fprintf(b, "- **A one-row query in cursor mode**: FetchAuto %s against the single statement's %s (%s).\n",
+				duration(a), duration(s), ratio(a/s))
+		}
+	}
+	var parts []string
+	for _, kind := range []string{"background", "cancel"} {
+		js, ok1 := op(selectOneName(kind, single), "ns/op")
+		jsCPU, ok2 := op(selectOneName(kind, single), "cpu-ns/op")
+		l, ok3 := op(selectOneName(kind, bench.LibPQ), "ns/op")
+		lCPU, ok4 := op(selectOneName(kind, bench.LibPQ), "cpu-ns/op")
+		if ok1 && ok2 && ok3 && ok4 {
+			parts = append(parts, fmt.Sprintf("%s context: time %s, CPU %s", kind, ratio(js/l), ratio(jsCPU/lCPU)))
+		}
+	}
+	if len(parts) > 0 {
+		fmt.Fprintf(b, "- **QueryRow(\"SELECT 1\")**, jsonstream's default mode ÷ lib/pq: %s.\n", strings.Join(parts, "; "))
+	}
+}
