@@ -14,15 +14,16 @@ import (
 // are), a drain sets no deadline and starts no timer.
 //
 // Past the deadline a drain is not cut while the remainder is small and
-// arrives at once: a client descheduled under load finds its deadline gone
-// with the data already in the kernel's buffer, and cutting then would
-// cost a connection for nothing. A large remainder, or a server that stops
-// sending, is cut as before.
+// keeps coming: a client descheduled under load finds its deadline gone
+// with the data already in the kernel's buffer, or a server descheduled
+// sends its last batch a little late, and cutting then would cost a
+// connection for nothing. A large remainder, or a server that stops
+// sending for drainGrace, is cut as before.
 const (
 	// drainGraceBytes is how much a drain may read past its deadline.
 	drainGraceBytes = 256 << 10
 	// drainGrace is how long each read past the deadline may wait for data.
-	drainGrace = time.Millisecond
+	drainGrace = 5 * time.Millisecond
 	// drainGraceMax bounds how long past its deadline a drain may go on.
 	drainGraceMax = 100 * time.Millisecond
 )
