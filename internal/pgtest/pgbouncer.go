@@ -2,8 +2,6 @@ package pgtest
 
 import (
 	"bytes"
-	"context"
-	"database/sql"
 	"errors"
 	"fmt"
 	"io"
@@ -183,28 +181,7 @@ pidfile = %[6]s
 }
 
 func (b *PgBouncer) waitReady() error {
-	db, err := sql.Open("postgres", b.DSN(SessionPool)+" connect_timeout=2")
-	if err != nil {
-		return fmt.Errorf("pgtest: %w", err)
-	}
-	defer func() { _ = db.Close() }()
-	deadline := time.Now().Add(readyTimeout)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		err = db.PingContext(ctx)
-		cancel()
-		if err == nil {
-			return nil
-		}
-		select {
-		case <-b.exited:
-			return fmt.Errorf("pgtest: pgbouncer exited during startup (last connection error: %w)", err)
-		case <-time.After(50 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("pgtest: pgbouncer did not accept connections within %v: %w", readyTimeout, err)
-		}
-	}
+	return waitReady("pgbouncer", b.DSN(SessionPool), b.exited)
 }
 
 // DSN returns a key=value DSN for database db (SessionPool,

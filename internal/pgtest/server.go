@@ -290,8 +290,12 @@ func (s *Server) startProcess() error {
 	return nil
 }
 
-func (s *Server) waitReady() error {
-	db, err := sql.Open("postgres", s.DSN()+" connect_timeout=2")
+func (s *Server) waitReady() error { return waitReady("postgres", s.DSN(), s.exited) }
+
+// waitReady pings dsn until it answers, the process behind it (name)
+// exits (exited is closed), or readyTimeout passes.
+func waitReady(name, dsn string, exited <-chan struct{}) error {
+	db, err := sql.Open("postgres", dsn+" connect_timeout=2")
 	if err != nil {
 		return fmt.Errorf("pgtest: %w", err)
 	}
@@ -305,12 +309,12 @@ func (s *Server) waitReady() error {
 			return nil
 		}
 		select {
-		case <-s.exited:
-			return fmt.Errorf("pgtest: postgres exited during startup (last connection error: %w)", err)
+		case <-exited:
+			return fmt.Errorf("pgtest: %s exited during startup (last connection error: %w)", name, err)
 		case <-time.After(50 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("pgtest: postgres did not accept connections within %v: %w", readyTimeout, err)
+			return fmt.Errorf("pgtest: %s did not accept connections within %v: %w", name, readyTimeout, err)
 		}
 	}
 }
