@@ -80,6 +80,9 @@ func pauseFor(t *testing.T, db *sql.DB, n int, d time.Duration, tx bool) pausedO
 // server's and the kernel's timeouts, each set shorter than the pause.
 // The outcomes are the README's contract.
 func TestServerTimeoutsDuringPause(t *testing.T) {
+	if testing.Short() {
+		t.Skip("pauses of seconds; run without -short")
+	}
 	const n = 3000
 	const pause = 1500 * time.Millisecond
 	// The single-statement mode; TestServerTimeoutsDuringPauseByMode
