@@ -52,6 +52,22 @@ func needRowsTable(t testing.TB) {
 	require.NoError(t, rowsTable.err, "creating the rows table")
 }
 
+// inOrder returns a reader of bigQuery's rows that requires every row
+// once, in order, and a function that gives the next row number it wants.
+func inOrder(t *testing.T, rows *sql.Rows) (read func(k int), next func() int) {
+	want := 1
+	read = func(k int) {
+		for i := 0; i < k && rows.Next(); i++ {
+			var g int
+			var pad string
+			require.NoError(t, rows.Scan(&g, &pad))
+			require.Equal(t, want, g, "every row once, in order")
+			want++
+		}
+	}
+	return read, func() int { return want }
+}
+
 // backend returns a dedicated connection of db and its server process id.
 func backend(t *testing.T, db *sql.DB) (*sql.Conn, int) {
 	t.Helper()
@@ -108,16 +124,7 @@ func TestPausedServerWaitsOnClient(t *testing.T) {
 			rows, err := conn.QueryContext(context.Background(), bigQuery, n, s)
 			require.NoError(t, err)
 			defer rows.Close()
-			next := 1
-			read := func(k int) {
-				for i := 0; i < k && rows.Next(); i++ {
-					var g int
-					var pad string
-					require.NoError(t, rows.Scan(&g, &pad))
-					require.Equal(t, next, g, "every row once, in order")
-					next++
-				}
-			}
+			read, next := inOrder(t, rows)
 			read(1000)
 			require.NoError(t, s.Pause())
 
@@ -141,7 +148,7 @@ func TestPausedServerWaitsOnClient(t *testing.T) {
 			require.NoError(t, s.Resume())
 			read(n)
 			require.NoError(t, rows.Err())
-			assert.Equal(t, n+1, next)
+			assert.Equal(t, n+1, next())
 			assert.Equal(t, Complete, s.State())
 		})
 	}

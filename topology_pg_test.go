@@ -207,16 +207,7 @@ func topologyPause(t *testing.T, db, monitor *sql.DB, cursor bool) {
 	rows, err := db.Query(query, n, s)
 	require.NoError(t, err)
 	defer rows.Close()
-	next := 1
-	read := func(k int) {
-		for i := 0; i < k && rows.Next(); i++ {
-			var g int
-			var pad string
-			require.NoError(t, rows.Scan(&g, &pad))
-			require.Equal(t, next, g, "every row once, in order")
-			next++
-		}
-	}
+	read, next := inOrder(t, rows)
 	read(1000)
 	require.NoError(t, s.Pause())
 	waiting := func() bool {
@@ -240,7 +231,7 @@ func topologyPause(t *testing.T, db, monitor *sql.DB, cursor bool) {
 	require.NoError(t, s.Resume())
 	read(n)
 	require.NoError(t, rows.Err())
-	assert.Equal(t, n+1, next, "every row after Resume")
+	assert.Equal(t, n+1, next(), "every row after Resume")
 	assert.Equal(t, Complete, s.State())
 }
 
