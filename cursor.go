@@ -494,8 +494,14 @@ func (cur *cursor) close() error {
 	}
 	// The end statement is one round trip, which a network slower than
 	// the drain timeout may well take: it gets a bound of its own, there
-	// only for a connection that stopped answering.
-	if s := c.sock; s != nil && !deadline.IsZero() && !s.beginDrain(time.Now().Add(max(cursorEndTimeout, cur.r.settings.drainTimeout))) {
+	// only for a connection that stopped answering. A failed stream ends
+	// promptly instead (its Close runs inside the failing Next): the drain
+	// timeout, then a cut.
+	bound := max(cursorEndTimeout, cur.r.settings.drainTimeout)
+	if failed {
+		bound = cur.r.settings.drainTimeout
+	}
+	if s := c.sock; s != nil && !deadline.IsZero() && !s.beginDrain(time.Now().Add(bound)) {
 		c.cut()
 		return drainErr
 	}
