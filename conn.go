@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql/driver"
 	"errors"
+	"io"
 	"sync/atomic"
 	"time"
 )
@@ -301,27 +302,61 @@ func (c *conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 	if r.settings.fetchSize != 0 {
 		return c.queryCursor(ctx, query, args, s, r, start)
 	}
+	if err := claim(s); err != nil {
+		return nil, err
+	}
 	c.ran()
 	var ir driver.Rows
 	switch q := c.inner.(type) {
 	case driver.QueryerContext:
-		ir, err = q.QueryContext(ctx, query, args)
+		ir, err = c.sendQuery(ctx, func(ctx context.Context) (driver.Rows, error) {
+			return q.QueryContext(ctx, query, args)
+		})
 	case driver.Queryer: //nolint:staticcheck // the fallback database/sql makes
 		var values []driver.Value
-		if values, err = namedToValues(args); err != nil {
-			return nil, err
+		if values, err = namedToValues(args); err == nil {
+			if err = ctx.Err(); err == nil {
+				ir, err = q.Query(query, values)
+			}
 		}
-		if err = ctx.Err(); err != nil {
-			return nil, err
-		}
-		ir, err = q.Query(query, values)
 	default:
+		unclaim(s)
 		return nil, driver.ErrSkip
 	}
 	if err != nil {
+		unclaim(s)
 		return nil, err
 	}
-	return c.wrapRows(ctx, ir, s, r, start, query)
+	return c.bindRows(ctx, ir, s, r, start, nil, query), nil
+}
+
+// sendQuery runs send, which sends a single-statement query. When
+// jsonstream dialed the connection, the query's context is not handed to
+// the inner driver: lib/pq would watch it for as long as the rows are
+// open and, when it ends, send a cancel request and give up the
+// connection, racing jsonstream's own watch. jsonstream watches it alone:
+// a context that ends before the rows come cuts the connection, and
+// Query returns the context's error; one that ends later fails the
+// stream (rows.open). Without a socket of its own the context goes to the
+// inner driver.
+func (c *conn) sendQuery(ctx context.Context, send func(context.Context) (driver.Rows, error)) (driver.Rows, error) {
+	if c.sock == nil || ctx.Done() == nil {
+		return send(ctx)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	stop := context.AfterFunc(ctx, func() { c.cut() })
+	ir, err := send(context.Background())
+	if !stop() {
+		// The watch cut the connection, or is cutting it: the rows, if
+		// any, cannot be read.
+		if ir != nil {
+			_ = ir.Close()
+		}
+		return nil, ctx.Err()
+	}
+	return ir, err
 }
 
 // ExecContext implements driver.ExecerContext with the same fallbacks as
@@ -349,20 +384,53 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 
 var errStreamOnExec = streamArgError("a Stream goes with Query, not Exec")
 
-// wrapRows makes r the stream of the inner rows of one query and binds s,
-// the query's Stream, to it.
-func (c *conn) wrapRows(ctx context.Context, ir driver.Rows, s *Stream, r *rows, start time.Time, query string) (driver.Rows, error) {
+// claim takes s, the Stream of a query about to be sent, for that query:
+// a second query with s fails before it is sent, even when both run at
+// once.
+func claim(s *Stream) error {
 	if s != nil && !s.claimed.CompareAndSwap(false, true) {
-		_ = ir.Close()
-		return nil, streamArgError("Stream already used by another query")
+		return streamArgError("Stream already used by another query")
 	}
-	return c.bindRows(ctx, ir, s, r, start, nil, query), nil
+	return nil
 }
+
+// unclaim gives s back when its query failed before the server started
+// it (database/sql may retry it on another connection).
+func unclaim(s *Stream) {
+	if s != nil {
+		s.claimed.Store(false)
+	}
+}
+
+// failedStream records a query that the server started and that failed
+// before its rows could be returned (cursor mode's first batch): its
+// Stream is used up, bound to a stream that failed with err, and the
+// observer sees it start and end, as it sees a single statement that
+// fails on its first row.
+func (c *conn) failedStream(ctx context.Context, r *rows, s *Stream, start time.Time, cur *cursor, query string, err error) {
+	r.conn, r.ctx, r.start, r.cursor, r.inner, r.query = c, ctx, start, cur, noRows{}, query
+	r.failure.Store(&err)
+	r.state.finish(Failed)
+	r.observeStarted(query)
+	if s != nil {
+		s.bound.Store(r)
+	}
+	r.observeEnd(err)
+}
+
+// noRows is the inner rows of a stream whose query failed before it had
+// any.
+type noRows struct{}
+
+func (noRows) Columns() []string         { return nil }
+func (noRows) Close() error              { return nil }
+func (noRows) Next([]driver.Value) error { return io.EOF }
 
 // bindRows makes the stream and binds s to it, once it is complete: a
 // Controller call may come at once from another goroutine.
 func (c *conn) bindRows(ctx context.Context, ir driver.Rows, s *Stream, r *rows, start time.Time, cur *cursor, query string) *rows {
 	r.open(ctx, c, ir, start, cur)
+	r.query = query
 	r.observeStarted(query) // before the Stream can reach r, so it is the first event
 	if s != nil {
 		s.bound.Store(r)

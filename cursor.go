@@ -15,10 +15,12 @@ import (
 	"github.com/lib/pq"
 )
 
-// ErrCursorQuery is wrapped by the error of a query that cursor mode
-// (WithFetchSize) cannot run: DECLARE … CURSOR takes a single SELECT,
-// VALUES or TABLE query, not INSERT … RETURNING, SHOW or several
-// statements. The server's error is wrapped too, for errors.As.
+// ErrCursorQuery is wrapped by the error of a valid query that cursor
+// mode (WithFetchSize) cannot run, and nothing of it runs: DECLARE …
+// CURSOR takes a single SELECT, VALUES, TABLE or WITH query, not several
+// statements, INSERT … RETURNING, SHOW, or a WITH that changes data. When
+// the server refused it, its error is wrapped too, for errors.As. A query
+// with a syntax error gets the server's error, as from lib/pq.
 var ErrCursorQuery = errors.New("jsonstream: cursor mode cannot run this query")
 
 // FetchAuto's batches: the first is small, so that an early close after a
@@ -66,6 +68,12 @@ type cursor struct {
 	asked, got int
 	// first is the first batch's rows, kept for the column types.
 	first driver.Rows
+	// wire is held by whoever talks to the server through the
+	// connection once the rows exist: the consumer's Next and Close, or a
+	// failure (Cancel, pause timeout, context) that ends the cursor from
+	// its own goroutine while the consumer is away (release). The fields
+	// above and ended are the holder's.
+	wire sync.Mutex
 	// mu orders the consumer's round trips against a failure from
 	// another goroutine (interrupt): the failure either finds a reply
 	// pending and bounds its read, or finds none and leaves the socket
@@ -84,8 +92,8 @@ type cursor struct {
 
 // queryCursor runs query in cursor mode: it begins a transaction unless
 // the connection is in one, declares the cursor and fetches the first
-// batch, so that errors in the query come from Query as they do in the
-// single-statement mode.
+// batch. The Stream st is claimed before anything is sent; a query the
+// server refused before it started leaves it, and fires no event.
 func (c *conn) queryCursor(ctx context.Context, query string, args []driver.NamedValue, st *Stream, r *rows, start time.Time) (driver.Rows, error) {
 	set := &r.settings
 	execer, okE := c.inner.(driver.ExecerContext)
@@ -94,13 +102,19 @@ func (c *conn) queryCursor(ctx context.Context, query string, args []driver.Name
 		return nil, fmt.Errorf("%w: WithFetchSize(%s): cursor mode needs an inner connection with driver.ExecerContext and driver.QueryerContext, %T has not",
 			ErrInvalidOption, fetchSizeString(set.fetchSize), c.inner)
 	}
-	if st != nil && st.claimed.Load() {
-		return nil, streamArgError("Stream already used by another query")
+	preparer, _ := c.inner.(driver.ConnPrepareContext) // nil: only texts the scan is sure of
+	text := scanQuery(query)
+	if err := c.refuseCursor(ctx, preparer, query, text, set.fetchSize); err != nil {
+		return nil, err
+	}
+	if err := claim(st); err != nil {
+		return nil, err
 	}
 	own := false
 	if !c.inTx {
 		inBlock, err := c.inTransactionBlock(ctx, execer)
 		if err != nil {
+			unclaim(st)
 			return nil, err
 		}
 		own = !inBlock
@@ -117,43 +131,129 @@ func (c *conn) queryCursor(ctx context.Context, query string, args []driver.Name
 	if cur.size == FetchAuto {
 		cur.size, cur.next = 0, autoFirstRows
 	}
-	declare, offset := declareCursor(cur.name, query)
+	declare, offset := declareCursor(cur.name, query[:text.end])
+	// The simple protocol runs every statement of a string, so it may
+	// carry the DECLARE only when the scan is certain that the query is
+	// one statement whose parentheses close where the server's do. Any
+	// other text goes in a Parse message, which the server refuses when
+	// it holds a second statement: nothing runs.
+	simple := text.certain && !text.malformed
 	var err error
 	c.txIdle = false
 	switch {
-	case own && len(args) == 0:
-		// One round trip: an argument-less query goes as a simple query,
-		// which takes several statements. The query itself sits inside
-		// parentheses, so a second statement in it is a syntax error and
-		// nothing runs.
+	case own && len(args) == 0 && simple:
+		// One round trip for both.
 		_, err = execer.ExecContext(ctx, "BEGIN; "+declare, nil)
 		offset += len("BEGIN; ")
 	case own:
 		if _, err = execer.ExecContext(ctx, "BEGIN", nil); err == nil {
-			_, err = execer.ExecContext(ctx, declare, args)
+			err = c.declare(ctx, execer, preparer, declare, args, simple)
 		}
 	default:
-		_, err = execer.ExecContext(ctx, declare, args)
+		err = c.declare(ctx, execer, preparer, declare, args, simple)
 	}
 	if err != nil {
 		cur.abandon(false)
+		unclaim(st)
+		if own && sqlState(err) == "42601" && preparer != nil && !c.isCut() {
+			return nil, reparse(ctx, preparer, query, cursorError(err, set.fetchSize, offset), set.fetchSize)
+		}
 		return nil, cursorError(err, set.fetchSize, offset)
 	}
 	cur.batch, err = cur.firstFetch(ctx, queryer)
 	if err != nil {
 		cur.abandon(true)
+		if sqlState(err) == "" || errors.Is(err, driver.ErrBadConn) {
+			unclaim(st) // not the query's own failure: database/sql may retry it
+			return nil, err
+		}
+		// The server started the query and it failed in its first batch,
+		// which the server computes before it sends a row: a stream that
+		// failed, as in the single-statement mode, whose error comes from
+		// Query only because FETCH sends no row description first.
+		c.failedStream(ctx, r, st, start, cur, query, err)
 		return nil, err
 	}
 	cur.first = cur.batch
-	// Claimed only now, as in the single-statement mode: a query that
-	// failed (database/sql retries one on a bad connection) leaves the
-	// Stream to the next.
-	if st != nil && !st.claimed.CompareAndSwap(false, true) {
-		_ = cur.batch.Close()
-		cur.abandon(true)
-		return nil, streamArgError("Stream already used by another query")
-	}
 	return c.bindRows(ctx, cur, st, r, start, cur, query), nil
+}
+
+// declare sends the DECLARE statement: with arguments, or when simple is
+// false, in the extended protocol, which takes a single statement.
+func (c *conn) declare(ctx context.Context, execer driver.ExecerContext, preparer driver.ConnPrepareContext, declare string, args []driver.NamedValue, simple bool) error {
+	if simple || len(args) > 0 {
+		_, err := execer.ExecContext(ctx, declare, args)
+		return err
+	}
+	if preparer == nil {
+		return errNoPrepare
+	}
+	si, err := preparer.PrepareContext(ctx, declare)
+	if err != nil {
+		return err
+	}
+	defer si.Close()
+	se, ok := si.(driver.StmtExecContext)
+	if !ok {
+		return fmt.Errorf("%w: cursor mode needs statements with driver.StmtExecContext, %T has not", ErrInvalidOption, si)
+	}
+	_, err = se.ExecContext(ctx, nil)
+	return err
+}
+
+// refuseCursor returns the error of a query that cursor mode cannot run,
+// before anything of it runs: several statements, or one that DECLARE
+// does not take. A query the scan finds malformed, or that is not a
+// query DECLARE takes, is first parsed by the server on its own (a Parse
+// message runs nothing), so that a syntax error is the server's own, as
+// lib/pq reports it.
+func (c *conn) refuseCursor(ctx context.Context, preparer driver.ConnPrepareContext, query string, text queryText, fetchSize int) error {
+	if !text.certain {
+		return nil // the extended protocol decides
+	}
+	if !text.malformed && text.statements > 1 {
+		return cursorQueryError(fetchSize, "the query holds several statements")
+	}
+	if !text.malformed && text.declarable() {
+		return nil
+	}
+	if preparer == nil {
+		return cursorQueryError(fetchSize, "a "+strings.ToUpper(text.first)+" statement, or a malformed one, is not a query DECLARE takes")
+	}
+	si, err := preparer.PrepareContext(ctx, query)
+	if err != nil {
+		return err
+	}
+	_ = si.Close()
+	if text.malformed {
+		return nil // the server took it after all: the extended protocol decides
+	}
+	return cursorQueryError(fetchSize, "a "+strings.ToUpper(text.first)+" statement is not a query DECLARE takes")
+}
+
+// errNoPrepare is the error of a query whose text only the extended
+// protocol can carry safely, on an inner connection without
+// driver.ConnPrepareContext.
+var errNoPrepare = fmt.Errorf("%w: its text can go to the server only in a Parse message (the scan cannot be sure where its statement ends), and the inner connection has no driver.ConnPrepareContext", ErrCursorQuery)
+
+// reparse returns the error of a query whose DECLARE had a syntax error,
+// declareErr, once its transaction is rolled back: the server's own error
+// for the query alone (a Parse message runs nothing), as lib/pq reports
+// it; or, when the server takes the query alone (SELECT … INTO), one
+// wrapping ErrCursorQuery and declareErr.
+func reparse(ctx context.Context, preparer driver.ConnPrepareContext, query string, declareErr error, fetchSize int) error {
+	si, err := preparer.PrepareContext(ctx, query)
+	if err != nil {
+		return err
+	}
+	_ = si.Close()
+	return fmt.Errorf("%w (WithFetchSize(%s) runs it as DECLARE … CURSOR FOR; give this query WithFetchSize(0)): %w",
+		ErrCursorQuery, fetchSizeString(fetchSize), declareErr)
+}
+
+func cursorQueryError(fetchSize int, why string) error {
+	return fmt.Errorf("%w (WithFetchSize(%s) runs it as DECLARE … CURSOR FOR, which takes one SELECT, VALUES, TABLE or WITH query; give this query WithFetchSize(0)): %s",
+		ErrCursorQuery, fetchSizeString(fetchSize), why)
 }
 
 // inTransactionBlock reports whether the session is inside a transaction
@@ -186,17 +286,17 @@ func declareCursor(name, query string) (string, int) {
 	return prefix + query + "\n)", len(prefix)
 }
 
-// cursorError makes a DECLARE's error say what cursor mode takes when the
-// server refused the query's form (a syntax error, or a statement that
-// DECLARE does not take), and points a server error's Position into the
-// caller's query instead of jsonstream's DECLARE around it.
+// cursorError points a DECLARE's server error into the caller's query
+// instead of jsonstream's DECLARE around it, and makes one the server
+// gives for a valid query that DECLARE does not take (a data-modifying
+// WITH) wrap ErrCursorQuery too.
 func cursorError(err error, fetchSize, offset int) error {
-	switch sqlState(err) {
-	case "42601", "0A000": // syntax_error, feature_not_supported
-		return fmt.Errorf("%w (WithFetchSize(%s) runs it as DECLARE … CURSOR FOR, which takes one SELECT, VALUES or TABLE query; give this query WithFetchSize(0)): %w",
-			ErrCursorQuery, fetchSizeString(fetchSize), shiftPosition(err, offset))
+	err = shiftPosition(err, offset)
+	if sqlState(err) == "0A000" { // feature_not_supported
+		return fmt.Errorf("%w (WithFetchSize(%s) runs it as DECLARE … CURSOR FOR; give this query WithFetchSize(0)): %w",
+			ErrCursorQuery, fetchSizeString(fetchSize), err)
 	}
-	return shiftPosition(err, offset)
+	return err
 }
 
 // shiftPosition returns a *pq.Error whose Position counts in the caller's
@@ -307,6 +407,13 @@ func (cur *cursor) Columns() []string { return cur.first.Columns() }
 // so the connection is clean when the caller learns that the stream is
 // complete.
 func (cur *cursor) Next(dest []driver.Value) error {
+	cur.wire.Lock()
+	defer cur.wire.Unlock()
+	return cur.nextRow(dest)
+}
+
+// nextRow is Next with the wire held.
+func (cur *cursor) nextRow(dest []driver.Value) error {
 	r := cur.r
 	for {
 		if cur.batch != nil {
@@ -320,18 +427,25 @@ func (cur *cursor) Next(dest []driver.Value) error {
 			cur.batch = nil
 			if err != io.EOF { //nolint:errorlint // drivers return io.EOF itself
 				cur.noteError(err)
-				return err
+				return sessionError(err, cur.conn)
 			}
 			if cur.got < cur.asked {
 				return cur.finish()
 			}
 		}
 		if cur.ended {
+			if r.state.load() == Failed {
+				return r.err() // a failure ended the cursor (release)
+			}
 			return io.EOF
 		}
 		// Between batches: a Pause that came meanwhile holds the next
-		// FETCH, and a failure or an ended context stops it.
-		if err := r.await(); err != nil {
+		// FETCH, and a failure or an ended context stops it. The wire is
+		// free meanwhile, so that a failure can end the cursor at once.
+		cur.wire.Unlock()
+		err := r.await()
+		cur.wire.Lock()
+		if err != nil {
 			return err
 		}
 		if err := r.ctx.Err(); err != nil {
@@ -341,6 +455,9 @@ func (cur *cursor) Next(dest []driver.Value) error {
 			if err := r.txCtx.Err(); err != nil {
 				return err
 			}
+		}
+		if cur.ended {
+			continue
 		}
 		cur.grow()
 		// Pending before the state check, as failState changes the state
@@ -355,16 +472,25 @@ func (cur *cursor) Next(dest []driver.Value) error {
 		// The context is watched by the stream itself; lib/pq's own watch
 		// would cost a goroutine per batch and send a cancel request.
 		batch, err := cur.fetch(context.Background(), cur.conn.inner.(driver.QueryerContext))
-		if errors.Is(err, driver.ErrBadConn) {
-			// lib/pq finds the session gone only when it sends, and says no
-			// more: name what commonly ends an idle transaction's session.
-			return fmt.Errorf("jsonstream: the server ended the session of a cursor-backed stream between batches (idle_in_transaction_session_timeout, or a terminated backend): %w", err)
-		}
 		if err != nil {
-			return err
+			return sessionError(err, cur.conn)
 		}
 		cur.batch = batch
 	}
+}
+
+// release ends the cursor of a stream that just failed (Cancel, the pause
+// timeout, the context), from the failure's goroutine, so that the server
+// frees the session's snapshot and locks at once rather than when the
+// consumer next calls Next or Close. When the consumer is on the wire, it
+// is inside Next or Close: its read is bounded (interrupt), its Next
+// fails and database/sql closes the rows, which ends the cursor.
+func (cur *cursor) release() {
+	if !cur.wire.TryLock() {
+		return
+	}
+	defer cur.wire.Unlock()
+	_ = cur.close()
 }
 
 // endStatement is what ends the cursor: COMMIT or ROLLBACK of
@@ -436,7 +562,8 @@ func (cur *cursor) interrupt() {
 	}
 }
 
-// close ends the cursor when the stream is closed: it reads off the batch
+// close ends the cursor when the stream is closed or fails, with the wire
+// held: it reads off the batch
 // in flight, then closes the cursor and rolls back jsonstream's own
 // transaction, and the connection stays in the pool with its session.
 // When that batch turns out to be the last (a QueryRow, a small result)
@@ -610,5 +737,10 @@ func (cur *cursor) ColumnTypePrecisionScale(index int) (precision, scale int64, 
 	return 0, 0, false
 }
 
-// Close implements driver.Rows; the stream's Close calls close instead.
-func (cur *cursor) Close() error { return cur.close() }
+// Close implements driver.Rows: it ends the cursor (close) with the wire
+// held.
+func (cur *cursor) Close() error {
+	cur.wire.Lock()
+	defer cur.wire.Unlock()
+	return cur.close()
+}

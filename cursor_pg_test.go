@@ -217,12 +217,17 @@ func TestCursorRejectsWhatDeclareCannotTake(t *testing.T) {
 	for _, q := range []struct {
 		query string
 		args  []any
+		// why is what the error says; server, that the server refused
+		// the query (its error is wrapped) rather than jsonstream before
+		// sending it.
+		why    string
+		server bool
 	}{
-		{"SHOW work_mem", nil},
-		{"SELECT 1; INSERT INTO cursor_reject VALUES (1)", nil},
-		{"INSERT INTO cursor_reject VALUES (2) RETURNING a", nil},
-		{"INSERT INTO cursor_reject VALUES ($1) RETURNING a", []any{3}},
-		{"WITH d AS (INSERT INTO cursor_reject VALUES (4) RETURNING a) SELECT * FROM d", nil},
+		{"SHOW work_mem", nil, "a SHOW statement is not a query DECLARE takes", false},
+		{"SELECT 1; INSERT INTO cursor_reject VALUES (1)", nil, "several statements", false},
+		{"INSERT INTO cursor_reject VALUES (2) RETURNING a", nil, "a INSERT statement", false},
+		{"INSERT INTO cursor_reject VALUES ($1) RETURNING a", []any{3}, "a INSERT statement", false},
+		{"WITH d AS (INSERT INTO cursor_reject VALUES (4) RETURNING a) SELECT * FROM d", nil, "data-modifying", true},
 	} {
 		t.Run(q.query, func(t *testing.T) {
 			rows, err := db.Query(q.query, q.args...)
@@ -232,8 +237,9 @@ func TestCursorRejectsWhatDeclareCannotTake(t *testing.T) {
 			require.Error(t, err)
 			t.Log(err)
 			assert.ErrorIs(t, err, ErrCursorQuery)
+			assert.ErrorContains(t, err, q.why)
 			var pqErr *pq.Error
-			assert.True(t, errors.As(err, &pqErr), "the server's error is wrapped")
+			assert.Equal(t, q.server, errors.As(err, &pqErr), "the server's error is wrapped when the server refused it")
 			assert.Contains(t, err.Error(), "WithFetchSize(FetchAuto)")
 			var n int
 			require.NoError(t, db.QueryRow("SELECT count(*) FROM cursor_reject").Scan(&n))

@@ -266,7 +266,11 @@ func TestCursorStartFailures(t *testing.T) {
 			log: []string{"SAVEPOINT jsonstream_probe; RELEASE SAVEPOINT jsonstream_probe"},
 		},
 		"declare refused": {
-			fail: map[string]error{"BEGIN; DECLARE": sqlStateErr("42601")}, want: ErrCursorQuery,
+			fail: map[string]error{"BEGIN; DECLARE": sqlStateErr("0A000")}, want: ErrCursorQuery,
+			log: []string{"BEGIN; DECLARE jsonstream_cursor_1" + declared, "ROLLBACK"},
+		},
+		"declare syntax error": {
+			fail: map[string]error{"BEGIN; DECLARE": sqlStateErr("42601")}, want: sqlStateErr("42601"),
 			log: []string{"BEGIN; DECLARE jsonstream_cursor_1" + declared, "ROLLBACK"},
 		},
 		"declare fails otherwise": {
@@ -294,7 +298,7 @@ func TestCursorStartFailures(t *testing.T) {
 			require.Error(t, err)
 			assert.ErrorIs(t, err, tc.want)
 			if errors.Is(tc.want, ErrCursorQuery) {
-				assert.ErrorIs(t, err, sqlStateErr("42601"), "the server's error is wrapped")
+				assert.ErrorIs(t, err, sqlStateErr("0A000"), "the server's error is wrapped")
 			} else {
 				assert.Equal(t, tc.want, err, "passed on unchanged")
 			}

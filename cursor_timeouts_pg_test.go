@@ -69,7 +69,7 @@ func TestServerTimeoutsDuringPauseByMode(t *testing.T) {
 		{"", "statement_timeout=200", "57014"},
 		{"jsonstream_fetch_size=auto", "statement_timeout=200", ""},
 		{"", "idle_in_transaction_session_timeout=200", ""},
-		{"jsonstream_fetch_size=auto", "idle_in_transaction_session_timeout=200", "bad connection"},
+		{"jsonstream_fetch_size=auto", "idle_in_transaction_session_timeout=200", "session ended"},
 	} {
 		t.Run(tc.mode+" "+tc.setting, func(t *testing.T) {
 			db := openPG(t, DriverName, tc.mode+" options='-c "+tc.setting+"'")
@@ -81,9 +81,17 @@ func TestServerTimeoutsDuringPauseByMode(t *testing.T) {
 				assert.Equal(t, 200_000, n, "the stream goes on")
 			} else {
 				require.Error(t, err)
-				if tc.wantState == "bad connection" {
+				if tc.wantState == "session ended" {
+					// The pool discards the connection, and the server's reason
+					// stays reachable.
 					assert.ErrorIs(t, err, driver.ErrBadConn)
-					assert.Contains(t, err.Error(), "idle_in_transaction_session_timeout")
+					var ended *SessionEndedError
+					require.ErrorAs(t, err, &ended)
+					var pqErr *pq.Error
+					require.ErrorAs(t, err, &pqErr)
+					assert.Equal(t, "25P03", string(pqErr.Code), "idle_in_transaction_session_timeout")
+					assert.Equal(t, "FATAL", pqErr.Severity)
+					assert.Contains(t, pqErr.Message, "idle-in-transaction timeout")
 				} else {
 					assert.Equal(t, tc.wantState, sqlStateOf(err), "%v", err)
 				}

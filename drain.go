@@ -46,14 +46,23 @@ type sock struct {
 	// goroutine touches them.
 	drained   int
 	armFailed bool
+	// last is what the last read that returned bytes put into lib/pq's
+	// buffer, where it stays once lib/pq stops reading: after a FATAL
+	// error, that error (fatal.go). The reading goroutine's.
+	last []byte
 }
 
 // Read implements net.Conn. Outside a drain it is the socket's own Read.
-func (s *sock) Read(p []byte) (int, error) {
+func (s *sock) Read(p []byte) (n int, err error) {
 	if s.until.Load() == 0 {
-		return s.Conn.Read(p)
+		n, err = s.Conn.Read(p)
+	} else {
+		n, err = s.drainRead(p)
 	}
-	return s.drainRead(p)
+	if n > 0 {
+		s.last = p[:n]
+	}
+	return n, err
 }
 
 func (s *sock) drainRead(p []byte) (int, error) {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"reflect"
+	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -68,8 +69,10 @@ func TestBadDSNParameters(t *testing.T) {
 		"host=db jsonstream_close=maybe":                      `jsonstream_close="maybe": want auto, cancel or drain`,
 		"host=db jsonstream_on_pause_timeout=panic":           `jsonstream_on_pause_timeout="panic": want fail or resume`,
 		"host=db jsonstream_drain_timeout=0s":                 `jsonstream_drain_timeout="0s": must be positive`,
-		"host=db jsonstream_fetch_size=-5":                    `jsonstream_fetch_size="-5": want 0, a positive batch size or auto`,
-		"host=db jsonstream_fetch_size=lots":                  `jsonstream_fetch_size="lots": want 0, a positive batch size or auto`,
+		"host=db jsonstream_fetch_size=-5":                    `jsonstream_fetch_size="-5": want 0, a batch size from 1 to 2147483647 (MaxFetchSize), or FetchAuto (DSN: auto)`,
+		"host=db jsonstream_fetch_size=lots":                  `jsonstream_fetch_size="lots": want 0, a batch size from 1 to 2147483647`,
+		"host=db jsonstream_fetch_size=3000000000":            `jsonstream_fetch_size="3000000000": want 0, a batch size from 1 to 2147483647`,
+		"host=db jsonstream_fetch_size=2147483648":            `jsonstream_fetch_size="2147483648": want 0, a batch size from 1 to 2147483647`,
 		"host=db jsonstream_colour=blue":                      `unknown DSN parameter jsonstream_colour="blue"`,
 		"postgres://db/x?jsonstream_pause_timout=1s":          `unknown DSN parameter jsonstream_pause_timout="1s"`,
 		"postgres://db/x?jsonstream_close=%zz":                `jsonstream_close="%zz": bad URL escape`,
@@ -98,6 +101,8 @@ func TestBadOptions(t *testing.T) {
 		WithCloseMode(CloseMode(9)),
 		WithDrainTimeout(0),
 		WithFetchSize(-2),
+		WithFetchSize(MaxFetchSize + 1),
+		WithFetchSize(1 << 40),
 		nil,
 	} {
 		_, err := NewConnector(fakeConnector{d}, opt)
@@ -106,8 +111,16 @@ func TestBadOptions(t *testing.T) {
 		assert.ErrorIs(t, err, ErrInvalidOption)
 		_, err = NewStream(opt)
 		assert.ErrorIs(t, err, ErrInvalidOption)
+		_, err = ContextWithOptions(context.Background(), opt)
+		assert.ErrorIs(t, err, ErrInvalidOption)
 	}
-	_, err := NewConnector(nil)
+	for _, n := range []int{MaxFetchSize + 1, 1 << 40} {
+		_, err := NewStream(WithFetchSize(n))
+		assert.ErrorContains(t, err, "WithFetchSize("+strconv.Itoa(n)+"): want 0, a batch size from 1 to 2147483647 (MaxFetchSize)")
+	}
+	_, err := NewStream(WithFetchSize(MaxFetchSize))
+	assert.NoError(t, err, "the largest count FETCH takes")
+	_, err = NewConnector(nil)
 	assert.ErrorIs(t, err, ErrInvalidOption)
 	_, err = NewDriver(nil)
 	assert.Error(t, err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -13,13 +14,23 @@ import (
 // WithObserver, or on one query with a Stream's WithObserver, which
 // replaces the connector's for that query.
 //
-// ObserveStream is called synchronously, on the goroutine whose call
-// caused the event (listed at each EventKind), never while jsonstream
-// holds a lock: a slow observer slows only the call it is made from, and
-// it may call the stream's Controller methods. Events of one stream that
-// come from different goroutines (a Pause on one, a Resume on another) may
-// reach the observer in either order or at the same time, so ObserveStream
-// must be safe for concurrent use; Stats.Pauses numbers the pauses.
+// The contract, for each stream:
+//   - Events are delivered one at a time, in the order they happened, and
+//     EventEnded is the last one, delivered before the Close that ended
+//     the stream returns.
+//   - ObserveStream is called synchronously, never while jsonstream holds
+//     a lock, so it may call the stream's Controller methods. It runs on
+//     the goroutine whose call caused the event (listed at each
+//     EventKind), unless another goroutine is delivering an event of the
+//     same stream at that moment: that goroutine then delivers this one
+//     too, after its own. ObserveStream must therefore be safe for
+//     concurrent use across streams, and must not wait for another
+//     goroutine's call on the same stream.
+//   - A panic in ObserveStream is recovered, so that the stream and
+//     database/sql's accounting of its connection complete as if it had
+//     not happened; the stream's Close then returns an
+//     *ObserverPanicError (wrapping ErrObserverPanic) unless it has an
+//     error of its own. An observer must not close the rows it observes.
 //
 // An event never carries the query's arguments, and carries the query
 // text only under WithObserverQueryText(true).
@@ -222,6 +233,28 @@ func WithObserverQueryText(include bool) Option {
 	}
 }
 
+// ErrObserverPanic is wrapped by the error Close returns when the
+// stream's Observer panicked (ObserverPanicError).
+var ErrObserverPanic = errors.New("jsonstream: the observer panicked")
+
+// ObserverPanicError is what Close returns when an Observer panicked on
+// one of the stream's events and Close had no error of its own: the
+// panic was recovered and the stream went on.
+type ObserverPanicError struct {
+	// Kind is the event whose delivery panicked (the first, if several).
+	Kind EventKind
+	// Value is what the observer passed to panic.
+	Value any
+}
+
+// Error implements error.
+func (e *ObserverPanicError) Error() string {
+	return fmt.Sprintf("%s on %s: %v", ErrObserverPanic, e.Kind, e.Value)
+}
+
+// Unwrap returns ErrObserverPanic.
+func (e *ObserverPanicError) Unwrap() error { return ErrObserverPanic }
+
 // observation is what a stream keeps for its observer; it lives inside
 // rows, so a stream without an observer pays no allocation for it.
 type observation struct {
@@ -229,6 +262,98 @@ type observation struct {
 	// ended is set by the Close that fires EventEnded, so it fires once
 	// whoever closes the rows and how often.
 	ended atomic.Bool
+	// mu guards the fields below: the events waiting for delivery, in
+	// the order they happened, and who delivers them. It is taken inside
+	// the pauser's lock, so that a pause's events queue in the order of
+	// its transitions; never while the observer runs.
+	mu sync.Mutex
+	// idle is signaled when the queue is empty and nobody delivers.
+	idle       sync.Cond
+	queue      []Event
+	buf        [1]Event // queue's backing array while one event waits
+	delivering bool
+	// queued and delivered count the events, for a caller that waits for
+	// its own event (the pause timer).
+	queued, delivered uint64
+	// panicked is the first panic of the observer, for Close.
+	panicked *ObserverPanicError
+}
+
+// initObservation readies the delivery of events; called when the
+// stream has an observer.
+func (r *rows) initObservation() {
+	r.obs.idle.L = &r.obs.mu
+	r.obs.queue = r.obs.buf[:0]
+}
+
+// enqueue adds e to the events waiting for delivery and returns its
+// number. Callers that order events by a lock of their own (the pauser's)
+// call it under that lock.
+func (r *rows) enqueue(e Event) uint64 {
+	o := &r.obs
+	o.mu.Lock()
+	o.queue = append(o.queue, e)
+	o.queued++
+	n := o.queued
+	o.mu.Unlock()
+	return n
+}
+
+// deliver hands the waiting events to the observer one at a time, in
+// order, unless another goroutine is doing so already (it delivers them
+// then).
+func (r *rows) deliver() {
+	o := &r.obs
+	o.mu.Lock()
+	if o.delivering {
+		o.mu.Unlock()
+		return
+	}
+	o.delivering = true
+	for len(o.queue) > 0 {
+		e := o.queue[0]
+		n := copy(o.queue, o.queue[1:])
+		o.queue[n] = Event{} // drop the references
+		o.queue = o.queue[:n]
+		o.mu.Unlock()
+		r.callObserver(e)
+		o.mu.Lock()
+		o.delivered++
+		o.idle.Broadcast()
+	}
+	o.delivering = false
+	o.idle.Broadcast()
+	o.mu.Unlock()
+}
+
+// emit delivers e now, or after the events queued before it.
+func (r *rows) emit(e Event) {
+	r.enqueue(e)
+	r.deliver()
+}
+
+// waitDelivered returns once event number n was delivered.
+func (r *rows) waitDelivered(n uint64) {
+	o := &r.obs
+	o.mu.Lock()
+	for o.delivered < n {
+		o.idle.Wait()
+	}
+	o.mu.Unlock()
+}
+
+// callObserver calls the observer with e, recovering a panic.
+func (r *rows) callObserver(e Event) {
+	defer func() {
+		if v := recover(); v != nil {
+			r.obs.mu.Lock()
+			if r.obs.panicked == nil {
+				r.obs.panicked = &ObserverPanicError{Kind: e.Kind, Value: v}
+			}
+			r.obs.mu.Unlock()
+		}
+	}()
+	r.settings.observer.ObserveStream(e)
 }
 
 // mode is how the stream reads its rows.
@@ -244,45 +369,64 @@ func (r *rows) event(kind EventKind) Event {
 	return Event{Kind: kind, Context: r.ctx, Query: r.obs.query, Mode: r.mode(), Stats: r.Stats()}
 }
 
+// eventLocked is event for a caller that holds p.mu.
+func (r *rows) eventLocked(kind EventKind, p *pauser) Event {
+	e := Event{Kind: kind, Context: r.ctx, Query: r.obs.query, Mode: r.mode()}
+	e.Stats = Stats{Rows: r.rowCount.Load(), Bytes: r.byteCount.Load(), FirstRow: time.Duration(r.firstRow.Load())}
+	p.snapshot(r, &e.Stats)
+	return e
+}
+
 // observeStarted fires EventStarted; query is the statement's text.
 func (r *rows) observeStarted(query string) {
 	if r.settings.observer == nil {
 		return
 	}
+	r.initObservation()
 	if r.settings.observeQuery {
 		r.obs.query = query
 	}
-	r.settings.observer.ObserveStream(r.event(EventStarted))
+	r.emit(r.event(EventStarted))
 }
 
 // observeFirstRow fires EventFirstRow.
 func (r *rows) observeFirstRow() {
 	if r.settings.observer != nil {
-		r.settings.observer.ObserveStream(r.event(EventFirstRow))
+		r.emit(r.event(EventFirstRow))
 	}
 }
 
-// observePause fires EventPaused, or, with a paused duration, the events
-// of a pause that ended: EventPauseTimeout when timedOut, EventResumed
-// when resumed.
-func (r *rows) observePause(kind EventKind, paused time.Duration) {
+// queuePause queues, under p.mu, the event of a pause transition that
+// just happened: EventPaused, EventResumed or EventPauseTimeout, with the
+// pause's length for the last two. The caller delivers it once it has
+// unlocked p.mu. It returns the event's number, 0 without an observer.
+func (r *rows) queuePause(kind EventKind, p *pauser, paused time.Duration) uint64 {
 	if r.settings.observer == nil {
-		return
+		return 0
 	}
-	e := r.event(kind)
+	e := r.eventLocked(kind, p)
 	e.Paused = paused
-	r.settings.observer.ObserveStream(e)
+	return r.enqueue(e)
+}
+
+// deliverQueued delivers what queuePause queued.
+func (r *rows) deliverQueued(n uint64) {
+	if n != 0 {
+		r.deliver()
+	}
 }
 
 // observeTimeout fires EventPauseTimeout from the pause timer, called and
-// returning with p.mu held. It fires before the timeout takes effect, so
-// that the stream's end follows it, and unlocks p.mu meanwhile, so that a
-// slow observer holds up only the timeout. It reports whether the pause
-// is still the one that expired; if not, p.mu is unlocked.
+// returning with p.mu held. The event is delivered before the timeout
+// takes effect, so that the stream's end follows it, with p.mu unlocked,
+// so that a slow observer holds up only the timeout and may itself
+// Resume. It reports whether the pause is still the one that expired; if
+// not, p.mu is unlocked.
 func (r *rows) observeTimeout(p *pauser, generation uint64) bool {
-	paused := max(time.Since(p.pausedAt), 1)
+	n := r.queuePause(EventPauseTimeout, p, max(time.Since(p.pausedAt), 1))
 	p.mu.Unlock()
-	r.observePause(EventPauseTimeout, paused)
+	r.deliver()
+	r.waitDelivered(n)
 	p.mu.Lock()
 	if p.generation != generation || r.state.load() != Paused {
 		p.mu.Unlock()
@@ -291,23 +435,51 @@ func (r *rows) observeTimeout(p *pauser, generation uint64) bool {
 	return true
 }
 
-// observeEnd fires EventEnded after Close, which returned closeErr. The
-// final state says who ended the stream: Close itself (Closed), the end of
-// the result (Complete), or a failure before Close (Failed).
-func (r *rows) observeEnd(closeErr error) {
+// observeEnd fires EventEnded after Close, which returned closeErr, and
+// returns once every event of the stream was delivered. The final state
+// says who ended the stream: Close itself (Closed), the end of the
+// result (Complete), or a failure before Close (Failed). It returns the
+// error for Close: closeErr, or the observer's panic.
+func (r *rows) observeEnd(closeErr error) error {
 	if r.settings.observer == nil || !r.obs.ended.CompareAndSwap(false, true) {
-		return
+		return closeErr
 	}
-	e := r.event(EventEnded)
-	e.Err = closeErr
-	e.ConnCut = r.conn.isCut()
+	var e Event
+	// Queued under the pauser's lock, after any pause transition that
+	// came before the end: no pause event can follow it.
 	if p := r.pause.Load(); p != nil {
 		p.mu.Lock()
+		e = r.eventLocked(EventEnded, p)
 		if p.pauses > p.resumes {
 			e.EndedPaused, e.Paused = true, p.last
 		}
+		r.endOutcome(&e, closeErr)
+		r.enqueue(e)
 		p.mu.Unlock()
+	} else {
+		e = r.event(EventEnded)
+		r.endOutcome(&e, closeErr)
+		r.enqueue(e)
 	}
+	r.deliver()
+	o := &r.obs
+	o.mu.Lock()
+	for o.delivering || len(o.queue) > 0 {
+		o.idle.Wait()
+	}
+	panicked := o.panicked
+	o.mu.Unlock()
+	if closeErr == nil && panicked != nil {
+		return panicked
+	}
+	return closeErr
+}
+
+// endOutcome fills in the Outcome, Err and ConnCut of e, the EventEnded
+// of a stream whose Close returned closeErr.
+func (r *rows) endOutcome(e *Event, closeErr error) {
+	e.Err = closeErr
+	e.ConnCut = r.conn.isCut()
 	switch e.Stats.State {
 	case Complete:
 		e.Outcome = OutcomeComplete
@@ -329,7 +501,6 @@ func (r *rows) observeEnd(closeErr error) {
 		e.Err = r.err()
 		e.Outcome = failureOutcome(e.Err)
 	}
-	r.settings.observer.ObserveStream(e)
 }
 
 // contextErr is the error of the query's context or its transaction's,

@@ -166,6 +166,12 @@ func WithDrainTimeout(d time.Duration) Option {
 // to the rows.
 const FetchAuto = -1
 
+// MaxFetchSize is the largest batch size WithFetchSize takes: FETCH's
+// count is a 32-bit integer.
+const MaxFetchSize = 1<<31 - 1
+
+const fetchSizeRange = "want 0, a batch size from 1 to 2147483647 (MaxFetchSize), or FetchAuto (DSN: auto)"
+
 // WithFetchSize chooses how a query's rows come from the server. 0, the
 // default, sends the query as one statement and streams its whole result.
 // n > 0 runs it as a cursor, DECLARE … NO SCROLL CURSOR FOR (query), and
@@ -183,14 +189,14 @@ const FetchAuto = -1
 // without losing its connection: Close, Cancel, the pause timeout and the
 // query's context close the cursor instead of cutting the connection.
 //
-// DECLARE takes one SELECT, VALUES or TABLE query: any other query fails
-// with an error wrapping ErrCursorQuery and the server's error, and
-// nothing runs. Any other value of n is an error wrapping
-// ErrInvalidOption.
+// DECLARE takes one SELECT, VALUES, TABLE or WITH query: see
+// ErrCursorQuery for what happens to any other. A batch size above
+// MaxFetchSize, the largest count FETCH takes, or any other value of n is
+// an error wrapping ErrInvalidOption.
 func WithFetchSize(n int) Option {
 	return func(s *settings) error {
-		if n < 0 && n != FetchAuto {
-			return invalid("WithFetchSize", n, "want 0, a positive batch size or FetchAuto")
+		if n < 0 && n != FetchAuto || n > MaxFetchSize {
+			return invalid("WithFetchSize", n, fetchSizeRange)
 		}
 		s.fetchSize = n
 		return nil
@@ -271,8 +277,8 @@ func dsnOption(name, value string) (Option, error) {
 			return WithFetchSize(FetchAuto), nil
 		}
 		n, err := strconv.Atoi(value)
-		if err != nil || n < 0 {
-			return nil, bad("want 0, a positive batch size or auto")
+		if err != nil || n < 0 || n > MaxFetchSize {
+			return nil, bad(fetchSizeRange)
 		}
 		return WithFetchSize(n), nil
 	}

@@ -210,7 +210,9 @@ func TestCancelStopsServerQuery(t *testing.T) {
 
 func TestContextEndWhilePausedStopsServerQuery(t *testing.T) {
 	failWhilePaused(t, nil, func() context.Context {
-		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		// Long enough for the query to start on a loaded machine: the
+		// deadline must find the stream paused, not starting.
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		t.Cleanup(cancel)
 		return ctx
 	}, func(*Stream) {}, context.DeadlineExceeded)

@@ -50,6 +50,10 @@ type rows struct {
 	settings     settings
 	pauseTimeout atomic.Int64 // time.Duration; SetPauseTimeout may come from any goroutine
 
+	// query is the statement's text: an early Close reads it to tell a
+	// read, which it may cut, from a write, which it never cuts.
+	query string
+
 	start     time.Time
 	firstRow  atomic.Int64 // time.Duration since start; 0 before the first row
 	rowCount  atomic.Int64
@@ -205,6 +209,9 @@ func (r *rows) nextFailed(err error) error {
 		// report why rather than the read error the cut caused.
 		return r.err()
 	}
+	if r.cursor == nil {
+		err = sessionError(err, r.conn) // the cursor did it already
+	}
 	if ctxErr := r.ctx.Err(); ctxErr != nil {
 		r.fail(ctxErr, false)
 		return r.err()
@@ -230,8 +237,21 @@ func (r *rows) fail(err error, cut bool) bool {
 	ok := r.failState(err, cut)
 	if ok {
 		r.endPause()
+		if cut {
+			r.release()
+		}
 	}
 	return ok
+}
+
+// release frees the server's side of a stream that a Cancel, the pause
+// timeout or the context just failed, from the failure's goroutine and
+// outside any lock of the stream's: a cursor is closed at once. A single
+// statement needs nothing more: stopServer cut it.
+func (r *rows) release() {
+	if r.cursor != nil {
+		r.cursor.release()
+	}
 }
 
 // failState is fail without ending the pause, for callers that hold the
@@ -276,7 +296,7 @@ func (r *rows) endPause() {
 // CloseMode says.
 func (r *rows) Close() (err error) {
 	if r.settings.observer != nil {
-		defer func() { r.observeEnd(err) }()
+		defer func() { err = r.observeEnd(err) }()
 	}
 	r.ending.Lock()
 	from, live := r.state.finish(Closed)
@@ -296,10 +316,11 @@ func (r *rows) Close() (err error) {
 	}
 	r.endPause()
 	if r.cursor != nil {
-		return r.cursor.close()
+		return r.cursor.Close()
 	}
-	if r.conn.inTx {
-		// Cutting would end the transaction too: drain, as lib/pq does.
+	if r.conn.inTx || scanQuery(r.query).writes {
+		// Cutting would end the transaction too, or undo what the
+		// statement wrote: drain, as lib/pq does.
 		return r.inner.Close()
 	}
 	switch r.settings.closeMode {
@@ -413,15 +434,9 @@ func (r *rows) ColumnTypePrecisionScale(index int) (precision, scale int64, ok b
 // Pause implements Controller.
 func (r *rows) Pause() error {
 	p := r.pauser()
-	began := false
-	// Deferred before the unlock so that it runs after it: the observer
-	// must not hold up the stream's other callers.
-	defer func() {
-		if began {
-			r.observePause(EventPaused, 0)
-		}
-	}()
+	var event uint64
 	p.mu.Lock()
+	defer func() { r.deliverQueued(event) }() // after the unlock: the observer runs unlocked
 	defer p.mu.Unlock()
 	for {
 		switch s := r.state.load(); s {
@@ -430,7 +445,7 @@ func (r *rows) Pause() error {
 		case Running:
 			if r.state.cas(Running, Paused) {
 				p.begin(r)
-				began = true
+				event = r.queuePause(EventPaused, p, 0)
 				return nil
 			}
 		default:
@@ -457,14 +472,9 @@ func (r *rows) Resume() error {
 		}
 		return nil // never paused
 	}
-	var resumed time.Duration // the pause this call ended, for the observer
-	// Deferred before the unlock so that it runs after it, as in Pause.
-	defer func() {
-		if resumed > 0 {
-			r.observePause(EventResumed, resumed)
-		}
-	}()
+	var event uint64
 	p.mu.Lock()
+	defer func() { r.deliverQueued(event) }() // after the unlock, as in Pause
 	defer p.mu.Unlock()
 	switch s := r.state.load(); s {
 	case Running:
@@ -473,7 +483,7 @@ func (r *rows) Resume() error {
 		if r.state.cas(Paused, Running) {
 			p.end()
 			p.resumes++
-			resumed = max(p.last, 1)
+			event = r.queuePause(EventResumed, p, max(p.last, 1))
 			return nil
 		}
 		return ended(r.state.load())
@@ -494,21 +504,24 @@ func (r *rows) pauseExpired(generation uint64) {
 	if r.settings.observer != nil && !r.observeTimeout(p, generation) {
 		return // Resume or Close came while the observer heard of it
 	}
-	var resumed time.Duration // the pause ended, for the observer
+	var event uint64 // the pause's end, for the observer
+	failed := false
 	if r.settings.onPauseTimeout == ResumeOnPauseTimeout {
 		if r.state.cas(Paused, Running) {
 			p.end()
 			p.resumes++
-			resumed = max(p.last, 1)
+			event = r.queuePause(EventResumed, p, max(p.last, 1))
 		}
 	} else if r.failState(ErrPauseTimeout, true) {
 		// Still under p.mu: a Resume cannot slip in between the check
 		// above and the failure.
 		p.end()
+		failed = true
 	}
 	p.mu.Unlock()
-	if resumed > 0 {
-		r.observePause(EventResumed, resumed)
+	r.deliverQueued(event)
+	if failed {
+		r.release()
 	}
 }
 

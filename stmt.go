@@ -79,12 +79,16 @@ func (s *stmt) Query(args []driver.Value) (driver.Rows, error) { //nolint:static
 		}
 		return s.conn.queryCursor(context.Background(), s.query, named, st, r, start)
 	}
+	if err := claim(st); err != nil {
+		return nil, err
+	}
 	s.conn.ran()
 	ir, err := s.inner.Query(args) //nolint:staticcheck
 	if err != nil {
+		unclaim(st)
 		return nil, err
 	}
-	return s.conn.wrapRows(context.Background(), ir, st, r, start, s.query)
+	return s.conn.bindRows(context.Background(), ir, st, r, start, nil, s.query), nil
 }
 
 // CheckNamedValue implements driver.NamedValueChecker: a *Stream is taken
@@ -115,24 +119,28 @@ func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driv
 	if r.settings.fetchSize != 0 {
 		return s.conn.queryCursor(ctx, s.query, args, st, r, start)
 	}
+	if err := claim(st); err != nil {
+		return nil, err
+	}
 	s.conn.ran()
 	var ir driver.Rows
 	if q, ok := s.inner.(driver.StmtQueryContext); ok {
-		ir, err = q.QueryContext(ctx, args)
+		ir, err = s.conn.sendQuery(ctx, func(ctx context.Context) (driver.Rows, error) {
+			return q.QueryContext(ctx, args)
+		})
 	} else {
 		var values []driver.Value
-		if values, err = namedToValues(args); err != nil {
-			return nil, err
+		if values, err = namedToValues(args); err == nil {
+			if err = ctx.Err(); err == nil {
+				ir, err = s.inner.Query(values) //nolint:staticcheck
+			}
 		}
-		if err = ctx.Err(); err != nil {
-			return nil, err
-		}
-		ir, err = s.inner.Query(values) //nolint:staticcheck
 	}
 	if err != nil {
+		unclaim(st)
 		return nil, err
 	}
-	return s.conn.wrapRows(ctx, ir, st, r, start, s.query)
+	return s.conn.bindRows(ctx, ir, st, r, start, nil, s.query), nil
 }
 
 // ExecContext implements driver.StmtExecContext, falling back to Exec as

@@ -1,0 +1,122 @@
+package jsonstream
+
+import (
+	"database/sql/driver"
+	"encoding/binary"
+	"errors"
+
+	"github.com/lib/pq"
+	"github.com/lib/pq/pqerror"
+)
+
+// When the server ends a session (a terminated backend, a recovery
+// conflict on a standby, idle_in_transaction_session_timeout), it sends a
+// FATAL ErrorResponse and closes the connection; lib/pq reports every
+// FATAL as driver.ErrBadConn, and the reason is lost. jsonstream reads it
+// back from the socket's last read, where lib/pq left it: the FATAL is
+// the last message the server sent. That takes a plaintext socket; on a
+// TLS connection the socket carries ciphertext, and the stream's error
+// stays lib/pq's.
+
+// SessionEndedError is the error of a stream whose session the server
+// ended while it ran. It wraps the server's FATAL error, for
+// errors.As(err, **pq.Error), and driver.ErrBadConn, so that database/sql
+// discards the connection.
+type SessionEndedError struct {
+	// Server is the server's FATAL error, with its SQLSTATE and text.
+	Server *pq.Error
+}
+
+// Error implements error.
+func (e *SessionEndedError) Error() string {
+	return "jsonstream: the server ended the session: " + e.Server.Error()
+}
+
+// Unwrap returns the server's error and driver.ErrBadConn.
+func (e *SessionEndedError) Unwrap() []error { return []error{e.Server, driver.ErrBadConn} }
+
+// sessionError returns err, an error of the inner driver on c, as a
+// SessionEndedError when it is driver.ErrBadConn and the socket's last
+// read ends with the server's FATAL error.
+func sessionError(err error, c *conn) error {
+	if c.sock == nil || !errors.Is(err, driver.ErrBadConn) {
+		return err
+	}
+	pe := lastFatal(c.sock.last)
+	if pe == nil {
+		return err
+	}
+	c.discard()
+	return &SessionEndedError{Server: pe}
+}
+
+// lastFatal returns the FATAL ErrorResponse that ends b, or nil.
+func lastFatal(b []byte) *pq.Error {
+	for i := len(b) - 5; i >= 0; i-- {
+		if b[i] != 'E' || int(binary.BigEndian.Uint32(b[i+1:i+5])) != len(b)-i-1 {
+			continue
+		}
+		if pe := parseErrorFields(b[i+5:]); pe != nil && pe.Severity == pqerror.SeverityFatal {
+			return pe
+		}
+	}
+	return nil
+}
+
+// parseErrorFields parses the fields of an ErrorResponse's body as lib/pq
+// does; nil unless b is well formed with a severity and a code.
+func parseErrorFields(b []byte) *pq.Error {
+	pe := new(pq.Error)
+	for len(b) > 0 && b[0] != 0 {
+		t := b[0]
+		end := 1
+		for end < len(b) && b[end] != 0 {
+			end++
+		}
+		if end == len(b) {
+			return nil
+		}
+		v := string(b[1:end])
+		b = b[end+1:]
+		switch t {
+		case 'S':
+			pe.Severity = v
+		case 'C':
+			pe.Code = pqerror.Code(v)
+		case 'M':
+			pe.Message = v
+		case 'D':
+			pe.Detail = v
+		case 'H':
+			pe.Hint = v
+		case 'P':
+			pe.Position = v
+		case 'p':
+			pe.InternalPosition = v
+		case 'q':
+			pe.InternalQuery = v
+		case 'W':
+			pe.Where = v
+		case 's':
+			pe.Schema = v
+		case 't':
+			pe.Table = v
+		case 'c':
+			pe.Column = v
+		case 'd':
+			pe.DataTypeName = v
+		case 'n':
+			pe.Constraint = v
+		case 'F':
+			pe.File = v
+		case 'L':
+			pe.Line = v
+		case 'R':
+			pe.Routine = v
+		}
+	}
+	if len(b) != 1 || pe.Severity == "" || len(pe.Code) != 5 {
+		return nil
+	}
+	return pe
+}

@@ -1,0 +1,365 @@
+package jsonstream
+
+import "strings"
+
+// queryText is what jsonstream reads off a query's text before it sends
+// it in a form of its own (cursor mode's DECLARE) or ends it early (a
+// cut). It is found by a scanner that follows PostgreSQL's lexer where it
+// matters for statement boundaries: quoted strings and identifiers,
+// dollar quotes, nested comments, parentheses and semicolons. Where the
+// server's reading could depend on its settings (a backslash in a
+// standard string, whose meaning standard_conforming_strings decides) or
+// on lexer rules the scanner does not follow, it says so (certain is
+// false), and the caller sends the text only in a form in which the
+// server itself refuses a second statement.
+type queryText struct {
+	// certain is false when the server might split the text differently
+	// from the scanner; the fields below are then guesses.
+	certain bool
+	// malformed is set when the scanner is sure the server refuses the
+	// text: a string, identifier or comment left open, a parenthesis
+	// closed that was never opened or left open, or a semicolon inside
+	// parentheses.
+	malformed bool
+	// statements counts the statements with at least one token.
+	statements int
+	// end is where the first statement ends: before its semicolon, or
+	// the text's length.
+	end int
+	// first is the first statement's first keyword as written, or "(" for
+	// a query in parentheses; empty when there is none.
+	first string
+	// writes is set when the first statement may change data: it is not
+	// a SELECT, VALUES, TABLE, WITH or SHOW, or it holds INSERT, UPDATE
+	// (but FOR [NO KEY] UPDATE), DELETE or MERGE, or SELECT … INTO.
+	writes bool
+}
+
+// scanQuery scans a query's text; it never allocates.
+func scanQuery(q string) queryText {
+	t := queryText{certain: true}
+	depth := 0
+	tokens := 0     // in the current statement
+	var prev string // the previous keyword of the first statement
+	inFirst := true
+	for i := 0; i < len(q); {
+		c := q[i]
+		switch {
+		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v':
+			i++
+			continue
+		case c == '-' && i+1 < len(q) && q[i+1] == '-':
+			for i < len(q) && q[i] != '\n' && q[i] != '\r' {
+				i++
+			}
+			continue
+		case c == '/' && i+1 < len(q) && q[i+1] == '*':
+			n, ok := skipComment(q, i)
+			if !ok {
+				t.malformed = true
+				return t.done(q, inFirst)
+			}
+			i = n
+			continue
+		}
+		// Anything else is (part of) a token of the current statement.
+		if tokens == 0 {
+			t.statements++
+		}
+		tokens++
+		switch {
+		case c == '\'':
+			n, ok, sure := skipString(q, i, standardString)
+			t.certain = t.certain && sure
+			if !ok {
+				t.malformed = true
+				return t.done(q, inFirst)
+			}
+			i = n
+		case c == '"':
+			n, ok := skipQuoted(q, i, '"')
+			if !ok {
+				t.malformed = true
+				return t.done(q, inFirst)
+			}
+			i = n
+		case c == '$':
+			n, ok, sure := skipDollar(q, i)
+			t.certain = t.certain && sure
+			if !ok {
+				t.malformed = true
+				return t.done(q, inFirst)
+			}
+			i = n
+		case isIdentStart(c):
+			j := i + 1
+			for j < len(q) && isIdentCont(q[j]) {
+				j++
+			}
+			word := q[i:j]
+			if n, isString, ok, sure := prefixedString(q, word, j); isString {
+				t.certain = t.certain && sure
+				if !ok {
+					t.malformed = true
+					return t.done(q, inFirst)
+				}
+				i = n
+				break
+			}
+			if inFirst {
+				t.keyword(word, prev, depth)
+				prev = word
+			}
+			i = j
+		case c >= '0' && c <= '9' || c == '.' && i+1 < len(q) && q[i+1] >= '0' && q[i+1] <= '9':
+			j := i + 1
+			for j < len(q) && (isIdentCont(q[j]) || q[j] == '.') && q[j] != '$' {
+				j++
+			}
+			if j < len(q) && q[j] == '$' {
+				t.certain = false // PostgreSQL's rules for trailing junk vary by version
+			}
+			i = j
+		case c == '(':
+			if inFirst && t.first == "" {
+				t.first = "("
+			}
+			depth++
+			i++
+		case c == ')':
+			depth--
+			if depth < 0 {
+				t.malformed = true
+				return t.done(q, inFirst)
+			}
+			i++
+		case c == ';':
+			tokens-- // not a token of the statement
+			if tokens == 0 {
+				t.statements--
+			}
+			if depth > 0 {
+				t.malformed = true
+				return t.done(q, inFirst)
+			}
+			if inFirst && t.statements > 0 {
+				t.end, inFirst = i, false
+			}
+			tokens = 0
+			i++
+		case c == '\\':
+			t.certain = false // no PostgreSQL token starts with a backslash
+			i++
+		default:
+			i++ // an operator or other punctuation
+		}
+	}
+	if depth != 0 {
+		t.malformed = true
+	}
+	return t.done(q, inFirst)
+}
+
+// done completes t once the scan stopped; inFirst says the first
+// statement ran to the text's end.
+func (t queryText) done(q string, inFirst bool) queryText {
+	if inFirst {
+		t.end = len(q)
+	}
+	switch {
+	case strings.EqualFold(t.first, "select"), strings.EqualFold(t.first, "values"),
+		strings.EqualFold(t.first, "table"), strings.EqualFold(t.first, "with"),
+		strings.EqualFold(t.first, "show"), t.first == "(":
+	default:
+		t.writes = true
+	}
+	return t
+}
+
+// keyword notes word, a keyword or identifier of the first statement
+// that follows prev, at parenthesis depth depth.
+func (t *queryText) keyword(word, prev string, depth int) {
+	if t.first == "" {
+		t.first = word
+	}
+	switch {
+	case strings.EqualFold(word, "insert"), strings.EqualFold(word, "delete"), strings.EqualFold(word, "merge"):
+		t.writes = true
+	case strings.EqualFold(word, "update"):
+		// SELECT … FOR UPDATE and FOR NO KEY UPDATE lock rows; they write
+		// nothing that a cut would undo.
+		if !strings.EqualFold(prev, "for") && !strings.EqualFold(prev, "key") {
+			t.writes = true
+		}
+	case strings.EqualFold(word, "into") && depth == 0 && strings.EqualFold(t.first, "select"):
+		t.writes = true // SELECT … INTO creates a table
+	}
+}
+
+// declarable reports whether the first statement is one that DECLARE …
+// CURSOR FOR takes: a SELECT, VALUES, TABLE or WITH query, or one in
+// parentheses.
+func (t queryText) declarable() bool {
+	switch {
+	case strings.EqualFold(t.first, "select"), strings.EqualFold(t.first, "values"),
+		strings.EqualFold(t.first, "table"), strings.EqualFold(t.first, "with"), t.first == "(":
+		return true
+	}
+	return false
+}
+
+func isIdentStart(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '_' || c >= 0x80
+}
+
+func isIdentCont(c byte) bool {
+	return isIdentStart(c) || c >= '0' && c <= '9' || c == '$'
+}
+
+// skipComment returns the index after the /* … */ comment at i, which
+// nests as PostgreSQL's does.
+func skipComment(q string, i int) (int, bool) {
+	depth := 0
+	for i < len(q) {
+		switch {
+		case q[i] == '/' && i+1 < len(q) && q[i+1] == '*':
+			depth++
+			i += 2
+		case q[i] == '*' && i+1 < len(q) && q[i+1] == '/':
+			depth--
+			i += 2
+			if depth == 0 {
+				return i, true
+			}
+		default:
+			i++
+		}
+	}
+	return i, false
+}
+
+// skipQuoted returns the index after the quoted run at i whose quote
+// character, doubled, stands for itself: an identifier in double quotes.
+func skipQuoted(q string, i int, quote byte) (int, bool) {
+	for i++; i < len(q); i++ {
+		if q[i] == quote {
+			if i+1 < len(q) && q[i+1] == quote {
+				i++
+				continue
+			}
+			return i + 1, true
+		}
+	}
+	return i, false
+}
+
+// The kinds of string literal, by what a backslash does in them.
+const (
+	// plainString: nothing (B'…', X'…', U&'…').
+	plainString = iota
+	// escapeString: it escapes the next byte (E'…').
+	escapeString
+	// standardString: what standard_conforming_strings says ('…', N'…').
+	standardString
+)
+
+// skipString returns the index after the string literal at i. A
+// standard string is read both ways; when the two readings end it in
+// different places the scan is not sure.
+func skipString(q string, i, kind int) (end int, ok, sure bool) {
+	if kind == standardString {
+		end, ok = stringEnd(q, i, false)
+		if strings.IndexByte(q[i+1:min(end, len(q))], '\\') < 0 {
+			return end, ok, true
+		}
+		alt, altOK := stringEnd(q, i, true)
+		return end, ok, alt == end && altOK == ok
+	}
+	end, ok = stringEnd(q, i, kind == escapeString)
+	return end, ok, true
+}
+
+// stringEnd returns the index after the string literal at i, in which a
+// backslash escapes the next byte when escapes is set.
+func stringEnd(q string, i int, escapes bool) (int, bool) {
+	for i++; i < len(q); i++ {
+		switch q[i] {
+		case '\\':
+			if escapes {
+				i++
+			}
+		case '\'':
+			if i+1 < len(q) && q[i+1] == '\'' {
+				i++
+				continue
+			}
+			return i + 1, true
+		}
+	}
+	return len(q), false
+}
+
+// prefixedString handles a string or identifier whose token starts with
+// word: E'…', B'…', X'…', N'…', U&'…' and U&"…". It reports whether there
+// is one, and where it ends.
+func prefixedString(q, word string, j int) (end int, isString, ok, sure bool) {
+	if len(word) != 1 || j >= len(q) {
+		return 0, false, false, false
+	}
+	switch word[0] {
+	case 'e', 'E':
+		if q[j] == '\'' {
+			end, ok, sure = skipString(q, j, escapeString)
+			return end, true, ok, sure
+		}
+	case 'n', 'N':
+		if q[j] == '\'' {
+			end, ok, sure = skipString(q, j, standardString)
+			return end, true, ok, sure
+		}
+	case 'b', 'B', 'x', 'X':
+		if q[j] == '\'' {
+			end, ok, sure = skipString(q, j, plainString)
+			return end, true, ok, sure
+		}
+	case 'u', 'U':
+		if j+1 < len(q) && q[j] == '&' {
+			switch q[j+1] {
+			case '\'':
+				end, ok, sure = skipString(q, j+1, plainString)
+				return end, true, ok, sure
+			case '"':
+				end, ok = skipQuoted(q, j+1, '"')
+				return end, true, ok, true
+			}
+		}
+	}
+	return 0, false, false, false
+}
+
+// skipDollar returns the index after the token at i, a '$': a parameter
+// ($1) or a dollar-quoted string ($tag$…$tag$). Any other '$' makes the
+// scan uncertain.
+func skipDollar(q string, i int) (end int, ok, sure bool) {
+	j := i + 1
+	if j < len(q) && q[j] >= '0' && q[j] <= '9' {
+		for j < len(q) && q[j] >= '0' && q[j] <= '9' {
+			j++
+		}
+		return j, true, true
+	}
+	if j < len(q) && isIdentStart(q[j]) {
+		for j < len(q) && isIdentStart(q[j]) || j < len(q) && q[j] >= '0' && q[j] <= '9' {
+			j++
+		}
+	}
+	if j >= len(q) || q[j] != '$' {
+		return i + 1, true, false
+	}
+	delim := q[i : j+1]
+	k := strings.Index(q[j+1:], delim)
+	if k < 0 {
+		return len(q), false, true
+	}
+	return j + 1 + k + len(delim), true, true
+}

@@ -1,0 +1,87 @@
+package jsonstream
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+)
+
+func TestScanQuery(t *testing.T) {
+	for _, tc := range []struct {
+		query                      string
+		certain, malformed, writes bool
+		statements                 int
+		first                      string
+		end                        int // -1: the text's length
+	}{
+		{"SELECT 1", true, false, false, 1, "SELECT", -1},
+		{"  select 1 ; ", true, false, false, 1, "select", 11},
+		{"SELECT 1; DELETE FROM victim", true, false, false, 2, "SELECT", 8},
+		{"SELECT 1) ; DELETE FROM victim; SELECT (1", true, true, false, 1, "SELECT", -1},
+		{"WITH d AS (DELETE FROM victim RETURNING 1) SELECT (1", true, true, true, 1, "WITH", -1},
+		{"WITH d AS (DELETE FROM victim RETURNING 1) SELECT 1", true, false, true, 1, "WITH", -1},
+		{"SELECT ')' , \"a)\" , $$)$$, $q$ ' $q$ -- )\n /* ) /* ) */ ) */ FROM t", true, false, false, 1, "SELECT", -1},
+		{"SELECT 'a'';DELETE'", true, false, false, 1, "SELECT", -1},
+		{"SELECT E'\\');DELETE FROM v;SELECT ('", true, false, false, 1, "SELECT", -1},
+		// A backslash before a quote ends the string under
+		// standard_conforming_strings=on and escapes it under off.
+		{"SELECT '\\'); DELETE FROM victim; SELECT ('", false, false, true, 2, "SELECT", 12},
+		{"SELECT '\\d+' ~ 'a'", true, false, false, 1, "SELECT", -1},
+		{"SELECT 'open", true, true, false, 1, "SELECT", -1},
+		{"SELECT 1 /* open", true, true, false, 1, "SELECT", -1},
+		{"SELECT \"open", true, true, false, 1, "SELECT", -1},
+		{"SELECT $tag$ open", true, true, false, 1, "SELECT", -1},
+		{"SELECT (1; DELETE FROM victim)", true, true, true, 1, "SELECT", -1},
+		{"SELECT a$b$ FROM t", true, false, false, 1, "SELECT", -1},
+		{"SELECT $ 1", false, false, false, 1, "SELECT", -1},
+		{"SELECT 1 \\g", false, false, false, 1, "SELECT", -1},
+		{"SELECT x FROM t FOR UPDATE", true, false, false, 1, "SELECT", -1},
+		{"SELECT x FROM t FOR NO KEY UPDATE", true, false, false, 1, "SELECT", -1},
+		{"SELECT x INTO new_t FROM t", true, false, true, 1, "SELECT", -1},
+		{"SELECT (SELECT x INTO y) FROM t", true, false, false, 1, "SELECT", -1},
+		{"UPDATE t SET x = 1 RETURNING x", true, false, true, 1, "UPDATE", -1},
+		{"insert into t values (1) returning *", true, false, true, 1, "insert", -1},
+		{"MERGE INTO t USING s ON true WHEN MATCHED THEN DELETE", true, false, true, 1, "MERGE", -1},
+		{"(SELECT 1) UNION (SELECT 2)", true, false, false, 1, "(", -1},
+		{"VALUES (1), (2)", true, false, false, 1, "VALUES", -1},
+		{"TABLE t", true, false, false, 1, "TABLE", -1},
+		{"SHOW work_mem", true, false, false, 1, "SHOW", -1},
+		{"EXPLAIN ANALYZE SELECT 1", true, false, true, 1, "EXPLAIN", -1},
+		{"SELEC 1", true, false, true, 1, "SELEC", -1},
+		{"-- only a comment", true, false, true, 0, "", -1},
+		{"", true, false, true, 0, "", -1},
+		{";; SELECT 1", true, false, false, 1, "SELECT", -1},
+		{"SELECT U&'d\\0061t' , U&\"a)\" , B'01' , X'1F' , N'x'", true, false, false, 1, "SELECT", -1},
+		{"SELECT e'it''s \\\\' || 'x'", true, false, false, 1, "SELECT", -1},
+		{"SELECT .5, 1e3, 1$a", false, false, false, 1, "SELECT", -1},
+	} {
+		t.Run(tc.query, func(t *testing.T) {
+			got := scanQuery(tc.query)
+			end := tc.end
+			if end < 0 {
+				end = len(tc.query)
+			}
+			assert.Equal(t, tc.certain, got.certain, "certain")
+			if !tc.certain {
+				return // the rest are guesses
+			}
+			assert.Equal(t, tc.malformed, got.malformed, "malformed")
+			if tc.malformed {
+				return // the server refuses it: nothing more matters
+			}
+			assert.Equal(t, tc.writes, got.writes, "writes")
+			assert.Equal(t, tc.statements, got.statements, "statements")
+			assert.Equal(t, tc.first, got.first, "first")
+			if !tc.malformed {
+				assert.Equal(t, end, got.end, "end")
+			}
+		})
+	}
+}
+
+// TestScanQueryAllocs: the scan runs on every cursor query and early
+// Close, so it must not allocate.
+func TestScanQueryAllocs(t *testing.T) {
+	q := "WITH d AS (SELECT 'a''b', $$x$$, E'\\'' /* c */) SELECT * FROM d -- e\n FOR UPDATE"
+	assert.Zero(t, testing.AllocsPerRun(100, func() { _ = scanQuery(q) }))
+}
