@@ -61,6 +61,13 @@ type harness struct {
 
 func newHarness(t *testing.T) *harness {
 	t.Helper()
+	return newHarnessDSN(t, pgtest.DSN(t))
+}
+
+// newHarnessDSN is newHarness on a DSN of the caller's, such as one that
+// sets jsonstream_fetch_size.
+func newHarnessDSN(t *testing.T, dsn string) *harness {
+	t.Helper()
 	h := &harness{reader: sdkmetric.NewManualReader(), spans: tracetest.NewSpanRecorder()}
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(h.reader))
 	h.tracer = sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(h.spans))
@@ -68,7 +75,7 @@ func newHarness(t *testing.T) *harness {
 		_ = mp.Shutdown(context.Background())
 		_ = h.tracer.Shutdown(context.Background())
 	})
-	db, err := openDB(pgtest.DSN(t), mp)
+	db, err := openDB(dsn, mp)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = db.Close() })
 	h.db = db
