@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql/driver"
 	"errors"
-	"io"
 	"sync/atomic"
 	"time"
 )
@@ -309,7 +308,7 @@ func (c *conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 	var ir driver.Rows
 	switch q := c.inner.(type) {
 	case driver.QueryerContext:
-		ir, err = c.sendQuery(ctx, func(ctx context.Context) (driver.Rows, error) {
+		ir, err = c.sendQuery(ctx, r, query, func(ctx context.Context) (driver.Rows, error) {
 			return q.QueryContext(ctx, query, args)
 		})
 	case driver.Queryer: //nolint:staticcheck // the fallback database/sql makes
@@ -330,17 +329,26 @@ func (c *conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 	return c.bindRows(ctx, ir, s, r, start, nil, query), nil
 }
 
-// sendQuery runs send, which sends a single-statement query. When
-// jsonstream dialed the connection, the query's context is not handed to
-// the inner driver: lib/pq would watch it for as long as the rows are
-// open and, when it ends, send a cancel request and give up the
-// connection, racing jsonstream's own watch. jsonstream watches it alone:
-// a context that ends before the rows come cuts the connection, and
-// Query returns the context's error; one that ends later fails the
-// stream (rows.open). Without a socket of its own the context goes to the
-// inner driver.
-func (c *conn) sendQuery(ctx context.Context, send func(context.Context) (driver.Rows, error)) (driver.Rows, error) {
+// sendQuery runs send, which sends query, a single statement, for the
+// stream r. When jsonstream dialed the connection, the context of a read
+// is not handed to the inner driver: lib/pq would watch it for as long as
+// the rows are open and, when it ends, send a cancel request and give up
+// the connection, racing jsonstream's own watch. jsonstream watches it
+// alone: a context that ends before the rows come cuts the connection,
+// and Query returns the context's error; one that ends later fails the
+// stream (rows.open).
+//
+// The context of a statement that writes goes to lib/pq, whose cancel
+// request makes the server roll the statement back: a cut alone may let
+// it commit, since the server notices a closed connection only when it
+// next writes to it. Without a socket of jsonstream's, the context goes
+// to the inner driver too.
+func (c *conn) sendQuery(ctx context.Context, r *rows, query string, send func(context.Context) (driver.Rows, error)) (driver.Rows, error) {
 	if c.sock == nil || ctx.Done() == nil {
+		return send(ctx)
+	}
+	if scanQuery(query).writes {
+		r.innerCtx = true
 		return send(ctx)
 	}
 	if err := ctx.Err(); err != nil {
@@ -401,30 +409,6 @@ func unclaim(s *Stream) {
 		s.claimed.Store(false)
 	}
 }
-
-// failedStream records a query that the server started and that failed
-// before its rows could be returned (cursor mode's first batch): its
-// Stream is used up, bound to a stream that failed with err, and the
-// observer sees it start and end, as it sees a single statement that
-// fails on its first row.
-func (c *conn) failedStream(ctx context.Context, r *rows, s *Stream, start time.Time, cur *cursor, query string, err error) {
-	r.conn, r.ctx, r.start, r.cursor, r.inner, r.query = c, ctx, start, cur, noRows{}, query
-	r.failure.Store(&err)
-	r.state.finish(Failed)
-	r.observeStarted(query)
-	if s != nil {
-		s.bound.Store(r)
-	}
-	r.observeEnd(err)
-}
-
-// noRows is the inner rows of a stream whose query failed before it had
-// any.
-type noRows struct{}
-
-func (noRows) Columns() []string         { return nil }
-func (noRows) Close() error              { return nil }
-func (noRows) Next([]driver.Value) error { return io.EOF }
 
 // bindRows makes the stream and binds s to it, once it is complete: a
 // Controller call may come at once from another goroutine.

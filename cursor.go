@@ -23,8 +23,12 @@ import (
 // with a syntax error gets the server's error, as from lib/pq.
 var ErrCursorQuery = errors.New("jsonstream: cursor mode cannot run this query")
 
-// FetchAuto's batches: the first is small, so that an early close after a
-// few rows (a QueryRow) reads off almost nothing; each next one doubles,
+// Every cursor's first FETCH asks for one row, so that a query fails
+// where it fails in the single-statement mode: in Query when its first
+// row fails (lib/pq waits for that row), in Next after it.
+//
+// FetchAuto's batches after it: the first is small, so that an early
+// close after a few rows reads off almost nothing; each next one doubles,
 // up to autoMaxRows rows and about autoBatchBytes bytes, so that reading
 // off the rest of one batch stays well under a millisecond on loopback
 // (lib/pq reads about 300 KB per millisecond) while the round trips stay
@@ -162,16 +166,12 @@ func (c *conn) queryCursor(ctx context.Context, query string, args []driver.Name
 	}
 	cur.batch, err = cur.firstFetch(ctx, queryer)
 	if err != nil {
+		// The first batch failed before it sent a row: as a single
+		// statement that fails on its first row, whose error lib/pq
+		// returns from Query, the query fails; it fires no event and
+		// leaves its Stream.
 		cur.abandon(true)
-		if sqlState(err) == "" || errors.Is(err, driver.ErrBadConn) {
-			unclaim(st) // not the query's own failure: database/sql may retry it
-			return nil, err
-		}
-		// The server started the query and it failed in its first batch,
-		// which the server computes before it sends a row: a stream that
-		// failed, as in the single-statement mode, whose error comes from
-		// Query only because FETCH sends no row description first.
-		c.failedStream(ctx, r, st, start, cur, query, err)
+		unclaim(st)
 		return nil, err
 	}
 	cur.first = cur.batch
@@ -362,6 +362,14 @@ func (cur *cursor) firstFetch(ctx context.Context, queryer driver.QueryerContext
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	// One row (see autoFirstRows); the batches that follow have the
+	// stream's size, or FetchAuto's first (grow doubles it).
+	batch := cur.next
+	cur.next = 1
+	defer func() { cur.next = batch }()
+	if cur.size == 0 {
+		batch = autoFirstRows / 2
+	}
 	cur.pending(true)
 	if cur.conn.sock == nil || ctx.Done() == nil {
 		return cur.fetch(ctx, queryer)
@@ -459,6 +467,14 @@ func (cur *cursor) nextRow(dest []driver.Value) error {
 		if cur.ended {
 			continue
 		}
+		if s := cur.conn.sock; s != nil {
+			if pe := s.peekFatal(); pe != nil {
+				// The server ended the session between batches.
+				cur.conn.discard()
+				cur.ended = true
+				return &SessionEndedError{Server: pe}
+			}
+		}
 		cur.grow()
 		// Pending before the state check, as failState changes the state
 		// before it interrupts: either the failure sees the FETCH pending
@@ -485,11 +501,21 @@ func (cur *cursor) nextRow(dest []driver.Value) error {
 // consumer next calls Next or Close. When the consumer is on the wire, it
 // is inside Next or Close: its read is bounded (interrupt), its Next
 // fails and database/sql closes the rows, which ends the cursor.
+//
+// In the caller's transaction a batch in flight is left to the consumer's
+// Close too: reading it off may take as long as the server does, and a
+// cut would end that transaction.
 func (cur *cursor) release() {
 	if !cur.wire.TryLock() {
 		return
 	}
 	defer cur.wire.Unlock()
+	if cur.ended || !cur.own && cur.batch != nil {
+		// Ended already: by the consumer's Close, which may have handed
+		// the connection to another query meanwhile; not a thing of this
+		// stream's may touch it.
+		return
+	}
 	_ = cur.close()
 }
 

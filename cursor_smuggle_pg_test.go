@@ -237,3 +237,27 @@ func FuzzCursorStatements(f *testing.F) {
 		o.check(t, query)
 	})
 }
+
+// TestCursorSmugglingInSJIS: in a session whose client_encoding is SJIS
+// (lib/pq checks it only at connect time), byte 0x5C can be the second
+// byte of a character, which the server does not read as a backslash.
+func TestCursorSmugglingInSJIS(t *testing.T) {
+	ctx := context.Background()
+	for _, q := range []string{
+		"SELECT E'\x95\\' ) ; DELETE FROM victim ; SELECT ( $$'--$$",
+		"SELECT '\x95\\\\' ) ; DELETE FROM victim ; SELECT ( '",
+	} {
+		t.Run(q, func(t *testing.T) {
+			js := newSmuggleConn(t, openPG(t, DriverName, "jsonstream_fetch_size=auto"))
+			js.reset(t)
+			for _, set := range []string{"SET client_encoding TO 'SJIS'", "SET standard_conforming_strings TO off"} {
+				_, err := js.conn.ExecContext(ctx, set)
+				require.NoError(t, err)
+				_ = runQuery(ctx, js.conn, q)
+			}
+			_, err := js.conn.ExecContext(ctx, "RESET client_encoding; RESET standard_conforming_strings")
+			require.NoError(t, err)
+			assert.Equal(t, victimState{3, 6}, js.state(t, singleMode(t)), "a statement beside the DECLARE ran")
+		})
+	}
+}

@@ -50,6 +50,9 @@ type sock struct {
 	// buffer, where it stays once lib/pq stops reading: after a FATAL
 	// error, that error (fatal.go). The reading goroutine's.
 	last []byte
+	// peekBuf is where peekFatal looks at what the server sent while the
+	// connection was idle; the reading goroutine's.
+	peekBuf [512]byte
 }
 
 // Read implements net.Conn. Outside a drain it is the socket's own Read.

@@ -103,12 +103,14 @@ func (s *fakeStmt) Query(args []driver.Value) (driver.Rows, error) {
 // when feed is set, one row per value received from feed until it is
 // closed. Next blocks on feed, which is how tests hold a row "on its way".
 type fakeRows struct {
-	n     int
-	feed  chan string
-	err   error // returned by Next after the rows, instead of io.EOF
-	next  atomic.Int64
-	close atomic.Int64
-	i     int
+	n    int
+	feed chan string
+	err  error // returned by Next after the rows, instead of io.EOF
+	// closeErr is returned by Close.
+	closeErr error
+	next     atomic.Int64
+	close    atomic.Int64
+	i        int
 }
 
 func countRows(n int) func(string) *fakeRows {
@@ -116,7 +118,7 @@ func countRows(n int) func(string) *fakeRows {
 }
 
 func (r *fakeRows) Columns() []string { return []string{"data"} }
-func (r *fakeRows) Close() error      { r.close.Add(1); return nil }
+func (r *fakeRows) Close() error      { r.close.Add(1); return r.closeErr }
 
 func (r *fakeRows) Next(dest []driver.Value) error {
 	r.next.Add(1)

@@ -95,3 +95,74 @@ func TestObserverPauseTimeoutPG(t *testing.T) {
 	assert.True(t, end.EndedPaused)
 	assert.GreaterOrEqual(t, end.Paused, 100*time.Millisecond)
 }
+
+// TestServerErrorSameEventsInEveryMode: one rule in every mode, lib/pq's.
+// An error that Query returns (lib/pq waits for a query's first row, so a
+// query that fails before it returns its error from Query) fires no event
+// and leaves the context's Stream; once Query returned rows, the stream's
+// failure is observed: started, first row, ended with OutcomeFailed and
+// the server's error, and the Stream is used up.
+func TestServerErrorSameEventsInEveryMode(t *testing.T) {
+	for _, tc := range []struct {
+		name, query, dsn, code string
+		kinds                  []EventKind
+	}{
+		{"division by zero on the first row", "SELECT 1 / (g - 1) FROM generate_series(1, 5) g", "", "22012", nil},
+		{"statement_timeout before the first row", "SELECT pg_sleep(2)", "options='-c statement_timeout=100'", "57014", nil},
+		{"division by zero on row 300", "SELECT 1 / (g - 300) FROM generate_series(1, 1000) g", "", "22012",
+			[]EventKind{EventStarted, EventFirstRow, EventEnded}},
+	} {
+		for _, mode := range streamModes {
+			t.Run(tc.name+"/mode="+mode, func(t *testing.T) {
+				db := openPG(t, DriverName, mode+" "+tc.dsn)
+				rec := &recorder{}
+				s := mustStream(t, WithObserver(rec))
+				ctx := ContextWithStream(context.Background(), s)
+				rows, err := db.QueryContext(ctx, tc.query)
+				queryFailed := err != nil
+				if err == nil {
+					for rows.Next() {
+					}
+					err = rows.Err()
+					_ = rows.Close()
+				}
+				assert.Equal(t, tc.code, sqlStateOf(err), "%v", err)
+				assert.Equal(t, tc.kinds == nil, queryFailed, "where the error comes from")
+				assert.Equal(t, tc.kinds, rec.kinds())
+				started := s.Started()
+				_, next := db.QueryContext(ctx, "SELECT 1")
+				if tc.kinds == nil {
+					assert.False(t, started)
+					assert.NoError(t, next, "the Stream is left for the next query")
+					return
+				}
+				end := rec.ended(t)
+				assert.Equal(t, OutcomeFailed, end.Outcome)
+				assert.Equal(t, tc.code, sqlStateOf(end.Err))
+				assert.Equal(t, Failed, s.State())
+				assert.ErrorIs(t, next, ErrStreamArgument, "the Stream was used up")
+			})
+		}
+	}
+}
+
+// TestRefusedQueryLeavesStream: a query that the server refuses before
+// it starts (an unknown table) fires no event and leaves the context's
+// Stream for the next query, in every mode.
+func TestRefusedQueryLeavesStream(t *testing.T) {
+	for _, mode := range streamModes {
+		t.Run("mode="+mode, func(t *testing.T) {
+			db := openPG(t, DriverName, mode)
+			rec := &recorder{}
+			s := mustStream(t, WithObserver(rec))
+			ctx := ContextWithStream(context.Background(), s)
+			_, err := db.QueryContext(ctx, "SELECT * FROM no_such_table")
+			assert.Equal(t, "42P01", sqlStateOf(err))
+			assert.Empty(t, rec.kinds())
+			assert.False(t, s.Started())
+			var one int
+			require.NoError(t, db.QueryRowContext(ctx, "SELECT 1").Scan(&one))
+			assert.True(t, s.Started())
+		})
+	}
+}

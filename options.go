@@ -40,6 +40,14 @@ func (a PauseTimeoutAction) String() string {
 // every remaining row on Close; stopping early instead costs the
 // connection, which database/sql then replaces with a new one.
 //
+// Whatever the mode, Close never cuts a statement that may write: only one
+// whose text is a read (its first keyword SELECT, VALUES, TABLE, WITH or
+// SHOW, with no INSERT, UPDATE, DELETE or MERGE in it and no SELECT …
+// INTO) is stopped early; any other is read to its end, as lib/pq does,
+// so that it commits what it commits through lib/pq. A SELECT that calls
+// a function that writes looks like a read, and is stopped with what the
+// function wrote: give it CloseDrain.
+//
 // Inside a transaction begun with BeginTx, Close always drains: cutting
 // the connection would end the transaction. A session kept with sql.Conn
 // loses its state (temporary tables, SET, advisory locks, LISTEN) when its

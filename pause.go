@@ -69,9 +69,12 @@ type Controller interface {
 	// Cancel ends a live stream: Next returns ErrCanceled, and the
 	// server-side query is stopped by cutting the connection (which
 	// database/sql then discards). A cursor-backed stream keeps its
-	// connection: Close closes the cursor, after reading off the batch in
-	// flight, if any, within the drain timeout. On an ended stream Cancel
-	// returns ErrStreamEnded.
+	// connection: its cursor is closed at once by a goroutine of the
+	// stream's own, even while the consumer is away from Next, after
+	// reading off the batch in flight, if any, within the drain timeout
+	// (in the caller's transaction a batch in flight is left to Close).
+	// Cancel itself returns at once. On an ended stream Cancel returns
+	// ErrStreamEnded. The pause timeout ends a stream the same way.
 	Cancel() error
 	// SetPauseTimeout sets the pause timeout of the pauses that start after
 	// it; 0 removes the bound. A negative value is an error wrapping

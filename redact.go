@@ -24,8 +24,11 @@ type redactor struct {
 	// dsn is the DSN as the inner driver got it; masked is the same with
 	// every password replaced by redactMask.
 	dsn, masked string
-	// secrets are the passwords of dsn, as written and as decoded, longest
-	// first so that a password containing another is masked whole.
+	// head and maskedHead are the same for what url.Parse's error quotes
+	// of a URL DSN: the part before its first '#'.
+	head, maskedHead string
+	// secrets are the passwords of dsn, as written and as decoded, and the
+	// fragments of them that an error may quote alone.
 	secrets []string
 }
 
@@ -35,27 +38,66 @@ type redactor struct {
 func newRedactor(dsn string) *redactor {
 	r := &redactor{dsn: dsn, masked: dsn}
 	var spans [][2]int
-	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
-		spans = urlPasswordSpans(dsn)
+	var fragments []string
+	isURL := strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://")
+	if isURL {
+		spans, fragments = urlPasswordSpans(dsn)
 	} else {
 		spans = keyValuePasswordSpans(dsn)
+		for _, sp := range spans {
+			fragments = append(fragments, splitAtUnicodeSpace(dsn[sp[0]:sp[1]])...)
+		}
 	}
 	if len(spans) == 0 {
 		return r
 	}
-	var masked strings.Builder
-	last := 0
 	for _, sp := range spans {
-		raw := dsn[sp[0]:sp[1]]
-		r.addSecret(raw)
-		masked.WriteString(dsn[last:sp[0]])
-		masked.WriteString(redactMask)
-		last = sp[1]
+		r.addSecret(dsn[sp[0]:sp[1]])
 	}
-	masked.WriteString(dsn[last:])
-	r.masked = masked.String()
-	slices.SortFunc(r.secrets, func(a, b string) int { return len(b) - len(a) })
+	for _, f := range fragments {
+		r.addSecret(f)
+	}
+	r.masked = maskSpans(dsn, spans)
+	if hash := strings.IndexByte(dsn, '#'); hash >= 0 && isURL {
+		r.head = dsn[:hash]
+		r.maskedHead = maskSpans(r.head, spans)
+	}
 	return r
+}
+
+// maskSpans replaces with redactMask each of spans, at least one, that
+// starts within s, cut at its end: s may be the head of the string the
+// spans were found in.
+func maskSpans(s string, spans [][2]int) string {
+	var b strings.Builder
+	last := 0
+	for _, sp := range mergeSpans(spans) {
+		if sp[0] >= len(s) {
+			break
+		}
+		b.WriteString(s[last:sp[0]])
+		b.WriteString(redactMask)
+		last = min(sp[1], len(s))
+	}
+	b.WriteString(s[last:])
+	return b.String()
+}
+
+// mergeSpans sorts spans, at least one, and joins those that overlap or
+// touch: a URL password is found both as url.Parse reads it and as its
+// writer meant it, and the longer reading must be hidden whole.
+func mergeSpans(spans [][2]int) [][2]int {
+	spans = slices.Clone(spans)
+	slices.SortFunc(spans, func(a, b [2]int) int { return a[0] - b[0] })
+	merged := [][2]int{spans[0]}
+	for _, sp := range spans[1:] {
+		if last := &merged[len(merged)-1]; sp[0] <= last[1] {
+			last[1] = max(last[1], sp[1])
+		} else {
+			merged = append(merged, sp)
+		}
+	}
+	return merged
 }
 
 // addSecret records raw, a password as written in the DSN, with every
@@ -68,6 +110,13 @@ func (r *redactor) addSecret(raw string) {
 	}
 	if s, err := url.QueryUnescape(raw); err == nil {
 		forms = append(forms, s)
+	}
+	// lib/pq reads a key=value string as runes: each invalid byte becomes
+	// U+FFFD in what it quotes.
+	for _, f := range slices.Clone(forms) {
+		if !utf8.ValidString(f) {
+			forms = append(forms, string([]rune(f)))
+		}
 	}
 	escaper := strings.NewReplacer(`'`, `\'`, `\`, `\\`)
 	for _, f := range slices.Clone(forms) {
@@ -102,19 +151,20 @@ func (r *redactor) redact(err error) error {
 }
 
 // redactString masks the DSN's passwords in s: where s shows the whole
-// DSN (plainly or quoted, as url.Parse's error does) by its masked copy;
+// DSN or its head (plainly or quoted, as url.Parse's error does) by its
+// masked copy;
 // elsewhere by the password's known forms; then by redactText's patterns.
 func (r *redactor) redactString(s string) string {
-	if r.masked != r.dsn {
-		quoted, maskedQuoted := strconv.Quote(r.dsn), strconv.Quote(r.masked)
-		s = strings.ReplaceAll(s, quoted[1:len(quoted)-1], maskedQuoted[1:len(maskedQuoted)-1])
-		s = strings.ReplaceAll(s, r.dsn, r.masked)
+	for _, dsn := range [][2]string{{r.dsn, r.masked}, {r.head, r.maskedHead}} {
+		if dsn[0] != dsn[1] {
+			quoted, maskedQuoted := strconv.Quote(dsn[0]), strconv.Quote(dsn[1])
+			s = strings.ReplaceAll(s, quoted[1:len(quoted)-1], maskedQuoted[1:len(maskedQuoted)-1])
+			s = strings.ReplaceAll(s, dsn[0], dsn[1])
+		}
 	}
-	for _, secret := range r.secrets {
-		s = maskSecret(s, secret)
-	}
-	s = r.maskEscapeError(s)
-	return redactText(s)
+	s = maskSecrets(s, r.secrets)
+	s, found := redactText(s)
+	return maskEscapeError(s, append(found, r.secrets...))
 }
 
 // escapeErrorPrefix starts the message of a url.EscapeError, which quotes
@@ -122,7 +172,10 @@ func (r *redactor) redactString(s string) string {
 // failed there.
 const escapeErrorPrefix = `invalid URL escape "`
 
-func (r *redactor) maskEscapeError(s string) string {
+// maskEscapeError masks the bytes that a url.EscapeError in s quotes when
+// they are part of one of secrets: too short to be masked as a secret of
+// their own, they would still give away a piece of the password.
+func maskEscapeError(s string, secrets []string) string {
 	i := strings.Index(s, escapeErrorPrefix)
 	if i < 0 {
 		return s
@@ -134,7 +187,7 @@ func (r *redactor) maskEscapeError(s string) string {
 	}
 	quoted := s[start : start+end]
 	if unq, err := strconv.Unquote(`"` + quoted + `"`); err == nil {
-		for _, secret := range r.secrets {
+		for _, secret := range secrets {
 			if strings.Contains(secret, unq) {
 				return s[:start] + redactMask + s[start+end:]
 			}
@@ -143,47 +196,76 @@ func (r *redactor) maskEscapeError(s string) string {
 	return s
 }
 
-// maskSecret replaces secret in s. A secret of three bytes or fewer is
-// masked only where it is not part of a longer word, so that a password
-// such as "ab" does not turn every "about" in the message into noise.
-func maskSecret(s, secret string) string {
-	if len(secret) > 3 {
-		return strings.ReplaceAll(s, secret, redactMask)
-	}
-	var b strings.Builder
-	for {
-		i := strings.Index(s, secret)
-		if i < 0 {
-			b.WriteString(s)
-			return b.String()
+// maskSecrets replaces every occurrence of each of secrets in s. The
+// occurrences are found in s as it is and masked together, since secrets
+// overlap (a URL password read two ways, and its query parameter): masking
+// one first could break another and leave its rest in view. A secret of
+// three bytes or fewer is masked only where it is not part of a longer
+// word, so that a password such as "ab" does not turn every "about" in the
+// message into noise.
+func maskSecrets(s string, secrets []string) string {
+	var spans [][2]int
+	for _, secret := range secrets {
+		for from := 0; ; {
+			i := strings.Index(s[from:], secret)
+			if i < 0 {
+				break
+			}
+			start, end := from+i, from+i+len(secret)
+			from = start + 1
+			if len(secret) <= 3 {
+				before, _ := utf8.DecodeLastRuneInString(s[:start])
+				after, _ := utf8.DecodeRuneInString(s[end:])
+				if isWordRune(before) || isWordRune(after) {
+					continue
+				}
+			}
+			spans = append(spans, [2]int{start, end})
 		}
-		end := i + len(secret)
-		before, _ := utf8.DecodeLastRuneInString(s[:i])
-		after, _ := utf8.DecodeRuneInString(s[end:])
-		b.WriteString(s[:i])
-		if isWordRune(before) && isWordRune(after) {
-			b.WriteString(secret)
-		} else {
-			b.WriteString(redactMask)
-		}
-		s = s[end:]
 	}
+	if len(spans) == 0 {
+		return s
+	}
+	return maskSpans(s, spans)
 }
 
 func isWordRune(r rune) bool { return unicode.IsLetter(r) || unicode.IsDigit(r) }
 
 // Patterns of a password in text whose DSN is unknown (a connector the
 // caller built): the userinfo of a postgres URL and a password or
-// sslpassword parameter in key=value or query form.
+// sslpassword parameter in key=value or query form. The text may show a
+// value as written (backslash escapes, a quote inside an unquoted value)
+// or quoted again by %q (each backslash doubled), so a run of backslashes
+// escapes the character after it: masking too much beats showing the rest
+// of a password.
 var (
-	urlPasswordPattern      = regexp.MustCompile(`(?i)(postgres(?:ql)?://[^:/?#@\s"]*:)[^\s"]*(@)`)
-	keyValuePasswordPattern = regexp.MustCompile(`(?i)(\b\w*password\s*=\s*)(?:'(?:[^'\\]|\\.)*(?:'|$)|[^\s&'"]+)`)
+	urlPasswordPattern      = regexp.MustCompile(`(?i)(postgres(?:ql)?://[^:/?#\s"]*:)(?:\\.|[^\s"\\])*(@)`)
+	keyValuePasswordPattern = regexp.MustCompile(`(?i)(\b\w*password\s*=\s*)(?:'(?:[^'\\]|\\+.)*(?:'|$)|(?:\\+.|[^\s&"\\])+\\*|\\+)`)
 )
 
-// redactText masks what looks like a password in s.
-func redactText(s string) string {
-	s = urlPasswordPattern.ReplaceAllString(s, "${1}"+redactMask+"${2}")
-	return keyValuePasswordPattern.ReplaceAllString(s, "${1}"+redactMask)
+// redactText masks what looks like a password in s, and returns what it
+// masked, so that a url.EscapeError quoting part of it is masked too.
+func redactText(s string) (string, []string) {
+	var found []string
+	mask := func(pattern *regexp.Regexp, s string) string {
+		var b strings.Builder
+		last := 0
+		for _, m := range pattern.FindAllStringSubmatchIndex(s, -1) {
+			// The password runs from the end of the first group to the
+			// end of the match, or to the second group (the '@') if any.
+			start, end := m[3], m[1]
+			if len(m) > 4 {
+				end = m[4]
+			}
+			found = append(found, s[start:end])
+			b.WriteString(s[last:start])
+			b.WriteString(redactMask)
+			last = end
+		}
+		b.WriteString(s[last:])
+		return b.String()
+	}
+	return mask(keyValuePasswordPattern, mask(urlPasswordPattern, s)), found
 }
 
 // redactedError is an error whose message had a password masked. It does
@@ -202,24 +284,21 @@ func (e *redactedError) Error() string { return e.msg }
 func (e *redactedError) Is(target error) bool { return errors.Is(e.err, target) }
 
 // urlPasswordSpans returns where the passwords of a URL DSN are: in the
-// userinfo as url.Parse finds it (between the first ':' and the last '@'
-// of the authority), and in any query parameter whose name ends in
-// "password" (password, sslpassword).
-func urlPasswordSpans(dsn string) [][2]int {
-	var spans [][2]int
+// userinfo (see userinfoPasswordSpans), and in any query parameter whose
+// name ends in "password" (password, sslpassword). fragments are the parts
+// of a userinfo password that url.Parse may quote on their own.
+func urlPasswordSpans(dsn string) (spans [][2]int, fragments []string) {
 	scheme := strings.Index(dsn, "://") + len("://")
+	_, parseErr := url.Parse(dsn)
+	userinfo, fragments := userinfoPasswordSpans(dsn[scheme:], parseErr != nil)
+	for _, sp := range userinfo {
+		spans = append(spans, [2]int{scheme + sp[0], scheme + sp[1]})
+	}
+	// The query as url.Parse finds it: after the first '?' before any '#'.
 	rest, _, _ := strings.Cut(dsn[scheme:], "#")
-	authority, query, hasQuery := strings.Cut(rest, "?")
-	if i := strings.IndexByte(authority, '/'); i >= 0 {
-		authority = authority[:i]
-	}
-	if at := strings.LastIndexByte(authority, '@'); at >= 0 {
-		if colon := strings.IndexByte(authority[:at], ':'); colon >= 0 {
-			spans = append(spans, [2]int{scheme + colon + 1, scheme + at})
-		}
-	}
+	_, query, hasQuery := strings.Cut(rest, "?")
 	if !hasQuery {
-		return spans
+		return spans, fragments
 	}
 	offset := scheme + len(rest) - len(query)
 	for _, part := range strings.Split(query, "&") {
@@ -233,7 +312,94 @@ func urlPasswordSpans(dsn string) [][2]int {
 		}
 		offset += len(part) + 1
 	}
-	return spans
+	return spans, fragments
+}
+
+// userinfoPasswordSpans returns where the password is in s, a URL DSN
+// after its "://", and the fragments of it that errors may quote alone.
+// url.Parse ends the authority at the first '/', '?' or '#', so a password
+// holding one is cut there: the part before becomes the port (quoted by
+// "invalid port", or as the URL when a '#' cut it), the rest path, query
+// or fragment, whose values lib/pq may quote ("wrong value for
+// \"sslmode\""). Whoever wrote the DSN meant the password to run to the
+// last '@'; both readings are returned, url.Parse's first.
+//
+// "postgres://host:5432/db?application_name=me@laptop" has the same shape,
+// so a valid port and the host (else the user, no secret) are never
+// fragments, nor is a piece shorter than four bytes after the delimiter;
+// unless url.Parse fails (parseFails), when its error is the only one and
+// quotes the host it rejects ("invalid host: ParseAddr(…)").
+func userinfoPasswordSpans(s string, parseFails bool) (spans [][2]int, fragments []string) {
+	authEnd := strings.IndexAny(s, "/?#")
+	if authEnd < 0 {
+		authEnd = len(s)
+	}
+	authority := s[:authEnd]
+	at := strings.LastIndexByte(authority, '@')
+	var colon int
+	if at >= 0 {
+		colon = strings.IndexByte(authority[:at], ':')
+	} else {
+		colon = strings.IndexByte(authority, ':')
+	}
+	if colon < 0 {
+		// A user without a password, or a host and port.
+		return nil, nil
+	}
+	start := colon + 1
+	if at >= 0 {
+		spans = append(spans, [2]int{start, at})
+	}
+	end := strings.LastIndexByte(s, '@')
+	if end < authEnd {
+		return spans, nil
+	}
+	spans = append(spans, [2]int{start, end})
+	password := s[start:end]
+	for k, c := range []byte(password) {
+		if (c == '/' || c == '?' || c == '#') && !isPort(password[:k]) {
+			fragments = append(fragments, password[:k])
+		}
+	}
+	host, _, _ := strings.Cut(authority[at+1:], ":")
+	isDelimiter := func(r rune) bool { return strings.ContainsRune("/?#&=", r) }
+	for _, piece := range strings.FieldsFunc(password, isDelimiter) {
+		if len(piece) >= 4 && !isPort(piece) && piece != host {
+			fragments = append(fragments, piece)
+		}
+	}
+	// url.Parse quotes the port it rejects: what follows the last ':' (or
+	// the ']' of an IPv6 literal) of the host it found.
+	hostStart, hostEnd, portStart := at+1, authEnd, -1
+	if strings.HasPrefix(authority[hostStart:], "[") {
+		if i := strings.LastIndexByte(authority, ']'); i >= hostStart {
+			hostStart, hostEnd, portStart = hostStart+1, i, i+1
+			if strings.HasPrefix(authority[portStart:], ":") {
+				portStart++
+			}
+		}
+	} else if i := strings.LastIndexByte(authority, ':'); i >= hostStart {
+		hostEnd, portStart = i, i+1
+	}
+	if portStart >= 0 {
+		if port := s[max(portStart, start):authEnd]; !isPort(port) {
+			fragments = append(fragments, port)
+		}
+	}
+	if parseFails && max(hostStart, start) < hostEnd {
+		fragments = append(fragments, s[max(hostStart, start):hostEnd])
+	}
+	return spans, fragments
+}
+
+// isPort reports whether s is empty or a port both url.Parse and lib/pq
+// accept: such a part of a password is used as the port, not quoted.
+func isPort(s string) bool {
+	if s == "" {
+		return true
+	}
+	_, err := strconv.ParseUint(s, 10, 16)
+	return err == nil
 }
 
 // keyValuePasswordSpans returns where the values of the parameters whose
@@ -290,6 +456,20 @@ func keyValuePasswordSpans(dsn string) [][2]int {
 		}
 	}
 	return spans
+}
+
+// splitAtUnicodeSpace returns the parts of raw, a key=value value as
+// jsonstream reads it, between spaces outside ASCII (U+00A0, U+2028, …)
+// and '=', or nil if there is no such space. lib/pq ends a value at any
+// Unicode space, so a password "my<U+00A0>secret" is "my" to it and
+// "secret" the next key, which its "missing \"=\"" error quotes (as it
+// quotes the value of a key such as sslmode).
+func splitAtUnicodeSpace(raw string) []string {
+	isWide := func(r rune) bool { return r >= utf8.RuneSelf && unicode.IsSpace(r) }
+	if !strings.ContainsFunc(raw, isWide) {
+		return nil
+	}
+	return strings.FieldsFunc(raw, func(r rune) bool { return isWide(r) || r == '=' })
 }
 
 // unquoteKeyValue decodes the backslash escapes of a key=value value.

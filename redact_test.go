@@ -5,12 +5,15 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"errors"
+	"fmt"
 	"net"
 	"net/url"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 	"unicode"
+	"unicode/utf8"
 
 	"github.com/lib/pq"
 	"github.com/stretchr/testify/assert"
@@ -117,6 +120,212 @@ func TestRedactUnknownDSN(t *testing.T) {
 	}
 }
 
+// pingError is the error of a first Ping through sql.Open(driverName, dsn).
+func pingError(t *testing.T, driverName, dsn string) error {
+	t.Helper()
+	db, err := sql.Open(driverName, dsn)
+	require.NoError(t, err)
+	defer db.Close()
+	err = db.Ping()
+	require.Error(t, err)
+	return err
+}
+
+// Issue 17, point 2: url.Parse ends the userinfo at an unescaped '/', '?'
+// or '#' in the password, and its error quotes what came before as a port
+// (and, cut at a '#', as the URL). None of it may show.
+func TestRedactURLPasswordWithDelimiter(t *testing.T) {
+	for _, tc := range []struct {
+		dsn, want string
+		secrets   []string
+	}{
+		{"postgres://u:Hunter2Secret/tail@host/db", `parse "postgres://u:xxxxx@host/db": invalid port ":xxxxx" after host`, []string{"Hunter2Secret", "tail"}},
+		{"postgres://u:Hunter2Secret#tail@host/db", `parse "postgres://u:xxxxx": invalid port ":xxxxx" after host`, []string{"Hunter2Secret", "tail"}},
+		{"postgres://u:Hunter2Secret?tail@host/db", `parse "postgres://u:xxxxx@host/db": invalid port ":xxxxx" after host`, []string{"Hunter2Secret", "tail"}},
+		// A '@' before the delimiter: url.Parse's host and port are the
+		// password's.
+		{"postgres://u:p@ss:w0rd/x?y#z@host/db", `parse "postgres://u:xxxxx": invalid port ":xxxxx" after host`, []string{"p@ss", "w0rd"}},
+		// Digits before the '/' pass as a port; the escape after it is the
+		// password's.
+		{"postgres://u:1234/%zzS3cret@host/db", `parse "postgres://u:xxxxx@host/db": invalid URL escape "xxxxx"`, []string{"%zz", "S3cret"}},
+		// Digits out of a port's range: lib/pq quotes them (found by
+		// FuzzRedactDSN), as it quotes the query values it rejects.
+		{"postgres://u:100000#S3cret@host/db", `pq: wrong value for "port": strconv.ParseUint: parsing "xxxxx": value out of range`, []string{"100000", "S3cret"}},
+		// url.Parse quotes the URL up to the '#', valid port or not, and
+		// the host it rejects, here the password's.
+		{"postgres:// :1234#S3cret@host/db", `parse "postgres:// :xxxxx": invalid character " " in host name`, []string{"1234"}},
+		{"postgres://u:x@[S3cretHost]/y@host/db", `parse "postgres://u:xxxxx@host/db": invalid host: ParseAddr("xxxxx"): unable to parse IP`, []string{"S3cretHost"}},
+		{"postgres://u:12?sslmode=S3cretTail@host/db", `pq: wrong value for "xxxxx": "xxxxx@host/db" is not supported; supported values are disable, allow, prefer, require, verify-full, or verify-ca`, []string{"S3cretTail"}},
+	} {
+		t.Run(tc.dsn, func(t *testing.T) {
+			require.ErrorContains(t, pingError(t, "postgres", tc.dsn), tc.secrets[0], "lib/pq leaks it (else this test proves nothing)")
+			err := pingError(t, DriverName, tc.dsn)
+			for _, secret := range tc.secrets {
+				assert.NotContains(t, err.Error(), secret)
+			}
+			assert.Equal(t, tc.want, err.Error())
+		})
+	}
+}
+
+// TestRedactFragmentsOfURLPassword: the redactor masks every piece of such
+// a password that url.Parse may quote, and no more than it must where the
+// '@' may belong to the query.
+func TestRedactFragmentsOfURLPassword(t *testing.T) {
+	rd := newRedactor("postgres://u:Hunter2Secret/tail@host/db")
+	assert.Equal(t, "postgres://u:xxxxx@host/db", rd.masked)
+	assert.Equal(t, `invalid port ":xxxxx" after host; "xxxxx"; "xxxxx"`,
+		rd.redactString(`invalid port ":Hunter2Secret" after host; "Hunter2Secret/tail"; "Hunter2Secret%2Ftail"`))
+
+	// A valid port is a port, and the host a host: the '@' may be the
+	// query's.
+	rd = newRedactor("postgres://mydb:5432/mydb?application_name=me@laptop")
+	for _, msg := range []string{"dial tcp 10.0.0.1:5432: connect: connection refused", "dial tcp: lookup mydb: no such host"} {
+		assert.Equal(t, msg, rd.redactString(msg))
+	}
+	// url.Parse's own reading still counts: its password "pw" is masked.
+	rd = newRedactor("postgres://u:pw@host/db?application_name=me@laptop")
+	assert.Equal(t, `dial tcp: lookup host: no such host; password "xxxxx"`,
+		rd.redactString(`dial tcp: lookup host: no such host; password "pw"`))
+}
+
+// Issue 17, tests that hold the new code: where lib/pq's errors quote bytes
+// of the password, every byte of it is masked, whether jsonstream has the
+// DSN (sql.Open) or only the error (a connector the caller built).
+func TestRedactQuotedPasswordBytes(t *testing.T) {
+	for _, tc := range []struct{ dsn, want string }{
+		{"postgres://u@h:x/db?password=ab'cd", `parse "postgres://u@h:x/db?password=xxxxx": invalid port ":x" after host`},
+		{"postgres://u:%zzsecret@h/db", `parse "postgres://u:xxxxx@h/db": invalid URL escape "xxxxx"`},
+	} {
+		t.Run(tc.dsn, func(t *testing.T) {
+			assert.Equal(t, tc.want, pingError(t, DriverName, tc.dsn).Error())
+
+			_, parseErr := url.Parse(tc.dsn)
+			require.Error(t, parseErr)
+			db := sql.OpenDB(errorConnectorFor(t, parseErr))
+			defer db.Close()
+			assert.Equal(t, tc.want, db.Ping().Error())
+		})
+	}
+}
+
+// quotingDriver stands for another inner driver: its Open error quotes
+// the DSN plainly, with %q, and from its password parameter on.
+type quotingDriver struct{}
+
+// Open implements driver.Driver; it always fails.
+func (quotingDriver) Open(dsn string) (driver.Conn, error) {
+	tail := dsn[max(strings.Index(dsn, "password"), 0):]
+	return nil, fmt.Errorf("bad DSN %s; %q; at %q", dsn, dsn, tail)
+}
+
+// Escaped key=value passwords, quoted by another inner driver's error,
+// are masked whole: as jsonstream reads the DSN (sql.Open) and by the
+// patterns for an unknown DSN (a connector of the caller's).
+func TestRedactEscapedKeyValuePassword(t *testing.T) {
+	for _, dsn := range []string{
+		`host=h password=esc\ aped\\S3cret port=x`,
+		`host=h password='it\'s S3cret' port=x`,
+		`host=h password = esc\ aped\\S3cret port=x`,
+		`host=h password = 'it\'s S3cret' port=x`,
+		`host=h password=esc\ aped\\S3cret`,
+		`host=h password  =  'it\'s S3cret'`,
+	} {
+		t.Run(dsn, func(t *testing.T) {
+			_, innerErr := quotingDriver{}.Open(dsn)
+			for name, c := range map[string]driver.Connector{
+				"known DSN":   mustOpenConnector(t, quotingDriver{}, dsn),
+				"unknown DSN": errorConnectorFor(t, innerErr),
+			} {
+				db := sql.OpenDB(c)
+				err := db.Ping()
+				require.NoError(t, db.Close())
+				require.Error(t, err)
+				for _, piece := range []string{"S3cret", "aped", "it's", `it\'s`, `esc\`} {
+					assert.NotContains(t, err.Error(), piece, name)
+				}
+				assert.Contains(t, err.Error(), "host=h password", name)
+			}
+		})
+	}
+}
+
+// lib/pq ends a key=value value at any Unicode space: the part of a
+// password after a U+00A0 becomes a key, which its error quotes.
+func TestRedactKeyValuePasswordWithUnicodeSpace(t *testing.T) {
+	const dsn = "host=h password=my\u00a0S3cretTail port=5432"
+	require.ErrorContains(t, pingError(t, "postgres", dsn), "S3cretTail", "lib/pq leaks it (else this test proves nothing)")
+	assert.Equal(t, `missing "=" after "xxxxx" in connection info string`, pingError(t, DriverName, dsn).Error())
+}
+
+// A key=value password that ends in a lone backslash (lib/pq: "missing
+// character after backslash") must not make the redactor read past the
+// end of the DSN, in sql.Open or when an error quotes it.
+func TestRedactLoneBackslash(t *testing.T) {
+	for _, tc := range []struct{ dsn, masked string }{
+		{`host=h password=S3cret\`, `host=h password=xxxxx`},
+		{`host=h password='S3cret\`, `host=h password='xxxxx`},
+		{`password=\`, `password=xxxxx`},
+		{`password=S3cret\\\`, `password=xxxxx`},
+	} {
+		t.Run(tc.dsn, func(t *testing.T) {
+			err := pingError(t, DriverName, tc.dsn) // must not panic
+			assert.NotContains(t, err.Error(), "S3cret")
+
+			assert.Equal(t, tc.masked, newRedactor(tc.dsn).masked)
+			for name, c := range map[string]driver.Connector{
+				"known DSN":   mustOpenConnector(t, quotingDriver{}, tc.dsn),
+				"unknown DSN": errorConnectorFor(t, fmt.Errorf("bad DSN %s", tc.dsn)),
+			} {
+				db := sql.OpenDB(c)
+				err := db.Ping()
+				require.NoError(t, db.Close())
+				require.Error(t, err)
+				assert.NotContains(t, err.Error(), "S3cret", name)
+				assert.NotContains(t, err.Error(), `\`, name)
+			}
+		})
+	}
+}
+
+// A password of one to three bytes is replaced by the mask, not deleted,
+// wherever it stands alone; inside a longer word it is that word.
+func TestRedactShortPassword(t *testing.T) {
+	for _, tc := range []struct{ dsn, want string }{
+		{"postgres://u:ab@h:x/db", `parse "postgres://u:xxxxx@h:x/db": invalid port ":x" after host`},
+		{"postgres://u:a#@h:x/db", `parse "postgres://u:xxxxx": invalid port ":xxxxx" after host`},
+		{"postgres://u:a/b@h/db", `parse "postgres://u:xxxxx@h/db": invalid port ":xxxxx" after host`},
+	} {
+		t.Run(tc.dsn, func(t *testing.T) {
+			assert.Equal(t, tc.want, pingError(t, DriverName, tc.dsn).Error())
+		})
+	}
+	rd := newRedactor("host=h password=ab")
+	assert.Equal(t, `password xxxxx rejected, about abc: "xxxxx" (xxxxx)`,
+		rd.redactString(`password ab rejected, about abc: "ab" (ab)`))
+	rd = newRedactor("host=h password=7")
+	assert.Equal(t, `"xxxxx" on port 5437`, rd.redactString(`"7" on port 5437`))
+}
+
+// mustOpenConnector is jsonstream's connector for dsn around inner.
+func mustOpenConnector(t *testing.T, inner driver.Driver, dsn string) driver.Connector {
+	t.Helper()
+	d, err := NewDriver(inner)
+	require.NoError(t, err)
+	c, err := d.OpenConnector(dsn)
+	require.NoError(t, err)
+	return c
+}
+
+// errorConnectorFor is a connector jsonstream did not build from a DSN,
+// whose every Connect fails with err.
+func errorConnectorFor(t *testing.T, err error) *Connector {
+	t.Helper()
+	c, cerr := NewConnector(errorConnector{err})
+	require.NoError(t, cerr)
+	return c
+}
+
 // errorConnector fails every Connect with err.
 type errorConnector struct{ err error }
 
@@ -127,6 +336,13 @@ func (e errorConnector) Driver() driver.Driver                        { return p
 // carry its password. The password goes into the DSN in each of the ways
 // lib/pq reads one; the rest of the DSN is fuzzed to produce every kind of
 // parse error. Nothing is dialled.
+//
+// A leak is the password, as given or as written in the DSN, or any four
+// bytes of it in a row (a fragment such as "Hunter2Secret" of
+// "Hunter2Secret/tail"), in the message as a person reads it: Go-quoted
+// strings decoded, so that the backslash of a `\xf8` escape is no
+// password `\`. What the same DSN with another password of the same shape
+// says as well is the rest of the DSN speaking, not the password.
 func FuzzRedactDSN(f *testing.F) {
 	f.Add(uint8(0), "postgres", "Sup3rS3cretPW", "127.0.0.1:notaport", "/postgres?sslmode=disable")
 	f.Add(uint8(1), "u", "p@ss:w/rd", "h:x", "")
@@ -135,50 +351,146 @@ func FuzzRedactDSN(f *testing.F) {
 	f.Add(uint8(4), "u", "spa ce'q", "h", " sslmode=nope")
 	f.Add(uint8(1), "u", "%zz", "h", "")
 	f.Add(uint8(5), "u", "secret", "h", " port=x")
+	// Passwords with an unescaped '/', '?', '#' or '@' (issue 17).
+	f.Add(uint8(6), "u", "Hunter2Secret/tail", "host", "/db")
+	f.Add(uint8(6), "u", "Hunter2Secret#tail", "host", "/db")
+	f.Add(uint8(6), "u", "Hunter2Secret?tail", "host", "/db")
+	f.Add(uint8(6), "u", "1234/S3cretTail", "host", "/db")
+	f.Add(uint8(6), "u", "a#b", "host:x", "/db")
+	f.Add(uint8(6), "u", "p@ss:w0rd/x?y#z", "127.0.0.1:5432", "/db?sslmode=disable")
+	f.Add(uint8(6), "u", "x@Y:abcd#z", "host", "/db")
+	f.Add(uint8(6), "u", "%zz/secret", "h", "/db")
+	f.Add(uint8(7), "u", "ab'cd", "h:x", "")
+	f.Add(uint8(7), "u", "S3cret#tail", "h:x", "&sslmode=disable")
+	f.Add(uint8(5), "u", "my\u00a0S3cretTail", "h", " port=5432")
 	f.Fuzz(func(t *testing.T, form uint8, user, password, host, rest string) {
-		dsn, ok := dsnWithPassword(form, user, password, host, rest)
+		dsn, written, ok := dsnWithPassword(form, user, password, host, rest)
 		if !ok || len(password) == 0 {
 			return
 		}
-		msg := redactedConnectError(dsn)
-		if msg == "" || !strings.Contains(msg, password) {
-			return
+		msg := unquoteMessage(redactedConnectError(dsn))
+		var control *string // what the rest of the DSN says, built when needed
+		for _, secret := range []string{password, written} {
+			for _, piece := range passwordPieces(secret) {
+				if !strings.Contains(msg, piece) {
+					continue
+				}
+				if control == nil {
+					otherDSN, _, _ := dsnWithPassword(form, user, samePasswordShape(password), host, rest)
+					other := unquoteMessage(redactedConnectError(otherDSN))
+					control = &other
+				}
+				if !strings.Contains(*control, piece) {
+					t.Fatalf("error carries %q of the password %q\nDSN: %q\nerror: %s", piece, password, dsn, redactedConnectError(dsn))
+				}
+			}
 		}
-		// The password may be a word the message has anyway ("host",
-		// "port"): the same DSN with another password says it too.
-		other := strings.Repeat("Z", len(password))
-		if strings.Contains(password, "Z") {
-			other = strings.Repeat("Q", len(password))
-		}
-		otherDSN, _ := dsnWithPassword(form, user, other, host, rest)
-		if strings.Contains(redactedConnectError(otherDSN), password) {
-			return
-		}
-		t.Fatalf("error carries the password %q\nDSN: %q\nerror: %s", password, dsn, msg)
 	})
 }
 
+// passwordPieces are what of a password must not be seen: all of it, or
+// when it is longer than four bytes every four bytes of it in a row.
+func passwordPieces(password string) []string {
+	const n = 4
+	if len(password) <= n {
+		return []string{password}
+	}
+	pieces := make([]string, 0, len(password)-n+1)
+	for i := 0; i+n <= len(password); i++ {
+		pieces = append(pieces, password[i:i+n])
+	}
+	return pieces
+}
+
+// samePasswordShape returns another password that every DSN form parses
+// as it parses p: each digit, hex letter and other letter is swapped for
+// another of its class, so that escapes, ports and delimiters stay what
+// they were. A piece of p that the DSN's error shows for it too comes
+// from the rest of the DSN.
+func samePasswordShape(p string) string {
+	rotate := func(c, first byte, n int) byte { return first + (c-first+byte(n/2))%byte(n) }
+	b := []byte(p)
+	for i, c := range b {
+		switch {
+		case c >= '0' && c <= '9':
+			b[i] = rotate(c, '0', 10)
+		case c >= 'a' && c <= 'f':
+			b[i] = rotate(c, 'a', 6)
+		case c >= 'A' && c <= 'F':
+			b[i] = rotate(c, 'A', 6)
+		case c >= 'g' && c <= 'z':
+			b[i] = rotate(c, 'g', 20)
+		case c >= 'G' && c <= 'Z':
+			b[i] = rotate(c, 'G', 20)
+		}
+	}
+	return string(b)
+}
+
+// unquoteMessage decodes the Go-quoted strings in msg (url.Error and lib/pq
+// quote with %q), leaving the rest as it is.
+func unquoteMessage(msg string) string {
+	var b strings.Builder
+	for i := 0; i < len(msg); {
+		if msg[i] == '"' {
+			if end := closingQuote(msg, i); end > 0 {
+				if s, err := strconv.Unquote(msg[i : end+1]); err == nil {
+					b.WriteString(s)
+					i = end + 1
+					continue
+				}
+			}
+		}
+		b.WriteByte(msg[i])
+		i++
+	}
+	return b.String()
+}
+
+// closingQuote returns the index of the '"' that ends the quoted string
+// opened at msg[open], or -1.
+func closingQuote(msg string, open int) int {
+	for i := open + 1; i < len(msg); i++ {
+		switch msg[i] {
+		case '\\':
+			i++
+		case '"':
+			return i
+		}
+	}
+	return -1
+}
+
 // dsnWithPassword puts password into a DSN in one of the forms lib/pq
-// reads; false when password cannot be written in that form.
-func dsnWithPassword(form uint8, user, password, host, rest string) (string, bool) {
+// reads, and returns the password as the DSN writes it; false when password
+// cannot be written in that form.
+func dsnWithPassword(form uint8, user, password, host, rest string) (dsn, written string, ok bool) {
+	form %= 8
 	// In key=value forms, a user or host that opens a quote or holds a
 	// space would make the password the value of something else.
-	if form%6 >= 3 && strings.ContainsFunc(user+host, func(r rune) bool { return r == '\'' || r == '\\' || r == '=' || unicode.IsSpace(r) }) {
-		return "", false
+	if form >= 3 && form <= 5 && strings.ContainsFunc(user+host, func(r rune) bool { return r == '\'' || r == '\\' || r == '=' || unicode.IsSpace(r) }) {
+		return "", "", false
 	}
-	switch form % 6 {
+	// In query forms, what follows the password must not extend it.
+	if (form == 2 || form == 7) && rest != "" && rest[0] != '&' && rest[0] != '#' {
+		rest = "&" + rest
+	}
+	switch form {
 	case 0: // URL userinfo, escaped by net/url
-		return "postgres://" + url.UserPassword(user, password).String() + "@" + host + rest, true
+		userinfo := url.UserPassword(user, password).String()
+		_, written, _ = strings.Cut(userinfo, ":") // the user's ':' is escaped
+		return "postgres://" + userinfo + "@" + host + rest, written, true
 	case 1: // URL userinfo as written by hand
 		if strings.ContainsAny(password, "/?#@") || strings.ContainsAny(user, ":/?#@") || strings.Contains(host, "@") {
-			return "", false
+			return "", "", false
 		}
-		return "postgresql://" + user + ":" + password + "@" + host + rest, true
+		return "postgresql://" + user + ":" + password + "@" + host + rest, password, true
 	case 2: // URL query parameter
-		return "postgres://" + host + "?password=" + url.QueryEscape(password) + rest, true
+		written = url.QueryEscape(password)
+		return "postgres://" + host + "?password=" + written + rest, written, true
 	case 3: // key=value, quoted
-		esc := strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(password)
-		return "host=" + host + " password='" + esc + "'" + rest, true
+		written = strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(password)
+		return "host=" + host + " password='" + written + "'" + rest, written, true
 	case 4: // key=value, unquoted with escapes
 		var esc strings.Builder
 		for _, r := range password {
@@ -187,12 +499,25 @@ func dsnWithPassword(form uint8, user, password, host, rest string) (string, boo
 			}
 			esc.WriteRune(r)
 		}
-		return "user=" + user + " password=" + esc.String() + " host=" + host + rest, true
-	default: // key=value, unquoted, password first
-		if strings.ContainsFunc(password, func(r rune) bool { return r == '\\' || r == '\'' || unicode.IsSpace(r) }) {
-			return "", false
+		written = esc.String()
+		return "user=" + user + " password=" + written + " host=" + host + rest, written, true
+	case 5: // key=value, unquoted, password first; a space outside ASCII
+		// ends the value for lib/pq, not for whoever wrote it
+		if strings.ContainsFunc(password, func(r rune) bool { return r == '\\' || r == '\'' || r < utf8.RuneSelf && unicode.IsSpace(r) }) {
+			return "", "", false
 		}
-		return "password=" + password + " host=" + host + rest, true
+		return "password=" + password + " host=" + host + rest, password, true
+	case 6: // URL userinfo as written by hand, holding any of "/?#@:"; the
+		// password runs to the last '@', so none may follow it
+		if strings.ContainsAny(user, ":/?#@") || strings.Contains(host+rest, "@") {
+			return "", "", false
+		}
+		return "postgres://" + user + ":" + password + "@" + host + rest, password, true
+	default: // URL query parameter as written by hand
+		if strings.Contains(password, "&") || strings.ContainsAny(host, "?#&") {
+			return "", "", false
+		}
+		return "postgres://" + host + "/db?password=" + password + rest, password, true
 	}
 }
 

@@ -53,6 +53,10 @@ type rows struct {
 	// query is the statement's text: an early Close reads it to tell a
 	// read, which it may cut, from a write, which it never cuts.
 	query string
+	// innerCtx is set when the query's context went to the inner driver,
+	// which then ends the query when the context ends (a statement that
+	// writes: sendQuery); jsonstream does not watch it then.
+	innerCtx bool
 
 	start     time.Time
 	firstRow  atomic.Int64 // time.Duration since start; 0 before the first row
@@ -103,7 +107,7 @@ func (r *rows) open(ctx context.Context, c *conn, inner driver.Rows, start time.
 		// A Next stuck on a stalled network is beyond database/sql's reach
 		// and lib/pq's (its cancel request travels the same network):
 		// cutting the connection is what frees it.
-		if ctx.Done() != nil {
+		if ctx.Done() != nil && !r.innerCtx {
 			r.stopWatch = context.AfterFunc(ctx, func() { r.fail(ctx.Err(), true) })
 		}
 		if r.txCtx != nil && r.txCtx.Done() != nil {
@@ -152,11 +156,17 @@ func (r *rows) Next(dest []driver.Value) error {
 			n += int64(len(v))
 		}
 	}
+	r.byteCount.Add(n)
 	if r.rowCount.Add(1) == 1 {
 		r.firstRow.Store(int64(max(time.Since(r.start), 1)))
-		r.observeFirstRow()
+		if r.settings.observer != nil {
+			r.observeFirstRow()
+			if r.state.load() != Running {
+				// A Pause while the observer heard of the row: hold it.
+				return r.await()
+			}
+		}
 	}
-	r.byteCount.Add(n)
 	return nil
 }
 
@@ -179,7 +189,7 @@ func (r *rows) await() error {
 			select {
 			case <-resumed:
 			case <-r.ctx.Done():
-				r.fail(r.ctx.Err(), true)
+				r.fail(r.ctx.Err(), !r.innerCtx)
 				return r.err()
 			case <-r.txDone():
 				r.fail(r.txCtx.Err(), true)
@@ -244,6 +254,16 @@ func (r *rows) fail(err error, cut bool) bool {
 	return ok
 }
 
+// Cancel implements Controller.
+func (r *rows) Cancel() error {
+	if r.failState(ErrCanceled, true) {
+		r.endPause()
+		r.releaseAsync()
+		return nil
+	}
+	return ended(r.state.load())
+}
+
 // release frees the server's side of a stream that a Cancel, the pause
 // timeout or the context just failed, from the failure's goroutine and
 // outside any lock of the stream's: a cursor is closed at once. A single
@@ -251,6 +271,15 @@ func (r *rows) fail(err error, cut bool) bool {
 func (r *rows) release() {
 	if r.cursor != nil {
 		r.cursor.release()
+	}
+}
+
+// releaseAsync is release for a caller that must return at once
+// (Cancel): a goroutine of the stream's own ends the cursor; it ends with
+// that round trip, bounded as Close's.
+func (r *rows) releaseAsync() {
+	if r.cursor != nil {
+		go r.cursor.release()
 	}
 }
 
@@ -523,14 +552,6 @@ func (r *rows) pauseExpired(generation uint64) {
 	if failed {
 		r.release()
 	}
-}
-
-// Cancel implements Controller.
-func (r *rows) Cancel() error {
-	if r.fail(ErrCanceled, true) {
-		return nil
-	}
-	return ended(r.state.load())
 }
 
 // SetPauseTimeout implements Controller.

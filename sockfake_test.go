@@ -198,7 +198,7 @@ func driverStream(t testing.TB, ctx context.Context, inner driver.Rows, fs *fake
 	c := newConn(&sockScriptConn{sock: fs, connector: &sockScriptConnector{
 		newRows: func(*fakeSock) driver.Rows { return inner },
 	}}, &s, nc)
-	dr, err := c.QueryContext(ctx, "q", nil)
+	dr, err := c.QueryContext(ctx, "SELECT q", nil) // a read: a write is never cut
 	require.NoError(t, err)
 	r := dr.(*rows)
 	t.Cleanup(func() { _ = r.Close() })

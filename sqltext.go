@@ -266,17 +266,32 @@ const (
 // skipString returns the index after the string literal at i. A
 // standard string is read both ways; when the two readings end it in
 // different places the scan is not sure.
+//
+// In a client encoding such as SJIS, BIG5 or GBK a backslash byte can be
+// the second byte of a character, which the server reads as that
+// character and not as an escape: a backslash right after a byte above
+// 0x7F makes the scan not sure either.
 func skipString(q string, i, kind int) (end int, ok, sure bool) {
-	if kind == standardString {
+	if kind == plainString {
 		end, ok = stringEnd(q, i, false)
-		if strings.IndexByte(q[i+1:min(end, len(q))], '\\') < 0 {
-			return end, ok, true
-		}
-		alt, altOK := stringEnd(q, i, true)
-		return end, ok, alt == end && altOK == ok
+		return end, ok, true
 	}
 	end, ok = stringEnd(q, i, kind == escapeString)
-	return end, ok, true
+	body := q[i+1 : min(end, len(q))]
+	b := strings.IndexByte(body, '\\')
+	if b < 0 {
+		return end, ok, true
+	}
+	for ; b >= 0 && b < len(body); b++ {
+		if body[b] == '\\' && b > 0 && body[b-1] >= 0x80 {
+			return end, ok, false
+		}
+	}
+	if kind == escapeString {
+		return end, ok, true
+	}
+	alt, altOK := stringEnd(q, i, true)
+	return end, ok, alt == end && altOK == ok
 }
 
 // stringEnd returns the index after the string literal at i, in which a

@@ -54,6 +54,13 @@ func TestScanQuery(t *testing.T) {
 		{"SELECT U&'d\\0061t' , U&\"a)\" , B'01' , X'1F' , N'x'", true, false, false, 1, "SELECT", -1},
 		{"SELECT e'it''s \\\\' || 'x'", true, false, false, 1, "SELECT", -1},
 		{"SELECT .5, 1e3, 1$a", false, false, false, 1, "SELECT", -1},
+		// In SJIS, BIG5 or GBK the backslash is the second byte of a
+		// character: the server sees no escape.
+		{"SELECT E'\x95\\' ) ; DELETE FROM victim ; SELECT ( $$'--$$", false, false, false, 1, "SELECT", -1},
+		{"SELECT '\x95\\\\' ) ; DELETE FROM victim ; SELECT ( '", false, false, false, 1, "SELECT", -1},
+		// Conservative: the scan cannot tell where a character starts.
+		{"SELECT E'é\\n'", false, false, false, 1, "SELECT", -1},
+		{"SELECT E'é \\n'", true, false, false, 1, "SELECT", -1},
 	} {
 		t.Run(tc.query, func(t *testing.T) {
 			got := scanQuery(tc.query)

@@ -125,7 +125,7 @@ func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driv
 	s.conn.ran()
 	var ir driver.Rows
 	if q, ok := s.inner.(driver.StmtQueryContext); ok {
-		ir, err = s.conn.sendQuery(ctx, func(ctx context.Context) (driver.Rows, error) {
+		ir, err = s.conn.sendQuery(ctx, r, s.query, func(ctx context.Context) (driver.Rows, error) {
 			return q.QueryContext(ctx, args)
 		})
 	} else {
