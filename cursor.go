@@ -23,12 +23,8 @@ import (
 // with a syntax error gets the server's error, as from lib/pq.
 var ErrCursorQuery = errors.New("jsonstream: cursor mode cannot run this query")
 
-// Every cursor's first FETCH asks for one row, so that a query fails
-// where it fails in the single-statement mode: in Query when its first
-// row fails (lib/pq waits for that row), in Next after it.
-//
-// FetchAuto's batches after it: the first is small, so that an early
-// close after a few rows reads off almost nothing; each next one doubles,
+// FetchAuto's batches: the first is small, so that an early close after a
+// few rows (a QueryRow) reads off almost nothing; each next one doubles,
 // up to autoMaxRows rows and about autoBatchBytes bytes, so that reading
 // off the rest of one batch stays well under a millisecond on loopback
 // (lib/pq reads about 300 KB per millisecond) while the round trips stay
@@ -361,14 +357,6 @@ func (cur *cursor) fetch(ctx context.Context, queryer driver.QueryerContext) (dr
 func (cur *cursor) firstFetch(ctx context.Context, queryer driver.QueryerContext) (driver.Rows, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
-	}
-	// One row (see autoFirstRows); the batches that follow have the
-	// stream's size, or FetchAuto's first (grow doubles it).
-	batch := cur.next
-	cur.next = 1
-	defer func() { cur.next = batch }()
-	if cur.size == 0 {
-		batch = autoFirstRows / 2
 	}
 	cur.pending(true)
 	if cur.conn.sock == nil || ctx.Done() == nil {

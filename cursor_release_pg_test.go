@@ -46,7 +46,10 @@ func TestFailureFreesServerWhileConsumerAway(t *testing.T) {
 				db := openPG(t, DriverName, mode)
 				monitor := openPG(t, "postgres", "")
 				conn, pid := backend(t, db)
-				s := mustStream(t, tc.opts...)
+				// The failure's bound on reading off the batch in flight and
+				// ending the cursor is the drain timeout: one long enough for
+				// a loaded machine, so that the connection is kept.
+				s := mustStream(t, append(tc.opts, WithDrainTimeout(2*time.Second))...)
 				rows, err := conn.QueryContext(context.Background(), bigQuery, bigRows, s)
 				require.NoError(t, err)
 				for i := 0; i < 20; i++ {

@@ -97,6 +97,9 @@ func TestObserverPauseTimeoutPG(t *testing.T) {
 }
 
 // TestServerErrorSameEventsInEveryMode: one rule in every mode, lib/pq's.
+// (An error on a row after the first but inside cursor mode's first batch
+// comes from Query there, since FETCH computes its batch whole: the rule
+// holds, the place differs; README, "Which mode".)
 // An error that Query returns (lib/pq waits for a query's first row, so a
 // query that fails before it returns its error from Query) fires no event
 // and leaves the context's Stream; once Query returned rows, the stream's

@@ -63,7 +63,7 @@ func stressRows(t *testing.T, ctx context.Context, sock *fakeSock, opts ...Optio
 	c := newConn(&sockScriptConn{sock: sock, connector: &sockScriptConnector{
 		newRows: func(*fakeSock) driver.Rows { return inner },
 	}}, &s, sock.netConn())
-	dr, err := c.QueryContext(ctx, "q", nil)
+	dr, err := c.QueryContext(ctx, "SELECT q", nil) // a read: jsonstream watches its context
 	require.NoError(t, err)
 	require.NoError(t, dr.Next(make([]driver.Value, 1)))
 	return dr.(*rows)
