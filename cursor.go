@@ -188,7 +188,7 @@ func (c *conn) declare(ctx context.Context, execer driver.ExecerContext, prepare
 	if err != nil {
 		return err
 	}
-	defer si.Close()
+	defer func() { _ = si.Close() }() // a Close error after the DECLARE ran changes nothing
 	se, ok := si.(driver.StmtExecContext)
 	if !ok {
 		return fmt.Errorf("%w: cursor mode needs statements with driver.StmtExecContext, %T has not", ErrInvalidOption, si)

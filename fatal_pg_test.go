@@ -45,8 +45,11 @@ func TestSessionEndedKeepsServerError(t *testing.T) {
 				require.NoError(t, s.Resume())
 			}
 			deadline := time.Now().Add(10 * time.Second)
+			read := 0
 			for rows.Next() && time.Now().Before(deadline) {
+				read++
 			}
+			t.Logf("%d more rows, then %v", read, rows.Err())
 			err = rows.Err()
 			require.Error(t, err)
 			assert.ErrorIs(t, err, driver.ErrBadConn, "the pool discards the connection")
