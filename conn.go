@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql/driver"
 	"errors"
+	"fmt"
 	"sync/atomic"
 	"time"
 )
@@ -102,6 +103,23 @@ func (c *conn) cut() bool {
 
 func (c *conn) isCut() bool { return c.cutDone.Load() }
 
+// ErrConnCut is the error of anything run on a connection that jsonstream
+// cut to end a stream: an early Close that the close mode let cut it,
+// Cancel, the pause timeout, the query's context, or a session left in a
+// state jsonstream could not know. It wraps driver.ErrBadConn, so
+// database/sql discards the connection. A *sql.DB never hands out such a
+// connection again; code that holds one (sql.Conn) meets this error on
+// its next statement and must take a new connection. See CloseMode.
+var ErrConnCut = fmt.Errorf("jsonstream: the connection was cut to end a stream (early Close, Cancel, pause timeout or context) and serves nothing more: %w", driver.ErrBadConn)
+
+// usable returns ErrConnCut once the connection was cut.
+func (c *conn) usable() error {
+	if c.isCut() {
+		return ErrConnCut
+	}
+	return nil
+}
+
 // discard makes sure the connection is never reused: cut when
 // jsonstream dialed it, marked bad otherwise (ResetSession and IsValid
 // then report it).
@@ -120,6 +138,9 @@ func (c *conn) Prepare(query string) (driver.Stmt, error) {
 // Prepare as database/sql does.
 func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {
 	c.arg = streamArg{}
+	if err := c.usable(); err != nil {
+		return nil, err
+	}
 	c.ran()
 	var si driver.Stmt
 	var err error
@@ -150,6 +171,9 @@ func (c *conn) Begin() (driver.Tx, error) { //nolint:staticcheck // required by 
 // the inner conn lacks it.
 func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
 	c.arg = streamArg{}
+	if err := c.usable(); err != nil {
+		return nil, err
+	}
 	var inner driver.Tx
 	var err error
 	if b, ok := c.inner.(driver.ConnBeginTx); ok {
@@ -203,6 +227,9 @@ func (c *conn) ended(err error) error {
 // Ping implements driver.Pinger; without it on the inner conn, database/sql
 // treats a ping as successful, and so does this.
 func (c *conn) Ping(ctx context.Context) error {
+	if err := c.usable(); err != nil {
+		return err
+	}
 	if p, ok := c.inner.(driver.Pinger); ok {
 		return p.Ping(ctx)
 	}
@@ -296,6 +323,9 @@ func (c *conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 	if err != nil {
 		return nil, err
 	}
+	if err := c.usable(); err != nil {
+		return nil, err
+	}
 	start := time.Now()
 	r := newRows(ctx, c, s)
 	if r.settings.fetchSize != 0 {
@@ -372,6 +402,9 @@ func (c *conn) sendQuery(ctx context.Context, r *rows, query string, send func(c
 func (c *conn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
 	if c.takeStream(c, len(args)) != nil {
 		return nil, errStreamOnExec
+	}
+	if err := c.usable(); err != nil {
+		return nil, err
 	}
 	c.ran()
 	switch e := c.inner.(type) {

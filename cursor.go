@@ -88,6 +88,9 @@ type cursor struct {
 	// ended is set once the cursor was closed (and jsonstream's
 	// transaction ended), or can no longer be.
 	ended bool
+	// whole is set when Close found nothing of the result left unread:
+	// the batch in flight was the last and had no row left (QueryRow).
+	whole bool
 }
 
 // queryCursor runs query in cursor mode: it begins a transaction unless
@@ -504,7 +507,7 @@ func (cur *cursor) release() {
 		// stream's may touch it.
 		return
 	}
-	_ = cur.close()
+	_ = cur.close(nil) // the consumer's values are not this goroutine's
 }
 
 // endStatement is what ends the cursor: COMMIT or ROLLBACK of
@@ -584,12 +587,15 @@ func (cur *cursor) interrupt() {
 // the stream was complete after all and its transaction is committed, as
 // the single-statement mode's drain lets the statement finish.
 //
-// Under CloseAuto, and after a failure, both the batch and the end
-// statement get the drain timeout from now, and a connection that does
-// not answer in time is cut; under CloseCancel a batch in flight is cut
-// at once. In the caller's transaction Close waits as long as the server
-// takes: a cut would end that transaction.
-func (cur *cursor) close() error {
+// Under CloseAuto, and after a failure, the batch gets the drain timeout
+// from now and the end statement a bound of its own, and a connection
+// that does not answer in time is cut; under CloseCancel a batch in
+// flight is cut at once, unless what has arrived shows it was the last
+// and had no row left. In the caller's transaction Close waits as long as
+// the server takes: a cut would end that transaction. dest is the
+// consumer's row slice, reused to read off the batch; nil when the caller
+// is not the consumer.
+func (cur *cursor) close(dest []driver.Value) error {
 	c := cur.conn
 	if cur.ended {
 		c.clearDeadline() // a failure's bound on the last round trip
@@ -604,7 +610,7 @@ func (cur *cursor) close() error {
 	case failed:
 		mode = CloseAuto
 	}
-	if mode == CloseCancel && cur.batch != nil {
+	if mode == CloseCancel && cur.batch != nil && !cur.endsHere(dest) {
 		c.cut()
 		_ = cur.batch.Close()
 		return nil
@@ -618,12 +624,12 @@ func (cur *cursor) close() error {
 		c.cut()
 		return nil
 	}
-	commit := false
+	commit := cur.whole && cur.own && !failed
 	var drainErr error
 	if cur.batch != nil {
 		// Whether the batch was the last matters only for a transaction
 		// of jsonstream's that a complete stream commits.
-		cut, last, err := cur.drainBatch(cur.own && !failed)
+		cut, last, err := cur.drainBatch(dest, cur.own && !failed)
 		if cut {
 			return nil
 		}
@@ -636,11 +642,11 @@ func (cur *cursor) close() error {
 	// The end statement is one round trip, which a network slower than
 	// the drain timeout may well take: it gets a bound of its own, there
 	// only for a connection that stopped answering. A failed stream ends
-	// promptly instead (its Close runs inside the failing Next): the drain
-	// timeout, then a cut.
+	// sooner (the consumer's Close waits for it): a round trip of a loaded
+	// machine, then a cut.
 	bound := max(cursorEndTimeout, cur.r.settings.drainTimeout)
 	if failed {
-		bound = cur.r.settings.drainTimeout
+		bound = max(failedEndTimeout, cur.r.settings.drainTimeout)
 	}
 	if s := c.sock; s != nil && !deadline.IsZero() && !s.beginDrain(time.Now().Add(bound)) {
 		c.cut()
@@ -662,37 +668,77 @@ func (cur *cursor) close() error {
 	return drainErr
 }
 
+// endsHere reports whether the batch in flight is the cursor's last and
+// has no row left, looking only at what has arrived (Close under
+// CloseCancel waits for the network no longer than drainGrace): then it
+// reads the batch off and notes that the result was received whole.
+// Otherwise the batch is left as it is, or half read: the caller cuts.
+func (cur *cursor) endsHere(dest []driver.Value) bool {
+	s := cur.conn.sock
+	if s == nil || cur.got >= cur.asked || !s.beginDrain(time.Now()) {
+		return false
+	}
+	if dest == nil {
+		dest = make([]driver.Value, len(cur.batch.Columns()))
+	}
+	if cur.batch.Next(dest) != io.EOF || !s.endDrain() { //nolint:errorlint // drivers return io.EOF itself
+		return false
+	}
+	_ = cur.batch.Close()
+	cur.batch = nil
+	cur.pending(false)
+	cur.whole = true
+	return true
+}
+
 // cursorEndTimeout bounds the statement that ends a cursor on Close when
 // the drain is bounded: long enough for any working network, short enough
 // that Close on a dead one returns.
 const cursorEndTimeout = time.Second
 
+// failedEndTimeout bounds the statement that ends the cursor of a failed
+// stream (Cancel, the pause timeout, the context): the server answers a
+// ROLLBACK in well under a millisecond, but a loaded client or server may
+// be descheduled for tens of milliseconds, and a cut then would cost a
+// connection for nothing.
+const failedEndTimeout = 250 * time.Millisecond
+
 // drainBatch reads off the rest of the batch in flight under the drain
 // window close set. It reports whether it cut the connection instead, and
 // when count is set whether the batch was the cursor's last; without
 // count the rows are skipped, not decoded.
-func (cur *cursor) drainBatch(count bool) (cut, last bool, err error) {
+func (cur *cursor) drainBatch(dest []driver.Value, count bool) (cut, last bool, err error) {
 	batch, c := cur.batch, cur.conn
 	cur.batch = nil
-	if count {
-		dest := make([]driver.Value, len(batch.Columns()))
-		for err == nil {
-			if err = batch.Next(dest); err == nil {
-				cur.got++
-			}
-		}
-		_ = batch.Close()
-	} else if err = batch.Close(); err == nil {
-		err = io.EOF
+	if dest == nil {
+		dest = make([]driver.Value, len(batch.Columns()))
 	}
+	// The first row left, if any, tells a result received whole.
+	err = batch.Next(dest)
+	cur.whole = err == io.EOF && cur.got < cur.asked //nolint:errorlint // drivers return io.EOF itself
+	if err == nil {
+		cur.got++
+		if count {
+			for err == nil {
+				if err = batch.Next(dest); err == nil {
+					cur.got++
+				}
+			}
+		} else if err = batch.Close(); err == nil {
+			err = io.EOF
+		}
+	}
+	_ = batch.Close()
 	cur.pending(false)
 	switch {
 	case err == io.EOF: //nolint:errorlint // drivers return io.EOF itself
 		return false, count && cur.got < cur.asked, nil
 	case isTimeout(err):
+		cur.whole = false
 		c.cut()
 		return true, false, nil
 	}
+	cur.whole = false
 	cur.noteError(err)
 	return false, false, err
 }
@@ -756,5 +802,5 @@ func (cur *cursor) ColumnTypePrecisionScale(index int) (precision, scale int64, 
 func (cur *cursor) Close() error {
 	cur.wire.Lock()
 	defer cur.wire.Unlock()
-	return cur.close()
+	return cur.close(cur.r.dest)
 }

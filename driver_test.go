@@ -74,7 +74,9 @@ func TestBadDSNParameters(t *testing.T) {
 		"host=db jsonstream_fetch_size=3000000000":            `jsonstream_fetch_size="3000000000": want 0, a batch size from 1 to 2147483647`,
 		"host=db jsonstream_fetch_size=2147483648":            `jsonstream_fetch_size="2147483648": want 0, a batch size from 1 to 2147483647`,
 		"host=db jsonstream_colour=blue":                      `unknown DSN parameter jsonstream_colour="blue"`,
-		"postgres://db/x?jsonstream_pause_timout=1s":          `unknown DSN parameter jsonstream_pause_timout="1s"`,
+		"postgres://db/x?jsonstream_pause_timout=1s":          `unknown DSN parameter jsonstream_pause_timout="1s" (did you mean jsonstream_pause_timeout?)`,
+		"host=db jsonstream_fetchsize=auto":                   `unknown DSN parameter jsonstream_fetchsize="auto" (did you mean jsonstream_fetch_size?)`,
+		"host=db jsonstream_Close=drain":                      `unknown DSN parameter jsonstream_Close="drain" (did you mean jsonstream_close?)`,
 		"postgres://db/x?jsonstream_close=%zz":                `jsonstream_close="%zz": bad URL escape`,
 		"host=db jsonstream_close":                            `jsonstream_close has no value`,
 		"host=db jsonstream_close='drain":                     `unterminated quoted value`,
@@ -90,6 +92,17 @@ func TestBadDSNParameters(t *testing.T) {
 			assert.ErrorIs(t, err, ErrInvalidOption)
 			assert.Contains(t, err.Error(), want)
 		})
+	}
+}
+
+// TestUnknownDSNParameterFarFromAnyName: a name far from every known one
+// gets no guess.
+func TestUnknownDSNParameterFarFromAnyName(t *testing.T) {
+	for _, name := range []string{"jsonstream_colour", "jsonstream_x", "jsonstream_", "jsonstream_retries"} {
+		_, err := sql.Open(DriverName, "host=db "+name+"=1")
+		require.ErrorIs(t, err, ErrInvalidOption, name)
+		assert.Contains(t, err.Error(), "unknown DSN parameter "+name)
+		assert.NotContains(t, err.Error(), "did you mean", name)
 	}
 }
 

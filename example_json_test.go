@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"log"
+	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"time"
 
@@ -112,21 +114,55 @@ func ExampleWriteNDJSON_httpHandler() {
 			return
 		}
 		w.Header().Set("Content-Type", "application/x-ndjson")
-		n, err := jsonstream.WriteNDJSON(r.Context(), w, rows)
-		if err != nil {
-			if n == 0 && r.Context().Err() == nil {
-				// Nothing was written yet: the status can still say so.
-				http.Error(w, "bad data", http.StatusInternalServerError)
-				return
-			}
-			// The client sees a body cut short; the log says why.
+		n, err := jsonstream.WriteNDJSON(r.Context(), w, rows, jsonstream.WithWriteTimeout(time.Minute))
+		switch {
+		case err == nil:
+		case errors.Is(err, jsonstream.ErrClientGone), errors.Is(err, context.Canceled):
+			// The client went away, or stopped reading for a minute.
+			log.Printf("GET /orders: client left after %d documents", n)
+		case n == 0:
+			// Nothing was written yet: the status can still say so.
+			http.Error(w, "bad data", http.StatusInternalServerError)
+		default:
+			// The client sees the trailer "Jsonstream-Status: failed".
 			log.Printf("GET /orders: %d documents sent: %v", n, err)
 		}
 	})
-	server := &http.Server{
-		Addr: ":8080",
-		// A client that stops reading holds the query until this expires.
-		WriteTimeout: time.Minute,
-	}
+	server := &http.Server{Addr: ":8080"}
 	log.Fatal(server.ListenAndServe())
+}
+
+// The trailer tells a client whether the response it read was whole: here
+// the second document is NULL, so the writing stops after the first.
+func ExampleTrailerStatus() {
+	db, mock, err := sqlmock.New()
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer db.Close()
+	mock.ExpectQuery("SELECT data FROM orders").WillReturnRows(
+		sqlmock.NewRowsWithColumnDefinition(sqlmock.NewColumn("data").OfType("JSONB", nil)).
+			AddRow([]byte(`{"id":1,"items":["tea"]}`)).
+			AddRow(nil)) // a NULL document
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rows, err := db.QueryContext(r.Context(), "SELECT data FROM orders")
+		if err != nil {
+			http.Error(w, "query failed", http.StatusInternalServerError)
+			return
+		}
+		_, _ = jsonstream.WriteNDJSON(r.Context(), w, rows, jsonstream.WithFlushEvery(1))
+	}))
+	defer srv.Close()
+
+	resp, err := http.Get(srv.URL)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	fmt.Printf("%s", body)
+	fmt.Println(jsonstream.TrailerStatus+":", resp.Trailer.Get(jsonstream.TrailerStatus))
+	// Output:
+	// {"id":1,"items":["tea"]}
+	// Jsonstream-Status: failed
 }

@@ -9,6 +9,7 @@ import (
 	"iter"
 	"strconv"
 	"strings"
+	"time"
 	"unicode/utf8"
 )
 
@@ -157,6 +158,9 @@ type jsonConfig struct {
 	skipNull   bool
 	unmarshal  func(data []byte, v any) error
 	flushEvery int
+	// writeTimeout bounds each write of WriteNDJSON and WriteJSONArray;
+	// 0 for none.
+	writeTimeout time.Duration
 }
 
 // DefaultFlushEvery is how many documents the writers write between two
@@ -221,6 +225,29 @@ func WithFlushEvery(n int) JSONOption {
 			return invalid("WithFlushEvery", n, "must be positive")
 		}
 		c.flushEvery = n
+		return nil
+	}
+}
+
+// WithWriteTimeout bounds each write of WriteNDJSON and WriteJSONArray to
+// w, and each flush, by d: a client that stops reading for longer fails
+// the writing with an error wrapping ErrClientGone and
+// os.ErrDeadlineExceeded, and the stream stops. Unlike
+// http.Server.WriteTimeout, which bounds the whole response, it lets a
+// long export run as long as the client keeps reading.
+//
+// w must have a write deadline: an http.ResponseWriter whose connection
+// supports one (http.ResponseController.SetWriteDeadline), or a writer
+// with a SetWriteDeadline method, such as a net.Conn; otherwise the
+// writer returns an error wrapping ErrInvalidOption before writing
+// anything. The deadline of the last write stays on w. Each and ForEach
+// ignore it.
+func WithWriteTimeout(d time.Duration) JSONOption {
+	return func(c *jsonConfig) error {
+		if d <= 0 {
+			return invalid("WithWriteTimeout", d, "must be positive")
+		}
+		c.writeTimeout = d
 		return nil
 	}
 }

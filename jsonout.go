@@ -7,8 +7,10 @@ import (
 	"database/sql"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
+	"time"
 	"unicode/utf8"
 )
 
@@ -17,6 +19,46 @@ import (
 const writeBufferSize = 32 << 10
 
 var errInvalidUTF8 = errors.New("jsonstream: document is not valid UTF-8")
+
+// ErrClientGone is wrapped by the error of WriteNDJSON and WriteJSONArray
+// when w itself failed: its Write or Flush returned an error. For an
+// http.ResponseWriter that means the client went away (a closed or reset
+// connection) or a write deadline passed (http.Server.WriteTimeout,
+// http.ResponseController.SetWriteDeadline), which a handler logs and
+// returns from, while any other error is a failure of the query or of a
+// document. w's own error stays reachable with errors.Is and errors.As.
+//
+// A client that leaves also ends the request's context: the writers then
+// return context.Canceled when they notice that first.
+var ErrClientGone = errors.New("jsonstream: writing to the client failed")
+
+// clientGone wraps an error of w's.
+func clientGone(err error) error {
+	return fmt.Errorf("%w: %w", ErrClientGone, err)
+}
+
+// The trailer WriteNDJSON and WriteJSONArray send on an
+// http.ResponseWriter once the body has begun, so that a client can tell
+// a whole response from one cut short, however well-formed its body is:
+//
+//	Jsonstream-Status: complete    every document was written
+//	Jsonstream-Status: failed      the writing stopped on an error
+//
+// The error itself is not sent: it may say more about the server than a
+// client should read. A client reads trailers after the body (in Go,
+// http.Response.Trailer once Body returned io.EOF; curl shows them with
+// --raw). A proxy may drop trailers, and a client that ignores them sees a
+// body that ends after the last whole document: a handler that wants such
+// clients to see the failure ends with panic(http.ErrAbortHandler), which
+// makes net/http cut the response short without logging.
+const (
+	// TrailerStatus is the trailer's name.
+	TrailerStatus = "Jsonstream-Status"
+	// StatusComplete is its value when every document was written.
+	StatusComplete = "complete"
+	// StatusFailed is its value when the writing stopped on an error.
+	StatusFailed = "failed"
+)
 
 // WriteNDJSON writes the documents of rows to w as newline-delimited JSON:
 // each document on a line of its own, followed by "\n". It returns the
@@ -83,9 +125,19 @@ func writeDocuments(ctx context.Context, w io.Writer, rows *sql.Rows, opts []JSO
 	if rows == nil {
 		return 0, errNilRows
 	}
+	// began is set once anything may have reached w: from then on an
+	// http.ResponseWriter gets the status trailer.
+	began := false
 	defer func() {
 		if cerr := rows.Close(); err == nil {
 			err = cerr
+		}
+		if hw, ok := w.(interface{ Header() http.Header }); ok && began {
+			status := StatusComplete
+			if err != nil {
+				status = StatusFailed
+			}
+			hw.Header().Set(http.TrailerPrefix+TrailerStatus, status)
 		}
 	}()
 	c, err := newJSONConfig(opts)
@@ -96,8 +148,25 @@ func writeDocuments(ctx context.Context, w io.Writer, rows *sql.Rows, opts []JSO
 		return 0, err
 	}
 
-	bw := bufio.NewWriterSize(w, writeBufferSize)
 	flush := flusherFor(w)
+	out := w
+	if c.writeTimeout > 0 {
+		dw, err := newDeadlineWriter(w, c.writeTimeout)
+		if err != nil {
+			return 0, err
+		}
+		out = dw
+		if flush != nil {
+			inner := flush
+			flush = func() error {
+				if err := dw.arm(); err != nil {
+					return err
+				}
+				return inner()
+			}
+		}
+	}
+	bw := bufio.NewWriterSize(out, writeBufferSize)
 	var check validator
 	var compacted bytes.Buffer
 	use := func(row int64, doc []byte) error {
@@ -130,7 +199,7 @@ func writeDocuments(ctx context.Context, w io.Writer, rows *sql.Rows, opts []JSO
 			werr = bw.WriteByte('\n')
 		}
 		if werr != nil {
-			return werr
+			return clientGone(werr)
 		}
 		n++
 		return nil
@@ -145,6 +214,7 @@ func writeDocuments(ctx context.Context, w io.Writer, rows *sql.Rows, opts []JSO
 	stop := func(err error) (int64, error) {
 		_ = rows.Close()
 		_ = bw.Flush()
+		began = began || n > 0
 		return n, err
 	}
 	done := ctx.Done()
@@ -163,14 +233,16 @@ func writeDocuments(ctx context.Context, w io.Writer, rows *sql.Rows, opts []JSO
 			break
 		}
 		if flush != nil && n%every == 0 {
+			began = true
 			if err := bw.Flush(); err != nil {
-				return n, err
+				return n, clientGone(err)
 			}
 			if err := flush(); err != nil {
-				return n, err
+				return n, clientGone(err)
 			}
 		}
 	}
+	began = true
 	switch {
 	case !array:
 	case n == 0:
@@ -184,7 +256,45 @@ func writeDocuments(ctx context.Context, w io.Writer, rows *sql.Rows, opts []JSO
 	if err == nil && flush != nil {
 		err = flush()
 	}
-	return n, err
+	if err != nil {
+		return n, clientGone(err)
+	}
+	return n, nil
+}
+
+// deadlineWriter sets a write deadline of d from now on w before each
+// write (WithWriteTimeout).
+type deadlineWriter struct {
+	w   io.Writer
+	d   time.Duration
+	set func(time.Time) error
+}
+
+// newDeadlineWriter finds w's write deadline, and sets it once to see
+// that it works, before anything is written.
+func newDeadlineWriter(w io.Writer, d time.Duration) (*deadlineWriter, error) {
+	dw := &deadlineWriter{w: w, d: d}
+	switch v := w.(type) {
+	case interface{ SetWriteDeadline(time.Time) error }:
+		dw.set = v.SetWriteDeadline
+	case http.ResponseWriter:
+		dw.set = http.NewResponseController(v).SetWriteDeadline
+	default:
+		return nil, invalid("WithWriteTimeout", d, fmt.Sprintf("a %T has no write deadline (want an http.ResponseWriter or a net.Conn)", w))
+	}
+	if err := dw.arm(); err != nil {
+		return nil, invalid("WithWriteTimeout", d, fmt.Sprintf("the write deadline of a %T cannot be set: %v", w, err))
+	}
+	return dw, nil
+}
+
+func (dw *deadlineWriter) arm() error { return dw.set(time.Now().Add(dw.d)) }
+
+func (dw *deadlineWriter) Write(p []byte) (int, error) {
+	if err := dw.arm(); err != nil {
+		return 0, err
+	}
+	return dw.w.Write(p)
 }
 
 // invalidDocument says why doc, which the validator rejected, cannot be

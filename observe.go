@@ -127,8 +127,12 @@ func (m StreamMode) String() string {
 type Outcome uint8
 
 const (
-	// OutcomeComplete means every row was read.
-	OutcomeComplete Outcome = iota
+	// OutcomeNone is the Outcome of every event but EventEnded: it means
+	// nothing.
+	OutcomeNone Outcome = iota
+	// OutcomeComplete means the whole result was received: every row was
+	// read, or the stream was closed with nothing left unread (QueryRow).
+	OutcomeComplete
 	// OutcomeDrained means the stream was closed early, and the rest of
 	// the result was read and thrown away, keeping the connection.
 	OutcomeDrained
@@ -155,6 +159,8 @@ const (
 // String returns the outcome's name, as in "pause_timeout".
 func (o Outcome) String() string {
 	switch o {
+	case OutcomeNone:
+		return "none"
 	case OutcomeComplete:
 		return "complete"
 	case OutcomeDrained:

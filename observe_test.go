@@ -436,14 +436,14 @@ func TestObserverStrings(t *testing.T) {
 	for k := EventStarted; k <= EventEnded+1; k++ {
 		kinds = append(kinds, k.String())
 	}
-	for o := OutcomeComplete; o <= OutcomeFailed+1; o++ {
+	for o := OutcomeNone; o <= OutcomeFailed+1; o++ {
 		outcomes = append(outcomes, o.String())
 	}
 	for m := ModeSingle; m <= ModeCursor+1; m++ {
 		modes = append(modes, m.String())
 	}
 	assert.Equal(t, "started first_row paused resumed pause_timeout ended EventKind(6)", strings.Join(kinds, " "))
-	assert.Equal(t, "complete drained cut cursor_closed canceled context pause_timeout failed Outcome(8)", strings.Join(outcomes, " "))
+	assert.Equal(t, "none complete drained cut cursor_closed canceled context pause_timeout failed Outcome(9)", strings.Join(outcomes, " "))
 	assert.Equal(t, "single cursor StreamMode(2)", strings.Join(modes, " "))
 }
 

@@ -290,7 +290,50 @@ func dsnOption(name, value string) (Option, error) {
 		}
 		return WithFetchSize(n), nil
 	}
-	return nil, fmt.Errorf("%w: unknown DSN parameter %s=%q", ErrInvalidOption, name, value)
+	return nil, fmt.Errorf("%w: unknown DSN parameter %s=%q%s", ErrInvalidOption, name, value, didYouMean(name))
+}
+
+// dsnNames are the DSN parameters jsonstream reads, as in DSNPrefix's list.
+var dsnNames = []string{"pause_timeout", "on_pause_timeout", "close", "drain_timeout", "fetch_size"}
+
+// didYouMean names the known DSN parameter closest to the unknown name, as
+// in " (did you mean jsonstream_fetch_size?)", when one is a few typing
+// errors away; otherwise it returns "".
+func didYouMean(name string) string {
+	typed := strings.ToLower(strings.TrimPrefix(name, DSNPrefix))
+	best, bestDist := "", 0
+	for _, known := range dsnNames {
+		d := editDistance(typed, known)
+		if best == "" || d < bestDist {
+			best, bestDist = known, d
+		}
+	}
+	// A third of the name may be wrong, and at least two letters.
+	if bestDist > max(2, len(best)/3) {
+		return ""
+	}
+	return " (did you mean " + DSNPrefix + best + "?)"
+}
+
+// editDistance is the Levenshtein distance between a and b, in bytes.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }
 
 // splitDSN removes jsonstream's parameters from a lib/pq DSN, in URL form

@@ -207,7 +207,7 @@ func (p *pauser) wait() <-chan struct{} {
 // A Stream serves one query. Passing it to Exec, passing two Streams to one
 // query, or passing a Stream a second time fails with an error wrapping
 // ErrStreamArgument. Before its query starts, its controller methods
-// return ErrNotStarted, State returns Running and Stats are zero.
+// return ErrNotStarted, State returns NotStarted and Stats are zero.
 //
 // While a Stream holds Next paused, Tx.Rollback, Tx.Commit and Rows.Close
 // from other goroutines wait for it (see Controller): end a pause from
@@ -277,7 +277,7 @@ func (s *Stream) State() State {
 	if r := s.bound.Load(); r != nil {
 		return r.State()
 	}
-	return Running
+	return NotStarted
 }
 
 // Stats implements Controller.

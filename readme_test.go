@@ -5,6 +5,8 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
+	"log"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -21,6 +23,66 @@ import (
 
 // The README's code, compiled (and where it can run without a server,
 // run) here. TestReadmeCodeBlocks keeps the two from drifting apart.
+
+func readmeQuickStart(ctx context.Context, dsn string) error {
+	db, err := sql.Open("jsonstream", dsn) // any lib/pq DSN; the rest of the code stays
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	stream, err := jsonstream.NewStream()
+	if err != nil {
+		return err
+	}
+	rows, err := db.QueryContext(ctx, "SELECT data FROM documents", stream)
+	if err != nil {
+		return err
+	}
+	defer rows.Close() // an early Close stops the query on the server at once
+	// From any goroutine: stream.Pause(), stream.Resume(), stream.Cancel().
+	for rows.Next() {
+		var doc []byte
+		if err := rows.Scan(&doc); err != nil {
+			return err
+		}
+	}
+	return rows.Err()
+}
+
+func readmeEach(ctx context.Context, db *sql.DB) error {
+	type Document struct {
+		ID    int    `json:"id"`
+		Title string `json:"title"`
+	}
+	rows, err := db.QueryContext(ctx, "SELECT data FROM documents ORDER BY id")
+	if err != nil {
+		return err
+	}
+	for doc, err := range jsonstream.Each[Document](rows) { // closes rows
+		if err != nil {
+			return err // a NULL or malformed document names its row
+		}
+		fmt.Println(doc.ID, doc.Title)
+	}
+	return nil
+}
+
+func readmeObserver(ctx context.Context, db *sql.DB) error {
+	observer := jsonstream.ObserverFunc(func(e jsonstream.Event) {
+		if e.Kind == jsonstream.EventEnded {
+			log.Printf("%s stream: %s, %d rows", e.Mode, e.Outcome, e.Stats.Rows)
+		}
+	})
+	stream, err := jsonstream.NewStream(jsonstream.WithObserver(observer))
+	if err != nil {
+		return err
+	}
+	rows, err := db.QueryContext(ctx, "SELECT data FROM documents", stream)
+	if err != nil {
+		return err
+	}
+	return rows.Close() // logs "single stream: drained, 0 rows" (or cut)
+}
 
 func readmeBackpressure(ctx context.Context, dsn string, send func([]byte) error, congested <-chan bool) error {
 	db, err := sql.Open("jsonstream", dsn) // any lib/pq DSN
@@ -115,19 +177,35 @@ func Example_http() {
 	if err != nil {
 		panic(err)
 	}
-	http.HandleFunc("/documents", func(w http.ResponseWriter, r *http.Request) {
+	http.HandleFunc("/documents", documents(db))
+}
+
+// documents serves every document as NDJSON.
+func documents(db *sql.DB) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
 		rows, err := db.QueryContext(r.Context(), "SELECT data FROM documents ORDER BY id")
 		if err != nil {
-			http.Error(w, err.Error(), http.StatusInternalServerError)
+			log.Printf("documents: %v", err)
+			http.Error(w, "query failed", http.StatusInternalServerError)
 			return
 		}
 		w.Header().Set("Content-Type", "application/x-ndjson")
-		// A slow client blocks the write, and the stream waits with it; a
-		// client that leaves cancels r.Context(), which stops the query.
-		if _, err := jsonstream.WriteNDJSON(r.Context(), w, rows); err != nil && !errors.Is(err, context.Canceled) {
-			panic(err)
+		// A client that stops reading fails a write after a minute; one that
+		// leaves fails a write or ends r.Context(): either way the query stops.
+		n, err := jsonstream.WriteNDJSON(r.Context(), w, rows, jsonstream.WithWriteTimeout(time.Minute))
+		switch {
+		case err == nil:
+		case errors.Is(err, jsonstream.ErrClientGone), errors.Is(err, context.Canceled):
+			log.Printf("documents: client left after %d documents: %v", n, err)
+		case n == 0:
+			// Nothing was written: the status can still say so.
+			log.Printf("documents: %v", err)
+			http.Error(w, "query failed", http.StatusInternalServerError)
+		default:
+			// The client gets the trailer "Jsonstream-Status: failed".
+			log.Printf("documents: failed after %d documents: %v", n, err)
 		}
-	})
+	}
 }
 
 // integrationSection is the README section whose Go blocks use

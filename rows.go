@@ -58,6 +58,11 @@ type rows struct {
 	// writes: sendQuery); jsonstream does not watch it then.
 	innerCtx bool
 
+	// dest is the slice the consumer's last Next filled, which Close
+	// reuses to look at what is left of the result (database/sql's
+	// values are void once Close is called).
+	dest []driver.Value
+
 	start     time.Time
 	firstRow  atomic.Int64 // time.Duration since start; 0 before the first row
 	rowCount  atomic.Int64
@@ -137,6 +142,7 @@ func (r *rows) Next(dest []driver.Value) error {
 			return err
 		}
 	}
+	r.dest = dest
 	if err := r.inner.Next(dest); err != nil {
 		return r.nextFailed(err)
 	}
@@ -344,51 +350,103 @@ func (r *rows) Close() (err error) {
 		return err
 	}
 	r.endPause()
+	var whole bool
 	if r.cursor != nil {
-		return r.cursor.Close()
+		err = r.cursor.Close()
+		whole = r.cursor.whole
+	} else {
+		whole, err = r.closeSingle()
 	}
+	if whole && err == nil {
+		// Nothing of the result was left unread: it was received whole
+		// (QueryRow), and the stream is Complete, not Closed.
+		r.state.cas(Closed, Complete)
+	}
+	return err
+}
+
+// closeSingle ends a single-statement stream that Close found live: it
+// reads off the rest of the result, or cuts the connection where the
+// close mode says so and cutting cannot change what the statement did.
+// It reports whether nothing of the result was left unread.
+func (r *rows) closeSingle() (whole bool, err error) {
 	if r.conn.inTx || scanQuery(r.query).writes {
 		// Cutting would end the transaction too, or undo what the
 		// statement wrote: drain, as lib/pq does.
-		return r.inner.Close()
+		return r.drain()
 	}
 	switch r.settings.closeMode {
 	case CloseDrain:
-		return r.inner.Close()
+		return r.drain()
 	case CloseCancel:
+		// What has arrived is looked at, never waited for beyond the
+		// drain's grace: a result received whole (QueryRow's) keeps the
+		// connection.
+		if s := r.conn.sock; s != nil && s.beginDrain(time.Now()) {
+			if r.atEnd() == io.EOF && s.endDrain() { //nolint:errorlint // atEnd returns io.EOF itself
+				return true, r.inner.Close()
+			}
+		}
 		if r.conn.cut() {
 			_ = r.inner.Close() // fails fast on the cut connection
-			return nil
+			return false, nil
 		}
-		return r.inner.Close()
+		return r.drain()
 	}
 	return r.drainOrCut()
 }
 
-// drainOrCut is CloseAuto: drain what arrives within the drain timeout,
-// cut the connection if the rest takes longer.
-// The deadline is armed only if the drain has to wait on the network (see
-// drain.go), so a QueryRow, whose rest is already in hand, pays nothing.
-func (r *rows) drainOrCut() error {
+// drain reads off the rest of the result, as lib/pq's Close does, and
+// reports whether nothing was left of it. It returns the first error met.
+func (r *rows) drain() (whole bool, err error) {
+	err = r.atEnd()
+	if err == io.EOF { //nolint:errorlint // atEnd returns io.EOF itself
+		return true, r.inner.Close()
+	}
+	cerr := r.inner.Close()
+	if err != nil {
+		return false, err
+	}
+	return false, cerr
+}
+
+// atEnd reads what follows the rows the consumer has read: io.EOF when
+// the result ends there (no row, and no further result set), nil when a
+// row follows (it is skipped), or the error met.
+func (r *rows) atEnd() error {
+	dest := r.dest
+	if dest == nil {
+		dest = make([]driver.Value, len(r.inner.Columns()))
+	}
+	err := r.inner.Next(dest)
+	if err == io.EOF && r.HasNextResultSet() { //nolint:errorlint // drivers return io.EOF itself
+		return nil // more to read
+	}
+	return err
+}
+
+// drainOrCut is CloseAuto's end of a single-statement read: a drain
+// bounded by the drain timeout, and a cut past it.
+func (r *rows) drainOrCut() (bool, error) {
 	s := r.conn.sock
 	if s == nil {
-		return r.inner.Close()
+		return r.drain()
 	}
 	if !s.beginDrain(time.Now().Add(r.settings.drainTimeout)) {
 		r.conn.cut()
 		_ = r.inner.Close()
-		return nil
+		return false, nil
 	}
-	err := r.inner.Close()
+	whole, err := r.drain()
 	if err != nil && isTimeout(err) {
 		r.conn.cut()
-		return nil
+		return false, nil
 	}
 	if !s.endDrain() {
 		r.conn.cut() // the rest is unread, or the next query would time out
-		return nil
+		return false, nil
 	}
-	return err
+	return whole, err
 }
 
 // isTimeout reports whether err is a network timeout: the drain timeout.

@@ -5,20 +5,28 @@ import (
 	"sync/atomic"
 )
 
-// State is the state of one result stream. Every stream starts Running;
-// Complete, Failed and Closed are final.
+// State is the state of one result stream. A stream starts Running when
+// its query returns its rows; a Stream whose query has not started (or
+// never got its rows: it failed before them) is NotStarted. Complete,
+// Failed and Closed are final.
 //
-//	from      to        by
-//	Running   Paused    Pause
-//	Paused    Running   Resume; pause timeout under OnPauseTimeout(Resume)
-//	Running   Complete  Next reaches the end of the last result set
-//	Paused    Complete  an in-flight Next reaches the end while Pause is called
-//	Running   Failed    Next returns an error; the query context ends; Cancel
-//	Paused    Failed    the pause timeout expires; the query context ends; Cancel
-//	Running   Closed    Close before the end
-//	Paused    Closed    Close before the end
+//	from        to        by
+//	NotStarted  Running   the Stream's query returns its rows
+//	Running     Paused    Pause
+//	Paused      Running   Resume; pause timeout under ResumeOnPauseTimeout
+//	Running     Complete  Next reaches the end of the last result set; Close
+//	                      finds that the whole result was received
+//	Paused      Complete  an in-flight Next reaches the end while Pause is called
+//	Running     Failed    Next returns an error; the query context ends; Cancel
+//	Paused      Failed    the pause timeout expires; the query context ends; Cancel
+//	Running     Closed    Close before the end
+//	Paused      Closed    Close before the end
 //
-// Close on a Complete or Failed stream keeps that state.
+// Close on a Complete or Failed stream keeps that state. A result is
+// received whole when nothing of it is left unread but the server's end
+// of it: QueryRow's one-row result is Complete, not Closed, though
+// database/sql closes it without reading to its end. Pause, Resume and
+// Cancel on a NotStarted Stream return ErrNotStarted.
 type State uint32
 
 const (
@@ -34,6 +42,9 @@ const (
 	Failed
 	// Closed means the stream was closed before its end.
 	Closed
+	// NotStarted is the State of a Stream whose query has not returned
+	// its rows. A stream's rows are never NotStarted.
+	NotStarted
 )
 
 // String returns the state's name, as in "running".
@@ -49,12 +60,14 @@ func (s State) String() string {
 		return "failed"
 	case Closed:
 		return "closed"
+	case NotStarted:
+		return "not_started"
 	}
 	return "State(" + strconv.FormatUint(uint64(s), 10) + ")"
 }
 
 // final reports whether no transition leaves s.
-func (s State) final() bool { return s >= Complete }
+func (s State) final() bool { return s == Complete || s == Failed || s == Closed }
 
 // stateCell holds a stream's State. It is a plain atomic so a stream that
 // never pauses pays nothing beyond its four bytes; every change is a

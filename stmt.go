@@ -114,6 +114,9 @@ func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driv
 	if err != nil {
 		return nil, err
 	}
+	if err := s.conn.usable(); err != nil {
+		return nil, err
+	}
 	start := time.Now()
 	r := newRows(ctx, s.conn, st)
 	if r.settings.fetchSize != 0 {
@@ -148,6 +151,9 @@ func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driv
 func (s *stmt) ExecContext(ctx context.Context, args []driver.NamedValue) (driver.Result, error) {
 	if s.conn.takeStream(s, len(args)) != nil {
 		return nil, errStreamOnExec
+	}
+	if err := s.conn.usable(); err != nil {
+		return nil, err
 	}
 	s.conn.ran()
 	if e, ok := s.inner.(driver.StmtExecContext); ok {

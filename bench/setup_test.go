@@ -51,6 +51,9 @@ var server struct {
 	env       *pgEnv
 	err       error
 	skip      bool
+	// loaded is how many documents the table is known to hold: tests
+	// load a few, the benchmarks env.rows.
+	loaded int
 }
 
 // setup returns the shared server and dataset: those of cmd/report when it
@@ -58,6 +61,20 @@ var server struct {
 // binaries it skips the benchmark, except under CI.
 func setup(b *testing.B) *pgEnv {
 	b.Helper()
+	return setupLoaded(b, func(env *pgEnv) int { return env.rows })
+}
+
+// setupSample is setup for a test that reads the first n documents: it
+// loads n rather than the benchmarks' dataset, unless that is there.
+func setupSample(t *testing.T, n int) *pgEnv {
+	t.Helper()
+	return setupLoaded(t, func(env *pgEnv) int { return min(n, env.rows) })
+}
+
+// setupLoaded starts the server once per process and loads the dataset
+// when it holds fewer than want(env) documents.
+func setupLoaded(tb testing.TB, want func(env *pgEnv) int) *pgEnv {
+	tb.Helper()
 	server.mu.Lock()
 	defer server.mu.Unlock()
 	if !server.tried {
@@ -66,9 +83,15 @@ func setup(b *testing.B) *pgEnv {
 	}
 	switch {
 	case server.skip && !inCI():
-		b.Skip(server.err)
+		tb.Skip(server.err)
 	case server.err != nil:
-		b.Fatal(server.err)
+		tb.Fatal(server.err)
+	}
+	if n := want(server.env); server.loaded < n {
+		if err := ensureDataset(server.env.dsn, server.env.table, n); err != nil {
+			tb.Fatal(err)
+		}
+		server.loaded = n
 	}
 	return server.env
 }
@@ -103,7 +126,7 @@ func start() (env *pgEnv, skip bool, err error) {
 	if len(env.sizes) == 0 {
 		env.sizes = []int{rows}
 	}
-	return env, false, ensureDataset(dsn, env.table, rows)
+	return env, false, nil
 }
 
 // ensureDataset loads the dataset unless the server holds enough of it

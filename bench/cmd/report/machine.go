@@ -98,8 +98,9 @@ func meminfo(field string) (uint64, bool) {
 	return 0, false
 }
 
-// drivers returns the versions of the drivers compiled into this binary,
-// which are those of the benchmarks: both come from the bench module.
+// drivers returns the versions of the drivers and JSON decoders compiled
+// into this binary, which are those of the benchmarks: both come from the
+// bench module.
 func drivers() []module {
 	info, ok := debug.ReadBuildInfo()
 	if !ok {
@@ -110,7 +111,7 @@ func drivers() []module {
 		switch d.Path {
 		case "github.com/jsonstream/jsonstream":
 			mods = append(mods, module{d.Path, "this repository at " + revision()})
-		case "github.com/lib/pq", "github.com/jackc/pgx/v5":
+		case "github.com/lib/pq", "github.com/jackc/pgx/v5", "github.com/bytedance/sonic", "github.com/goccy/go-json":
 			mods = append(mods, module{d.Path, d.Version})
 		}
 	}

@@ -205,6 +205,17 @@ var (
 	ndjsonVariants   = []string{"jsonstream-writendjson", "jsonstream-raw"}
 )
 
+// typedDecoders are the variants of BenchmarkTypedDecode: the raw drain,
+// then bench.Decoders (with encoding/json/v2 when the report runs under
+// GOEXPERIMENT=jsonv2, which the benchmarks it builds then share).
+func typedDecoders() []string {
+	names := []string{bench.RawDrain}
+	for _, d := range bench.Decoders {
+		names = append(names, d.Name)
+	}
+	return names
+}
+
 func clientNames() []string {
 	var names []string
 	for _, c := range bench.Clients {
@@ -234,6 +245,7 @@ func jobs(round int) []job {
 	add("EarlyClose", clientNames(), func(c string) string { return "^BenchmarkEarlyClose$/" + quote("client="+c) })
 	add("Decode", decodeClients, func(c string) string { return "^BenchmarkDecode$/" + quote("client="+c) })
 	add("NDJSON", ndjsonVariants, func(c string) string { return "^BenchmarkNDJSON$/" + quote("client="+c) })
+	add("TypedDecode", typedDecoders(), func(d string) string { return "^BenchmarkTypedDecode$/" + quote("decoder="+d) })
 	// The cursor modes' comparisons, each next to its references in the
 	// same round.
 	add("EarlyCloseNext", bench.EarlyCloseNextClients, func(c string) string { return "^BenchmarkEarlyCloseNext$/" + quote("client="+c) })

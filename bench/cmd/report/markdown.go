@@ -47,6 +47,11 @@ var displayNames = map[string]string{
 	"jsonstream-writendjson": "jsonstream WriteNDJSON",
 	"jsonstream-raw":         "raw copy through jsonstream",
 	"inner":                  "inner driver alone",
+	bench.RawDrain:           "raw drain (sql.RawBytes)",
+	bench.EncodingJSON:       "Each[T], encoding/json",
+	bench.Sonic:              "Each[T], sonic",
+	bench.GoccyJSON:          "Each[T], goccy/go-json",
+	bench.JSONv2:             "Each[T], encoding/json/v2",
 }
 
 func display(name string) string {
@@ -71,6 +76,7 @@ func (r *report) markdown() []byte {
 	r.peak(&body)
 	r.decode(&body)
 	r.ndjson(&body)
+	r.typed(&body)
 	r.cursor(&body)
 
 	fmt.Fprintf(&b, "# jsonstream benchmarks\n\n")
@@ -496,6 +502,35 @@ func (r *report) ndjson(b *strings.Builder) {
 	b.WriteString("\n")
 }
 
+func typedName(decoder string) string { return "TypedDecode/decoder=" + decoder }
+
+func (r *report) typed(b *strings.Builder) {
+	b.WriteString("## Typed decoding\n\n")
+	b.WriteString("`BenchmarkTypedDecode`: the same rows through jsonstream, read as `sql.RawBytes` and " +
+		"decoded into nothing (*raw drain*, the baseline), and decoded by `jsonstream.Each[T]` into a " +
+		"struct of 9 fields, among them a nested object of 4, a string slice and a `time.Time`: with encoding/json, " +
+		"Each's default, and with the decoders given by `WithUnmarshal`. `TestTypedDecodersAgree` " +
+		"checks that all of them yield the same values. Under `GOEXPERIMENT=jsonv2` encoding/json/v2 " +
+		"joins them, and encoding/json itself runs on the v2 implementation.\n\n")
+	n := min(r.cfg.rows, 300_000)
+	fmt.Fprintf(b, "%s rows per query.\n\n", count(n))
+	b.WriteString("| decoder | rows/s | CPU/row | allocs/row | B/row | rows/s ÷ raw drain | CPU/row ÷ raw drain |\n|---|---:|---:|---:|---:|---:|---:|\n")
+	base, okBase := r.res.median(typedName(bench.RawDrain), "rows/s")
+	baseCPU, okCPU := r.res.median(typedName(bench.RawDrain), "cpu-ns/row")
+	for _, d := range typedDecoders() {
+		rs, ok := r.res.stat(typedName(d), "rows/s")
+		if !ok {
+			continue
+		}
+		cpu, _ := r.res.stat(typedName(d), "cpu-ns/row")
+		allocs, _ := r.res.median(typedName(d), "allocs/row")
+		bytes, _ := r.res.median(typedName(d), "B/row")
+		fmt.Fprintf(b, "| %s | %s | %s | %.2f | %.0f | %s | %s |\n", display(d), withSpread(rate(rs.median), rs),
+			withSpread(duration(cpu.median), cpu), allocs, bytes, ifOK(okBase, ratio(rs.median/base)), ifOK(okCPU, ratio(cpu.median/baseCPU)))
+	}
+	b.WriteString("\n")
+}
+
 type direction bool
 
 const (
@@ -624,7 +659,7 @@ func (r *report) reproduce(b *strings.Builder) {
 	b.WriteString("export JSONSTREAM_BENCH_DSN='host=127.0.0.1 port=5432 user=postgres sslmode=disable'\n")
 	fmt.Fprintf(b, "export JSONSTREAM_BENCH_ROWS=%d\n", r.cfg.rows)
 	fmt.Fprintf(b, "go test -run '^$' -bench 'BenchmarkStream/rows=%d/' -count 5\n", r.sizes()[len(r.sizes())-1])
-	b.WriteString("go test -run '^$' -bench 'BenchmarkEarlyClose$|BenchmarkCeiling|BenchmarkDecode|BenchmarkNDJSON' -count 5\n")
+	b.WriteString("go test -run '^$' -bench 'BenchmarkEarlyClose$|BenchmarkCeiling|BenchmarkDecode|BenchmarkNDJSON|BenchmarkTypedDecode' -count 5\n")
 	b.WriteString("go test -run '^$' -bench 'BenchmarkEarlyCloseNext|BenchmarkEarlyCloseTx|BenchmarkChurn|BenchmarkFetch|BenchmarkQueryRow|BenchmarkSelectOne|BenchmarkProxy' -count 5\n")
 	fmt.Fprintf(b, "go run ./cmd/report -peak-child jsonstream -dsn \"$JSONSTREAM_BENCH_DSN\" -rows %d\n```\n\n", r.cfg.rows)
 	b.WriteString("Without `JSONSTREAM_BENCH_DSN` the benchmarks start a throwaway server of their own and load the " +

@@ -99,6 +99,9 @@ func TestJobsSelectOneClient(t *testing.T) {
 		"BenchmarkProxy/rows=10000/client=jsonstream-cursor-auto",
 		"BenchmarkProxy/early-close/client=jsonstream-cursor-auto",
 		"BenchmarkProxy/early-close/client=jsonstream",
+		"BenchmarkTypedDecode/decoder=raw",
+		"BenchmarkTypedDecode/decoder=encoding-json",
+		"BenchmarkTypedDecode/decoder=sonic",
 	}
 	want := map[string][]string{
 		"Stream jsonstream":               {names[0]},
@@ -117,6 +120,9 @@ func TestJobsSelectOneClient(t *testing.T) {
 		"SelectOne libpq":                 {names[14], names[15]},
 		"Proxy jsonstream-cursor-auto":    {names[16], names[17]},
 		"Proxy jsonstream":                {names[18]},
+		"TypedDecode raw":                 {names[19]},
+		"TypedDecode encoding-json":       {names[20]},
+		"TypedDecode sonic":               {names[21]},
 	}
 	seen := map[string]bool{}
 	for _, j := range jobs(0) {
