@@ -242,6 +242,12 @@ func (c *conn) ResetSession(ctx context.Context) error {
 	if c.isCut() {
 		return driver.ErrBadConn
 	}
+	if c.sock != nil && c.sock.endedWhileIdle() {
+		// The server ended the session while it sat in the pool: a new
+		// connection serves the query, which never meets the reset.
+		c.discard()
+		return driver.ErrBadConn
+	}
 	if r, ok := c.inner.(driver.SessionResetter); ok {
 		return r.ResetSession(ctx)
 	}

@@ -3,6 +3,7 @@ package jsonstream
 import (
 	"net"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -53,6 +54,12 @@ type sock struct {
 	// peekBuf is where peekFatal looks at what the server sent while the
 	// connection was idle; the reading goroutine's.
 	peekBuf [512]byte
+	// peekRaw and peekFn are made by the first peek (peek_unix.go), and
+	// peekN and peekErr are what peekFn found; the reading goroutine's.
+	peekRaw syscall.RawConn
+	peekFn  func(fd uintptr) bool
+	peekN   int
+	peekErr error
 }
 
 // Read implements net.Conn. Outside a drain it is the socket's own Read.

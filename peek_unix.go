@@ -16,21 +16,52 @@ import (
 // drop the FATAL before lib/pq reads it. Only a plaintext TCP or Unix
 // socket can be looked at; otherwise it returns nil.
 func (s *sock) peekFatal() *pq.Error {
-	sc, ok := s.Conn.(syscall.Conn)
-	if !ok {
-		return nil
-	}
-	raw, err := sc.SyscallConn()
-	if err != nil {
-		return nil
-	}
-	n := 0
-	_ = raw.Read(func(fd uintptr) bool {
-		n, _, err = syscall.Recvfrom(int(fd), s.peekBuf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		return true // never wait: EAGAIN means nothing was sent
-	})
-	if err != nil || n <= 0 {
+	n, ok := s.peek()
+	if !ok || n <= 0 {
 		return nil
 	}
 	return lastFatal(s.peekBuf[:n])
+}
+
+// endedWhileIdle reports whether the server ended the session while the
+// connection was idle: it sent a FATAL error, or closed the connection.
+// database/sql asks before it hands a pooled connection to a query
+// (ResetSession), so that a connection the server ended is replaced before
+// anything is sent on it rather than failing the query with a reset.
+func (s *sock) endedWhileIdle() bool {
+	n, ok := s.peek()
+	switch {
+	case !ok:
+		return false
+	case n == 0:
+		return true // the server closed the connection
+	}
+	return lastFatal(s.peekBuf[:n]) != nil
+}
+
+// peek copies into peekBuf what the server sent and nobody read yet,
+// without waiting and without taking it off the socket. It reports the
+// byte count (0 once the server closed the connection) and whether the
+// socket could be looked at and held anything.
+func (s *sock) peek() (int, bool) {
+	if s.peekRaw == nil {
+		sc, ok := s.Conn.(syscall.Conn)
+		if !ok {
+			return 0, false
+		}
+		raw, err := sc.SyscallConn()
+		if err != nil {
+			return 0, false
+		}
+		// Made once per connection, so that a peek allocates nothing.
+		s.peekRaw = raw
+		s.peekFn = func(fd uintptr) bool {
+			s.peekN, _, s.peekErr = syscall.Recvfrom(int(fd), s.peekBuf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+			return true // never wait: EAGAIN means nothing was sent
+		}
+	}
+	if err := s.peekRaw.Read(s.peekFn); err != nil || s.peekErr != nil {
+		return 0, false
+	}
+	return s.peekN, true
 }

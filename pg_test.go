@@ -265,7 +265,10 @@ func TestDropInContextCancellation(t *testing.T) {
 		cancel()
 		_, errBefore := db.QueryContext(ctx, "SELECT 1")
 
-		ctx, cancel = context.WithTimeout(context.Background(), 200*time.Millisecond)
+		// A cancel request that reaches the server before the statement
+		// runs is dropped (lib/pq's as well as anyone's): the deadline
+		// leaves a loaded machine a second to start it.
+		ctx, cancel = context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		start := time.Now()
 		_, errDuring := db.ExecContext(ctx, "SELECT pg_sleep(10)")
@@ -277,7 +280,7 @@ func TestDropInContextCancellation(t *testing.T) {
 		}
 		var one int
 		require.NoError(t, db.QueryRow("SELECT 1").Scan(&one), "the pool recovers")
-		return []any{errBefore, canceled, took < 2*time.Second, one}
+		return []any{errBefore, canceled, took < 5*time.Second, one}
 	})
 }
 

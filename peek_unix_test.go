@@ -1,0 +1,96 @@
+//go:build unix
+
+package jsonstream
+
+import (
+	"context"
+	"database/sql/driver"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// tcpPair returns the two ends of a loopback TCP connection: the client's
+// wrapped in a sock, and the server's.
+func tcpPair(t *testing.T) (*sock, net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		accepted <- c
+	}()
+	client, err := net.Dial("tcp", ln.Addr().String())
+	require.NoError(t, err)
+	server := <-accepted
+	require.NotNil(t, server)
+	t.Cleanup(func() { _ = client.Close(); _ = server.Close() })
+	return &sock{Conn: client}, server
+}
+
+// TestEndedWhileIdle: a pooled connection is replaced when the server
+// sent a FATAL error or closed it while it sat idle, and kept when the
+// server sent nothing or something else (a notification of LISTEN).
+func TestEndedWhileIdle(t *testing.T) {
+	fatal := message('E', errorBody("SFATAL", "VFATAL", "C57P01", "Mterminating connection due to administrator command"))
+	notify := message('A', append([]byte{0, 0, 0, 1}, "chan\x00payload\x00"...))
+	// settled waits until what the server wrote has reached the client.
+	settled := func(s *sock, want bool) bool {
+		deadline := time.Now().Add(5 * time.Second)
+		for time.Now().Before(deadline) {
+			if s.endedWhileIdle() == want {
+				return true
+			}
+			time.Sleep(time.Millisecond)
+		}
+		return false
+	}
+	t.Run("nothing sent", func(t *testing.T) {
+		s, _ := tcpPair(t)
+		assert.False(t, s.endedWhileIdle())
+		assert.False(t, s.endedWhileIdle(), "a second look")
+	})
+	t.Run("FATAL", func(t *testing.T) {
+		s, server := tcpPair(t)
+		_, err := server.Write(fatal)
+		require.NoError(t, err)
+		assert.True(t, settled(s, true))
+		buf := make([]byte, len(fatal))
+		n, err := s.Read(buf)
+		require.NoError(t, err)
+		assert.Equal(t, len(fatal), n, "the look took bytes off the socket")
+	})
+	t.Run("closed", func(t *testing.T) {
+		s, server := tcpPair(t)
+		require.NoError(t, server.Close())
+		assert.True(t, settled(s, true))
+	})
+	t.Run("a notification", func(t *testing.T) {
+		s, server := tcpPair(t)
+		_, err := server.Write(notify)
+		require.NoError(t, err)
+		n := 0
+		require.Eventually(t, func() bool { n, _ = s.peek(); return n == len(notify) }, 5*time.Second, time.Millisecond)
+		assert.False(t, s.endedWhileIdle())
+	})
+	t.Run("ResetSession", func(t *testing.T) {
+		s, server := tcpPair(t)
+		st := defaultSettings()
+		c := newConn(&fakeConn{driver: &fakeDriver{}}, &st, s)
+		require.NoError(t, c.ResetSession(context.Background()))
+		require.NoError(t, server.Close())
+		require.True(t, settled(s, true))
+		assert.ErrorIs(t, c.ResetSession(context.Background()), driver.ErrBadConn)
+		assert.False(t, c.IsValid())
+	})
+	t.Run("no allocation", func(t *testing.T) {
+		s, _ := tcpPair(t)
+		s.endedWhileIdle()
+		assert.Zero(t, testing.AllocsPerRun(100, func() { s.endedWhileIdle() }))
+	})
+}
