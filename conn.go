@@ -325,7 +325,35 @@ func (c *conn) takeStream(owner any, nargs int) *Stream {
 // driver.Queryer as database/sql does, or to driver.ErrSkip (database/sql
 // then prepares the statement) when the inner conn has neither.
 func (c *conn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
-	s, err := queryStream(ctx, c.takeStream(c, len(args)))
+	var send func(context.Context) (driver.Rows, error)
+	switch q := c.inner.(type) {
+	case driver.QueryerContext:
+		send = func(ctx context.Context) (driver.Rows, error) {
+			return q.QueryContext(ctx, query, args)
+		}
+	case driver.Queryer: //nolint:staticcheck // the fallback database/sql makes
+		send = func(ctx context.Context) (driver.Rows, error) {
+			values, err := namedToValues(args)
+			if err != nil {
+				return nil, err
+			}
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
+			return q.Query(query, values)
+		}
+	}
+	return c.query(ctx, c, query, args, send)
+}
+
+// query is the one way a query runs, for the conn and its statements
+// (owner): it takes the query's Stream, from its arguments or its
+// context; runs a cursor-backed query in cursor mode; otherwise claims the
+// Stream, sends the query with send (sendQuery) and wraps its rows in a
+// stream. A nil send, when the inner conn cannot query, gives
+// driver.ErrSkip: database/sql then prepares the statement.
+func (c *conn) query(ctx context.Context, owner any, query string, args []driver.NamedValue, send func(context.Context) (driver.Rows, error)) (driver.Rows, error) {
+	s, err := queryStream(ctx, c.takeStream(owner, len(args)))
 	if err != nil {
 		return nil, err
 	}
@@ -337,27 +365,14 @@ func (c *conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 	if r.settings.fetchSize != 0 {
 		return c.queryCursor(ctx, query, args, s, r, start)
 	}
+	if send == nil {
+		return nil, driver.ErrSkip
+	}
 	if err := claim(s); err != nil {
 		return nil, err
 	}
 	c.ran()
-	var ir driver.Rows
-	switch q := c.inner.(type) {
-	case driver.QueryerContext:
-		ir, err = c.sendQuery(ctx, r, query, func(ctx context.Context) (driver.Rows, error) {
-			return q.QueryContext(ctx, query, args)
-		})
-	case driver.Queryer: //nolint:staticcheck // the fallback database/sql makes
-		var values []driver.Value
-		if values, err = namedToValues(args); err == nil {
-			if err = ctx.Err(); err == nil {
-				ir, err = q.Query(query, values)
-			}
-		}
-	default:
-		unclaim(s)
-		return nil, driver.ErrSkip
-	}
+	ir, err := c.sendQuery(ctx, r, query, send)
 	if err != nil {
 		unclaim(s)
 		return nil, err

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -53,9 +52,10 @@ func sqlState(err error) string {
 // cursor. Next and close run on the consumer's goroutine, as database/sql
 // calls them; interrupt may come from any goroutine.
 type cursor struct {
-	conn *conn
-	r    *rows
-	name string
+	columnTypes // of first
+	conn        *conn
+	r           *rows
+	name        string
 	// own is set when jsonstream began the transaction the cursor lives
 	// in, and so ends it; otherwise the cursor lives in the caller's
 	// transaction, which jsonstream never ends.
@@ -174,6 +174,7 @@ func (c *conn) queryCursor(ctx context.Context, query string, args []driver.Name
 		return nil, err
 	}
 	cur.first = cur.batch
+	cur.columnTypes = columnTypes{cur.first}
 	return c.bindRows(ctx, cur, st, r, start, cur, query), nil
 }
 
@@ -580,19 +581,13 @@ func (cur *cursor) interrupt() {
 }
 
 // close ends the cursor when the stream is closed or fails, with the wire
-// held: it reads off the batch
-// in flight, then closes the cursor and rolls back jsonstream's own
-// transaction, and the connection stays in the pool with its session.
-// When that batch turns out to be the last (a QueryRow, a small result)
-// the stream was complete after all and its transaction is committed, as
-// the single-statement mode's drain lets the statement finish.
-//
-// Under CloseAuto, and after a failure, the batch gets the drain timeout
-// from now and the end statement a bound of its own, and a connection
-// that does not answer in time is cut; under CloseCancel a batch in
-// flight is cut at once, unless what has arrived shows it was the last
-// and had no row left. In the caller's transaction Close waits as long as
-// the server takes: a cut would end that transaction. dest is the
+// held, carrying out the plan of planEnd (end.go): it reads off the batch
+// in flight, then closes the cursor or ends jsonstream's own transaction,
+// and the connection stays in the pool with its session. When that batch
+// turns out to be the last (a QueryRow, a small result) the stream was
+// complete after all and its transaction is committed, as the
+// single-statement mode's drain lets the statement finish. A connection
+// that does not answer within the plan's bounds is cut. dest is the
 // consumer's row slice, reused to read off the batch; nil when the caller
 // is not the consumer.
 func (cur *cursor) close(dest []driver.Value) error {
@@ -602,21 +597,15 @@ func (cur *cursor) close(dest []driver.Value) error {
 		return nil
 	}
 	cur.ended = true
-	mode := cur.r.settings.closeMode
 	failed := cur.r.state.load() == Failed
-	switch {
-	case !cur.own:
-		mode = CloseDrain
-	case failed:
-		mode = CloseAuto
-	}
-	if mode == CloseCancel && cur.batch != nil && !cur.endsHere(dest) {
+	plan := planEnd(cur.r.endFacts(failed), cur.r.settings.drainTimeout)
+	if plan.read == readLook && cur.batch != nil && !cur.endsHere(dest) {
 		c.cut()
 		_ = cur.batch.Close()
 		return nil
 	}
 	var deadline time.Time
-	if mode == CloseAuto {
+	if plan.read == readBounded {
 		deadline = time.Now().Add(cur.r.settings.drainTimeout)
 	}
 	// A fresh window: a failure's bound may have run out while nobody read.
@@ -624,31 +613,23 @@ func (cur *cursor) close(dest []driver.Value) error {
 		c.cut()
 		return nil
 	}
-	commit := cur.whole && cur.own && !failed
+	own := plan.stmt == stmtRollback
+	commit := cur.whole && own && !failed
 	var drainErr error
 	if cur.batch != nil {
 		// Whether the batch was the last matters only for a transaction
 		// of jsonstream's that a complete stream commits.
-		cut, last, err := cur.drainBatch(dest, cur.own && !failed)
+		cut, last, err := cur.drainBatch(dest, own && !failed)
 		if cut {
 			return nil
 		}
 		commit, drainErr = last && err == nil && !cur.aborted, err
 	}
-	if cur.aborted && !cur.own {
+	if cur.aborted && !own {
 		c.clearDeadline()
 		return drainErr // the caller's transaction failed: the cursor went with it
 	}
-	// The end statement is one round trip, which a network slower than
-	// the drain timeout may well take: it gets a bound of its own, there
-	// only for a connection that stopped answering. A failed stream ends
-	// sooner (the consumer's Close waits for it): a round trip of a loaded
-	// machine, then a cut.
-	bound := max(cursorEndTimeout, cur.r.settings.drainTimeout)
-	if failed {
-		bound = max(failedEndTimeout, cur.r.settings.drainTimeout)
-	}
-	if s := c.sock; s != nil && !deadline.IsZero() && !s.beginDrain(time.Now().Add(bound)) {
+	if s := c.sock; s != nil && plan.stmtBound > 0 && !s.beginDrain(time.Now().Add(plan.stmtBound)) {
 		c.cut()
 		return drainErr
 	}
@@ -756,46 +737,6 @@ func (c *conn) clearDeadline() bool {
 
 // The column type methods forward to the first batch's rows, which
 // describe the cursor's columns as the query's own rows would.
-
-// ColumnTypeScanType implements driver.RowsColumnTypeScanType.
-func (cur *cursor) ColumnTypeScanType(index int) reflect.Type {
-	if c, ok := cur.first.(driver.RowsColumnTypeScanType); ok {
-		return c.ColumnTypeScanType(index)
-	}
-	return reflect.TypeFor[any]()
-}
-
-// ColumnTypeDatabaseTypeName implements driver.RowsColumnTypeDatabaseTypeName.
-func (cur *cursor) ColumnTypeDatabaseTypeName(index int) string {
-	if c, ok := cur.first.(driver.RowsColumnTypeDatabaseTypeName); ok {
-		return c.ColumnTypeDatabaseTypeName(index)
-	}
-	return ""
-}
-
-// ColumnTypeLength implements driver.RowsColumnTypeLength.
-func (cur *cursor) ColumnTypeLength(index int) (int64, bool) {
-	if c, ok := cur.first.(driver.RowsColumnTypeLength); ok {
-		return c.ColumnTypeLength(index)
-	}
-	return 0, false
-}
-
-// ColumnTypeNullable implements driver.RowsColumnTypeNullable.
-func (cur *cursor) ColumnTypeNullable(index int) (nullable, ok bool) {
-	if c, ok := cur.first.(driver.RowsColumnTypeNullable); ok {
-		return c.ColumnTypeNullable(index)
-	}
-	return false, false
-}
-
-// ColumnTypePrecisionScale implements driver.RowsColumnTypePrecisionScale.
-func (cur *cursor) ColumnTypePrecisionScale(index int) (precision, scale int64, ok bool) {
-	if c, ok := cur.first.(driver.RowsColumnTypePrecisionScale); ok {
-		return c.ColumnTypePrecisionScale(index)
-	}
-	return 0, 0, false
-}
 
 // Close implements driver.Rows: it ends the cursor (close) with the wire
 // held.

@@ -59,9 +59,7 @@
 //     only a batch in flight that does not arrive within the drain timeout
 //     is cut.
 //   - Tx.Commit, Tx.Rollback and Rows.Close called from another goroutine
-//     while Next is paused wait for it: database/sql holds the rows' lock
-//     during Next. End such a stream with Cancel, or with the context given
-//     to the query or to BeginTx, which wake a paused Next.
+//     while Next is paused wait for it: see [Controller].
 //   - The pause machinery (lock, channel, timer, counters) is allocated by the
 //     first Pause; a stream that never pauses carries only its atomic state
 //     and counters.

@@ -14,7 +14,7 @@ import (
 )
 
 // ErrNullDocument is the Err of the *DocumentError for a NULL document,
-// unless SkipNull is given.
+// unless WithSkipNull is given.
 var ErrNullDocument = errors.New("jsonstream: NULL document")
 
 // errNilRows is returned for a nil *sql.Rows.
@@ -58,7 +58,7 @@ const maxExcerpt = 64
 // requested type. The rows are closed by the time it is returned.
 type DocumentError struct {
 	// Row is the 1-based position of the row in the result, counting any
-	// rows skipped by SkipNull.
+	// rows skipped by WithSkipNull.
 	Row int64
 	// Excerpt is at most 64 bytes of the document, valid UTF-8 (invalid
 	// bytes are replaced by U+FFFD): the start, or the part around the
@@ -180,27 +180,38 @@ func newJSONConfig(opts []JSONOption) (jsonConfig, error) {
 	return c, nil
 }
 
-// Column takes the documents from the column called name, which must be
-// the only column of that name, and ignores the other columns. Without it
-// the result must have exactly one column.
-func Column(name string) JSONOption {
+// WithColumn takes the documents from the column called name, which must
+// be the only column of that name, and ignores the other columns. Without
+// it the result must have exactly one column.
+func WithColumn(name string) JSONOption {
 	return func(c *jsonConfig) error {
 		if name == "" {
-			return invalid("Column", strconv.Quote(name), "empty name")
+			return invalid("WithColumn", strconv.Quote(name), "empty name")
 		}
 		c.column = name
 		return nil
 	}
 }
 
-// SkipNull skips rows whose document is NULL. Without it, a NULL document
-// ends the iteration with a *DocumentError wrapping ErrNullDocument.
-func SkipNull() JSONOption {
+// Column is WithColumn.
+//
+// Deprecated: use WithColumn, named as the other options are.
+func Column(name string) JSONOption { return WithColumn(name) }
+
+// WithSkipNull skips rows whose document is NULL. Without it, a NULL
+// document ends the iteration with a *DocumentError wrapping
+// ErrNullDocument.
+func WithSkipNull() JSONOption {
 	return func(c *jsonConfig) error {
 		c.skipNull = true
 		return nil
 	}
 }
+
+// SkipNull is WithSkipNull.
+//
+// Deprecated: use WithSkipNull, named as the other options are.
+func SkipNull() JSONOption { return WithSkipNull() }
 
 // WithUnmarshal makes Each and ForEach decode documents with f instead of
 // json.Unmarshal. data is valid only during the call (it may be the

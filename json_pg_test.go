@@ -130,7 +130,7 @@ func TestEachPGNullAndMalformedDocuments(t *testing.T) {
 
 	rows, err = db.Query(q)
 	require.NoError(t, err)
-	got, err = jsonCollect(Each[jsonItem](rows, SkipNull()))
+	got, err = jsonCollect(Each[jsonItem](rows, WithSkipNull()))
 	assert.Equal(t, []jsonItem{{ID: 1}}, got)
 	var de *DocumentError
 	require.ErrorAs(t, err, &de)

@@ -132,21 +132,21 @@ func TestEachChecksShapeBeforeFirstRow(t *testing.T) {
 		name: "named column of the wrong type",
 		rows: sqlmock.NewRowsWithColumnDefinition(col("id").OfType("INT8", 0), col("data").OfType("JSONB", nil)).
 			AddRow(1, []byte(`{}`)),
-		opts:    []JSONOption{Column("id")},
+		opts:    []JSONOption{WithColumn("id")},
 		want:    ColumnError{Column: "id", DatabaseType: "INT8", Reason: "want a json, jsonb, text or varchar column"},
 		message: []string{`column "id" (INT8)`},
 	}, {
 		name: "unknown name",
 		rows: sqlmock.NewRowsWithColumnDefinition(col("id").OfType("INT8", 0), col("data").OfType("JSONB", nil)).
 			AddRow(1, []byte(`{}`)),
-		opts:    []JSONOption{Column("doc")},
+		opts:    []JSONOption{WithColumn("doc")},
 		want:    ColumnError{Column: "doc", Reason: "no such column in the result (id, data)"},
 		message: []string{`column "doc"`, "no such column"},
 	}, {
 		name: "ambiguous name",
 		rows: sqlmock.NewRowsWithColumnDefinition(col("data").OfType("JSONB", nil), col("data").OfType("JSONB", nil)).
 			AddRow([]byte(`{}`), []byte(`{}`)),
-		opts: []JSONOption{Column("data")},
+		opts: []JSONOption{WithColumn("data")},
 		want: ColumnError{Column: "data", Reason: "more than one column has this name"},
 	}}
 	for _, tc := range cases {
@@ -170,7 +170,7 @@ func TestEachColumnPicksTheDocumentColumn(t *testing.T) {
 		sqlmock.NewColumn("doc").OfType("JSONB", nil),
 		sqlmock.NewColumn("note").OfType("TEXT", ""),
 	).AddRow(1, []byte(`{"id":10}`), "x").AddRow(2, []byte(`{"id":20}`), nil))
-	got, err := jsonCollect(Each[jsonItem](rows, Column("doc")))
+	got, err := jsonCollect(Each[jsonItem](rows, WithColumn("doc")))
 	require.NoError(t, err)
 	assert.Equal(t, []jsonItem{{ID: 10}, {ID: 20}}, got)
 }
@@ -189,14 +189,14 @@ func TestEachNullDocument(t *testing.T) {
 	})
 	t.Run("SkipNull", func(t *testing.T) {
 		rows := jsonQuery(t, jsonDocRows("JSONB", nil, []byte(`{"id":2}`), nil, []byte(`{"id":4}`)))
-		got, err := jsonCollect(Each[jsonItem](rows, SkipNull()))
+		got, err := jsonCollect(Each[jsonItem](rows, WithSkipNull()))
 		require.NoError(t, err)
 		assert.Equal(t, []jsonItem{{ID: 2}, {ID: 4}}, got)
 	})
 	t.Run("empty text is not NULL", func(t *testing.T) {
 		// Only a NULL may be skipped; an empty string is a malformed document.
 		rows := jsonQuery(t, jsonDocRows("TEXT", "", `{"id":2}`))
-		_, err := jsonCollect(Each[jsonItem](rows, SkipNull()))
+		_, err := jsonCollect(Each[jsonItem](rows, WithSkipNull()))
 		var de *DocumentError
 		require.ErrorAs(t, err, &de)
 		assert.Equal(t, int64(1), de.Row)
@@ -204,7 +204,7 @@ func TestEachNullDocument(t *testing.T) {
 	})
 	t.Run("skipped rows count in row numbers", func(t *testing.T) {
 		rows := jsonQuery(t, jsonDocRows("JSONB", nil, nil, []byte(`{"id":`)))
-		_, err := jsonCollect(Each[jsonItem](rows, SkipNull()))
+		_, err := jsonCollect(Each[jsonItem](rows, WithSkipNull()))
 		var de *DocumentError
 		require.ErrorAs(t, err, &de)
 		assert.Equal(t, int64(3), de.Row)
@@ -367,7 +367,7 @@ func TestJSONOptionsAreChecked(t *testing.T) {
 		opt  JSONOption
 		want string
 	}{
-		{Column(""), `jsonstream: invalid option: Column(""): empty name`},
+		{WithColumn(""), `jsonstream: invalid option: WithColumn(""): empty name`},
 		{WithUnmarshal(nil), "jsonstream: invalid option: WithUnmarshal(nil): nil function"},
 		{WithFlushEvery(0), "jsonstream: invalid option: WithFlushEvery(0): must be positive"},
 		{WithFlushEvery(-3), "jsonstream: invalid option: WithFlushEvery(-3): must be positive"},
@@ -376,7 +376,7 @@ func TestJSONOptionsAreChecked(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.want, func(t *testing.T) {
 			rows := jsonQuery(t, jsonDocRows("JSONB", []byte(`{}`)))
-			got, err := jsonCollect(Each[jsonItem](rows, SkipNull(), tc.opt))
+			got, err := jsonCollect(Each[jsonItem](rows, WithSkipNull(), tc.opt))
 			assert.Empty(t, got)
 			require.ErrorIs(t, err, ErrInvalidOption)
 			assert.EqualError(t, err, tc.want)
@@ -445,7 +445,7 @@ func TestForEach(t *testing.T) {
 		require.NoError(t, ForEach(rows, func(v jsonItem) error {
 			got = append(got, v)
 			return nil
-		}, SkipNull()))
+		}, WithSkipNull()))
 		assert.Equal(t, []jsonItem{{ID: 2}}, got)
 	})
 }
@@ -487,4 +487,16 @@ func TestEachErrorShowsTheSpotOfALongDocument(t *testing.T) {
 	assert.Contains(t, de.Excerpt, `{"n":?}`)
 	assert.True(t, strings.HasPrefix(de.Excerpt, "..."), de.Excerpt)
 	assert.LessOrEqual(t, len(de.Excerpt), maxExcerpt)
+}
+
+// TestDeprecatedJSONOptionNames: Column and SkipNull, the options' former
+// names, still work as WithColumn and WithSkipNull.
+func TestDeprecatedJSONOptionNames(t *testing.T) {
+	rows := jsonQuery(t, sqlmock.NewRowsWithColumnDefinition(
+		sqlmock.NewColumn("id").OfType("INT8", 0),
+		sqlmock.NewColumn("doc").OfType("JSONB", nil)).
+		AddRow(1, nil).AddRow(2, []byte(`{"name":"b"}`)))
+	got, err := jsonCollect(Each[jsonItem](rows, Column("doc"), SkipNull())) //nolint:staticcheck // the deprecated names are what this tests
+	require.NoError(t, err)
+	assert.Len(t, got, 1)
 }

@@ -71,7 +71,7 @@ const (
 // one. An empty result writes nothing.
 //
 // The shape of rows, the documents and the options are as for Each (see
-// ColumnError, DocumentError, SkipNull, Column); WithUnmarshal is ignored.
+// ColumnError, DocumentError, WithSkipNull, WithColumn); WithUnmarshal is ignored.
 // See WriteJSONArray for flushing, the context, errors and closing.
 func WriteNDJSON(ctx context.Context, w io.Writer, rows *sql.Rows, opts ...JSONOption) (n int64, err error) {
 	return writeDocuments(ctx, w, rows, opts, false)

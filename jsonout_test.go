@@ -120,7 +120,7 @@ func TestWriteEmptyResult(t *testing.T) {
 	})
 	t.Run("only NULLs skipped", func(t *testing.T) {
 		var out bytes.Buffer
-		n, err := WriteJSONArray(context.Background(), &out, jsonQuery(t, jsonDocRows("JSONB", nil, nil)), SkipNull())
+		n, err := WriteJSONArray(context.Background(), &out, jsonQuery(t, jsonDocRows("JSONB", nil, nil)), WithSkipNull())
 		require.NoError(t, err)
 		assert.Zero(t, n)
 		assert.Equal(t, "[]\n", out.String())
@@ -233,7 +233,7 @@ func TestWriteOptions(t *testing.T) {
 		sqlmock.NewColumn("doc").OfType("JSONB", nil),
 	).AddRow(1, []byte(`{"id":1}`)).AddRow(2, nil).AddRow(3, []byte(`{"id":3}`)))
 	var out bytes.Buffer
-	n, err := WriteNDJSON(context.Background(), &out, rows, Column("doc"), SkipNull(),
+	n, err := WriteNDJSON(context.Background(), &out, rows, WithColumn("doc"), WithSkipNull(),
 		WithUnmarshal(func([]byte, any) error { return errors.New("not used by the writers") }))
 	require.NoError(t, err)
 	assert.Equal(t, int64(2), n)

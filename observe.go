@@ -482,30 +482,22 @@ func (r *rows) observeEnd(closeErr error) error {
 }
 
 // endOutcome fills in the Outcome, Err and ConnCut of e, the EventEnded
-// of a stream whose Close returned closeErr.
+// of a stream whose Close returned closeErr: the Outcome the end plan
+// recorded (end.go) when Close ended the stream, complete when Next
+// reached the end, and what the failure's error says when it failed.
 func (r *rows) endOutcome(e *Event, closeErr error) {
 	e.Err = closeErr
 	e.ConnCut = r.conn.isCut()
-	switch e.Stats.State {
-	case Complete:
-		e.Outcome = OutcomeComplete
-	case Closed:
-		switch {
-		case e.ConnCut:
-			e.Outcome = OutcomeCut
-		case r.cursor != nil:
-			e.Outcome = OutcomeCursorClosed
-		default:
-			e.Outcome = OutcomeDrained
-		}
-		// database/sql closes the rows itself when the context ends, often
-		// before jsonstream's own watch fails the stream.
-		if err := r.contextErr(); err != nil {
-			e.Outcome, e.Err = OutcomeContext, err
-		}
-	default:
+	switch {
+	case e.Stats.State == Failed:
 		e.Err = r.err()
 		e.Outcome = failureOutcome(e.Err)
+	case r.closedAs == OutcomeContext:
+		e.Outcome, e.Err = OutcomeContext, r.contextErr()
+	case r.closedAs != OutcomeNone:
+		e.Outcome = r.closedAs
+	default:
+		e.Outcome = OutcomeComplete // Next reached the end of the result
 	}
 }
 

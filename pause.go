@@ -210,8 +210,7 @@ func (p *pauser) wait() <-chan struct{} {
 // return ErrNotStarted, State returns NotStarted and Stats are zero.
 //
 // While a Stream holds Next paused, Tx.Rollback, Tx.Commit and Rows.Close
-// from other goroutines wait for it (see Controller): end a pause from
-// another goroutine with Cancel or by canceling the BeginTx context.
+// from other goroutines wait for it: see [Controller].
 type Stream struct {
 	opts []Option
 	// checked is where NewStream tries the options; inside the Stream so

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"reflect"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,8 +16,9 @@ import (
 // first Pause. database/sql calls Next, Close and the column methods from
 // the consumer's goroutine; the Controller methods come from anywhere.
 type rows struct {
-	inner driver.Rows
-	conn  *conn
+	columnTypes // of inner
+	inner       driver.Rows
+	conn        *conn
 	// cursor is inner when the stream is cursor-backed (WithFetchSize),
 	// else nil: a failure then interrupts the cursor instead of cutting.
 	cursor *cursor
@@ -63,6 +63,10 @@ type rows struct {
 	// values are void once Close is called).
 	dest []driver.Value
 
+	// closedAs is the Outcome of the Close that ended the stream live
+	// (endPlan.outcome); the consumer's.
+	closedAs Outcome
+
 	start     time.Time
 	firstRow  atomic.Int64 // time.Duration since start; 0 before the first row
 	rowCount  atomic.Int64
@@ -101,6 +105,7 @@ func newRows(ctx context.Context, c *conn, s *Stream) *rows {
 // cur the cursor when inner is one.
 func (r *rows) open(ctx context.Context, c *conn, inner driver.Rows, start time.Time, cur *cursor) {
 	r.inner, r.conn, r.cursor, r.ctx, r.start = inner, c, cur, ctx, start
+	r.columnTypes = columnTypes{inner}
 	if cur != nil {
 		cur.r = r
 	}
@@ -350,48 +355,59 @@ func (r *rows) Close() (err error) {
 		return err
 	}
 	r.endPause()
+	plan := planEnd(r.endFacts(false), r.settings.drainTimeout)
 	var whole bool
 	if r.cursor != nil {
 		err = r.cursor.Close()
 		whole = r.cursor.whole
 	} else {
-		whole, err = r.closeSingle()
+		whole, err = r.closeSingle(plan)
 	}
-	if whole && err == nil {
+	whole = whole && err == nil
+	if whole {
 		// Nothing of the result was left unread: it was received whole
 		// (QueryRow), and the stream is Complete, not Closed.
 		r.state.cas(Closed, Complete)
 	}
+	r.closedAs = plan.outcome(whole, r.conn.isCut(), r.contextErr())
 	return err
 }
 
-// closeSingle ends a single-statement stream that Close found live: it
-// reads off the rest of the result, or cuts the connection where the
-// close mode says so and cutting cannot change what the statement did.
-// It reports whether nothing of the result was left unread.
-func (r *rows) closeSingle() (whole bool, err error) {
-	if r.conn.inTx || scanQuery(r.query).writes {
-		// Cutting would end the transaction too, or undo what the
-		// statement wrote: drain, as lib/pq does.
-		return r.drain()
+// endFacts are the facts of this stream's ending (end.go); failed says
+// whether it failed first.
+func (r *rows) endFacts(failed bool) endFacts {
+	f := endFacts{
+		cursor:    r.cursor != nil,
+		closeMode: r.settings.closeMode,
+		failed:    failed,
+		canCut:    r.conn.sock != nil,
 	}
-	switch r.settings.closeMode {
-	case CloseDrain:
+	if cur := r.cursor; cur != nil {
+		f.callersTx = !cur.own
+	} else {
+		f.callersTx, f.writes = r.conn.inTx, scanQuery(r.query).writes
+	}
+	return f
+}
+
+// closeSingle carries out plan for a single-statement stream that Close
+// found live. It reports whether nothing of the result was left unread.
+func (r *rows) closeSingle(plan endPlan) (whole bool, err error) {
+	switch plan.read {
+	case readToEnd:
 		return r.drain()
-	case CloseCancel:
+	case readLook:
 		// What has arrived is looked at, never waited for beyond the
 		// drain's grace: a result received whole (QueryRow's) keeps the
 		// connection.
-		if s := r.conn.sock; s != nil && s.beginDrain(time.Now()) {
+		if s := r.conn.sock; s.beginDrain(time.Now()) {
 			if r.atEnd() == io.EOF && s.endDrain() { //nolint:errorlint // atEnd returns io.EOF itself
 				return true, r.inner.Close()
 			}
 		}
-		if r.conn.cut() {
-			_ = r.inner.Close() // fails fast on the cut connection
-			return false, nil
-		}
-		return r.drain()
+		r.conn.cut()
+		_ = r.inner.Close() // fails fast on the cut connection
+		return false, nil
 	}
 	return r.drainOrCut()
 }
@@ -425,13 +441,10 @@ func (r *rows) atEnd() error {
 	return err
 }
 
-// drainOrCut is CloseAuto's end of a single-statement read: a drain
+// drainOrCut is the readBounded end of a single-statement read: a drain
 // bounded by the drain timeout, and a cut past it.
 func (r *rows) drainOrCut() (bool, error) {
 	s := r.conn.sock
-	if s == nil {
-		return r.drain()
-	}
 	if !s.beginDrain(time.Now().Add(r.settings.drainTimeout)) {
 		r.conn.cut()
 		_ = r.inner.Close()
@@ -472,50 +485,6 @@ func (r *rows) NextResultSet() error {
 		return next.NextResultSet()
 	}
 	return io.EOF
-}
-
-// The column type methods return what database/sql reports when the inner
-// rows lack the interface, so ColumnTypes are the same with and without
-// the wrapper.
-
-// ColumnTypeScanType implements driver.RowsColumnTypeScanType.
-func (r *rows) ColumnTypeScanType(index int) reflect.Type {
-	if c, ok := r.inner.(driver.RowsColumnTypeScanType); ok {
-		return c.ColumnTypeScanType(index)
-	}
-	return reflect.TypeFor[any]()
-}
-
-// ColumnTypeDatabaseTypeName implements driver.RowsColumnTypeDatabaseTypeName.
-func (r *rows) ColumnTypeDatabaseTypeName(index int) string {
-	if c, ok := r.inner.(driver.RowsColumnTypeDatabaseTypeName); ok {
-		return c.ColumnTypeDatabaseTypeName(index)
-	}
-	return ""
-}
-
-// ColumnTypeLength implements driver.RowsColumnTypeLength.
-func (r *rows) ColumnTypeLength(index int) (int64, bool) {
-	if c, ok := r.inner.(driver.RowsColumnTypeLength); ok {
-		return c.ColumnTypeLength(index)
-	}
-	return 0, false
-}
-
-// ColumnTypeNullable implements driver.RowsColumnTypeNullable.
-func (r *rows) ColumnTypeNullable(index int) (nullable, ok bool) {
-	if c, ok := r.inner.(driver.RowsColumnTypeNullable); ok {
-		return c.ColumnTypeNullable(index)
-	}
-	return false, false
-}
-
-// ColumnTypePrecisionScale implements driver.RowsColumnTypePrecisionScale.
-func (r *rows) ColumnTypePrecisionScale(index int) (precision, scale int64, ok bool) {
-	if c, ok := r.inner.(driver.RowsColumnTypePrecisionScale); ok {
-		return c.ColumnTypePrecisionScale(index)
-	}
-	return 0, 0, false
 }
 
 // Pause implements Controller.

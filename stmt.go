@@ -110,40 +110,24 @@ func (s *stmt) CheckNamedValue(nv *driver.NamedValue) error {
 // QueryContext implements driver.StmtQueryContext, falling back to Query
 // as database/sql does.
 func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {
-	st, err := queryStream(ctx, s.conn.takeStream(s, len(args)))
-	if err != nil {
-		return nil, err
-	}
-	if err := s.conn.usable(); err != nil {
-		return nil, err
-	}
-	start := time.Now()
-	r := newRows(ctx, s.conn, st)
-	if r.settings.fetchSize != 0 {
-		return s.conn.queryCursor(ctx, s.query, args, st, r, start)
-	}
-	if err := claim(st); err != nil {
-		return nil, err
-	}
-	s.conn.ran()
-	var ir driver.Rows
+	var send func(context.Context) (driver.Rows, error)
 	if q, ok := s.inner.(driver.StmtQueryContext); ok {
-		ir, err = s.conn.sendQuery(ctx, r, s.query, func(ctx context.Context) (driver.Rows, error) {
+		send = func(ctx context.Context) (driver.Rows, error) {
 			return q.QueryContext(ctx, args)
-		})
+		}
 	} else {
-		var values []driver.Value
-		if values, err = namedToValues(args); err == nil {
-			if err = ctx.Err(); err == nil {
-				ir, err = s.inner.Query(values) //nolint:staticcheck
+		send = func(ctx context.Context) (driver.Rows, error) {
+			values, err := namedToValues(args)
+			if err != nil {
+				return nil, err
 			}
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
+			return s.inner.Query(values) //nolint:staticcheck // the fallback database/sql makes
 		}
 	}
-	if err != nil {
-		unclaim(st)
-		return nil, err
-	}
-	return s.conn.bindRows(ctx, ir, st, r, start, nil, s.query), nil
+	return s.conn.query(ctx, s, s.query, args, send)
 }
 
 // ExecContext implements driver.StmtExecContext, falling back to Exec as
