@@ -6,9 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
-	"sync/atomic"
-	"time"
 
 	"github.com/lib/pq"
 )
@@ -91,80 +88,6 @@ func (c *Connector) Close() error {
 
 // Unwrap returns the inner connector.
 func (c *Connector) Unwrap() driver.Connector { return c.inner }
-
-// socketKey is the context key under which Connect passes a socketSlot to
-// the dialer.
-type socketKey struct{}
-
-// socketSlot receives the network connection the dialer made for one
-// Connect. When lib/pq tries several hosts the last dial wins, which is
-// the one it keeps.
-type socketSlot struct{ conn atomic.Pointer[sock] }
-
-// NewDialer returns a pq.Dialer that dials with base (a net.Dialer when
-// base is nil) and lets the jsonstream Connector that asked for the
-// connection cut it: that is how Close stops a stream early and how
-// Cancel, the pause timeout and context cancellation stop the server-side
-// query. Install it with (*pq.Connector).Dialer.
-func NewDialer(base pq.Dialer) pq.Dialer {
-	if base == nil {
-		base = netDialer{}
-	}
-	return dialer{base: base}
-}
-
-type dialer struct{ base pq.Dialer }
-
-// Dial implements pq.Dialer.
-func (d dialer) Dial(network, address string) (net.Conn, error) {
-	return d.base.Dial(network, address)
-}
-
-// DialTimeout implements pq.Dialer.
-func (d dialer) DialTimeout(network, address string, timeout time.Duration) (net.Conn, error) {
-	return d.base.DialTimeout(network, address, timeout)
-}
-
-// DialContext implements pq.DialerContext; lib/pq prefers it and passes
-// Connect's context, which carries the slot.
-func (d dialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
-	var c net.Conn
-	var err error
-	if dc, ok := d.base.(pq.DialerContext); ok {
-		c, err = dc.DialContext(ctx, network, address)
-	} else if deadline, ok := ctx.Deadline(); ok {
-		c, err = d.base.DialTimeout(network, address, time.Until(deadline))
-	} else {
-		c, err = d.base.Dial(network, address)
-	}
-	if err != nil {
-		return nil, err
-	}
-	if slot, ok := ctx.Value(socketKey{}).(*socketSlot); ok {
-		s := &sock{Conn: c}
-		slot.conn.Store(s)
-		return s, nil
-	}
-	return c, nil
-}
-
-// netDialer is the base of NewDialer(nil): plain net.Dialer dialing.
-type netDialer struct{ d net.Dialer }
-
-// Dial implements pq.Dialer.
-func (n netDialer) Dial(network, address string) (net.Conn, error) {
-	return n.d.Dial(network, address)
-}
-
-// DialTimeout implements pq.Dialer.
-func (n netDialer) DialTimeout(network, address string, timeout time.Duration) (net.Conn, error) {
-	return net.DialTimeout(network, address, timeout)
-}
-
-// DialContext implements pq.DialerContext.
-func (n netDialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
-	return n.d.DialContext(ctx, network, address)
-}
 
 // dsnConnector opens connections by DSN through a driver that lacks
 // driver.DriverContext, as database/sql does for such drivers.

@@ -724,20 +724,6 @@ func (cur *cursor) drainBatch(dest []driver.Value, count bool) (cut, last bool, 
 	return false, false, err
 }
 
-// clearDeadline ends any bound on the socket (a drain's, a failure's)
-// before the connection serves anything more; when that fails, it cuts
-// the connection and reports false.
-func (c *conn) clearDeadline() bool {
-	if c.sock == nil || c.sock.endDrain() {
-		return true
-	}
-	c.cut()
-	return false
-}
-
-// The column type methods forward to the first batch's rows, which
-// describe the cursor's columns as the query's own rows would.
-
 // Close implements driver.Rows: it ends the cursor (close) with the wire
 // held.
 func (cur *cursor) Close() error {

@@ -3,9 +3,7 @@ package jsonstream
 import (
 	"context"
 	"database/sql/driver"
-	"errors"
 	"io"
-	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -181,35 +179,6 @@ func (r *rows) Next(dest []driver.Value) error {
 	return nil
 }
 
-// await returns nil once the stream is Running (or Complete), or the error
-// that ended it.
-func (r *rows) await() error {
-	for {
-		switch r.state.load() {
-		case Running, Complete:
-			return nil
-		case Failed:
-			return r.err()
-		case Closed:
-			return ErrRowsClosed
-		case Paused:
-			resumed := r.pause.Load().wait()
-			if resumed == nil {
-				continue // the pause ended between the two loads
-			}
-			select {
-			case <-resumed:
-			case <-r.ctx.Done():
-				r.fail(r.ctx.Err(), !r.innerCtx)
-				return r.err()
-			case <-r.txDone():
-				r.fail(r.txCtx.Err(), true)
-				return r.err()
-			}
-		}
-	}
-}
-
 // nextFailed handles an error from the inner Next.
 func (r *rows) nextFailed(err error) error {
 	if err == io.EOF { //nolint:errorlint // drivers return io.EOF itself, and database/sql compares with ==
@@ -321,15 +290,6 @@ func (r *rows) stopServer() {
 		return
 	}
 	r.conn.cut()
-}
-
-// endPause ends a pause in progress, waking a blocked Next.
-func (r *rows) endPause() {
-	if p := r.pause.Load(); p != nil {
-		p.mu.Lock()
-		p.end()
-		p.mu.Unlock()
-	}
 }
 
 // Close implements driver.Rows. A stream with rows left is ended as its
@@ -462,13 +422,6 @@ func (r *rows) drainOrCut() (bool, error) {
 	return whole, err
 }
 
-// isTimeout reports whether err is a network timeout: the drain timeout.
-// A function of its own so the never-failing path does not allocate.
-func isTimeout(err error) bool {
-	var netErr net.Error
-	return errors.As(err, &netErr) && netErr.Timeout()
-}
-
 // HasNextResultSet implements driver.RowsNextResultSet.
 func (r *rows) HasNextResultSet() bool {
 	if next, ok := r.inner.(driver.RowsNextResultSet); ok {
@@ -485,109 +438,6 @@ func (r *rows) NextResultSet() error {
 		return next.NextResultSet()
 	}
 	return io.EOF
-}
-
-// Pause implements Controller.
-func (r *rows) Pause() error {
-	p := r.pauser()
-	var event uint64
-	p.mu.Lock()
-	defer func() { r.deliverQueued(event) }() // after the unlock: the observer runs unlocked
-	defer p.mu.Unlock()
-	for {
-		switch s := r.state.load(); s {
-		case Paused:
-			return nil
-		case Running:
-			if r.state.cas(Running, Paused) {
-				p.begin(r)
-				event = r.queuePause(EventPaused, p, 0)
-				return nil
-			}
-		default:
-			return ended(s)
-		}
-	}
-}
-
-// pauser returns the pause machinery, allocating it on first use.
-func (r *rows) pauser() *pauser {
-	if p := r.pause.Load(); p != nil {
-		return p
-	}
-	r.pause.CompareAndSwap(nil, new(pauser))
-	return r.pause.Load()
-}
-
-// Resume implements Controller.
-func (r *rows) Resume() error {
-	p := r.pause.Load()
-	if p == nil {
-		if s := r.state.load(); s.final() {
-			return ended(s)
-		}
-		return nil // never paused
-	}
-	var event uint64
-	p.mu.Lock()
-	defer func() { r.deliverQueued(event) }() // after the unlock, as in Pause
-	defer p.mu.Unlock()
-	switch s := r.state.load(); s {
-	case Running:
-		return nil
-	case Paused:
-		if r.state.cas(Paused, Running) {
-			p.end()
-			p.resumes++
-			event = r.queuePause(EventResumed, p, max(p.last, 1))
-			return nil
-		}
-		return ended(r.state.load())
-	default:
-		return ended(s)
-	}
-}
-
-// pauseExpired runs on the pause timer of pause number generation.
-func (r *rows) pauseExpired(generation uint64) {
-	p := r.pause.Load()
-	p.mu.Lock()
-	if p.generation != generation || r.state.load() != Paused {
-		p.mu.Unlock()
-		return // Resume, Close or a later pause came first
-	}
-	p.timeouts++
-	if r.settings.observer != nil && !r.observeTimeout(p, generation) {
-		return // Resume or Close came while the observer heard of it
-	}
-	var event uint64 // the pause's end, for the observer
-	failed := false
-	if r.settings.onPauseTimeout == ResumeOnPauseTimeout {
-		if r.state.cas(Paused, Running) {
-			p.end()
-			p.resumes++
-			event = r.queuePause(EventResumed, p, max(p.last, 1))
-		}
-	} else if r.failState(ErrPauseTimeout, true) {
-		// Still under p.mu: a Resume cannot slip in between the check
-		// above and the failure.
-		p.end()
-		failed = true
-	}
-	p.mu.Unlock()
-	r.deliverQueued(event)
-	if failed {
-		r.release()
-	}
-}
-
-// SetPauseTimeout implements Controller.
-func (r *rows) SetPauseTimeout(d time.Duration) error {
-	if d < 0 {
-		return invalid("SetPauseTimeout", d, "negative duration")
-	}
-	r.pauseTimeout.Store(int64(d))
-	return nil
 }
 
 // State implements Controller.

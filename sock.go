@@ -1,10 +1,14 @@
 package jsonstream
 
 import (
+	"context"
+	"errors"
 	"net"
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/lib/pq"
 )
 
 // A drain reads off the rest of a result so that the connection can serve
@@ -135,4 +139,99 @@ func (s *sock) endDrain() bool {
 		ok = false
 	}
 	return ok
+}
+
+// socketKey is the context key under which Connect passes a socketSlot to
+// the dialer.
+type socketKey struct{}
+
+// socketSlot receives the network connection the dialer made for one
+// Connect. When lib/pq tries several hosts the last dial wins, which is
+// the one it keeps.
+type socketSlot struct{ conn atomic.Pointer[sock] }
+
+// NewDialer returns a pq.Dialer that dials with base (a net.Dialer when
+// base is nil) and lets the jsonstream Connector that asked for the
+// connection cut it: that is how Close stops a stream early and how
+// Cancel, the pause timeout and context cancellation stop the server-side
+// query. Install it with (*pq.Connector).Dialer.
+func NewDialer(base pq.Dialer) pq.Dialer {
+	if base == nil {
+		base = netDialer{}
+	}
+	return dialer{base: base}
+}
+
+type dialer struct{ base pq.Dialer }
+
+// Dial implements pq.Dialer.
+func (d dialer) Dial(network, address string) (net.Conn, error) {
+	return d.base.Dial(network, address)
+}
+
+// DialTimeout implements pq.Dialer.
+func (d dialer) DialTimeout(network, address string, timeout time.Duration) (net.Conn, error) {
+	return d.base.DialTimeout(network, address, timeout)
+}
+
+// DialContext implements pq.DialerContext; lib/pq prefers it and passes
+// Connect's context, which carries the slot.
+func (d dialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	var c net.Conn
+	var err error
+	if dc, ok := d.base.(pq.DialerContext); ok {
+		c, err = dc.DialContext(ctx, network, address)
+	} else if deadline, ok := ctx.Deadline(); ok {
+		c, err = d.base.DialTimeout(network, address, time.Until(deadline))
+	} else {
+		c, err = d.base.Dial(network, address)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if slot, ok := ctx.Value(socketKey{}).(*socketSlot); ok {
+		s := &sock{Conn: c}
+		slot.conn.Store(s)
+		return s, nil
+	}
+	return c, nil
+}
+
+// netDialer is the base of NewDialer(nil): plain net.Dialer dialing.
+type netDialer struct{ d net.Dialer }
+
+// Dial implements pq.Dialer.
+func (n netDialer) Dial(network, address string) (net.Conn, error) {
+	return n.d.Dial(network, address)
+}
+
+// DialTimeout implements pq.Dialer.
+func (n netDialer) DialTimeout(network, address string, timeout time.Duration) (net.Conn, error) {
+	return net.DialTimeout(network, address, timeout)
+}
+
+// DialContext implements pq.DialerContext.
+func (n netDialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	return n.d.DialContext(ctx, network, address)
+}
+
+// clearDeadline ends any bound on the socket (a drain's, a failure's)
+// before the connection serves anything more; when that fails, it cuts
+// the connection and reports false.
+func (c *conn) clearDeadline() bool {
+	if c.sock == nil || c.sock.endDrain() {
+		return true
+	}
+	c.cut()
+	return false
+}
+
+// The column type methods forward to the first batch's rows, which
+// describe the cursor's columns as the query's own rows would.
+
+// isTimeout reports whether err is a network timeout: the drain timeout.
+// A function of its own so the never-failing path does not allocate.
+func isTimeout(err error) bool {
+	var netErr net.Error
+	return errors.As(err, &netErr) && netErr.Timeout()
 }
