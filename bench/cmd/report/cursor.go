@@ -65,6 +65,14 @@ func sessions(v float64) string {
 	return fmt.Sprintf("%.2f", v)
 }
 
+// measured reports whether the benchmark name has results.
+func (r *report) measured(name string) bool {
+	_, ok := r.res.samples[name]
+	return ok
+}
+
+// has reports whether any benchmark whose name starts with prefix has
+// results.
 func (r *report) has(prefix string) bool {
 	for name := range r.res.samples {
 		if strings.HasPrefix(name, prefix) {
@@ -101,18 +109,17 @@ func earlyNextName(client string) string { return "EarlyCloseNext/client=" + cli
 // for clients, with name giving each one's benchmark.
 func (r *report) earlyCloseTable(b *strings.Builder, clients []string, name func(string) string, base string) {
 	b.WriteString("| client | per query | close | next query | new sessions per query | per query ÷ " + shortName(base) + " |\n|---|---:|---:|---:|---:|---:|\n")
-	baseOp, okBase := r.res.median(name(base), "ns/op")
 	for _, c := range clients {
-		op, ok := r.res.stat(name(c), "ns/op")
+		op, ok := r.res.summary(name(c), "ns/op")
 		if !ok {
 			continue
 		}
-		cl, _ := r.res.stat(name(c), "ns/close")
-		next, _ := r.res.stat(name(c), "ns/next")
+		cl, _ := r.res.summary(name(c), "ns/close")
+		next, _ := r.res.summary(name(c), "ns/next")
 		s, okS := r.res.median(name(c), "sessions/op")
-		fmt.Fprintf(b, "| %s | %s | %s | %s | %s | %s |\n", modeName(c), withSpread(duration(op.median), op),
-			withSpread(duration(cl.median), cl), withSpread(duration(next.median), next),
-			ifOK(okS, sessions(s)), ifOK(okBase, ratio(op.median/baseOp)))
+		fmt.Fprintf(b, "| %s | %s | %s | %s | %s | %s |\n", modeName(c), withInterval(duration(op.Center), op),
+			withInterval(duration(cl.Center), cl), withInterval(duration(next.Center), next),
+			ifOK(okS, sessions(s)), r.vs(name(c), name(base), "ns/op"))
 	}
 	b.WriteString("\n")
 }
@@ -146,15 +153,14 @@ func (r *report) cursorTx(b *strings.Builder) {
 		"reads the rest as lib/pq does; the cursor modes close the cursor and leave the transaction "+
 		"to its owner.\n\n", count(r.cfg.rows))
 	b.WriteString("| client | per transaction | close | ÷ lib/pq |\n|---|---:|---:|---:|\n")
-	base, okBase := r.res.median(earlyTxName(bench.LibPQ), "ns/op")
 	for _, c := range bench.EarlyCloseTxClients {
-		op, ok := r.res.stat(earlyTxName(c), "ns/op")
+		op, ok := r.res.summary(earlyTxName(c), "ns/op")
 		if !ok {
 			continue
 		}
-		cl, _ := r.res.stat(earlyTxName(c), "ns/close")
-		fmt.Fprintf(b, "| %s | %s | %s | %s |\n", modeName(c), withSpread(duration(op.median), op),
-			withSpread(duration(cl.median), cl), ifOK(okBase, ratio(op.median/base)))
+		cl, _ := r.res.summary(earlyTxName(c), "ns/close")
+		fmt.Fprintf(b, "| %s | %s | %s | %s |\n", modeName(c), withInterval(duration(op.Center), op),
+			withInterval(duration(cl.Center), cl), r.vs(earlyTxName(c), earlyTxName(bench.LibPQ), "ns/op"))
 	}
 	b.WriteString("\n")
 	var parts []string
@@ -181,13 +187,13 @@ func (r *report) cursorChurn(b *strings.Builder) {
 	b.WriteString("| client | queries/s | new sessions/s | queries/s ÷ single statement |\n|---|---:|---:|---:|\n")
 	base, okBase := r.res.median(churnName(bench.Jsonstream), "queries/s")
 	for _, c := range bench.ChurnClients {
-		q, ok := r.res.stat(churnName(c), "queries/s")
+		q, ok := r.res.summary(churnName(c), "queries/s")
 		if !ok {
 			continue
 		}
 		s, okS := r.res.median(churnName(c), "sessions/s")
-		fmt.Fprintf(b, "| %s | %s | %s | %s |\n", modeName(c), withSpread(rate(q.median), q),
-			ifOK(okS, sessions(s)), ifOK(okBase, ratio(q.median/base)))
+		fmt.Fprintf(b, "| %s | %s | %s | %s |\n", modeName(c), withInterval(rate(q.Center), q),
+			ifOK(okS, sessions(s)), r.vs(churnName(c), churnName(bench.Jsonstream), "queries/s"))
 	}
 	b.WriteString("\n")
 	if !okBase {
@@ -199,7 +205,7 @@ func (r *report) cursorChurn(b *strings.Builder) {
 		s, okS := r.res.median(churnName(c), "sessions/s")
 		if ok && okS {
 			parts = append(parts, fmt.Sprintf("%s %s (%s, %s new sessions/s)", display(c),
-				verdict(q >= goalChurnFactor*base && s == 0), ratio(q/base), sessions(s)))
+				verdict(q >= goalChurnFactor*base && s == 0), r.vs(churnName(c), churnName(bench.Jsonstream), "queries/s"), sessions(s)))
 		}
 	}
 	if len(parts) > 0 {
@@ -221,20 +227,18 @@ func (r *report) drainTable(b *strings.Builder, sizes []int, clients []string, n
 	}
 	for _, c := range clients {
 		if c != base {
-			fmt.Fprintf(b, " %s ÷ %s: rows/s, CPU/row |", shortName(c), shortName(base))
+			fmt.Fprintf(b, " %s ÷ %s: rows/s; CPU/row |", shortName(c), shortName(base))
 		}
 	}
 	b.WriteString("\n|---:|" + strings.Repeat("---:|", 2*len(clients)-1) + "\n")
 	for _, n := range sizes {
-		baseRate, okR := r.res.median(name(n, base), "rows/s")
-		baseCPU, okC := r.res.median(name(n, base), "cpu-ns/row")
-		if !okR {
+		if !r.measured(name(n, base)) {
 			continue
 		}
 		fmt.Fprintf(b, "| %s |", count(n))
 		for _, c := range clients {
-			if s, ok := r.res.stat(name(n, c), "rows/s"); ok {
-				fmt.Fprintf(b, " %s |", withSpread(rate(s.median), s))
+			if s, ok := r.res.summary(name(n, c), "rows/s"); ok {
+				fmt.Fprintf(b, " %s |", withInterval(rate(s.Center), s))
 			} else {
 				b.WriteString(" – |")
 			}
@@ -243,9 +247,7 @@ func (r *report) drainTable(b *strings.Builder, sizes []int, clients []string, n
 			if c == base {
 				continue
 			}
-			v, ok := r.res.median(name(n, c), "rows/s")
-			cpu, okCPU := r.res.median(name(n, c), "cpu-ns/row")
-			fmt.Fprintf(b, " %s, %s |", ifOK(ok, ratio(v/baseRate)), ifOK(okCPU && okC, ratio(cpu/baseCPU)))
+			fmt.Fprintf(b, " %s; %s |", r.vs(name(n, c), name(n, base), "rows/s"), r.vs(name(n, c), name(n, base), "cpu-ns/row"))
 		}
 		b.WriteString("\n")
 	}
@@ -270,7 +272,8 @@ func (r *report) cursorDrain(b *strings.Builder) {
 		single, ok1 := r.res.median(fetchName(n, bench.Jsonstream), "rows/s")
 		auto, ok2 := r.res.median(fetchName(n, bench.JsonstreamCursorAuto), "rows/s")
 		if ok1 && ok2 {
-			parts = append(parts, fmt.Sprintf("%s rows %s (%s)", count(n), verdict(auto >= (1-goalDrainLoss)*single), ratio(auto/single)))
+			parts = append(parts, fmt.Sprintf("%s rows %s (%s)", count(n), verdict(auto >= (1-goalDrainLoss)*single),
+				r.vs(fetchName(n, bench.JsonstreamCursorAuto), fetchName(n, bench.Jsonstream), "rows/s")))
 		}
 	}
 	if len(parts) > 0 {
@@ -297,17 +300,16 @@ func (r *report) cursorQueryRow(b *strings.Builder) {
 		"modes send BEGIN, DECLARE, FETCH, CLOSE and COMMIT where the single statement sends one query: " +
 		"what that costs a query too small to need a cursor.\n\n")
 	b.WriteString("| client | ns/op | CPU ns/op | allocs/op | time ÷ single statement | time ÷ lib/pq |\n|---|---:|---:|---:|---:|---:|\n")
-	single, okS := r.res.median(queryRowName(bench.Jsonstream), "ns/op")
-	libpq, okL := r.res.median(queryRowName(bench.LibPQ), "ns/op")
 	for _, c := range bench.FetchClients {
-		op, ok := r.res.stat(queryRowName(c), "ns/op")
+		op, ok := r.res.summary(queryRowName(c), "ns/op")
 		if !ok {
 			continue
 		}
-		cpu, _ := r.res.stat(queryRowName(c), "cpu-ns/op")
+		cpu, _ := r.res.summary(queryRowName(c), "cpu-ns/op")
 		allocs, _ := r.res.median(queryRowName(c), "allocs/op")
-		fmt.Fprintf(b, "| %s | %s | %s | %.0f | %s | %s |\n", modeName(c), withSpread(duration(op.median), op),
-			withSpread(duration(cpu.median), cpu), allocs, ifOK(okS, ratio(op.median/single)), ifOK(okL, ratio(op.median/libpq)))
+		fmt.Fprintf(b, "| %s | %s | %s | %.0f | %s | %s |\n", modeName(c), withInterval(duration(op.Center), op),
+			withInterval(duration(cpu.Center), cpu), allocs,
+			r.vs(queryRowName(c), queryRowName(bench.Jsonstream), "ns/op"), r.vs(queryRowName(c), queryRowName(bench.LibPQ), "ns/op"))
 	}
 	b.WriteString("\n")
 }
@@ -332,20 +334,23 @@ func (r *report) selectOne(b *strings.Builder) {
 		baseCPU, okC := r.res.median(selectOneName(kind, bench.LibPQ), "cpu-ns/op")
 		for _, c := range bench.SelectOneClients {
 			name := selectOneName(kind, c)
-			op, ok := r.res.stat(name, "ns/op")
+			op, ok := r.res.summary(name, "ns/op")
 			if !ok {
 				continue
 			}
-			cpu, _ := r.res.stat(name, "cpu-ns/op")
+			cpu, _ := r.res.summary(name, "cpu-ns/op")
 			allocs, _ := r.res.median(name, "allocs/op")
-			fmt.Fprintf(b, "| %s | %s | %s | %s | %.0f | %s | %s |\n", kind, display(c), withSpread(duration(op.median), op),
-				withSpread(duration(cpu.median), cpu), allocs, ifOK(okB, ratio(op.median/base)), ifOK(okC, ratio(cpu.median/baseCPU)))
+			fmt.Fprintf(b, "| %s | %s | %s | %s | %.0f | %s | %s |\n", kind, display(c), withInterval(duration(op.Center), op),
+				withInterval(duration(cpu.Center), cpu), allocs,
+				r.vs(name, selectOneName(kind, bench.LibPQ), "ns/op"), r.vs(name, selectOneName(kind, bench.LibPQ), "cpu-ns/op"))
 		}
 		js, ok1 := r.res.median(selectOneName(kind, bench.Jsonstream), "ns/op")
 		jsCPU, ok2 := r.res.median(selectOneName(kind, bench.Jsonstream), "cpu-ns/op")
 		if ok1 && ok2 && okB && okC {
 			parts = append(parts, fmt.Sprintf("%s context %s (time %s, CPU %s)", kind,
-				verdict(js <= (1+goalSelectOne)*base && jsCPU <= (1+goalSelectOne)*baseCPU), ratio(js/base), ratio(jsCPU/baseCPU)))
+				verdict(js <= (1+goalSelectOne)*base && jsCPU <= (1+goalSelectOne)*baseCPU),
+				r.vs(selectOneName(kind, bench.Jsonstream), selectOneName(kind, bench.LibPQ), "ns/op"),
+				r.vs(selectOneName(kind, bench.Jsonstream), selectOneName(kind, bench.LibPQ), "cpu-ns/op")))
 		}
 		what := fmt.Sprintf("QueryRow(\"SELECT 1\"), %s context", kind)
 		r.compare("vs lib/pq", what, selectOneName(kind, bench.Jsonstream), selectOneName(kind, bench.LibPQ), "ns/op", lowerIsBetter, duration)
@@ -408,24 +413,24 @@ func (r *report) cursorSummary(b *strings.Builder) {
 			bench.ChurnWorkers, bench.ChurnRows, rate(a), sessions(as))
 		if s, ok := op(churnName(single), "queries/s"); ok && s > 0 {
 			ss, _ := op(churnName(single), "sessions/s")
-			line += fmt.Sprintf(", %s the single statement's %s queries/s with %s new sessions/s", ratio(a/s), rate(s), sessions(ss))
+			line += fmt.Sprintf(", %s the single statement's %s queries/s with %s new sessions/s",
+				r.vs(churnName(auto), churnName(single), "queries/s"), rate(s), sessions(ss))
 		}
 		b.WriteString(line + ".\n")
 	}
 	n := bench.SizesUpTo(bench.FetchSizes, r.cfg.rows)
 	largest := n[len(n)-1]
-	if a, ok := op(fetchName(largest, auto), "rows/s"); ok {
-		if s, ok := op(fetchName(largest, single), "rows/s"); ok {
-			line := fmt.Sprintf("- **Streaming %s rows from a cursor**: FetchAuto %s of the single statement's rows/s", count(largest), ratio(a/s))
-			if f, ok := op(fetchName(largest, fixed), "rows/s"); ok {
-				line += fmt.Sprintf(", fetch %d %s", bench.FixedFetchSize, ratio(f/s))
+	if r.measured(fetchName(largest, auto)) {
+		if r.measured(fetchName(largest, single)) {
+			line := fmt.Sprintf("- **Streaming %s rows from a cursor**: FetchAuto %s of the single statement's rows/s",
+				count(largest), r.vs(fetchName(largest, auto), fetchName(largest, single), "rows/s"))
+			if r.measured(fetchName(largest, fixed)) {
+				line += fmt.Sprintf(", fetch %d %s", bench.FixedFetchSize, r.vs(fetchName(largest, fixed), fetchName(largest, single), "rows/s"))
 			}
-			if pa, ok := op(proxyName(largest, auto), "rows/s"); ok {
-				if ps, ok := op(proxyName(largest, single), "rows/s"); ok {
-					line += fmt.Sprintf("; with a 2 ms round trip FetchAuto %s", ratio(pa/ps))
-					if pf, ok := op(proxyName(largest, fixed), "rows/s"); ok {
-						line += fmt.Sprintf(", fetch %d %s", bench.FixedFetchSize, ratio(pf/ps))
-					}
+			if r.measured(proxyName(largest, auto)) && r.measured(proxyName(largest, single)) {
+				line += fmt.Sprintf("; with a 2 ms round trip FetchAuto %s", r.vs(proxyName(largest, auto), proxyName(largest, single), "rows/s"))
+				if r.measured(proxyName(largest, fixed)) {
+					line += fmt.Sprintf(", fetch %d %s", bench.FixedFetchSize, r.vs(proxyName(largest, fixed), proxyName(largest, single), "rows/s"))
 				}
 			}
 			b.WriteString(line + ".\n")
@@ -434,17 +439,14 @@ func (r *report) cursorSummary(b *strings.Builder) {
 	if a, ok := op(queryRowName(auto), "ns/op"); ok {
 		if s, ok := op(queryRowName(single), "ns/op"); ok {
 			fmt.Fprintf(b, "- **A one-row query in cursor mode**: FetchAuto %s against the single statement's %s (%s).\n",
-				duration(a), duration(s), ratio(a/s))
+				duration(a), duration(s), r.vs(queryRowName(auto), queryRowName(single), "ns/op"))
 		}
 	}
 	var parts []string
 	for _, kind := range []string{"background", "cancel"} {
-		js, ok1 := op(selectOneName(kind, single), "ns/op")
-		jsCPU, ok2 := op(selectOneName(kind, single), "cpu-ns/op")
-		l, ok3 := op(selectOneName(kind, bench.LibPQ), "ns/op")
-		lCPU, ok4 := op(selectOneName(kind, bench.LibPQ), "cpu-ns/op")
-		if ok1 && ok2 && ok3 && ok4 {
-			parts = append(parts, fmt.Sprintf("%s context: time %s, CPU %s", kind, ratio(js/l), ratio(jsCPU/lCPU)))
+		js, l := selectOneName(kind, single), selectOneName(kind, bench.LibPQ)
+		if r.measured(js) && r.measured(l) {
+			parts = append(parts, fmt.Sprintf("%s context: time %s, CPU %s", kind, r.vs(js, l, "ns/op"), r.vs(js, l, "cpu-ns/op")))
 		}
 	}
 	if len(parts) > 0 {

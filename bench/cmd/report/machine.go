@@ -99,8 +99,8 @@ func meminfo(field string) (uint64, bool) {
 }
 
 // drivers returns the versions of the drivers and JSON decoders compiled
-// into this binary, which are those of the benchmarks: both come from the
-// bench module.
+// into this binary, which are those of the benchmarks (both come from the
+// bench module), and of the statistics.
 func drivers() []module {
 	info, ok := debug.ReadBuildInfo()
 	if !ok {
@@ -111,7 +111,7 @@ func drivers() []module {
 		switch d.Path {
 		case "github.com/jsonstream/jsonstream":
 			mods = append(mods, module{d.Path, "this repository at " + revision()})
-		case "github.com/lib/pq", "github.com/jackc/pgx/v5", "github.com/bytedance/sonic", "github.com/goccy/go-json":
+		case "github.com/lib/pq", "github.com/jackc/pgx/v5", "github.com/bytedance/sonic", "github.com/goccy/go-json", "golang.org/x/perf":
 			mods = append(mods, module{d.Path, d.Version})
 		}
 	}

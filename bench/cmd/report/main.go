@@ -6,11 +6,17 @@
 //
 // Without -dsn it starts a throwaway PostgreSQL server (internal/pgtest)
 // and removes it at the end. It loads the dataset once (internal/dataset),
-// builds the benchmark binary once, and then, in each of -count rounds,
-// runs every benchmark for one client at a time in a process of its own,
-// rotating the order of the clients from round to round, so that a drift
-// of the machine during the run (another load, a warming cache) is spread
-// over all clients instead of falling on whichever ran last.
+// builds the benchmark binaries once (the bench module's, again under
+// GOEXPERIMENT=jsonv2 for the typed decoders, and the otel module's for
+// the observer), and then, in each of -count rounds, runs every benchmark
+// for one client at a time in a process of its own, rotating the order of
+// the clients from round to round, so that a drift of the machine during
+// the run (another load, a warming cache) is spread over all clients
+// instead of falling on whichever ran last.
+//
+// Every figure is the median of the rounds with its 95% confidence
+// interval, and every comparison a Mann-Whitney U test, both from
+// golang.org/x/perf/benchmath (stats.go).
 package main
 
 import (
@@ -23,6 +29,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -38,7 +45,7 @@ func main() {
 	var cfg config
 	flag.StringVar(&cfg.dsn, "dsn", "", "lib/pq DSN of the server to use (default: start a throwaway one)")
 	flag.IntVar(&cfg.rows, "rows", bench.DefaultRows, "documents in the dataset: the largest result streamed")
-	flag.IntVar(&cfg.count, "count", 5, "rounds: runs of every benchmark per client, whose median is reported")
+	flag.IntVar(&cfg.count, "count", defaultRounds, "rounds: runs of every benchmark per client, whose median is reported (at least 6 for a finite 95% interval, 4 for a significant difference)")
 	flag.StringVar(&cfg.out, "out", "RESULTS.md", "file to write the report to")
 	flag.StringVar(&cfg.benchtime, "benchtime", "1s", "go test -benchtime for each benchmark run")
 	only := flag.String("only", "", "run only the jobs whose label matches this regular expression, such as 'Churn|Fetch' (the report then holds only their numbers)")
@@ -123,24 +130,24 @@ func run(cfg config) error {
 		return err
 	}
 	defer func() { _ = os.RemoveAll(tmp) }() // in the temp dir: the system cleans up what is left
-	testBin := filepath.Join(tmp, "bench.test")
-	logf("building the benchmarks")
-	build := exec.Command("go", "test", "-c", "-o", testBin, ".")
-	build.Dir, build.Stdout, build.Stderr = dir, os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		return fmt.Errorf("go test -c: %w", err)
+	bins, err := buildBinaries(dir, tmp)
+	if err != nil {
+		return err
 	}
 	self, err := os.Executable()
 	if err != nil {
 		return err
 	}
 
-	r := &runner{cfg: cfg, dir: dir, testBin: testBin, self: self, results: newResults()}
+	r := &runner{cfg: cfg, dir: dir, bins: bins, self: self, results: newResults()}
 	for round := 0; round < cfg.count; round++ {
 		start := time.Now()
 		for _, j := range jobs(round) {
 			if cfg.only != nil && !cfg.only.MatchString(j.label) {
 				continue
+			}
+			if _, ok := bins[j.binary]; !ok && j.peak == "" {
+				continue // a build this machine cannot make; logged once
 			}
 			if err := r.run(j, round); err != nil {
 				return err
@@ -149,7 +156,7 @@ func run(cfg config) error {
 		logf("round %d/%d took %v", round+1, cfg.count, time.Since(start).Round(time.Second))
 	}
 
-	rep := &report{cfg: cfg, machine: machine, res: r.results, took: time.Since(began), loads: r.loads}
+	rep := &report{cfg: cfg, machine: machine, res: r.results, took: time.Since(began), loads: r.loads, jsonv2: bins[binJSONv2].path != ""}
 	if err := writeAtomic(cfg.out, rep.markdown()); err != nil {
 		return err
 	}
@@ -187,10 +194,93 @@ func loadDataset(ctx context.Context, db *sql.DB, rows int) error {
 	})
 }
 
+// binary names a test binary of the run.
+type binary string
+
+const (
+	// binBench holds the bench module's benchmarks.
+	binBench binary = "bench"
+	// binJSONv2 holds them built with GOEXPERIMENT=jsonv2, for the typed
+	// decoders; only its TypedDecode results are used.
+	binJSONv2 binary = "jsonv2"
+	// binOtel holds the otel module's, for the observer's cost.
+	binOtel binary = "otel"
+)
+
+// testBinary is a built test binary.
+type testBinary struct {
+	path string
+	// dir is its module's directory, where it runs.
+	dir string
+	// prefix goes before the names of its results, to tell them from
+	// those of the same benchmarks in another build.
+	prefix string
+}
+
+// jsonv2Prefix names the results of binJSONv2.
+const jsonv2Prefix = "jsonv2/"
+
+// buildBinaries builds the test binaries into tmp. The bench module's must
+// build; a Go without the jsonv2 experiment, or a repository without the
+// otel module, only loses its sections, with a line in the log.
+func buildBinaries(dir, tmp string) (map[binary]testBinary, error) {
+	bins := map[binary]testBinary{}
+	build := func(b binary, modDir string, env ...string) error {
+		path := filepath.Join(tmp, string(b)+".test")
+		logf("building the benchmarks: %s", b)
+		cmd := exec.Command("go", "test", "-c", "-o", path, ".")
+		cmd.Dir, cmd.Stdout, cmd.Stderr = modDir, os.Stderr, os.Stderr
+		cmd.Env = append(os.Environ(), env...)
+		if err := cmd.Run(); err != nil {
+			return fmt.Errorf("go test -c (%s): %w", b, err)
+		}
+		bins[b] = testBinary{path: path, dir: modDir}
+		return nil
+	}
+	if err := build(binBench, dir); err != nil {
+		return nil, err
+	}
+	if experimentJSONv2() {
+		logf("GOEXPERIMENT has jsonv2 already: the typed decoders run once, under it")
+	} else {
+		exp := "jsonv2"
+		if cur := os.Getenv("GOEXPERIMENT"); cur != "" {
+			exp += "," + cur
+		}
+		if err := build(binJSONv2, dir, "GOEXPERIMENT="+exp); err != nil {
+			logf("no encoding/json/v2 run: %v", err)
+		} else {
+			b := bins[binJSONv2]
+			b.prefix = jsonv2Prefix
+			bins[binJSONv2] = b
+		}
+	}
+	otel := filepath.Join(dir, "..", "otel")
+	if _, err := os.Stat(filepath.Join(otel, "go.mod")); err != nil {
+		logf("no otel module beside the bench module: the observer section goes without the OpenTelemetry figures")
+	} else if err := build(binOtel, otel); err != nil {
+		return nil, err
+	}
+	return bins, nil
+}
+
+// experimentJSONv2 reports whether this process, and so the benchmarks it
+// builds by default, has GOEXPERIMENT=jsonv2.
+func experimentJSONv2() bool {
+	for _, d := range bench.Decoders {
+		if d.Name == bench.JSONv2 {
+			return true
+		}
+	}
+	return false
+}
+
 // job is one process of a round: a benchmark for one client, or the peak
 // memory of one client.
 type job struct {
 	label string
+	// binary runs the benchmark.
+	binary binary
 	// bench is the -test.bench pattern; empty for a peak-memory job.
 	bench string
 	// peak is the client whose peak memory the job measures.
@@ -201,6 +291,9 @@ type job struct {
 // beyond bench.Clients; the names are those the benchmarks use.
 var (
 	overheadVariants = []string{"inner", "jsonstream", "jsonstream-stream-arg", "jsonstream-context-stream", "jsonstream-context-options", "jsonstream-paused-once"}
+	// observerVariants are the Overhead variants with an Observer, in the
+	// Observer section beside their unobserved twins.
+	observerVariants = []string{"jsonstream-observed", "jsonstream-observed-paused-once"}
 	decodeClients    = append(clientNames(), "jsonstream-each")
 	ndjsonVariants   = []string{"jsonstream-writendjson", "jsonstream-raw"}
 )
@@ -216,6 +309,15 @@ func typedDecoders() []string {
 	return names
 }
 
+// typedDecodersV2 are the variants of BenchmarkTypedDecode in binJSONv2.
+func typedDecodersV2() []string {
+	names := typedDecoders()
+	if !experimentJSONv2() {
+		names = append(names, bench.JSONv2)
+	}
+	return names
+}
+
 func clientNames() []string {
 	var names []string
 	for _, c := range bench.Clients {
@@ -225,27 +327,44 @@ func clientNames() []string {
 }
 
 // rotate returns names starting at the round-th, wrapping around.
-func rotate(names []string, round int) []string {
+func rotate[T any](names []T, round int) []T {
 	k := round % len(names)
-	return append(append([]string(nil), names[k:]...), names[:k]...)
+	return append(append([]T(nil), names[k:]...), names[:k]...)
 }
 
 // jobs returns the processes of one round, in order.
 func jobs(round int) []job {
 	var js []job
-	add := func(family string, names []string, pattern func(string) string) {
+	addBin := func(bin binary, family string, names []string, pattern func(string) string) {
 		for _, n := range rotate(names, round) {
-			js = append(js, job{label: family + " " + n, bench: pattern(n)})
+			js = append(js, job{label: family + " " + n, binary: bin, bench: pattern(n)})
 		}
 	}
+	add := func(family string, names []string, pattern func(string) string) {
+		addBin(binBench, family, names, pattern)
+	}
 	quote := func(s string) string { return "^" + regexp.QuoteMeta(s) + "$" }
-	add("Overhead", overheadVariants, func(v string) string { return "^BenchmarkOverhead$/^rows=/" + quote(v) })
+	// The observed variants rotate with the others, their references.
+	add("Overhead", append(slices.Clone(overheadVariants), observerVariants...), func(v string) string {
+		return "^BenchmarkOverhead$/^rows=/" + quote(v)
+	})
+	js = append(js, job{label: "Observer otel", binary: binOtel, bench: "^BenchmarkObserveStream$"})
 	add("Stream", clientNames(), func(c string) string { return "^BenchmarkStream$/^rows=/" + quote("client="+c) })
-	js = append(js, job{label: "Ceiling", bench: "^BenchmarkCeiling$"})
+	js = append(js, job{label: "Ceiling", binary: binBench, bench: "^BenchmarkCeiling$"})
 	add("EarlyClose", clientNames(), func(c string) string { return "^BenchmarkEarlyClose$/" + quote("client="+c) })
 	add("Decode", decodeClients, func(c string) string { return "^BenchmarkDecode$/" + quote("client="+c) })
 	add("NDJSON", ndjsonVariants, func(c string) string { return "^BenchmarkNDJSON$/" + quote("client="+c) })
-	add("TypedDecode", typedDecoders(), func(d string) string { return "^BenchmarkTypedDecode$/" + quote("decoder="+d) })
+	// Both builds' decoders rotate together, so that the v2 figures can
+	// be set beside the others.
+	typed := func(d string) string { return "^BenchmarkTypedDecode$/" + quote("decoder="+d) }
+	var both []job
+	for _, d := range typedDecoders() {
+		both = append(both, job{label: "TypedDecode " + d, binary: binBench, bench: typed(d)})
+	}
+	for _, d := range typedDecodersV2() {
+		both = append(both, job{label: "TypedDecode jsonv2 " + d, binary: binJSONv2, bench: typed(d)})
+	}
+	js = append(js, rotate(both, round)...)
 	// The cursor modes' comparisons, each next to its references in the
 	// same round.
 	add("EarlyCloseNext", bench.EarlyCloseNextClients, func(c string) string { return "^BenchmarkEarlyCloseNext$/" + quote("client="+c) })
@@ -266,7 +385,7 @@ func jobs(round int) []job {
 type runner struct {
 	cfg     config
 	dir     string
-	testBin string
+	bins    map[binary]testBinary
 	self    string
 	results *results
 	// loads are the 1-minute load averages seen before each job: the
@@ -280,13 +399,15 @@ func (r *runner) run(j job, round int) error {
 	}
 	start := time.Now()
 	var cmd *exec.Cmd
+	bin := r.bins[j.binary]
 	if j.peak != "" {
 		cmd = exec.Command(r.self, "-peak-child", j.peak, "-dsn", r.cfg.dsn, "-rows", strconv.Itoa(r.cfg.rows))
+		cmd.Dir = r.dir
 	} else {
-		cmd = exec.Command(r.testBin, "-test.run", "^$", "-test.bench", j.bench,
+		cmd = exec.Command(bin.path, "-test.run", "^$", "-test.bench", j.bench,
 			"-test.benchtime", r.cfg.benchtime, "-test.count", "1", "-test.timeout", "30m")
+		cmd.Dir = bin.dir
 	}
-	cmd.Dir = r.dir
 	cmd.Env = append(os.Environ(), bench.EnvDSN+"="+r.cfg.dsn, bench.EnvRows+"="+strconv.Itoa(r.cfg.rows))
 	out, err := cmd.CombinedOutput()
 	if err != nil {
@@ -296,7 +417,7 @@ func (r *runner) run(j job, round int) error {
 	if j.peak != "" {
 		n, err = r.results.addPeak(j.peak, out)
 	} else {
-		n, err = r.results.addBench(out)
+		n, err = r.results.addBench(out, bin.prefix)
 	}
 	if err != nil {
 		return fmt.Errorf("round %d, %s: %w\n%s", round+1, j.label, err, out)

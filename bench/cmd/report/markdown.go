@@ -12,11 +12,6 @@ import (
 	"github.com/jsonstream/jsonstream/bench"
 )
 
-// noise is how much worse than another client jsonstream must be for the
-// report to call it slower: below it, rounds on this machine differ by as
-// much as the clients do.
-const noise = 0.03
-
 // report turns the results into RESULTS.md.
 type report struct {
 	cfg     config
@@ -24,8 +19,11 @@ type report struct {
 	res     *results
 	took    time.Duration
 	loads   []float64
+	// jsonv2 is set when the typed decoders also ran under
+	// GOEXPERIMENT=jsonv2.
+	jsonv2 bool
 	// slower collects, while the tables are written, every comparison in
-	// which jsonstream came out worse by more than noise.
+	// which jsonstream's median came out worse.
 	slower []finding
 }
 
@@ -33,8 +31,8 @@ type report struct {
 type finding struct {
 	against string // whom jsonstream lost to, as a section title
 	text    string
-	// noisy is set when the difference is within the spread of the
-	// rounds, so that it may be the machine rather than the code.
+	// noisy is set when the U test cannot tell the two sides apart, so
+	// that the difference may be the machine rather than the code.
 	noisy bool
 }
 
@@ -70,6 +68,7 @@ func (r *report) markdown() []byte {
 	// when the summary at the top is written.
 	var body strings.Builder
 	r.overhead(&body)
+	r.observer(&body)
 	r.streaming(&body, sizes)
 	r.ceiling(&body, sizes)
 	r.earlyClose(&body)
@@ -82,17 +81,24 @@ func (r *report) markdown() []byte {
 	fmt.Fprintf(&b, "# jsonstream benchmarks\n\n")
 	fmt.Fprintf(&b, "jsonstream against lib/pq (which it wraps), pgx through database/sql and pgx native, "+
 		"streaming up to %s JSON documents of about %.0f bytes (`SELECT data FROM v_entity ORDER BY id`) "+
-		"from a local PostgreSQL %s. Every number is the median of %d rounds; ± is half the spread "+
-		"between the fastest and the slowest round. Ratios against lib/pq are the point: "+
+		"from a local PostgreSQL %s. Every number is the median of %d rounds; ± is its 95%% confidence "+
+		"interval. A ratio is followed by the p-value of a Mann-Whitney U test on the two sides' rounds, "+
+		"and by ~ when that p is not below 0.05: the rounds cannot tell the two apart "+
+		"([Statistics](#statistics)). Ratios against lib/pq are the point: "+
 		"absolute times depend on this machine. Written by `make bench` (`cd bench && go run ./cmd/report`) "+
 		"on %s in %s.\n\n",
 		count(r.machine.docs), r.machine.docBytes, r.machine.postgres, r.cfg.count,
 		time.Now().UTC().Format("2006-01-02"), minutes(r.took))
+	if r.cfg.count < roundsForInterval {
+		fmt.Fprintf(&b, "**With %d rounds the intervals are unbounded (±∞)**: a 95%% interval of a median needs %d; "+
+			"a difference can be significant from %d rounds on.\n\n", r.cfg.count, roundsForInterval, roundsForCompare)
+	}
 
 	r.summary(&b, largest)
 	r.machineSection(&b)
 	b.WriteString(body.String())
 	r.slowerSection(&b)
+	r.statistics(&b)
 	r.reproduce(&b)
 	return []byte(b.String())
 }
@@ -119,17 +125,16 @@ func (r *report) summary(b *strings.Builder, largest int) {
 		}
 		parts := []string{"lib/pq " + format(base)}
 		for _, c := range clientNames() {
-			if v, ok := r.res.median(name(c), unit); ok && c != bench.LibPQ {
-				parts = append(parts, fmt.Sprintf("%s %s", display(c), ratio(v/base)))
+			if c != bench.LibPQ && r.measured(name(c)) {
+				parts = append(parts, fmt.Sprintf("%s %s", display(c), r.vs(name(c), name(bench.LibPQ), unit)))
 			}
 		}
 		return strings.Join(parts, ", "), true
 	}
 	stream := func(c string) string { return streamName(largest, c) }
 	if s, ok := against(stream, "rows/s", rate); ok {
-		if ceil, ok := r.ceilingRate(largest); ok {
-			base, _ := r.res.median(streamName(largest, bench.LibPQ), "rows/s")
-			s += ", the server's ceiling " + ratio(ceil/base)
+		if ceil, ok := r.ceilingBest(largest); ok {
+			s += ", the server's ceiling " + r.vs(ceil, streamName(largest, bench.LibPQ), "rows/s")
 		}
 		fmt.Fprintf(b, "- **Streaming %s rows**, rows/s: %s.\n", count(largest), s)
 	}
@@ -172,7 +177,7 @@ func (r *report) summary(b *strings.Builder, largest int) {
 			noisy++
 		}
 	}
-	fmt.Fprintf(b, "- **Where jsonstream is slower**: %d comparisons beyond this run's noise, %d more within it; "+
+	fmt.Fprintf(b, "- **Where jsonstream is slower**: %d comparisons with a significant difference, %d more with a worse median that the rounds cannot tell from noise; "+
 		"see [the list](#where-jsonstream-is-slower).\n\n", len(r.slower)-noisy, noisy)
 }
 
@@ -203,7 +208,9 @@ func (r *report) machineSection(b *strings.Builder) {
 			"which the wall-clock numbers feel and the CPU-time ones much less |\n", ls[0], ls[len(ls)-1], ls[len(ls)/2])
 	}
 	fmt.Fprintf(b, "| Method | %d rounds; each runs every benchmark once per client, each in a process of its own, "+
-		"the clients in an order rotated from round to round; go test -benchtime %s |\n\n", r.cfg.count, r.cfg.benchtime)
+		"the clients in an order rotated from round to round; go test -benchtime %s; medians, 95%% confidence "+
+		"intervals and Mann-Whitney U tests (alpha %.2f) by golang.org/x/perf/benchmath |\n\n",
+		r.cfg.count, r.cfg.benchtime, thresholds.CompareAlpha)
 }
 
 func overheadName(rows int, variant string) string {
@@ -221,26 +228,25 @@ func (r *report) overhead(b *strings.Builder) {
 		"never pauses costs at most one allocation more than the inner driver.\n\n")
 	b.WriteString("| rows | variant | ns/op | CPU ns/op | B/op | allocs/op | allocs − inner | CPU ÷ inner |\n|---:|---|---:|---:|---:|---:|---:|---:|\n")
 	for _, n := range []int{1, 100} {
-		innerCPU, okCPU := r.res.median(overheadName(n, "inner"), "cpu-ns/op")
 		innerAllocs, okA := r.res.median(overheadName(n, "inner"), "allocs/op")
 		for _, v := range overheadVariants {
 			name := overheadName(n, v)
-			ns, ok := r.res.stat(name, "ns/op")
+			ns, ok := r.res.summary(name, "ns/op")
 			if !ok {
 				continue
 			}
-			cpu, _ := r.res.stat(name, "cpu-ns/op")
+			cpu, _ := r.res.summary(name, "cpu-ns/op")
 			bytes, _ := r.res.median(name, "B/op")
 			allocs, _ := r.res.median(name, "allocs/op")
 			dAllocs, rCPU := "–", "–"
 			if okA && v != "inner" {
 				dAllocs = fmt.Sprintf("%+.0f", allocs-innerAllocs)
 			}
-			if okCPU && v != "inner" {
-				rCPU = ratio(cpu.median / innerCPU)
+			if v != "inner" {
+				rCPU = r.vs(name, overheadName(n, "inner"), "cpu-ns/op")
 			}
 			fmt.Fprintf(b, "| %d | %s | %s | %s | %.0f | %.0f | %s | %s |\n", n, v,
-				withSpread(fmt.Sprintf("%.0f", ns.median), ns), withSpread(fmt.Sprintf("%.0f", cpu.median), cpu),
+				withInterval(fmt.Sprintf("%.0f", ns.Center), ns), withInterval(fmt.Sprintf("%.0f", cpu.Center), cpu),
 				bytes, allocs, dAllocs, rCPU)
 		}
 		what := fmt.Sprintf("a query of %d row(s), never paused", n)
@@ -276,11 +282,19 @@ func ceilingName(rows int, method string) string {
 	return fmt.Sprintf("Ceiling/rows=%d/method=%s", rows, method)
 }
 
-// ceilingRate is the faster of the two ceiling methods at rows.
-func (r *report) ceilingRate(rows int) (float64, bool) {
-	c, ok1 := r.res.median(ceilingName(rows, "copy"), "rows/s")
-	p, ok2 := r.res.median(ceilingName(rows, "pgconn"), "rows/s")
-	return max(c, p), ok1 || ok2
+// ceilingBest names the faster of the two ceiling methods at rows, by
+// their median rows/s.
+func (r *report) ceilingBest(rows int) (string, bool) {
+	copyName, pgconnName := ceilingName(rows, "copy"), ceilingName(rows, "pgconn")
+	c, ok1 := r.res.median(copyName, "rows/s")
+	p, ok2 := r.res.median(pgconnName, "rows/s")
+	switch {
+	case ok1 && (!ok2 || c >= p):
+		return copyName, true
+	case ok2:
+		return pgconnName, true
+	}
+	return "", false
 }
 
 func (r *report) streaming(b *strings.Builder, sizes []int) {
@@ -304,18 +318,17 @@ func (r *report) streaming(b *strings.Builder, sizes []int) {
 		}
 		b.WriteString("\n|---:|" + strings.Repeat("---:|", cols) + "\n")
 		for _, n := range sizes {
-			base, ok := r.res.median(streamName(n, bench.LibPQ), unit)
-			if !ok || base == 0 {
+			base := streamName(n, bench.LibPQ)
+			if !r.measured(base) {
 				continue
 			}
 			fmt.Fprintf(b, "| %s |", count(n))
 			for _, c := range clientNames() {
-				v, ok := r.res.median(streamName(n, c), unit)
-				fmt.Fprintf(b, " %s |", ifOK(ok, ratio(v/base)))
+				fmt.Fprintf(b, " %s |", r.vs(streamName(n, c), base, unit))
 			}
 			if withCeiling {
-				ceil, ok := r.ceilingRate(n)
-				fmt.Fprintf(b, " %s |", ifOK(ok, ratio(ceil/base)))
+				ceil, ok := r.ceilingBest(n)
+				fmt.Fprintf(b, " %s |", ifOK(ok, r.vs(ceil, base, unit)))
 			}
 			b.WriteString("\n")
 		}
@@ -327,23 +340,23 @@ func (r *report) streaming(b *strings.Builder, sizes []int) {
 		fmt.Fprintf(b, "### %s rows\n\n", count(n))
 		b.WriteString("| client | rows/s | MB/s | first row | CPU/row | allocs/row | rows/s ÷ lib/pq | CPU/row ÷ lib/pq | of ceiling |\n" +
 			"|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
-		base, okBase := r.res.median(streamName(n, bench.LibPQ), "rows/s")
-		baseCPU, okCPU := r.res.median(streamName(n, bench.LibPQ), "cpu-ns/row")
-		ceil, okCeil := r.ceilingRate(n)
+		base := streamName(n, bench.LibPQ)
+		ceilName, okCeil := r.ceilingBest(n)
+		ceil, _ := r.res.median(ceilName, "rows/s")
 		for _, c := range clientNames() {
 			name := streamName(n, c)
-			rs, ok := r.res.stat(name, "rows/s")
+			rs, ok := r.res.summary(name, "rows/s")
 			if !ok {
 				continue
 			}
 			mbs, _ := r.res.median(name, "MB/s")
-			first, _ := r.res.stat(name, "ns/first-row")
-			cpu, _ := r.res.stat(name, "cpu-ns/row")
+			first, _ := r.res.summary(name, "ns/first-row")
+			cpu, _ := r.res.summary(name, "cpu-ns/row")
 			allocs, _ := r.res.median(name, "allocs/row")
 			fmt.Fprintf(b, "| %s | %s | %.1f | %s | %s | %.3f | %s | %s | %s |\n", display(c),
-				withSpread(rate(rs.median), rs), mbs, withSpread(duration(first.median), first),
-				withSpread(duration(cpu.median), cpu), allocs,
-				ifOK(okBase, ratio(rs.median/base)), ifOK(okCPU, ratio(cpu.median/baseCPU)), ifOK(okCeil, percent(rs.median/ceil)))
+				withInterval(rate(rs.Center), rs), mbs, withInterval(duration(first.Center), first),
+				withInterval(duration(cpu.Center), cpu), allocs,
+				r.vs(name, base, "rows/s"), r.vs(name, base, "cpu-ns/row"), ifOK(okCeil, percent(rs.Center/ceil)))
 			if c != bench.Jsonstream {
 				what := fmt.Sprintf("streaming %s rows", count(n))
 				ours := streamName(n, bench.Jsonstream)
@@ -366,16 +379,16 @@ func (r *report) ceiling(b *strings.Builder, sizes []int) {
 		"text of each jsonb document is most of its work, so the clients cannot fall far below this.\n\n")
 	b.WriteString("| rows | COPY rows/s | COPY MB/s | protocol rows/s | protocol MB/s | protocol CPU/row |\n|---:|---:|---:|---:|---:|---:|\n")
 	for _, n := range sizes {
-		cs, ok1 := r.res.stat(ceilingName(n, "copy"), "rows/s")
-		ps, ok2 := r.res.stat(ceilingName(n, "pgconn"), "rows/s")
+		cs, ok1 := r.res.summary(ceilingName(n, "copy"), "rows/s")
+		ps, ok2 := r.res.summary(ceilingName(n, "pgconn"), "rows/s")
 		if !ok1 && !ok2 {
 			continue
 		}
 		cm, _ := r.res.median(ceilingName(n, "copy"), "MB/s")
 		pm, _ := r.res.median(ceilingName(n, "pgconn"), "MB/s")
 		pc, _ := r.res.median(ceilingName(n, "pgconn"), "cpu-ns/row")
-		fmt.Fprintf(b, "| %s | %s | %.1f | %s | %.1f | %s |\n", count(n), withSpread(rate(cs.median), cs), cm,
-			withSpread(rate(ps.median), ps), pm, duration(pc))
+		fmt.Fprintf(b, "| %s | %s | %.1f | %s | %.1f | %s |\n", count(n), withInterval(rate(cs.Center), cs), cm,
+			withInterval(rate(ps.Center), ps), pm, duration(pc))
 	}
 	b.WriteString("\n")
 }
@@ -390,15 +403,14 @@ func (r *report) earlyClose(b *strings.Builder) {
 		"jsonstream query here also opens a new one: *per query* includes that, *close* is the Close call "+
 		"alone.\n\n", count(r.cfg.rows), jsonstream.DefaultDrainTimeout)
 	b.WriteString("| client | per query | close | per query ÷ lib/pq |\n|---|---:|---:|---:|\n")
-	base, okBase := r.res.median(earlyName(bench.LibPQ), "ns/op")
 	for _, c := range clientNames() {
-		op, ok := r.res.stat(earlyName(c), "ns/op")
+		op, ok := r.res.summary(earlyName(c), "ns/op")
 		if !ok {
 			continue
 		}
-		cl, _ := r.res.stat(earlyName(c), "ns/close")
-		fmt.Fprintf(b, "| %s | %s | %s | %s |\n", display(c), withSpread(duration(op.median), op),
-			withSpread(duration(cl.median), cl), ifOK(okBase, ratio(op.median/base)))
+		cl, _ := r.res.summary(earlyName(c), "ns/close")
+		fmt.Fprintf(b, "| %s | %s | %s | %s |\n", display(c), withInterval(duration(op.Center), op),
+			withInterval(duration(cl.Center), cl), r.vs(earlyName(c), earlyName(bench.LibPQ), "ns/op"))
 		if c != bench.Jsonstream {
 			r.compare("vs "+display(c), "closing after 1 row", earlyName(bench.Jsonstream), earlyName(c), "ns/op", lowerIsBetter, duration)
 		}
@@ -413,19 +425,18 @@ func (r *report) peak(b *strings.Builder) {
 		"(VmHWM), *RSS before* the process's size once connected, before the query.\n\n",
 		count(r.cfg.rows), heapMetric, samplePeriod)
 	b.WriteString("| client | peak heap | peak RSS | RSS before | time | peak heap ÷ lib/pq | peak RSS ÷ lib/pq |\n|---|---:|---:|---:|---:|---:|---:|\n")
-	baseHeap, okH := r.res.median(peakName(bench.LibPQ), unitHeapPeak)
-	baseRSS, okR := r.res.median(peakName(bench.LibPQ), unitRSSPeak)
 	for _, c := range clientNames() {
 		name := peakName(c)
-		heap, ok := r.res.median(name, unitHeapPeak)
+		heap, ok := r.res.summary(name, unitHeapPeak)
 		if !ok {
 			continue
 		}
-		rss, _ := r.res.median(name, unitRSSPeak)
+		rss, _ := r.res.summary(name, unitRSSPeak)
 		start, _ := r.res.median(name, unitRSSStart)
 		secs, _ := r.res.median(name, unitSeconds)
-		fmt.Fprintf(b, "| %s | %s | %s | %s | %.2f s | %s | %s |\n", display(c), mib(heap), mib(rss), mib(start), secs,
-			ifOK(okH, ratio(heap/baseHeap)), ifOK(okR, ratio(rss/baseRSS)))
+		fmt.Fprintf(b, "| %s | %s | %s | %s | %.2f s | %s | %s |\n", display(c), withInterval(mib(heap.Center), heap),
+			withInterval(mib(rss.Center), rss), mib(start), secs,
+			r.vs(name, peakName(bench.LibPQ), unitHeapPeak), r.vs(name, peakName(bench.LibPQ), unitRSSPeak))
 		if c != bench.Jsonstream {
 			r.compare("vs "+display(c), "peak heap streaming "+count(r.cfg.rows)+" rows", peakName(bench.Jsonstream), name, unitHeapPeak, lowerIsBetter, mib)
 			r.compare("vs "+display(c), "peak RSS streaming "+count(r.cfg.rows)+" rows", peakName(bench.Jsonstream), name, unitRSSPeak, lowerIsBetter, mib)
@@ -445,17 +456,16 @@ func (r *report) decode(b *strings.Builder) {
 	n := min(r.cfg.rows, 100_000)
 	fmt.Fprintf(b, "%s rows per query.\n\n", count(n))
 	b.WriteString("| client | rows/s | CPU/row | allocs/row | rows/s ÷ lib/pq | CPU/row ÷ lib/pq |\n|---|---:|---:|---:|---:|---:|\n")
-	base, okBase := r.res.median(decodeName(bench.LibPQ), "rows/s")
-	baseCPU, okCPU := r.res.median(decodeName(bench.LibPQ), "cpu-ns/row")
 	for _, c := range decodeClients {
-		rs, ok := r.res.stat(decodeName(c), "rows/s")
+		rs, ok := r.res.summary(decodeName(c), "rows/s")
 		if !ok {
 			continue
 		}
-		cpu, _ := r.res.stat(decodeName(c), "cpu-ns/row")
+		cpu, _ := r.res.summary(decodeName(c), "cpu-ns/row")
 		allocs, _ := r.res.median(decodeName(c), "allocs/row")
-		fmt.Fprintf(b, "| %s | %s | %s | %.2f | %s | %s |\n", display(c), withSpread(rate(rs.median), rs),
-			withSpread(duration(cpu.median), cpu), allocs, ifOK(okBase, ratio(rs.median/base)), ifOK(okCPU, ratio(cpu.median/baseCPU)))
+		fmt.Fprintf(b, "| %s | %s | %s | %.2f | %s | %s |\n", display(c), withInterval(rate(rs.Center), rs),
+			withInterval(duration(cpu.Center), cpu), allocs,
+			r.vs(decodeName(c), decodeName(bench.LibPQ), "rows/s"), r.vs(decodeName(c), decodeName(bench.LibPQ), "cpu-ns/row"))
 	}
 	for _, js := range []string{bench.Jsonstream, "jsonstream-each"} {
 		for _, c := range clientNames() {
@@ -484,17 +494,16 @@ func (r *report) ndjson(b *strings.Builder) {
 		"unchecked.\n\n")
 	fmt.Fprintf(b, "%s rows per query.\n\n", count(min(r.cfg.rows, 100_000)))
 	b.WriteString("| variant | rows/s | CPU/row | allocs/row | rows/s ÷ raw copy | CPU/row ÷ raw copy |\n|---|---:|---:|---:|---:|---:|\n")
-	base, okBase := r.res.median(ndjsonName("jsonstream-raw"), "rows/s")
-	baseCPU, okCPU := r.res.median(ndjsonName("jsonstream-raw"), "cpu-ns/row")
 	for _, v := range ndjsonVariants {
-		rs, ok := r.res.stat(ndjsonName(v), "rows/s")
+		rs, ok := r.res.summary(ndjsonName(v), "rows/s")
 		if !ok {
 			continue
 		}
-		cpu, _ := r.res.stat(ndjsonName(v), "cpu-ns/row")
+		cpu, _ := r.res.summary(ndjsonName(v), "cpu-ns/row")
 		allocs, _ := r.res.median(ndjsonName(v), "allocs/row")
-		fmt.Fprintf(b, "| %s | %s | %s | %.3f | %s | %s |\n", display(v), withSpread(rate(rs.median), rs),
-			withSpread(duration(cpu.median), cpu), allocs, ifOK(okBase, ratio(rs.median/base)), ifOK(okCPU, ratio(cpu.median/baseCPU)))
+		fmt.Fprintf(b, "| %s | %s | %s | %.3f | %s | %s |\n", display(v), withInterval(rate(rs.Center), rs),
+			withInterval(duration(cpu.Center), cpu), allocs,
+			r.vs(ndjsonName(v), ndjsonName("jsonstream-raw"), "rows/s"), r.vs(ndjsonName(v), ndjsonName("jsonstream-raw"), "cpu-ns/row"))
 	}
 	const against = "a raw copy of the documents"
 	r.compare(against, "WriteNDJSON", ndjsonName("jsonstream-writendjson"), ndjsonName("jsonstream-raw"), "rows/s", higherIsBetter, rate)
@@ -504,31 +513,103 @@ func (r *report) ndjson(b *strings.Builder) {
 
 func typedName(decoder string) string { return "TypedDecode/decoder=" + decoder }
 
+// typedNameV2 names a result of the GOEXPERIMENT=jsonv2 build.
+func typedNameV2(decoder string) string { return jsonv2Prefix + typedName(decoder) }
+
 func (r *report) typed(b *strings.Builder) {
+	if !r.has("TypedDecode/") && !r.has(jsonv2Prefix+"TypedDecode/") {
+		return
+	}
 	b.WriteString("## Typed decoding\n\n")
-	b.WriteString("`BenchmarkTypedDecode`: the same rows through jsonstream, read as `sql.RawBytes` and " +
-		"decoded into nothing (*raw drain*, the baseline), and decoded by `jsonstream.Each[T]` into a " +
-		"struct of 9 fields, among them a nested object of 4, a string slice and a `time.Time`: with encoding/json, " +
-		"Each's default, and with the decoders given by `WithUnmarshal`. `TestTypedDecodersAgree` " +
-		"checks that all of them yield the same values. Under `GOEXPERIMENT=jsonv2` encoding/json/v2 " +
-		"joins them, and encoding/json itself runs on the v2 implementation.\n\n")
 	n := min(r.cfg.rows, 300_000)
-	fmt.Fprintf(b, "%s rows per query.\n\n", count(n))
+	fmt.Fprintf(b, "`BenchmarkTypedDecode`: the first %s documents through jsonstream, read as `sql.RawBytes` and "+
+		"decoded into nothing (*raw drain*, the baseline), and decoded by `jsonstream.Each[T]` into a "+
+		"struct of 9 fields, among them a nested object of 4, a string slice and a `time.Time`: with encoding/json, "+
+		"Each's default, and with the decoders given by `WithUnmarshal`. Each decoder decodes one document "+
+		"before the clock starts (sonic compiles code for the type on first use). `TestTypedDecodersAgree` "+
+		"checks that all of them yield the same values. Client CPU per row holds steadier than rows/s "+
+		"when the machine is busy.\n\n", count(n))
+	r.typedTable(b, typedDecoders(), typedName)
+	if r.jsonv2 && r.has(jsonv2Prefix+"TypedDecode/") {
+		b.WriteString("Built with `GOEXPERIMENT=jsonv2`, which adds encoding/json/v2 and makes encoding/json itself " +
+			"run on the v2 implementation; these processes ran in the same rounds as the ones above, " +
+			"their order rotated with theirs:\n\n")
+		r.typedTable(b, typedDecodersV2(), typedNameV2)
+	}
+	r.typedFindings(b)
+}
+
+// typedTable writes the figures of decoders, whose results name gives,
+// with their ratios to the raw drain of the same build.
+func (r *report) typedTable(b *strings.Builder, decoders []string, name func(string) string) {
 	b.WriteString("| decoder | rows/s | CPU/row | allocs/row | B/row | rows/s ÷ raw drain | CPU/row ÷ raw drain |\n|---|---:|---:|---:|---:|---:|---:|\n")
-	base, okBase := r.res.median(typedName(bench.RawDrain), "rows/s")
-	baseCPU, okCPU := r.res.median(typedName(bench.RawDrain), "cpu-ns/row")
-	for _, d := range typedDecoders() {
-		rs, ok := r.res.stat(typedName(d), "rows/s")
+	base := name(bench.RawDrain)
+	for _, d := range decoders {
+		rs, ok := r.res.summary(name(d), "rows/s")
 		if !ok {
 			continue
 		}
-		cpu, _ := r.res.stat(typedName(d), "cpu-ns/row")
-		allocs, _ := r.res.median(typedName(d), "allocs/row")
-		bytes, _ := r.res.median(typedName(d), "B/row")
-		fmt.Fprintf(b, "| %s | %s | %s | %.2f | %.0f | %s | %s |\n", display(d), withSpread(rate(rs.median), rs),
-			withSpread(duration(cpu.median), cpu), allocs, bytes, ifOK(okBase, ratio(rs.median/base)), ifOK(okCPU, ratio(cpu.median/baseCPU)))
+		cpu, _ := r.res.summary(name(d), "cpu-ns/row")
+		allocs, _ := r.res.median(name(d), "allocs/row")
+		bytes, _ := r.res.median(name(d), "B/row")
+		fmt.Fprintf(b, "| %s | %s | %s | %.2f | %.0f | %s | %s |\n", display(d), withInterval(rate(rs.Center), rs),
+			withInterval(duration(cpu.Center), cpu), allocs, bytes, r.vs(name(d), base, "rows/s"), r.vs(name(d), base, "cpu-ns/row"))
 	}
 	b.WriteString("\n")
+}
+
+// typedFindings writes what each decoder costs over the raw drain, and
+// what the jsonv2 experiment changes in encoding/json.
+func (r *report) typedFindings(b *strings.Builder) {
+	over := func(name func(string) string, decoders []string) []string {
+		raw, ok := r.res.median(name(bench.RawDrain), "cpu-ns/row")
+		if !ok {
+			return nil
+		}
+		var parts []string
+		for _, d := range decoders {
+			if d == bench.RawDrain {
+				continue
+			}
+			if cpu, ok := r.res.median(name(d), "cpu-ns/row"); ok {
+				parts = append(parts, fmt.Sprintf("%s %s", strings.TrimPrefix(display(d), "Each[T], "), duration(cpu-raw)))
+			}
+		}
+		return parts
+	}
+	if parts := over(typedName, typedDecoders()); len(parts) > 0 {
+		fmt.Fprintf(b, "- Client CPU per row over the raw drain's: %s.\n", strings.Join(parts, ", "))
+	}
+	if parts := over(typedNameV2, typedDecodersV2()); r.jsonv2 && len(parts) > 0 {
+		fmt.Fprintf(b, "- The same under `GOEXPERIMENT=jsonv2`: %s.\n", strings.Join(parts, ", "))
+	}
+	v1, v2 := typedName(bench.EncodingJSON), typedNameV2(bench.EncodingJSON)
+	a1, ok1 := r.res.median(v1, "allocs/row")
+	a2, ok2 := r.res.median(v2, "allocs/row")
+	b1, _ := r.res.median(v1, "B/row")
+	b2, _ := r.res.median(v2, "B/row")
+	if r.jsonv2 && ok1 && ok2 {
+		fmt.Fprintf(b, "- encoding/json on the v2 implementation: %.3g allocations per row instead of %.3g, %.0f bytes "+
+			"instead of %.0f; CPU per row %s of the v1 implementation's.\n", a2, a1, b2, b1, r.vs(v2, v1, "cpu-ns/row"))
+	}
+	b.WriteString("\n")
+}
+
+// vs is the cell comparing ours with theirs in unit: the ratio of their
+// medians and the U test's p-value, with ~ when it finds no difference;
+// 1.00× on theirs' own row, – when either was not measured.
+func (r *report) vs(ours, theirs, unit string) string {
+	if ours == theirs {
+		if _, ok := r.res.summary(ours, unit); ok {
+			return ratio(1)
+		}
+		return "–"
+	}
+	c, ok := r.res.compare(ours, theirs, unit)
+	if !ok {
+		return "–"
+	}
+	return c.String()
 }
 
 type direction bool
@@ -538,54 +619,55 @@ const (
 	lowerIsBetter  direction = false
 )
 
-// compare records a finding when ours is worse than theirs by more than
-// noise in unit.
+// compare records a finding when ours' median is worse than theirs' in
+// unit; the U test decides whether the rounds tell the two apart.
 func (r *report) compare(against, what, ours, theirs, unit string, dir direction, format func(float64) string) {
-	a, ok1 := r.res.stat(ours, unit)
-	t, ok2 := r.res.stat(theirs, unit)
-	if !ok1 || !ok2 {
+	c, ok := r.res.compare(ours, theirs, unit)
+	if !ok {
 		return
 	}
+	a, t := c.ours.Center, c.theirs.Center
 	var worse float64
 	switch {
-	case dir == higherIsBetter && a.median > 0:
-		worse = t.median/a.median - 1
-	case dir == lowerIsBetter && t.median > 0:
-		worse = a.median/t.median - 1
-	case dir == lowerIsBetter && a.median > 0:
+	case dir == higherIsBetter && a > 0:
+		worse = t/a - 1
+	case dir == lowerIsBetter && t > 0:
+		worse = a/t - 1
+	case dir == lowerIsBetter && a > 0:
 		worse = math.Inf(1)
 	}
-	if worse <= noise {
+	if worse <= 0 {
 		return
 	}
 	label := unitLabels[unit]
 	if label == "" {
 		label = unit
 	}
-	text := fmt.Sprintf("%s, %s: %s against %s", what, label, format(a.median), format(t.median))
+	text := fmt.Sprintf("%s, %s: %s against %s", what, label, format(a), format(t))
 	per, isAllocs := strings.CutPrefix(unit, "allocs/")
 	switch {
 	case isAllocs:
 		// A ratio of allocation counts near zero means nothing.
-		text += fmt.Sprintf(" (%+.2f per %s)", a.median-t.median, strings.ReplaceAll(per, "op", "query"))
+		text += fmt.Sprintf(" (%+.2f per %s", a-t, strings.ReplaceAll(per, "op", "query"))
 	case math.IsInf(worse, 1):
 		// Against zero there is no ratio; the two values say it all.
+		text += " ("
 	case worse >= 1 && dir == higherIsBetter:
-		text += fmt.Sprintf(" (%.1f× slower)", 1+worse)
+		text += fmt.Sprintf(" (%.1f× slower", 1+worse)
 	case worse >= 1:
-		text += fmt.Sprintf(" (%.1f× as much)", 1+worse)
+		text += fmt.Sprintf(" (%.1f× as much", 1+worse)
 	default:
-		text += fmt.Sprintf(" (%.1f%% worse)", 100*worse)
+		text += fmt.Sprintf(" (%.1f%% worse", 100*worse)
 	}
-	// Half of each side's spread: a difference inside it could be the
-	// machine rather than the code.
-	// Half of each side's spread: a difference inside their sum could be
-	// the machine rather than the code.
-	noisy := worse <= (a.spread+t.spread)/2
-	if noisy {
-		text += fmt.Sprintf(", within the spread of the rounds (±%.0f%% and ±%.0f%%)", 50*a.spread, 50*t.spread)
+	if !strings.HasSuffix(text, "(") {
+		text += ", "
 	}
-	r.slower = append(r.slower, finding{against: against, text: text, noisy: noisy})
+	text += c.pValue()
+	if !c.significant() {
+		text += fmt.Sprintf("; intervals ±%s and ±%s", c.ours.PctRangeString(), c.theirs.PctRangeString())
+	}
+	text += ")"
+	r.slower = append(r.slower, finding{against: against, text: text, noisy: !c.significant()})
 }
 
 var unitLabels = map[string]string{
@@ -602,11 +684,13 @@ var unitLabels = map[string]string{
 
 func (r *report) slowerSection(b *strings.Builder) {
 	b.WriteString("## Where jsonstream is slower\n\n")
-	fmt.Fprintf(b, "Every comparison above in which jsonstream (or one of its helpers) came out worse than the "+
-		"other side by more than %.0f%%, computed from the medians. The first list holds the differences "+
-		"larger than the spread of the rounds; the second those within it, which this run cannot tell from "+
-		"the machine's noise. CPU per row and allocations are the steadiest measures here; wall-clock "+
-		"rates move with everything else the machine runs.\n\n", 100*noise)
+	fmt.Fprintf(b, "Every comparison above in which the median of jsonstream (or one of its helpers) came out worse "+
+		"than the other side's. The first list holds the differences the Mann-Whitney U test finds significant "+
+		"(p < %.2f); the second those it does not, which this run cannot tell from the machine's noise however "+
+		"large the gap between the medians. CPU per row and allocations are the steadiest measures here; "+
+		"wall-clock rates move with everything else the machine runs. With this many comparisons at alpha %.2f, "+
+		"about one in twenty of those with no real difference still lands in the first list.\n\n",
+		thresholds.CompareAlpha, thresholds.CompareAlpha)
 	var clean, noisy []finding
 	for _, f := range r.slower {
 		if f.noisy {
@@ -615,9 +699,9 @@ func (r *report) slowerSection(b *strings.Builder) {
 			clean = append(clean, f)
 		}
 	}
-	b.WriteString("### Beyond the noise\n\n")
+	b.WriteString("### Significant\n\n")
 	writeFindings(b, clean)
-	b.WriteString("### Within the noise\n\n")
+	b.WriteString("### Not significant\n\n")
 	writeFindings(b, noisy)
 }
 
@@ -643,6 +727,22 @@ func writeFindings(b *strings.Builder, fs []finding) {
 	}
 }
 
+func (r *report) statistics(b *strings.Builder) {
+	b.WriteString("## Statistics\n\n")
+	fmt.Fprintf(b, "As benchstat computes them, with golang.org/x/perf/benchmath and no assumption about how the "+
+		"rounds are distributed (`AssumeNothing`). A figure is the median of its %d rounds; ±x%% is the larger "+
+		"distance from the median to the ends of its 95%% confidence interval: an interval drawn this way "+
+		"holds the median of the figure's distribution 95 times out of 100. It needs %d rounds to be bounded, "+
+		"and spans all rounds from the slowest to the fastest until there are 9. Two figures are compared "+
+		"with a Mann-Whitney U test on their rounds: *p* is the probability of rounds at least this far apart "+
+		"if both sides came from one distribution. Below %.2f the difference is taken as real and the ratio "+
+		"stands alone with its p; otherwise it is marked ~, which says that this run cannot tell the two "+
+		"apart, not that they are equal. With %d rounds a side the least p the test can give is about %.3f. "+
+		"Figures without an interval (MB/s, allocations, bytes, sessions) are medians; allocation counts "+
+		"barely vary between rounds.\n\n",
+		r.cfg.count, roundsForInterval, thresholds.CompareAlpha, r.cfg.count, minUTestP(r.cfg.count))
+}
+
 func (r *report) reproduce(b *strings.Builder) {
 	b.WriteString("## How to reproduce\n\n")
 	b.WriteString("Needs Go and the PostgreSQL server binaries (initdb, pg_ctl, postgres; `apt-get install postgresql`). From the repository root:\n\n```sh\n")
@@ -655,12 +755,14 @@ func (r *report) reproduce(b *strings.Builder) {
 	b.WriteString("make bench-smoke   # every benchmark once, small dataset: what CI runs\n```\n\n")
 	b.WriteString("One benchmark by hand, on a server that has the dataset (the report loads it; so does the first benchmark that needs it):\n\n```sh\n")
 	b.WriteString("cd bench\n")
-	b.WriteString("go test -run '^$' -bench 'BenchmarkOverhead' -count 5   # no server needed\n")
+	fmt.Fprintf(b, "go test -run '^$' -bench 'BenchmarkOverhead' -count %d   # no server needed; with the observed variants\n", defaultRounds)
+	fmt.Fprintf(b, "(cd ../otel && go test -run '^$' -bench 'BenchmarkObserveStream' -count %d)   # the OpenTelemetry observer\n", defaultRounds)
 	b.WriteString("export JSONSTREAM_BENCH_DSN='host=127.0.0.1 port=5432 user=postgres sslmode=disable'\n")
 	fmt.Fprintf(b, "export JSONSTREAM_BENCH_ROWS=%d\n", r.cfg.rows)
-	fmt.Fprintf(b, "go test -run '^$' -bench 'BenchmarkStream/rows=%d/' -count 5\n", r.sizes()[len(r.sizes())-1])
-	b.WriteString("go test -run '^$' -bench 'BenchmarkEarlyClose$|BenchmarkCeiling|BenchmarkDecode|BenchmarkNDJSON|BenchmarkTypedDecode' -count 5\n")
-	b.WriteString("go test -run '^$' -bench 'BenchmarkEarlyCloseNext|BenchmarkEarlyCloseTx|BenchmarkChurn|BenchmarkFetch|BenchmarkQueryRow|BenchmarkSelectOne|BenchmarkProxy' -count 5\n")
+	fmt.Fprintf(b, "go test -run '^$' -bench 'BenchmarkStream/rows=%d/' -count %d\n", r.sizes()[len(r.sizes())-1], defaultRounds)
+	fmt.Fprintf(b, "go test -run '^$' -bench 'BenchmarkEarlyClose$|BenchmarkCeiling|BenchmarkDecode|BenchmarkNDJSON|BenchmarkTypedDecode' -count %d\n", defaultRounds)
+	fmt.Fprintf(b, "GOEXPERIMENT=jsonv2 go test -run '^$' -bench 'BenchmarkTypedDecode' -count %d   # adds decoder=json-v2\n", defaultRounds)
+	fmt.Fprintf(b, "go test -run '^$' -bench 'BenchmarkEarlyCloseNext|BenchmarkEarlyCloseTx|BenchmarkChurn|BenchmarkFetch|BenchmarkQueryRow|BenchmarkSelectOne|BenchmarkProxy' -count %d\n", defaultRounds)
 	fmt.Fprintf(b, "go run ./cmd/report -peak-child jsonstream -dsn \"$JSONSTREAM_BENCH_DSN\" -rows %d\n```\n\n", r.cfg.rows)
 	b.WriteString("Without `JSONSTREAM_BENCH_DSN` the benchmarks start a throwaway server of their own and load the " +
 		"dataset into it (about ten seconds for a million documents); `-short` uses 10,000.\n")
@@ -724,11 +826,13 @@ func ratio(v float64) string {
 
 func percent(v float64) string { return fmt.Sprintf("%.0f%%", 100*v) }
 
-func withSpread(s string, st stat) string {
-	if st.n < 2 {
-		return s
+// withInterval is s, a formatted median, with the confidence interval of
+// its rounds.
+func withInterval(s string, st summary) string {
+	if iv := st.interval(); iv != "" {
+		return s + " " + iv
 	}
-	return fmt.Sprintf("%s ±%.0f%%", s, 50*st.spread)
+	return s
 }
 
 func ifOK(ok bool, s string) string {

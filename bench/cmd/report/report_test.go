@@ -1,54 +1,193 @@
 package main
 
 import (
+	"fmt"
+	"math"
 	"regexp"
+	"runtime"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/jsonstream/jsonstream/bench"
 )
 
-const sampleOutput = `goos: linux
+// sampleOutput is go test -bench output, with the GOMAXPROCS suffix go
+// test puts on names when GOMAXPROCS is not 1.
+var sampleOutput = fmt.Sprintf(`goos: linux
 goarch: amd64
 pkg: github.com/jsonstream/jsonstream/bench
-BenchmarkStream/rows=1000/client=pgx-native-2    	     500	   2000000 ns/op	  24.72 MB/s	         0.01000 allocs/row	   1243 cpu-ns/row	   150000 ns/first-row	    500000 rows/s	   680 B/op	      10 allocs/op
+BenchmarkStream/rows=1000/client=pgx-native%[1]s    	     500	   2000000 ns/op	  24.72 MB/s	         0.01000 allocs/row	   1243 cpu-ns/row	   150000 ns/first-row	    500000 rows/s	   680 B/op	      10 allocs/op
 BenchmarkStream/rows=1000/client=libpq           	     400	   2500000 ns/op	  20.00 MB/s	         1.016 allocs/row	   1300 cpu-ns/row	   160000 ns/first-row	    400000 rows/s	 24560 B/op	    1016 allocs/op
+BenchmarkChurn/client=jsonstream-cursor-1000    	       1	4000000000 ns/op	       549.0 queries/s
 PASS
 ok  	github.com/jsonstream/jsonstream/bench	2.910s
-`
+`, procsSuffix())
+
+func procsSuffix() string {
+	if p := runtime.GOMAXPROCS(0); p != 1 {
+		return "-" + strconv.Itoa(p)
+	}
+	return ""
+}
 
 func TestAddBench(t *testing.T) {
 	r := newResults()
-	n, err := r.addBench([]byte(sampleOutput))
-	if err != nil || n != 2 {
-		t.Fatalf("addBench = %d, %v; want 2 results", n, err)
+	n, err := r.addBench([]byte(sampleOutput), "")
+	if err != nil || n != 3 {
+		t.Fatalf("addBench = %d, %v; want 3 results", n, err)
 	}
-	// The GOMAXPROCS suffix goes; a hyphen inside the name stays.
+	// The GOMAXPROCS suffix goes; a hyphen inside the name stays, and so
+	// does a number at the end of a name without the suffix.
 	if v, ok := r.median("Stream/rows=1000/client=pgx-native", "rows/s"); !ok || v != 500000 {
 		t.Errorf("pgx-native rows/s = %v, %v", v, ok)
 	}
 	if v, ok := r.median("Stream/rows=1000/client=libpq", "allocs/row"); !ok || v != 1.016 {
 		t.Errorf("libpq allocs/row = %v, %v", v, ok)
 	}
-	if _, err := r.addBench([]byte("BenchmarkX-2 10 5 ns/op 7\n")); err == nil {
+	if v, ok := r.median("Churn/client=jsonstream-cursor-1000", "queries/s"); !ok || v != 549 {
+		t.Errorf("cursor-1000 queries/s = %v, %v", v, ok)
+	}
+	// Units stay as the benchmarks print them, not as benchfmt tidies them.
+	if v, ok := r.median("Stream/rows=1000/client=libpq", "ns/op"); !ok || v != 2500000 {
+		t.Errorf("libpq ns/op = %v, %v", v, ok)
+	}
+	if _, err := r.addBench([]byte("BenchmarkX-2 10 5 ns/op 7\n"), ""); err == nil {
 		t.Error("a line with a value and no unit was accepted")
+	}
+	if _, err := r.addBench([]byte(sampleOutput), jsonv2Prefix); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := r.median(jsonv2Prefix+"Stream/rows=1000/client=libpq", "rows/s"); !ok {
+		t.Error("no result under the prefix")
 	}
 }
 
-func TestStat(t *testing.T) {
-	r := newResults()
-	for _, v := range []float64{9, 10, 12, 100, 11} {
-		r.add("b", "u", v)
+// TestStatistics checks the figures and comparisons benchmath makes of
+// known rounds.
+func TestStatistics(t *testing.T) {
+	base := []float64{100, 101, 99, 102, 98, 100, 103, 97}
+	for _, c := range []struct {
+		name         string
+		ours, theirs []float64
+		// significant is the U test's verdict at alpha 0.05.
+		significant bool
+		// finite says whether ours' interval is bounded.
+		finite bool
+	}{
+		{"same rounds", base, base, false, true},
+		{"equal distributions, interleaved", []float64{100, 102, 98, 101, 99, 100}, []float64{101, 99, 100, 102, 98, 100}, false, true},
+		{"shifted by 10%", []float64{110, 111, 109, 112, 108, 110}, []float64{100, 101, 99, 102, 98, 100}, true, true},
+		{"shifted by 1%, 8 rounds apart", []float64{101.5, 101.6, 101.7, 101.8, 101.9, 102, 102.1, 102.2}, []float64{100, 100.1, 100.2, 100.3, 100.4, 100.5, 100.6, 100.7}, true, true},
+		{"shifted by 2×, with an outlier, 6 rounds: too few", []float64{200, 210, 190, 205, 195, 90}, []float64{100, 105, 95, 102, 98, 101}, false, true},
+		{"shifted by 2×, with an outlier, 8 rounds", []float64{200, 210, 190, 205, 195, 90, 202, 198}, []float64{100, 105, 95, 102, 98, 101, 99, 103}, true, true},
+		{"shifted by 2×, with an outlier on each side", []float64{200, 210, 190, 205, 195, 90}, []float64{100, 105, 95, 102, 98, 220}, false, true},
+		{"identical constants", []float64{8, 8, 8, 8, 8, 8}, []float64{8, 8, 8, 8, 8, 8}, false, true},
+		{"constants apart", []float64{8, 8, 8, 8, 8, 8}, []float64{7, 7, 7, 7, 7, 7}, true, true},
+		{"far apart, 3 rounds: too few to tell", []float64{200, 201, 202}, []float64{100, 101, 102}, false, false},
+		{"far apart, 4 rounds: enough to tell, not to bound", []float64{200, 201, 202, 203}, []float64{100, 101, 102, 103}, true, false},
+		{"overlapping by half", []float64{100, 101, 102, 103, 104, 105}, []float64{103, 104, 105, 106, 107, 108}, true, true},
+		{"overlapping but for one round", []float64{100, 101, 102, 103, 104, 105}, []float64{101, 102, 103, 104, 105, 106}, false, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r := newResults()
+			for _, v := range c.ours {
+				r.add("ours", "u", v)
+			}
+			for _, v := range c.theirs {
+				r.add("theirs", "u", v)
+			}
+			cmp, ok := r.compare("ours", "theirs", "u")
+			if !ok {
+				t.Fatal("compare found nothing")
+			}
+			if cmp.significant() != c.significant {
+				t.Errorf("significant = %v (%s), want %v", cmp.significant(), cmp.test, c.significant)
+			}
+			if s := cmp.String(); strings.Contains(s, "~") == c.significant {
+				t.Errorf("cell %q: ~ must mark exactly the differences that are not significant", s)
+			}
+			s, _ := r.summary("ours", "u")
+			sorted := slices.Sorted(slices.Values(c.ours))
+			if want := median(sorted); s.Center != want {
+				t.Errorf("median %v, want %v", s.Center, want)
+			}
+			if s.Lo > s.Center || s.Center > s.Hi {
+				t.Errorf("interval [%v, %v] does not contain the median %v", s.Lo, s.Hi, s.Center)
+			}
+			if finite := !math.IsInf(s.Lo, 0) && !math.IsInf(s.Hi, 0); finite != c.finite {
+				t.Errorf("interval [%v, %v]: finite %v, want %v", s.Lo, s.Hi, finite, c.finite)
+			}
+			if c.finite && (s.Lo < sorted[0] || s.Hi > sorted[len(sorted)-1]) {
+				t.Errorf("interval [%v, %v] beyond the rounds %v", s.Lo, s.Hi, sorted)
+			}
+			if !c.finite && s.interval() != "±∞" {
+				t.Errorf("unbounded interval printed as %q", s.interval())
+			}
+			// The samples sorted by benchmath are copies.
+			if got := r.samples["ours"]["u"]; !slices.Equal(got, c.ours) {
+				t.Errorf("rounds reordered: %v", got)
+			}
+		})
 	}
-	s, ok := r.stat("b", "u")
-	if !ok || s.median != 11 || s.n != 5 || s.spread != (100-9)/11.0 {
-		t.Errorf("stat = %+v, %v", s, ok)
+	if _, ok := r0().summary("missing", "u"); ok {
+		t.Error("summary of nothing reported ok")
 	}
-	r.add("even", "u", 1)
-	r.add("even", "u", 3)
-	if m, _ := r.median("even", "u"); m != 2 {
-		t.Errorf("median of 1 and 3 = %v", m)
+	if _, ok := r0().compare("missing", "other", "u"); ok {
+		t.Error("compare of nothing reported ok")
 	}
-	if _, ok := r.stat("missing", "u"); ok {
-		t.Error("stat of nothing reported ok")
+}
+
+func r0() *results { return newResults() }
+
+// median is the textbook median of sorted values.
+func median(sorted []float64) float64 {
+	k := len(sorted)
+	if k%2 == 1 {
+		return sorted[k/2]
+	}
+	return (sorted[k/2-1] + sorted[k/2]) / 2
+}
+
+// TestRounds checks the round counts the report promises against
+// benchmath: the default bounds every interval and can separate two
+// figures, one round fewer cannot bound one, and roundsForCompare is the
+// least that can separate two.
+func TestRounds(t *testing.T) {
+	apart := func(n int) (ours, theirs []float64) {
+		for i := range n {
+			ours = append(ours, float64(100+i))
+			theirs = append(theirs, float64(200+i))
+		}
+		return ours, theirs
+	}
+	check := func(n int) (finite, significant bool) {
+		r := newResults()
+		ours, theirs := apart(n)
+		for i := range n {
+			r.add("a", "u", ours[i])
+			r.add("b", "u", theirs[i])
+		}
+		c, _ := r.compare("a", "b", "u")
+		return !math.IsInf(c.ours.Lo, 0) && !math.IsInf(c.ours.Hi, 0), c.significant()
+	}
+	if finite, significant := check(defaultRounds); !finite || !significant {
+		t.Errorf("%d rounds: finite interval %v, significant %v", defaultRounds, finite, significant)
+	}
+	if finite, _ := check(roundsForInterval - 1); finite {
+		t.Errorf("%d rounds bound the interval: roundsForInterval is too high", roundsForInterval-1)
+	}
+	if _, significant := check(roundsForCompare); !significant {
+		t.Errorf("%d rounds cannot tell two figures apart", roundsForCompare)
+	}
+	if _, significant := check(roundsForCompare - 1); significant {
+		t.Errorf("%d rounds tell two figures apart: roundsForCompare is too high", roundsForCompare-1)
+	}
+	for n, want := range map[int]float64{4: 2.0 / 70, 6: 2.0 / 924} {
+		if got := minUTestP(n); math.Abs(got-want) > 1e-12 {
+			t.Errorf("minUTestP(%d) = %v, want %v", n, got, want)
+		}
 	}
 }
 
@@ -102,27 +241,37 @@ func TestJobsSelectOneClient(t *testing.T) {
 		"BenchmarkTypedDecode/decoder=raw",
 		"BenchmarkTypedDecode/decoder=encoding-json",
 		"BenchmarkTypedDecode/decoder=sonic",
+		"BenchmarkOverhead/rows=1/jsonstream-observed",
+		"BenchmarkOverhead/rows=100/jsonstream-observed-paused-once",
+		"BenchmarkObserveStream/query",
+		"BenchmarkObserveStream/pause",
+		"BenchmarkTypedDecode/decoder=json-v2",
 	}
 	want := map[string][]string{
-		"Stream jsonstream":               {names[0]},
-		"Stream pgx-native":               {names[1]},
-		"Decode jsonstream":               {names[3]},
-		"Decode jsonstream-each":          {names[4]},
-		"Overhead jsonstream":             {names[5]},
-		"EarlyClose libpq":                {names[7]},
-		"Ceiling":                         {names[8]},
-		"NDJSON jsonstream-raw":           {names[9]},
-		"Overhead jsonstream-paused-once": {names[6]},
-		"EarlyClose jsonstream":           nil,
-		"EarlyCloseNext jsonstream":       {names[10]},
-		"Churn jsonstream-cursor-1000":    {names[12]},
-		"Fetch jsonstream-cursor-auto":    {names[13]},
-		"SelectOne libpq":                 {names[14], names[15]},
-		"Proxy jsonstream-cursor-auto":    {names[16], names[17]},
-		"Proxy jsonstream":                {names[18]},
-		"TypedDecode raw":                 {names[19]},
-		"TypedDecode encoding-json":       {names[20]},
-		"TypedDecode sonic":               {names[21]},
+		"Stream jsonstream":                        {names[0]},
+		"Stream pgx-native":                        {names[1]},
+		"Decode jsonstream":                        {names[3]},
+		"Decode jsonstream-each":                   {names[4]},
+		"Overhead jsonstream":                      {names[5]},
+		"EarlyClose libpq":                         {names[7]},
+		"Ceiling":                                  {names[8]},
+		"NDJSON jsonstream-raw":                    {names[9]},
+		"Overhead jsonstream-paused-once":          {names[6]},
+		"EarlyClose jsonstream":                    nil,
+		"EarlyCloseNext jsonstream":                {names[10]},
+		"Churn jsonstream-cursor-1000":             {names[12]},
+		"Fetch jsonstream-cursor-auto":             {names[13]},
+		"SelectOne libpq":                          {names[14], names[15]},
+		"Proxy jsonstream-cursor-auto":             {names[16], names[17]},
+		"Proxy jsonstream":                         {names[18]},
+		"TypedDecode raw":                          {names[19]},
+		"TypedDecode encoding-json":                {names[20]},
+		"TypedDecode sonic":                        {names[21]},
+		"Overhead jsonstream-observed":             {names[22]},
+		"Observer otel":                            {names[24], names[25]},
+		"TypedDecode jsonv2 sonic":                 {names[21]},
+		"TypedDecode jsonv2 json-v2":               {names[26]},
+		"Overhead jsonstream-observed-paused-once": {names[23]},
 	}
 	seen := map[string]bool{}
 	for _, j := range jobs(0) {
@@ -150,8 +299,9 @@ func TestJobsSelectOneClient(t *testing.T) {
 }
 
 // TestSlowerFindings checks the comparison behind "Where jsonstream is
-// slower": a loss beyond noise and the spread is listed plainly, one
-// within the spread is marked, a win or a tie is not listed.
+// slower": a worse median the U test finds significant is listed plainly,
+// one it does not is marked noisy with both intervals, and a win or a tie
+// is not listed.
 func TestSlowerFindings(t *testing.T) {
 	r := &report{res: newResults()}
 	add := func(name, unit string, vs ...float64) {
@@ -159,23 +309,29 @@ func TestSlowerFindings(t *testing.T) {
 			r.res.add(name, unit, v)
 		}
 	}
-	add("ours", "rows/s", 80, 80, 80)
-	add("theirs", "rows/s", 100, 100, 100)
-	add("ours", "ns/op", 100, 101, 102)
-	add("theirs", "ns/op", 50, 80, 150)
-	add("ours", "allocs/row", 1, 1, 1)
-	add("theirs", "allocs/row", 1.01, 1.01, 1.01)
+	add("ours", "rows/s", 80, 81, 79, 80, 82, 78)
+	add("theirs", "rows/s", 100, 101, 99, 100, 102, 98)
+	add("ours", "ns/op", 100, 101, 102, 99, 103, 98)
+	add("theirs", "ns/op", 50, 80, 150, 120, 90, 60)
+	add("ours", "allocs/row", 1, 1, 1, 1, 1, 1)
+	add("theirs", "allocs/row", 1.01, 1.01, 1.01, 1.01, 1.01, 1.01)
+	add("ours", "allocs/op", 8, 8, 8, 8, 8, 8)
+	add("theirs", "allocs/op", 7, 7, 7, 7, 7, 7)
 	r.compare("vs x", "a", "ours", "theirs", "rows/s", higherIsBetter, rate)
 	r.compare("vs x", "b", "ours", "theirs", "ns/op", lowerIsBetter, duration)
 	r.compare("vs x", "c", "ours", "theirs", "allocs/row", lowerIsBetter, allocCount)
-	if len(r.slower) != 2 {
-		t.Fatalf("findings %+v, want 2", r.slower)
+	r.compare("vs x", "d", "ours", "theirs", "allocs/op", lowerIsBetter, allocCount)
+	if len(r.slower) != 3 {
+		t.Fatalf("findings %+v, want 3", r.slower)
 	}
-	if f := r.slower[0]; f.noisy || !strings.Contains(f.text, "25.0% worse") {
+	if f := r.slower[0]; f.noisy || !strings.Contains(f.text, "(25.0% worse, p=0.00") {
 		t.Errorf("rows/s finding %+v", f)
 	}
-	if f := r.slower[1]; !f.noisy {
-		t.Errorf("ns/op finding within the spread not marked: %+v", f)
+	if f := r.slower[1]; !f.noisy || !strings.Contains(f.text, "; intervals ±") {
+		t.Errorf("ns/op finding the test cannot tell from noise: %+v", f)
+	}
+	if f := r.slower[2]; f.noisy || !strings.Contains(f.text, "(+1.00 per query, p=0.00") {
+		t.Errorf("allocs/op finding %+v", f)
 	}
 }
 
@@ -228,12 +384,117 @@ func TestCursorGoals(t *testing.T) {
 	for _, want := range []string{
 		"no new session: met (1.50 ms, 0 new sessions per query)",
 		"FetchAuto **not met** (6.00 ms)",
-		"FetchAuto met (11.67×, 0 new sessions/s); jsonstream cursor, fetch 1000 **not met** (11.67×, 0.50 new sessions/s)",
-		"100,000 rows **not met** (0.93×); 1,000,000 rows met (0.97×)",
-		"background context met (time 1.01×, CPU 1.01×); cancel context **not met** (time 1.01×, CPU 1.10×)",
+		"FetchAuto met (11.67× ~ (p=1.000), 0 new sessions/s); jsonstream cursor, fetch 1000 **not met** (11.67× ~ (p=1.000), 0.50 new sessions/s)",
+		"100,000 rows **not met** (0.93× ~ (p=1.000)); 1,000,000 rows met (0.97× ~ (p=1.000))",
+		"background context met (time 1.01× ~ (p=1.000), CPU 1.01× ~ (p=1.000)); cancel context **not met** (time 1.01× ~ (p=1.000), CPU 1.10× ~ (p=1.000))",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("no %q in\n%s", want, out)
 		}
+	}
+}
+
+// TestMarkdownSections checks that the report writes every section of
+// RESULTS.md, in order, from results alone: none is left to a hand.
+func TestMarkdownSections(t *testing.T) {
+	r := &report{
+		cfg:     config{rows: 1_000_000, count: defaultRounds, benchtime: "1s", ownServer: true},
+		machine: &machine{cpu: "test", cores: 2, docs: 1_000_000, docBytes: 284, postgres: "15"},
+		res:     newResults(),
+		jsonv2:  true,
+	}
+	add := func(name string, units ...string) {
+		for i := range defaultRounds {
+			for _, u := range units {
+				r.res.add(name, u, float64(100+i))
+			}
+		}
+	}
+	for _, n := range []int{1, 100} {
+		for _, v := range append(slices.Clone(overheadVariants), observerVariants...) {
+			add(overheadName(n, v), "ns/op", "cpu-ns/op", "B/op", "allocs/op")
+		}
+	}
+	add(observeName("query"), "cpu-ns/op", "allocs/op")
+	add(observeName("pause"), "cpu-ns/op", "allocs/op")
+	for _, n := range bench.Sizes {
+		for _, c := range clientNames() {
+			add(streamName(n, c), "rows/s", "MB/s", "ns/first-row", "cpu-ns/row", "allocs/row")
+		}
+		add(ceilingName(n, "copy"), "rows/s", "MB/s")
+		add(ceilingName(n, "pgconn"), "rows/s", "MB/s", "cpu-ns/row")
+	}
+	for _, c := range clientNames() {
+		add(earlyName(c), "ns/op", "ns/close")
+		add(peakName(c), unitHeapPeak, unitRSSPeak, unitRSSStart, unitSeconds)
+	}
+	for _, c := range decodeClients {
+		add(decodeName(c), "rows/s", "cpu-ns/row", "allocs/row")
+	}
+	for _, v := range ndjsonVariants {
+		add(ndjsonName(v), "rows/s", "cpu-ns/row", "allocs/row")
+	}
+	for _, d := range typedDecoders() {
+		add(typedName(d), "rows/s", "cpu-ns/row", "allocs/row", "B/row")
+	}
+	for _, d := range typedDecodersV2() {
+		add(typedNameV2(d), "rows/s", "cpu-ns/row", "allocs/row", "B/row")
+	}
+	for _, c := range bench.EarlyCloseNextClients {
+		add(earlyNextName(c), "ns/op", "ns/close", "ns/next", "sessions/op")
+	}
+	for _, c := range bench.EarlyCloseTxClients {
+		add(earlyTxName(c), "ns/op", "ns/close")
+	}
+	for _, c := range bench.ChurnClients {
+		add(churnName(c), "queries/s", "sessions/s")
+	}
+	for _, c := range bench.FetchClients {
+		for _, n := range bench.FetchSizes {
+			add(fetchName(n, c), "rows/s", "cpu-ns/row")
+		}
+		add(queryRowName(c), "ns/op", "cpu-ns/op", "allocs/op")
+	}
+	for _, c := range bench.SelectOneClients {
+		add(selectOneName("background", c), "ns/op", "cpu-ns/op", "allocs/op")
+		add(selectOneName("cancel", c), "ns/op", "cpu-ns/op", "allocs/op")
+	}
+	for _, c := range bench.ProxyClients {
+		for _, n := range bench.FetchSizes {
+			add(proxyName(n, c), "rows/s", "cpu-ns/row")
+		}
+		add(proxyEarlyName(c), "ns/op", "ns/close", "ns/next", "sessions/op")
+	}
+	out := string(r.markdown())
+	if testing.Verbose() {
+		t.Log(out)
+	}
+	at := 0
+	for _, want := range []string{
+		"# jsonstream benchmarks", "## Summary", "## Machine and versions", "## Per-query overhead",
+		"## Observer", "| 1 | jsonstream-observed |", "`BenchmarkObserveStream` (otel module)",
+		"## Streaming", "## Ceiling", "## Early close", "## Peak memory", "## Decoding into a Go struct",
+		"## NDJSON", "## Typed decoding", "| Each[T], sonic |", "GOEXPERIMENT=jsonv2", "| Each[T], encoding/json/v2 |",
+		"## Cursor mode", "### Early close, then the next query", "### Early close inside a transaction",
+		"### Churn", "### Complete results", "### A one-row query", "### QueryRow(\"SELECT 1\") in the default mode",
+		"### Through a network with a 2 ms round trip", "## Where jsonstream is slower", "## Statistics",
+		"## How to reproduce",
+	} {
+		i := strings.Index(out[at:], want)
+		if i < 0 {
+			t.Errorf("no %q after byte %d", want, at)
+			continue
+		}
+		at += i + len(want)
+	}
+	for _, bad := range []string{"NaN", "Inf", "±∞", "%!", "Not part of the run"} {
+		if strings.Contains(out, bad) {
+			t.Errorf("report holds %q", bad)
+		}
+	}
+	// Every figure was measured in the same rounds: each ratio carries the
+	// U test's p-value.
+	if !strings.Contains(out, "1.00× ~ (p=1.000)") {
+		t.Error("no ratio with its p-value")
 	}
 }

@@ -4,10 +4,11 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"regexp"
-	"slices"
+	"runtime"
 	"strconv"
 	"strings"
+
+	"golang.org/x/perf/benchfmt"
 )
 
 // results holds every measurement of the run: for each benchmark name
@@ -30,33 +31,44 @@ func (r *results) add(name, unit string, v float64) {
 	units[unit] = append(units[unit], v)
 }
 
-// benchLine is a result line of go test -bench: the name with its
-// GOMAXPROCS suffix, the iterations, then value-unit pairs.
-var benchLine = regexp.MustCompile(`^Benchmark(\S+?)(?:-\d+)?\s+(\d+)\s+(.+)$`)
-
-// addBench records the result lines of a benchmark run and returns how
-// many there were.
-func (r *results) addBench(out []byte) (int, error) {
+// addBench records the results of a benchmark run, read with benchfmt,
+// and returns how many there were. prefix is put before each name, to
+// tell the runs of another build of the same benchmarks apart.
+func (r *results) addBench(out []byte, prefix string) (int, error) {
 	n := 0
-	for _, line := range strings.Split(string(out), "\n") {
-		m := benchLine.FindStringSubmatch(strings.TrimSpace(line))
-		if m == nil {
-			continue
-		}
-		fields := strings.Fields(m[3])
-		if len(fields)%2 != 0 {
-			return n, fmt.Errorf("cannot parse %q", line)
-		}
-		for i := 0; i < len(fields); i += 2 {
-			v, err := strconv.ParseFloat(fields[i], 64)
-			if err != nil {
-				return n, fmt.Errorf("cannot parse %q: %w", line, err)
+	rd := benchfmt.NewReader(bytes.NewReader(out), "")
+	for rd.Scan() {
+		switch rec := rd.Result().(type) {
+		case *benchfmt.SyntaxError:
+			return n, rec
+		case *benchfmt.Result:
+			name := prefix + benchName(rec.Name)
+			for _, v := range rec.Values {
+				// benchfmt tidies ns/op into sec/op; the report keeps the
+				// units the benchmarks print.
+				if v.OrigUnit != "" {
+					r.add(name, v.OrigUnit, v.OrigValue)
+				} else {
+					r.add(name, v.Unit, v.Value)
+				}
 			}
-			r.add(m[1], fields[i+1], v)
+			n++
 		}
-		n++
 	}
-	return n, nil
+	return n, rd.Err()
+}
+
+// benchName is a benchmark's name without its GOMAXPROCS suffix, which
+// go test adds when GOMAXPROCS is not 1. A suffix is dropped only if it
+// is the GOMAXPROCS the benchmarks ran with (this process's, which they
+// inherit), so that a name ending in a number, such as
+// client=jsonstream-cursor-1000, survives GOMAXPROCS=1.
+func benchName(n benchfmt.Name) string {
+	full := n.String()
+	if base, ok := strings.CutSuffix(full, "-"+strconv.Itoa(runtime.GOMAXPROCS(0))); ok {
+		return base
+	}
+	return full
 }
 
 // peakResult is what a peak-memory child prints, as one JSON line.
@@ -95,38 +107,4 @@ func (r *results) addPeak(client string, out []byte) (int, error) {
 	r.add(name, unitRSSStart, float64(p.RSSStart))
 	r.add(name, unitSeconds, p.Seconds)
 	return 1, nil
-}
-
-// stat is the summary of one measurement over the rounds.
-type stat struct {
-	median float64
-	// spread is (max-min)/median: how far apart the rounds were.
-	spread float64
-	n      int
-}
-
-func (r *results) stat(name, unit string) (stat, bool) {
-	vs := r.samples[name][unit]
-	if len(vs) == 0 {
-		return stat{}, false
-	}
-	s := slices.Clone(vs)
-	slices.Sort(s)
-	var med float64
-	if k := len(s); k%2 == 1 {
-		med = s[k/2]
-	} else {
-		med = (s[k/2-1] + s[k/2]) / 2
-	}
-	st := stat{median: med, n: len(s)}
-	if med != 0 {
-		st.spread = (s[len(s)-1] - s[0]) / med
-	}
-	return st, true
-}
-
-// median is stat's median, with ok false when nothing was measured.
-func (r *results) median(name, unit string) (float64, bool) {
-	s, ok := r.stat(name, unit)
-	return s.median, ok
 }
