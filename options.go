@@ -346,26 +346,44 @@ func splitDSN(dsn string) (string, []Option, error) {
 	if !strings.Contains(dsn, DSNPrefix) {
 		return dsn, nil, nil
 	}
-	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
+	if isURLDSN(dsn) {
 		return splitURL(dsn)
 	}
 	return splitKeyValue(dsn)
 }
 
+// splitURL cuts the jsonstream_ parameters out of the query of a URL DSN.
+// It reads parameters after the first '?' even when a '#' comes before it,
+// where url.Parse sees a fragment: a password holding an unescaped '#'
+// ends the userinfo there too.
 func splitURL(dsn string) (string, []Option, error) {
-	base, query, hasQuery := strings.Cut(dsn, "?")
-	if !hasQuery {
+	u := cutURL(dsn)
+	query := u.query
+	if !query.ok() && u.fragment.ok() {
+		query = cutQuery(dsn, u.fragment.start)
+	}
+	if !query.ok() {
 		return dsn, nil, nil
 	}
-	query, fragment, hasFragment := strings.Cut(query, "#")
-	var kept []string
+	var out strings.Builder
+	out.WriteString(dsn[:query.start-1]) // up to the '?'
 	var opts []Option
-	for _, part := range strings.Split(query, "&") {
-		rawName, rawValue, _ := strings.Cut(part, "=")
-		name, err := url.QueryUnescape(rawName)
+	sep := "?" // before the first part kept, then '&'
+	for s := newQueryScanner(dsn, query); ; {
+		p, more := s.next()
+		if !more {
+			break
+		}
+		name, err := url.QueryUnescape(p.name.in(dsn))
 		if err != nil || !strings.HasPrefix(name, DSNPrefix) {
-			kept = append(kept, part)
+			out.WriteString(sep)
+			out.WriteString(p.part.in(dsn))
+			sep = "&"
 			continue
+		}
+		rawValue := ""
+		if p.value.ok() {
+			rawValue = p.value.in(dsn)
 		}
 		value, err := url.QueryUnescape(rawValue)
 		if err != nil {
@@ -377,97 +395,38 @@ func splitURL(dsn string) (string, []Option, error) {
 		}
 		opts = append(opts, opt)
 	}
-	out := base
-	if len(kept) > 0 {
-		out += "?" + strings.Join(kept, "&")
-	}
-	if hasFragment {
-		out += "#" + fragment
-	}
-	return out, opts, nil
+	out.WriteString(dsn[query.end:]) // the fragment, with its '#'
+	return out.String(), opts, nil
 }
 
-// splitKeyValue walks a key=value DSN with lib/pq's rules (values may be
-// single-quoted, backslash escapes a character) and cuts out the
-// jsonstream_ pairs, keeping every other byte where it was.
+// splitKeyValue cuts the jsonstream_ pairs out of a key=value DSN, keeping
+// every other byte where it was; malformed input that is not jsonstream's
+// is left for the inner driver to judge.
 func splitKeyValue(dsn string) (string, []Option, error) {
 	var out strings.Builder
 	var opts []Option
-	i, n := 0, len(dsn)
-	for i < n {
-		start := i
-		for i < n && isSpace(dsn[i]) {
-			i++
-		}
-		if i == n {
-			out.WriteString(dsn[start:])
+	kept := 0 // where the bytes not yet written start
+	for s := (kvScanner{dsn: dsn}); ; {
+		p, more := s.next()
+		if !more {
 			break
 		}
-		keyStart := i
-		for i < n && dsn[i] != '=' && !isSpace(dsn[i]) {
-			i++
-		}
-		key := dsn[keyStart:i]
-		for i < n && isSpace(dsn[i]) {
-			i++
-		}
-		if i == n || dsn[i] != '=' {
-			if strings.HasPrefix(key, DSNPrefix) {
-				return "", nil, fmt.Errorf("%w: DSN parameter %s has no value", ErrInvalidOption, key)
-			}
-			// Not ours and not key=value: leave the judgement to the inner driver.
-			out.WriteString(dsn[start:])
-			break
-		}
-		i++ // '='
-		for i < n && isSpace(dsn[i]) {
-			i++
-		}
-		var value strings.Builder
-		if i < n && dsn[i] == '\'' {
-			i++
-			closed := false
-			for i < n {
-				c := dsn[i]
-				i++
-				if c == '\\' && i < n {
-					value.WriteByte(dsn[i])
-					i++
-					continue
-				}
-				if c == '\'' {
-					closed = true
-					break
-				}
-				value.WriteByte(c)
-			}
-			if !closed && strings.HasPrefix(key, DSNPrefix) {
-				return "", nil, fmt.Errorf("%w: DSN parameter %s: unterminated quoted value", ErrInvalidOption, key)
-			}
-		} else {
-			for i < n && !isSpace(dsn[i]) {
-				c := dsn[i]
-				i++
-				if c == '\\' && i < n {
-					c = dsn[i]
-					i++
-				}
-				value.WriteByte(c)
-			}
-		}
+		key := p.key.in(dsn)
 		if !strings.HasPrefix(key, DSNPrefix) {
-			out.WriteString(dsn[start:i])
+			out.WriteString(dsn[kept:p.end])
+			kept = p.end
 			continue
 		}
-		opt, err := dsnOption(key, value.String())
+		if p.err != nil {
+			return "", nil, p.err
+		}
+		opt, err := dsnOption(key, unquoteKeyValue(p.value.in(dsn)))
 		if err != nil {
 			return "", nil, err
 		}
 		opts = append(opts, opt)
+		kept = p.end
 	}
+	out.WriteString(dsn[kept:])
 	return strings.TrimSpace(out.String()), opts, nil
-}
-
-func isSpace(c byte) bool {
-	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'
 }

@@ -37,29 +37,31 @@ type redactor struct {
 // redactText apply to its errors.
 func newRedactor(dsn string) *redactor {
 	r := &redactor{dsn: dsn, masked: dsn}
-	var spans [][2]int
+	var spans []span
 	var fragments []string
-	isURL := strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://")
-	if isURL {
-		spans, fragments = urlPasswordSpans(dsn)
+	fragment := noSpan
+	if isURLDSN(dsn) {
+		u := cutURL(dsn)
+		spans, fragments = urlPasswordSpans(dsn, u)
+		fragment = u.fragment
 	} else {
 		spans = keyValuePasswordSpans(dsn)
 		for _, sp := range spans {
-			fragments = append(fragments, splitAtUnicodeSpace(dsn[sp[0]:sp[1]])...)
+			fragments = append(fragments, splitAtUnicodeSpace(sp.in(dsn))...)
 		}
 	}
 	if len(spans) == 0 {
 		return r
 	}
 	for _, sp := range spans {
-		r.addSecret(dsn[sp[0]:sp[1]])
+		r.addSecret(sp.in(dsn))
 	}
 	for _, f := range fragments {
 		r.addSecret(f)
 	}
 	r.masked = maskSpans(dsn, spans)
-	if hash := strings.IndexByte(dsn, '#'); hash >= 0 && isURL {
-		r.head = dsn[:hash]
+	if fragment.ok() {
+		r.head = dsn[:fragment.start-1] // before the '#'
 		r.maskedHead = maskSpans(r.head, spans)
 	}
 	return r
@@ -68,16 +70,16 @@ func newRedactor(dsn string) *redactor {
 // maskSpans replaces with redactMask each of spans, at least one, that
 // starts within s, cut at its end: s may be the head of the string the
 // spans were found in.
-func maskSpans(s string, spans [][2]int) string {
+func maskSpans(s string, spans []span) string {
 	var b strings.Builder
 	last := 0
 	for _, sp := range mergeSpans(spans) {
-		if sp[0] >= len(s) {
+		if sp.start >= len(s) {
 			break
 		}
-		b.WriteString(s[last:sp[0]])
+		b.WriteString(s[last:sp.start])
 		b.WriteString(redactMask)
-		last = min(sp[1], len(s))
+		last = min(sp.end, len(s))
 	}
 	b.WriteString(s[last:])
 	return b.String()
@@ -86,13 +88,13 @@ func maskSpans(s string, spans [][2]int) string {
 // mergeSpans sorts spans, at least one, and joins those that overlap or
 // touch: a URL password is found both as url.Parse reads it and as its
 // writer meant it, and the longer reading must be hidden whole.
-func mergeSpans(spans [][2]int) [][2]int {
+func mergeSpans(spans []span) []span {
 	spans = slices.Clone(spans)
-	slices.SortFunc(spans, func(a, b [2]int) int { return a[0] - b[0] })
-	merged := [][2]int{spans[0]}
+	slices.SortFunc(spans, func(a, b span) int { return a.start - b.start })
+	merged := []span{spans[0]}
 	for _, sp := range spans[1:] {
-		if last := &merged[len(merged)-1]; sp[0] <= last[1] {
-			last[1] = max(last[1], sp[1])
+		if last := &merged[len(merged)-1]; sp.start <= last.end {
+			last.end = max(last.end, sp.end)
 		} else {
 			merged = append(merged, sp)
 		}
@@ -204,7 +206,7 @@ func maskEscapeError(s string, secrets []string) string {
 // word, so that a password such as "ab" does not turn every "about" in the
 // message into noise.
 func maskSecrets(s string, secrets []string) string {
-	var spans [][2]int
+	var spans []span
 	for _, secret := range secrets {
 		for from := 0; ; {
 			i := strings.Index(s[from:], secret)
@@ -220,7 +222,7 @@ func maskSecrets(s string, secrets []string) string {
 					continue
 				}
 			}
-			spans = append(spans, [2]int{start, end})
+			spans = append(spans, span{start, end})
 		}
 	}
 	if len(spans) == 0 {
@@ -283,40 +285,35 @@ func (e *redactedError) Error() string { return e.msg }
 // of its message.
 func (e *redactedError) Is(target error) bool { return errors.Is(e.err, target) }
 
-// urlPasswordSpans returns where the passwords of a URL DSN are: in the
-// userinfo (see userinfoPasswordSpans), and in any query parameter whose
-// name ends in "password" (password, sslpassword). fragments are the parts
-// of a userinfo password that url.Parse may quote on their own.
-func urlPasswordSpans(dsn string) (spans [][2]int, fragments []string) {
-	scheme := strings.Index(dsn, "://") + len("://")
+// urlPasswordSpans returns where the passwords of u, dsn cut by cutURL,
+// are: in the userinfo (see userinfoPasswordSpans), and in any query
+// parameter whose name ends in "password" (password, sslpassword).
+// fragments are the parts of a userinfo password that url.Parse may quote
+// on their own.
+func urlPasswordSpans(dsn string, u urlDSN) (spans []span, fragments []string) {
 	_, parseErr := url.Parse(dsn)
-	userinfo, fragments := userinfoPasswordSpans(dsn[scheme:], parseErr != nil)
-	for _, sp := range userinfo {
-		spans = append(spans, [2]int{scheme + sp[0], scheme + sp[1]})
-	}
-	// The query as url.Parse finds it: after the first '?' before any '#'.
-	rest, _, _ := strings.Cut(dsn[scheme:], "#")
-	_, query, hasQuery := strings.Cut(rest, "?")
-	if !hasQuery {
+	spans, fragments = userinfoPasswordSpans(dsn, u, parseErr != nil)
+	if !u.query.ok() {
 		return spans, fragments
 	}
-	offset := scheme + len(rest) - len(query)
-	for _, part := range strings.Split(query, "&") {
-		name, value, ok := strings.Cut(part, "=")
+	for s := newQueryScanner(dsn, u.query); ; {
+		p, more := s.next()
+		if !more {
+			break
+		}
+		name := p.name.in(dsn)
 		if decoded, err := url.QueryUnescape(name); err == nil {
 			name = decoded
 		}
-		if ok && value != "" && strings.HasSuffix(strings.ToLower(name), "password") {
-			start := offset + len(part) - len(value)
-			spans = append(spans, [2]int{start, start + len(value)})
+		if p.value.ok() && p.value.start < p.value.end && strings.HasSuffix(strings.ToLower(name), "password") {
+			spans = append(spans, p.value)
 		}
-		offset += len(part) + 1
 	}
 	return spans, fragments
 }
 
-// userinfoPasswordSpans returns where the password is in s, a URL DSN
-// after its "://", and the fragments of it that errors may quote alone.
+// userinfoPasswordSpans returns where the password of u, dsn cut by
+// cutURL, is, and the fragments of it that errors may quote alone.
 // url.Parse ends the authority at the first '/', '?' or '#', so a password
 // holding one is cut there: the part before becomes the port (quoted by
 // "invalid port", or as the URL when a '#' cut it), the rest path, query
@@ -329,65 +326,37 @@ func urlPasswordSpans(dsn string) (spans [][2]int, fragments []string) {
 // fragments, nor is a piece shorter than four bytes after the delimiter;
 // unless url.Parse fails (parseFails), when its error is the only one and
 // quotes the host it rejects ("invalid host: ParseAddr(…)").
-func userinfoPasswordSpans(s string, parseFails bool) (spans [][2]int, fragments []string) {
-	authEnd := strings.IndexAny(s, "/?#")
-	if authEnd < 0 {
-		authEnd = len(s)
+func userinfoPasswordSpans(dsn string, u urlDSN, parseFails bool) (spans []span, fragments []string) {
+	if u.password.ok() {
+		spans = append(spans, u.password)
 	}
-	authority := s[:authEnd]
-	at := strings.LastIndexByte(authority, '@')
-	var colon int
-	if at >= 0 {
-		colon = strings.IndexByte(authority[:at], ':')
-	} else {
-		colon = strings.IndexByte(authority, ':')
-	}
-	if colon < 0 {
-		// A user without a password, or a host and port.
-		return nil, nil
-	}
-	start := colon + 1
-	if at >= 0 {
-		spans = append(spans, [2]int{start, at})
-	}
-	end := strings.LastIndexByte(s, '@')
-	if end < authEnd {
+	if !u.meantPassword.ok() {
 		return spans, nil
 	}
-	spans = append(spans, [2]int{start, end})
-	password := s[start:end]
+	spans = append(spans, u.meantPassword)
+	start := u.meantPassword.start
+	password := u.meantPassword.in(dsn)
 	for k, c := range []byte(password) {
 		if (c == '/' || c == '?' || c == '#') && !isPort(password[:k]) {
 			fragments = append(fragments, password[:k])
 		}
 	}
-	host, _, _ := strings.Cut(authority[at+1:], ":")
+	host, _, _ := strings.Cut(u.hostPort.in(dsn), ":")
 	isDelimiter := func(r rune) bool { return strings.ContainsRune("/?#&=", r) }
 	for _, piece := range strings.FieldsFunc(password, isDelimiter) {
 		if len(piece) >= 4 && !isPort(piece) && piece != host {
 			fragments = append(fragments, piece)
 		}
 	}
-	// url.Parse quotes the port it rejects: what follows the last ':' (or
-	// the ']' of an IPv6 literal) of the host it found.
-	hostStart, hostEnd, portStart := at+1, authEnd, -1
-	if strings.HasPrefix(authority[hostStart:], "[") {
-		if i := strings.LastIndexByte(authority, ']'); i >= hostStart {
-			hostStart, hostEnd, portStart = hostStart+1, i, i+1
-			if strings.HasPrefix(authority[portStart:], ":") {
-				portStart++
-			}
-		}
-	} else if i := strings.LastIndexByte(authority, ':'); i >= hostStart {
-		hostEnd, portStart = i, i+1
-	}
-	if portStart >= 0 {
-		if port := s[max(portStart, start):authEnd]; !isPort(port) {
+	// url.Parse quotes the port it rejects, and the host it rejects when
+	// it fails; either may start inside the password.
+	if u.port.ok() {
+		if port := dsn[max(u.port.start, start):u.port.end]; !isPort(port) {
 			fragments = append(fragments, port)
 		}
 	}
-	if parseFails && max(hostStart, start) < hostEnd {
-		fragments = append(fragments, s[max(hostStart, start):hostEnd])
+	if hostStart := max(u.host.start, start); parseFails && hostStart < u.host.end {
+		fragments = append(fragments, dsn[hostStart:u.host.end])
 	}
 	return spans, fragments
 }
@@ -403,86 +372,17 @@ func isPort(s string) bool {
 }
 
 // keyValuePasswordSpans returns where the values of the parameters whose
-// name ends in "password" are in a key=value DSN, walked with lib/pq's
-// rules (quoted values, backslash escapes). A quoted value's span keeps
-// its quotes out.
-func keyValuePasswordSpans(dsn string) [][2]int {
-	var spans [][2]int
-	i, n := 0, len(dsn)
-	for i < n {
-		for i < n && isSpace(dsn[i]) {
-			i++
-		}
-		keyStart := i
-		for i < n && dsn[i] != '=' && !isSpace(dsn[i]) {
-			i++
-		}
-		key := dsn[keyStart:i]
-		for i < n && isSpace(dsn[i]) {
-			i++
-		}
-		if i == n || dsn[i] != '=' {
+// name ends in "password" are in a key=value DSN, as kvScanner reads it: a
+// quoted value's span keeps its quotes out.
+func keyValuePasswordSpans(dsn string) []span {
+	var spans []span
+	for s := (kvScanner{dsn: dsn}); ; {
+		p, more := s.next()
+		if !more {
 			return spans
 		}
-		i++
-		for i < n && isSpace(dsn[i]) {
-			i++
-		}
-		start := i
-		var end int
-		if i < n && dsn[i] == '\'' {
-			start++
-			i++
-			for i < n && dsn[i] != '\'' {
-				if dsn[i] == '\\' {
-					i++
-				}
-				i++
-			}
-			end = min(i, n)
-			i = min(i+1, n)
-		} else {
-			for i < n && !isSpace(dsn[i]) {
-				if dsn[i] == '\\' {
-					i++
-				}
-				i++
-			}
-			i = min(i, n)
-			end = i
-		}
-		if end > start && strings.HasSuffix(strings.ToLower(key), "password") {
-			spans = append(spans, [2]int{start, end})
+		if p.value.start < p.value.end && strings.HasSuffix(strings.ToLower(p.key.in(dsn)), "password") {
+			spans = append(spans, p.value)
 		}
 	}
-	return spans
-}
-
-// splitAtUnicodeSpace returns the parts of raw, a key=value value as
-// jsonstream reads it, between spaces outside ASCII (U+00A0, U+2028, …)
-// and '=', or nil if there is no such space. lib/pq ends a value at any
-// Unicode space, so a password "my<U+00A0>secret" is "my" to it and
-// "secret" the next key, which its "missing \"=\"" error quotes (as it
-// quotes the value of a key such as sslmode).
-func splitAtUnicodeSpace(raw string) []string {
-	isWide := func(r rune) bool { return r >= utf8.RuneSelf && unicode.IsSpace(r) }
-	if !strings.ContainsFunc(raw, isWide) {
-		return nil
-	}
-	return strings.FieldsFunc(raw, func(r rune) bool { return isWide(r) || r == '=' })
-}
-
-// unquoteKeyValue decodes the backslash escapes of a key=value value.
-func unquoteKeyValue(raw string) string {
-	if !strings.Contains(raw, `\`) {
-		return raw
-	}
-	var b strings.Builder
-	for i := 0; i < len(raw); i++ {
-		if raw[i] == '\\' && i+1 < len(raw) {
-			i++
-		}
-		b.WriteByte(raw[i])
-	}
-	return b.String()
 }
