@@ -185,9 +185,9 @@ func TestDrainDeadlineFaultCutsConnection(t *testing.T) {
 
 // TestCloseOnEndedStreamKeepsConnection: Close after the end of the result
 // has nothing to stop, whatever the CloseMode: a fully read stream under
-// CloseCancel, or one ended by a server error, keeps its backend.
+// CloseCut, or one ended by a server error, keeps its backend.
 func TestCloseOnEndedStreamKeepsConnection(t *testing.T) {
-	for _, mode := range []CloseMode{CloseAuto, CloseCancel, CloseDrain} {
+	for _, mode := range []CloseMode{CloseAuto, CloseCut, CloseDrain} {
 		for _, tc := range []struct {
 			query string
 			want  State
@@ -214,7 +214,7 @@ func TestCloseOnEndedStreamKeepsConnection(t *testing.T) {
 }
 
 // backendPID reads the backend pid of db's connection to the end of the
-// result: QueryRow would close early, which under CloseCancel cuts.
+// result: QueryRow would close early, which under CloseCut cuts.
 func backendPID(t *testing.T, db *sql.DB) int {
 	t.Helper()
 	rows, err := db.Query("SELECT pg_backend_pid()")

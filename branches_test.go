@@ -364,7 +364,7 @@ func TestCloseCancelOnUndialedConnReturnsInnerCloseError(t *testing.T) {
 		inner = closeErrRows{&fakeRows{n: 5}, boom}
 		return inner
 	}}
-	c, err := NewConnector(sc, WithCloseMode(CloseCancel))
+	c, err := NewConnector(sc, WithCloseMode(CloseCut))
 	require.NoError(t, err)
 	db := sql.OpenDB(c)
 	defer db.Close()

@@ -52,7 +52,7 @@ func TestEarlyCloseModes(t *testing.T) {
 		keepConn bool
 	}{
 		{"jsonstream_close=drain", true},
-		{"jsonstream_close=cancel", false},
+		{"jsonstream_close=cut", false},
 		{"jsonstream_close=auto", false},
 	} {
 		t.Run(tc.dsn, func(t *testing.T) {

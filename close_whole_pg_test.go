@@ -11,13 +11,13 @@ import (
 )
 
 // closeModesDSN are the DSN forms of every close mode.
-var closeModesDSN = []string{"jsonstream_close=auto", "jsonstream_close=cancel", "jsonstream_close=drain"}
+var closeModesDSN = []string{"jsonstream_close=auto", "jsonstream_close=cut", "jsonstream_close=drain"}
 
 // TestQueryRowIsComplete: a result received whole is Complete however it
 // was closed. QueryRow reads one row and closes the rows without reading
 // to the end; the rest of its result is only the server's end of it, so
 // its stream ends Complete with OutcomeComplete, in every stream mode and
-// close mode, and the connection serves the next query (CloseCancel
+// close mode, and the connection serves the next query (CloseCut
 // included: nothing was left to cut).
 func TestQueryRowIsComplete(t *testing.T) {
 	for _, mode := range streamModes {
@@ -113,13 +113,13 @@ func TestCloseWithNextResultSetIsNotComplete(t *testing.T) {
 }
 
 // TestConnCutErrorSaysWhy: a sql.Conn whose connection a stream cut (an
-// early Close under CloseCancel) answers its next statement, whatever it
+// early Close under CloseCut) answers its next statement, whatever it
 // is, with ErrConnCut, which wraps driver.ErrBadConn, before sending
 // anything; database/sql then discards the connection, and the pool
 // serves the next query on a new one.
 func TestConnCutErrorSaysWhy(t *testing.T) {
 	needRowsTable(t)
-	db := openPG(t, DriverName, "jsonstream_close=cancel")
+	db := openPG(t, DriverName, "jsonstream_close=cut")
 	ctx := context.Background()
 	for name, use := range map[string]func(*sql.Conn) error{
 		"Query": func(c *sql.Conn) error {

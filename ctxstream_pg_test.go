@@ -13,7 +13,7 @@ import (
 
 // TestContextOptionsApplyToEveryQueryPG: options in a context reach
 // queries that have no Stream at all. QueryRow leaves two rows unread;
-// CloseAuto drains them and keeps the connection; CloseCancel from the
+// CloseAuto drains them and keeps the connection; CloseCut from the
 // context cuts it after every query of the context.
 func TestContextOptionsApplyToEveryQueryPG(t *testing.T) {
 	db := openPG(t, DriverName, "")
@@ -26,14 +26,14 @@ func TestContextOptionsApplyToEveryQueryPG(t *testing.T) {
 	}
 	first := pid(bg)
 	require.Equal(t, first, pid(bg), "CloseAuto kept the connection")
-	cancelMode, err := ContextWithOptions(bg, WithCloseMode(CloseCancel))
+	cancelMode, err := ContextWithOptions(bg, WithCloseMode(CloseCut))
 	require.NoError(t, err)
 	// Each query reports the connection it ran on; the cut on its Close
 	// sends the next one to a new connection.
 	pids := []int{pid(cancelMode), pid(cancelMode), pid(cancelMode), pid(bg)}
 	assert.Equal(t, first, pids[0])
 	for i := 1; i < len(pids); i++ {
-		assert.NotEqual(t, pids[i-1], pids[i], "query %d: the context's CloseCancel did not cut the connection", i-1)
+		assert.NotEqual(t, pids[i-1], pids[i], "query %d: the context's CloseCut did not cut the connection", i-1)
 	}
 	assert.Equal(t, pids[3], pid(bg), "without the context, CloseAuto keeps the connection again")
 }

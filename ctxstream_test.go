@@ -364,7 +364,7 @@ func TestContextOptions(t *testing.T) {
 		assert.Equal(t, 2*time.Hour, s.bound.Load().settings.pauseTimeout)
 	})
 	t.Run("nested: the inner ones on top; siblings apart", func(t *testing.T) {
-		outer, err := ContextWithOptions(bg, WithPauseTimeout(time.Minute), WithCloseMode(CloseCancel))
+		outer, err := ContextWithOptions(bg, WithPauseTimeout(time.Minute), WithCloseMode(CloseCut))
 		require.NoError(t, err)
 		a, err := ContextWithOptions(outer, WithPauseTimeout(2*time.Minute))
 		require.NoError(t, err)
@@ -372,7 +372,7 @@ func TestContextOptions(t *testing.T) {
 		require.NoError(t, err)
 		got := querySettings(a, t, db, nil)
 		assert.Equal(t, 2*time.Minute, got.pauseTimeout)
-		assert.Equal(t, CloseCancel, got.closeMode)
+		assert.Equal(t, CloseCut, got.closeMode)
 		assert.Equal(t, time.Second, got.drainTimeout, "b's option reached a")
 		got = querySettings(b, t, db, nil)
 		assert.Equal(t, time.Minute, got.pauseTimeout, "a's option reached b")

@@ -651,7 +651,7 @@ func (cur *cursor) close(dest []driver.Value) error {
 
 // endsHere reports whether the batch in flight is the cursor's last and
 // has no row left, looking only at what has arrived (Close under
-// CloseCancel waits for the network no longer than drainGrace): then it
+// CloseCut waits for the network no longer than drainGrace): then it
 // reads the batch off and notes that the result was received whole.
 // Otherwise the batch is left as it is, or half read: the caller cuts.
 func (cur *cursor) endsHere(dest []driver.Value) bool {

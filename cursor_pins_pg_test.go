@@ -284,7 +284,7 @@ func TestCursorEarlyCloseInCallersTxDrainsWholeBatch(t *testing.T) {
 	needRowsTable(t)
 	db := openCursorPG(t, "jsonstream_fetch_size=50000 jsonstream_drain_timeout=1ms")
 	before := pidOf(t, db)
-	for _, mode := range []CloseMode{CloseAuto, CloseCancel} {
+	for _, mode := range []CloseMode{CloseAuto, CloseCut} {
 		t.Run(mode.String(), func(t *testing.T) {
 			tx, err := db.Begin()
 			require.NoError(t, err)
@@ -306,14 +306,14 @@ func TestCursorEarlyCloseInCallersTxDrainsWholeBatch(t *testing.T) {
 
 // TestCursorEarlyCloseCutPastDrainTimeout: in jsonstream's own
 // transaction, a batch in flight that cannot be read off within the drain
-// timeout (CloseAuto), or any batch in flight under CloseCancel, is cut:
+// timeout (CloseAuto), or any batch in flight under CloseCut, is cut:
 // the connection is closed at once and the observer hears of a cut, not
 // of a closed cursor. The pool then serves the next query on a new
 // backend.
 func TestCursorEarlyCloseCutPastDrainTimeout(t *testing.T) {
 	needRowsTable(t)
 	db := openCursorPG(t, "jsonstream_fetch_size=50000 jsonstream_drain_timeout=1ms")
-	for _, mode := range []CloseMode{CloseAuto, CloseCancel} {
+	for _, mode := range []CloseMode{CloseAuto, CloseCut} {
 		t.Run(mode.String(), func(t *testing.T) {
 			before := pidOf(t, db)
 			rec := &recorder{}

@@ -52,7 +52,7 @@ func TestDSNParametersApply(t *testing.T) {
 	require.NoError(t, err)
 	s := defaultSettings()
 	require.NoError(t, s.apply(opts))
-	assert.Equal(t, settings{pauseTimeout: 90 * time.Second, onPauseTimeout: ResumeOnPauseTimeout, closeMode: CloseCancel, drainTimeout: 7 * time.Millisecond, fetchSize: 250}, s)
+	assert.Equal(t, settings{pauseTimeout: 90 * time.Second, onPauseTimeout: ResumeOnPauseTimeout, closeMode: CloseCut, drainTimeout: 7 * time.Millisecond, fetchSize: 250}, s)
 
 	_, opts, err = splitDSN("postgres://db/x?jsonstream_fetch_size=auto")
 	require.NoError(t, err)
@@ -69,7 +69,7 @@ func TestBadDSNParameters(t *testing.T) {
 		"host=db jsonstream_pause_timeout=-1s":                `jsonstream_pause_timeout="-1s": negative duration`,
 		"host=db jsonstream_pause_timeout=ten":                `jsonstream_pause_timeout="ten": not a duration`,
 		"host=db jsonstream_pause_timeout=30":                 `jsonstream_pause_timeout="30": not a duration`,
-		"host=db jsonstream_close=maybe":                      `jsonstream_close="maybe": want auto, cancel or drain`,
+		"host=db jsonstream_close=maybe":                      `jsonstream_close="maybe": want auto, cut or drain`,
 		"host=db jsonstream_on_pause_timeout=panic":           `jsonstream_on_pause_timeout="panic": want fail or resume`,
 		"host=db jsonstream_drain_timeout=0s":                 `jsonstream_drain_timeout="0s": must be positive`,
 		"host=db jsonstream_fetch_size=-5":                    `jsonstream_fetch_size="-5": want 0, a batch size from 1 to 2147483647 (MaxFetchSize), or FetchAuto (DSN: auto)`,
@@ -142,7 +142,21 @@ func TestBadOptions(t *testing.T) {
 	assert.Error(t, err)
 	assert.Equal(t, "resume", ResumeOnPauseTimeout.String())
 	assert.Equal(t, "drain", CloseDrain.String())
+	assert.Equal(t, "cut", CloseCut.String())
 	assert.Equal(t, "CloseMode(9)", CloseMode(9).String())
+}
+
+// TestCloseCutSpellings: the DSN spells CloseCut cut, or cancel, its
+// former name, which the deprecated constant CloseCancel keeps in Go.
+func TestCloseCutSpellings(t *testing.T) {
+	for _, dsn := range []string{"host=db jsonstream_close=cut", "host=db jsonstream_close=cancel"} {
+		_, opts, err := splitDSN(dsn)
+		require.NoError(t, err, dsn)
+		s := defaultSettings()
+		require.NoError(t, s.apply(opts))
+		assert.Equal(t, CloseCut, s.closeMode, dsn)
+	}
+	assert.Equal(t, CloseCut, CloseCancel) //nolint:staticcheck // the deprecated name is what this tests
 }
 
 // openSQLMock returns a jsonstream DB whose inner driver is go-sqlmock's,

@@ -93,7 +93,7 @@ func planEnd(f endFacts, drainTimeout time.Duration) endPlan {
 	switch {
 	case !f.canCut || mode == CloseDrain:
 		p.read = readToEnd
-	case mode == CloseCancel:
+	case mode == CloseCut:
 		p.read = readLook
 	default:
 		p.read = readBounded

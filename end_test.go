@@ -21,7 +21,7 @@ func TestPlanEndWholeInputSpace(t *testing.T) {
 				if cursor && writes {
 					continue // cursor mode runs only reads
 				}
-				for _, mode := range []CloseMode{CloseAuto, CloseCancel, CloseDrain} {
+				for _, mode := range []CloseMode{CloseAuto, CloseCut, CloseDrain} {
 					for _, failed := range bools {
 						for _, canCut := range bools {
 							f := endFacts{cursor: cursor, callersTx: callersTx, writes: writes, closeMode: mode, failed: failed, canCut: canCut}
@@ -43,7 +43,7 @@ func TestPlanEndWholeInputSpace(t *testing.T) {
 							// Free to choose, a failed stream ends promptly;
 							// otherwise the close mode decides.
 							if canCut && !callersTx && !writes {
-								want := map[CloseMode]endRead{CloseAuto: readBounded, CloseCancel: readLook, CloseDrain: readToEnd}[mode]
+								want := map[CloseMode]endRead{CloseAuto: readBounded, CloseCut: readLook, CloseDrain: readToEnd}[mode]
 								if failed {
 									want = readBounded
 								}
@@ -86,14 +86,14 @@ func TestPlanEndCases(t *testing.T) {
 		f    endFacts
 		want endPlan
 	}{
-		{"a paused cursor stream in the caller's transaction, closed under CloseCancel",
-			endFacts{cursor: true, callersTx: true, closeMode: CloseCancel, canCut: true},
+		{"a paused cursor stream in the caller's transaction, closed under CloseCut",
+			endFacts{cursor: true, callersTx: true, closeMode: CloseCut, canCut: true},
 			endPlan{read: readToEnd, stmt: stmtClose, cursor: true}},
 		{"QueryRow in the default mode",
 			endFacts{closeMode: CloseAuto, canCut: true},
 			endPlan{read: readBounded}},
-		{"an INSERT … RETURNING closed early under CloseCancel",
-			endFacts{writes: true, closeMode: CloseCancel, canCut: true},
+		{"an INSERT … RETURNING closed early under CloseCut",
+			endFacts{writes: true, closeMode: CloseCut, canCut: true},
 			endPlan{read: readToEnd}},
 		{"a cursor stream Canceled under CloseDrain, its batch in flight",
 			endFacts{cursor: true, closeMode: CloseDrain, failed: true, canCut: true},
@@ -101,8 +101,8 @@ func TestPlanEndCases(t *testing.T) {
 		{"a cursor stream closed early under CloseAuto with a drain timeout past a second",
 			endFacts{cursor: true, closeMode: CloseAuto, canCut: true},
 			endPlan{read: readBounded, stmt: stmtRollback, stmtBound: cursorEndTimeout, cursor: true}},
-		{"a stream over another driver's connection under CloseCancel",
-			endFacts{closeMode: CloseCancel},
+		{"a stream over another driver's connection under CloseCut",
+			endFacts{closeMode: CloseCut},
 			endPlan{read: readToEnd}},
 	} {
 		t.Run(tc.what, func(t *testing.T) {

@@ -90,7 +90,7 @@ func ExampleContextWithOptions() {
 
 	ctx, err := jsonstream.ContextWithOptions(context.Background(),
 		jsonstream.WithPauseTimeout(10*time.Second),
-		jsonstream.WithCloseMode(jsonstream.CloseCancel))
+		jsonstream.WithCloseMode(jsonstream.CloseCut))
 	if err != nil {
 		log.Fatal(err) // a bad option is reported here
 	}

@@ -57,9 +57,10 @@ func (a PauseTimeoutAction) String() string {
 // A cursor-backed stream's Close never has more than one batch to read
 // off: it reads it within the drain timeout under CloseAuto (and cuts the
 // connection if it takes longer), whatever it takes under CloseDrain and
-// inside any transaction, and not at all under CloseCancel, which cuts
-// when a batch is in flight. It then closes the cursor (rolling back the
-// transaction jsonstream began for it) and keeps the connection.
+// inside any transaction, and under CloseCut only what has arrived,
+// cutting when more of the batch is on its way. It then closes the cursor
+// (rolling back the transaction jsonstream began for it) and keeps the
+// connection. How each ending is decided: end.go's planEnd.
 type CloseMode uint8
 
 const (
@@ -67,22 +68,31 @@ const (
 	// drain timeout (a QueryRow, a small remainder: the connection is kept)
 	// and otherwise cuts the connection, which stops the server-side query.
 	CloseAuto CloseMode = iota
-	// CloseCancel cuts the connection whenever rows are left, without
-	// trying to drain. The connection is discarded on every early close,
-	// including after QueryRow.
-	CloseCancel
+	// CloseCut cuts the connection whenever rows are left, without trying
+	// to drain: it looks only at what has arrived (waiting at most
+	// drainGrace, 5 ms), so a result received whole, such as QueryRow's,
+	// keeps the connection, and every other early close discards it. It
+	// sends no cancel request: closing the connection stops the server.
+	CloseCut
 	// CloseDrain reads the whole remainder, as lib/pq does: the connection
 	// is kept, and Close takes as long as the server needs to send the rest.
 	CloseDrain
 )
 
-// String returns "auto", "cancel" or "drain", the DSN spelling of the mode.
+// CloseCancel is CloseCut, under its former name; the DSN value cancel
+// still means cut.
+//
+// Deprecated: it sends no cancel request. Use CloseCut, named for what it
+// does.
+const CloseCancel = CloseCut
+
+// String returns "auto", "cut" or "drain", the DSN spelling of the mode.
 func (m CloseMode) String() string {
 	switch m {
 	case CloseAuto:
 		return "auto"
-	case CloseCancel:
-		return "cancel"
+	case CloseCut:
+		return "cut"
 	case CloseDrain:
 		return "drain"
 	}
@@ -228,7 +238,7 @@ func (s *settings) apply(opts []Option) error {
 //
 //	jsonstream_pause_timeout=30s       WithPauseTimeout (a Go duration)
 //	jsonstream_on_pause_timeout=resume WithPauseTimeoutAction: fail or resume
-//	jsonstream_close=drain             WithCloseMode: auto, cancel or drain
+//	jsonstream_close=drain             WithCloseMode: auto, cut or drain
 //	jsonstream_drain_timeout=5ms       WithDrainTimeout
 //	jsonstream_fetch_size=auto         WithFetchSize: 0, a batch size, or auto
 //
@@ -265,12 +275,15 @@ func dsnOption(name, value string) (Option, error) {
 		}
 		return nil, bad("want fail or resume")
 	case "close":
-		for _, m := range []CloseMode{CloseAuto, CloseCancel, CloseDrain} {
+		for _, m := range []CloseMode{CloseAuto, CloseCut, CloseDrain} {
 			if value == m.String() {
 				return WithCloseMode(m), nil
 			}
 		}
-		return nil, bad("want auto, cancel or drain")
+		if value == "cancel" { // CloseCut's former name
+			return WithCloseMode(CloseCut), nil
+		}
+		return nil, bad("want auto, cut or drain")
 	case "drain_timeout":
 		d, err := duration()
 		if err != nil {

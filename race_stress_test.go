@@ -107,7 +107,7 @@ func raceFailureWithClose(t *testing.T, racer failureRacer, rounds int) {
 	rng := rand.New(rand.NewPCG(uint64(racer), 14))
 	results := make([]failureRound, rounds)
 	for i := range results {
-		mode := []CloseMode{CloseAuto, CloseCancel, CloseDrain}[rng.IntN(3)]
+		mode := []CloseMode{CloseAuto, CloseCut, CloseDrain}[rng.IntN(3)]
 		opts := []Option{WithCloseMode(mode)}
 		if racer == racerPauseTimeout {
 			opts = append(opts, WithPauseTimeout(time.Duration(1+rng.IntN(40))*time.Microsecond))
@@ -192,7 +192,7 @@ func raceFailureWithClose(t *testing.T, racer failureRacer, rounds int) {
 			want := map[failureRacer]error{racerCancel: ErrCanceled, racerPauseTimeout: ErrPauseTimeout, racerContext: context.Canceled}[racer]
 			require.ErrorIs(t, round.r.err(), want, where)
 		case Closed:
-			if round.mode != CloseCancel {
+			if round.mode != CloseCut {
 				require.False(t, round.sock.isClosed(), "%s: cut after Close won", where)
 			}
 		default:

@@ -152,7 +152,7 @@ func TestTopologies(t *testing.T) {
 		db := openDSN(t, DriverName, dsn)
 		t.Run("drop-in", func(t *testing.T) { topologyDropIn(t, top.dsn(t), mode.dsn) })
 		t.Run("pause", func(t *testing.T) { topologyPause(t, db, monitor, mode.cursor) })
-		for _, mode := range []CloseMode{CloseAuto, CloseCancel, CloseDrain} {
+		for _, mode := range []CloseMode{CloseAuto, CloseCut, CloseDrain} {
 			t.Run("early-close-"+mode.String(), func(t *testing.T) { topologyEarlyClose(t, db, monitor, mode) })
 		}
 		t.Run("cancel", func(t *testing.T) { topologyCancel(t, db, monitor) })
@@ -370,7 +370,7 @@ func TestPgBouncerServerAfterEarlyClose(t *testing.T) {
 			db := openDSN(t, DriverName, b.DSN(pool)+" binary_parameters=yes")
 			db.SetMaxOpenConns(1)
 			query, marker := markedQuery(bigQuery)
-			rows, err := db.Query(query, bigRows, mustStream(t, WithCloseMode(CloseCancel)))
+			rows, err := db.Query(query, bigRows, mustStream(t, WithCloseMode(CloseCut)))
 			require.NoError(t, err)
 			require.True(t, rows.Next())
 			pid, _, _, found := serverQuery(t, monitor, marker)

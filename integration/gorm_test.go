@@ -54,7 +54,7 @@ func TestGORM(t *testing.T) {
 	})
 	t.Run("Rows closed early", func(t *testing.T) {
 		pid := backendPID(t, db)
-		s := newStream(t, jsonstream.WithCloseMode(jsonstream.CloseCancel))
+		s := newStream(t, jsonstream.WithCloseMode(jsonstream.CloseCut))
 		rows, err := ids(jsonstream.ContextWithStream(bg, s)).Rows()
 		require.NoError(t, err)
 		closeEarly(t, s, rows, pid, func() int { return backendPID(t, db) }, true)

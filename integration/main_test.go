@@ -237,7 +237,7 @@ func backendPID(t *testing.T, q interface {
 	return pid
 }
 
-// closeEarly reads one row of rows, whose Stream s has CloseCancel, and
+// closeEarly reads one row of rows, whose Stream s has CloseCut, and
 // closes them: s is Closed and, when cut is set, the connection was cut
 // (a new backend serves the next query); otherwise it was kept.
 func closeEarly(t *testing.T, s *jsonstream.Stream, rows rowReader, pidBefore int, pidNow func() int, cut bool) {

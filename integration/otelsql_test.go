@@ -75,7 +75,7 @@ func TestOtelsql(t *testing.T) {
 	})
 	t.Run("early close", func(t *testing.T) {
 		pid := backendPID(t, db)
-		s := newStream(t, jsonstream.WithCloseMode(jsonstream.CloseCancel))
+		s := newStream(t, jsonstream.WithCloseMode(jsonstream.CloseCut))
 		rows, err := db.QueryContext(jsonstream.ContextWithStream(bg, s), idsOfKind, "a")
 		require.NoError(t, err)
 		closeEarly(t, s, rows, pid, func() int { return backendPID(t, db) }, true)

@@ -40,7 +40,7 @@ func TestPgxInner(t *testing.T) {
 	})
 	t.Run("early close keeps the connection", func(t *testing.T) {
 		pid := backendPID(t, db)
-		s := newStream(t, jsonstream.WithCloseMode(jsonstream.CloseCancel))
+		s := newStream(t, jsonstream.WithCloseMode(jsonstream.CloseCut))
 		rows, err := db.QueryContext(jsonstream.ContextWithStream(bg, s), idsOfKind, "a")
 		require.NoError(t, err)
 		closeEarly(t, s, rows, pid, func() int { return backendPID(t, db) }, false)

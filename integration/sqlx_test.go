@@ -116,9 +116,9 @@ func TestSqlx(t *testing.T) {
 		require.NoError(t, err)
 		pauseAndResume(t, s, rows)
 
-		// Early close: the Stream's CloseCancel cuts the connection.
+		// Early close: the Stream's CloseCut cuts the connection.
 		pid := backendPID(t, db)
-		s = newStream(t, jsonstream.WithCloseMode(jsonstream.CloseCancel))
+		s = newStream(t, jsonstream.WithCloseMode(jsonstream.CloseCut))
 		rows, err = db.NamedQueryContext(jsonstream.ContextWithStream(bg, s), named, map[string]any{"kind": "a"})
 		require.NoError(t, err)
 		closeEarly(t, s, rows, pid, func() int { return backendPID(t, db) }, true)
