@@ -341,7 +341,7 @@ func networkStall(t *testing.T, srv *pgtest.Server, mode string) {
 		took := time.Since(start)
 		t.Logf("Next ended %v after the query started (deadline %v)", took, deadline)
 		assert.ErrorIs(t, rows.Err(), context.DeadlineExceeded)
-		assert.Less(t, took, deadline+100*time.Millisecond)
+		assert.Less(t, took, deadline+time.Second, "Next waited on the stalled network")
 		_ = rows.Close()
 	})
 	t.Run("pause timeout still fires", func(t *testing.T) {

@@ -100,7 +100,7 @@ func requireBackendStops(t *testing.T, monitor *sql.DB, pid int) {
 	require.Eventually(t, func() bool {
 		state, _, alive := activity(t, monitor, pid)
 		return !alive || state == "idle"
-	}, time.Second, 10*time.Millisecond, "backend %d still running the query", pid)
+	}, 10*time.Second, 10*time.Millisecond, "backend %d still running the query", pid)
 }
 
 // TestPausedServerWaitsOnClient: while paused, nothing is read and the
