@@ -198,7 +198,7 @@ func TestCloseOnEndedStreamKeepsConnection(t *testing.T) {
 			t.Run(mode.String()+" "+tc.want.String(), func(t *testing.T) {
 				db := openPG(t, DriverName, "jsonstream_close="+mode.String())
 				db.SetMaxOpenConns(1)
-				before := backendPID(t, db)
+				before := pidOf(t, db)
 				s := mustStream(t)
 				rows, err := db.Query(tc.query, s)
 				require.NoError(t, err)
@@ -206,27 +206,13 @@ func TestCloseOnEndedStreamKeepsConnection(t *testing.T) {
 				}
 				require.Equal(t, tc.want, s.State(), "rows.Err: %v", rows.Err())
 				_ = rows.Close()
-				after := backendPID(t, db)
+				after := pidOf(t, db)
 				assert.Equal(t, before, after, "Close of an ended stream ended the connection")
 			})
 		}
 	}
 }
 
-// backendPID reads the backend pid of db's connection to the end of the
-// result: QueryRow would close early, which under CloseCut cuts.
-func backendPID(t *testing.T, db *sql.DB) int {
-	t.Helper()
-	rows, err := db.Query("SELECT pg_backend_pid()")
-	require.NoError(t, err)
-	var pid int
-	for rows.Next() {
-		require.NoError(t, rows.Scan(&pid))
-	}
-	require.NoError(t, rows.Err())
-	require.NoError(t, rows.Close())
-	return pid
-}
 
 // endByCut ends a stream by Cancel or by its pause timeout, both of which
 // cut the connection; it returns the error the stream reports.

@@ -57,9 +57,9 @@ func TestEarlyCloseNeverCutsAWrite(t *testing.T) {
 func TestEarlyCloseCutsARead(t *testing.T) {
 	db := openPG(t, DriverName, "")
 	db.SetMaxOpenConns(1)
-	before := backendPID(t, db)
+	before := pidOf(t, db)
 	tableAfter(t, db, "SELECT x FROM close_writes, generate_series(1, 10)")
-	assert.NotEqual(t, before, backendPID(t, db), "the read was cut")
+	assert.NotEqual(t, before, pidOf(t, db), "the read was cut")
 }
 
 // TestEarlyCloseOfWritingFunction pins the documented exception: a SELECT

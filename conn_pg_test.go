@@ -174,7 +174,7 @@ func TestContextEndRollsBackAWrite(t *testing.T) {
 		}
 		cancel()
 		require.Error(t, err, name)
-		codes[name] = sqlStateOf(err)
+		codes[name] = sqlState(err)
 	}
 	assert.Equal(t, codes["postgres"], codes[DriverName], "the error differs from lib/pq's")
 	require.Eventually(t, func() bool {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"database/sql/driver"
-	"errors"
 	"testing"
 	"time"
 
@@ -33,15 +32,6 @@ func pauseOutcome(t *testing.T, db *sql.DB, pause time.Duration, more int) (int,
 		n++
 	}
 	return n, rows.Err()
-}
-
-// sqlStateOf returns the SQLSTATE of a *pq.Error in err's chain.
-func sqlStateOf(err error) string {
-	var pqErr *pq.Error
-	if errors.As(err, &pqErr) {
-		return string(pqErr.Code)
-	}
-	return ""
 }
 
 // TestServerTimeoutsDuringPauseByMode: what PostgreSQL's timeouts do to a
@@ -93,7 +83,7 @@ func TestServerTimeoutsDuringPauseByMode(t *testing.T) {
 					assert.Equal(t, "FATAL", pqErr.Severity)
 					assert.Contains(t, pqErr.Message, "idle-in-transaction timeout")
 				} else {
-					assert.Equal(t, tc.wantState, sqlStateOf(err), "%v", err)
+					assert.Equal(t, tc.wantState, sqlState(err), "%v", err)
 				}
 			}
 			var one int

@@ -129,7 +129,7 @@ func TestServerErrorSameEventsInEveryMode(t *testing.T) {
 					err = rows.Err()
 					_ = rows.Close()
 				}
-				assert.Equal(t, tc.code, sqlStateOf(err), "%v", err)
+				assert.Equal(t, tc.code, sqlState(err), "%v", err)
 				assert.Equal(t, tc.kinds == nil, queryFailed, "where the error comes from")
 				assert.Equal(t, tc.kinds, rec.kinds())
 				started := s.Started()
@@ -141,7 +141,7 @@ func TestServerErrorSameEventsInEveryMode(t *testing.T) {
 				}
 				end := rec.ended(t)
 				assert.Equal(t, OutcomeFailed, end.Outcome)
-				assert.Equal(t, tc.code, sqlStateOf(end.Err))
+				assert.Equal(t, tc.code, sqlState(end.Err))
 				assert.Equal(t, Failed, s.State())
 				assert.ErrorIs(t, next, ErrStreamArgument, "the Stream was used up")
 			})
@@ -160,7 +160,7 @@ func TestRefusedQueryLeavesStream(t *testing.T) {
 			s := mustStream(t, WithObserver(rec))
 			ctx := ContextWithStream(context.Background(), s)
 			_, err := db.QueryContext(ctx, "SELECT * FROM no_such_table")
-			assert.Equal(t, "42P01", sqlStateOf(err))
+			assert.Equal(t, "42P01", sqlState(err))
 			assert.Empty(t, rec.kinds())
 			assert.False(t, s.Started())
 			var one int
