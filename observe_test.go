@@ -460,3 +460,30 @@ func TestObserverQueryAllocs(t *testing.T) {
 	t.Logf("without an observer %.0f allocs/query, with one %.0f", base, got)
 	assert.Equal(t, base, got)
 }
+
+// TestOutcomeOfOtherEventsIsNone: only EventEnded carries an Outcome;
+// every other event's is OutcomeNone, which prints "none", never
+// "complete".
+func TestOutcomeOfOtherEventsIsNone(t *testing.T) {
+	db, _ := openFake(t, countRows(3))
+	rec := &recorder{}
+	s := mustStream(t, WithObserver(rec))
+	rows, err := db.Query("SELECT q", s)
+	require.NoError(t, err)
+	require.True(t, rows.Next())
+	require.NoError(t, s.Pause())
+	require.NoError(t, s.Resume())
+	for rows.Next() {
+	}
+	require.NoError(t, rows.Close())
+	events := rec.all()
+	require.Len(t, events, 5, "%v", rec.kinds())
+	for _, e := range events {
+		if e.Kind == EventEnded {
+			assert.Equal(t, OutcomeComplete, e.Outcome)
+			continue
+		}
+		assert.Equal(t, OutcomeNone, e.Outcome, "%s", e.Kind)
+		assert.Equal(t, "none", e.Outcome.String())
+	}
+}
