@@ -6,10 +6,14 @@ import (
 	"database/sql/driver"
 	"errors"
 	"io"
+	"net"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -381,4 +385,379 @@ func TestFetchAutoBatches(t *testing.T) {
 	assert.Equal(t, []int{16, 32, 64, 128, 256, 256, 256},
 		sizes(1024, 16+32+64+128+256+256+10), "1 KiB rows: about 256 KiB a batch")
 	assert.Equal(t, []int{16}, sizes(10, 3), "a short first batch ends it")
+}
+
+// TestCursorProbeFailureLeavesStream: when asking the server whether the
+// session is in a transaction block fails, nothing of the query ran, so
+// its Stream is left for another query.
+func TestCursorProbeFailureLeavesStream(t *testing.T) {
+	probeErr := sqlStateErr("25P02")
+	d := &scriptDB{rows: 3, fail: map[string]error{"SAVEPOINT": probeErr}}
+	db := openScript(t, d, WithFetchSize(5))
+	ctx := context.Background()
+	conn, err := db.Conn(ctx)
+	require.NoError(t, err)
+	defer conn.Close()
+	_, err = conn.ExecContext(ctx, "SET x = 1") // so that the probe is asked
+	require.NoError(t, err)
+
+	s := mustStream(t)
+	_, err = conn.QueryContext(ctx, "SELECT data FROM docs", s)
+	require.ErrorIs(t, err, probeErr)
+
+	d.mu.Lock()
+	d.fail = nil
+	d.mu.Unlock()
+	rows, err := conn.QueryContext(ctx, "SELECT data FROM docs", s)
+	require.NoError(t, err, "the Stream is free for another query")
+	assert.Equal(t, 3, drainRows(t, rows))
+}
+
+// TestCursorFirstFetchClientErrorClosesCursorInCallersTx: when the first
+// FETCH fails with an error of the client, which leaves the caller's
+// transaction alive, the declared cursor is closed in it, so that the
+// transaction goes on without it.
+func TestCursorFirstFetchClientErrorClosesCursorInCallersTx(t *testing.T) {
+	clientErr := errors.New("fake: cannot decode the batch")
+	d := &scriptDB{rows: 3, fail: map[string]error{"FETCH": clientErr}}
+	db := openScript(t, d, WithFetchSize(5))
+	tx, err := db.Begin()
+	require.NoError(t, err)
+	_, err = tx.Query("SELECT data FROM docs")
+	require.ErrorIs(t, err, clientErr)
+	assert.Equal(t, []string{
+		"DECLARE jsonstream_cursor_1" + declared,
+		"FETCH FORWARD 5 FROM jsonstream_cursor_1",
+		"CLOSE jsonstream_cursor_1",
+	}, d.statements())
+	require.NoError(t, tx.Rollback())
+}
+
+// badOnceConnector is scriptDB whose first statement fails with
+// driver.ErrBadConn: a pooled connection whose session the server ended
+// (lib/pq reports a dead socket so), which database/sql retries on
+// another connection.
+type badOnceConnector struct {
+	d      *scriptDB
+	failed atomic.Bool
+}
+
+func (c *badOnceConnector) Connect(context.Context) (driver.Conn, error) {
+	inner, _ := c.d.Open("")
+	return &badOnceConn{scriptConn: inner.(*scriptConn), c: c}, nil
+}
+func (c *badOnceConnector) Driver() driver.Driver { return c.d }
+
+type badOnceConn struct {
+	*scriptConn
+	c *badOnceConnector
+}
+
+func (b *badOnceConn) ExecContext(ctx context.Context, q string, args []driver.NamedValue) (driver.Result, error) {
+	if b.c.failed.CompareAndSwap(false, true) {
+		return nil, driver.ErrBadConn
+	}
+	return b.scriptConn.ExecContext(ctx, q, args)
+}
+
+func (b *badOnceConn) QueryContext(ctx context.Context, q string, args []driver.NamedValue) (driver.Rows, error) {
+	if b.c.failed.CompareAndSwap(false, true) {
+		return nil, driver.ErrBadConn
+	}
+	return b.scriptConn.QueryContext(ctx, q, args)
+}
+
+// TestCursorClaimsStreamOnlyOnceRowsCome: a cursor query that fails leaves
+// its Stream argument unclaimed, as the single-statement mode does.
+func TestCursorClaimsStreamOnlyOnceRowsCome(t *testing.T) {
+	for _, size := range []int{0, 10} {
+		t.Run(fetchSizeString(size), func(t *testing.T) {
+			d := &scriptDB{rows: 3}
+			c, err := NewConnector(&badOnceConnector{d: d}, WithFetchSize(size))
+			require.NoError(t, err)
+			db := sql.OpenDB(c)
+			defer db.Close()
+			s := mustStream(t)
+			rows, err := db.Query("SELECT data FROM docs", s)
+			require.NoError(t, err, "database/sql retries a bad connection")
+			_ = rows.Close()
+		})
+	}
+}
+
+// TestCursorFailedQueryLeavesContextStream: a cursor query that fails does
+// not use up the context's Stream.
+func TestCursorFailedQueryLeavesContextStream(t *testing.T) {
+	for _, size := range []int{0, 10} {
+		t.Run(fetchSizeString(size), func(t *testing.T) {
+			d := &fakeDriver{newRows: countRows(2)}
+			var inner driver.Connector = fakeConnector{d}
+			if size != 0 {
+				inner = &scriptDB{rows: 2, fail: map[string]error{"BEGIN; DECLARE jsonstream_cursor_1": sqlStateErr("42P01")}}
+			}
+			c, err := NewConnector(inner, WithFetchSize(size))
+			require.NoError(t, err)
+			db := sql.OpenDB(c)
+			db.SetMaxOpenConns(1)
+			defer db.Close()
+			s := mustStream(t)
+			ctx := ContextWithStream(context.Background(), s)
+			if size != 0 {
+				_, err = db.QueryContext(ctx, "SELECT data FROM nosuchtable")
+				require.Error(t, err)
+			} else {
+				_, err = db.QueryContext(ctx, "fail")
+				require.Error(t, err)
+			}
+			rows, err := db.QueryContext(ctx, "SELECT data FROM docs")
+			if assert.NoError(t, err, "a query that fails before returning rows does not use up the Stream") {
+				_ = rows.Close()
+			}
+		})
+	}
+}
+
+// hookNet is the network connection under a fake lib/pq: reads give one
+// byte, or time out once a deadline set on it has passed; a non-zero
+// SetReadDeadline can be held (block) to order it against the consumer.
+type hookNet struct {
+	net.Conn
+	mu       sync.Mutex
+	deadline time.Time
+	block    chan struct{} // set before the goroutine that blocks starts
+	blocked  chan struct{}
+	cleared  chan struct{} // signalled on a zero SetReadDeadline
+}
+
+func (h *hookNet) SetReadDeadline(t time.Time) error {
+	if !t.IsZero() && h.block != nil {
+		close(h.blocked)
+		<-h.block
+	}
+	h.mu.Lock()
+	h.deadline = t
+	h.mu.Unlock()
+	if t.IsZero() && h.cleared != nil {
+		select {
+		case h.cleared <- struct{}{}:
+		default:
+		}
+	}
+	return nil
+}
+
+func (h *hookNet) currentDeadline() time.Time {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.deadline
+}
+
+func (h *hookNet) Read(p []byte) (int, error) {
+	if d := h.currentDeadline(); !d.IsZero() && time.Now().After(d) {
+		return 0, timeoutError{}
+	}
+	p[0] = 'x'
+	return 1, nil
+}
+
+func (h *hookNet) Close() error { return nil }
+
+// sockConnector plays lib/pq behind jsonstream's dialer: Connect puts a
+// sock around hookNet into the slot, as dialer.DialContext does, and
+// every FETCH reads its reply from that sock.
+type sockConnector struct {
+	d   *scriptDB
+	net *hookNet
+	mu  sync.Mutex
+	eof func() // called once by a FETCH's rows when they reach their end
+}
+
+func (c *sockConnector) Connect(ctx context.Context) (driver.Conn, error) {
+	slot := ctx.Value(socketKey{}).(*socketSlot)
+	s := &sock{Conn: c.net}
+	slot.conn.Store(s)
+	return &sockConn{scriptConn: scriptConn{d: c.d}, s: s, c: c}, nil
+}
+func (c *sockConnector) Driver() driver.Driver { return c.d }
+
+type sockConn struct {
+	scriptConn
+	s *sock
+	c *sockConnector
+}
+
+func (c *sockConn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
+	if strings.HasPrefix(query, "FETCH") {
+		if _, err := c.s.Read(make([]byte, 1)); err != nil {
+			return nil, err // what lib/pq returns when the reply's read fails
+		}
+	}
+	r, err := c.scriptConn.QueryContext(ctx, query, args)
+	if err != nil {
+		return nil, err
+	}
+	return &eofHookRows{Rows: r, c: c.c}, nil
+}
+
+type eofHookRows struct {
+	driver.Rows
+	c *sockConnector
+}
+
+func (r *eofHookRows) Next(dest []driver.Value) error {
+	err := r.Rows.Next(dest)
+	if errors.Is(err, io.EOF) {
+		r.c.mu.Lock()
+		hook := r.c.eof
+		r.c.eof = nil
+		r.c.mu.Unlock()
+		if hook != nil {
+			hook()
+		}
+	}
+	return err
+}
+
+// TestCursorInterruptNeverOutlivesRoundTrip: a Cancel that races the last
+// batch's end never leaves a read deadline on the connection that goes
+// back to the pool.
+func TestCursorInterruptNeverOutlivesRoundTrip(t *testing.T) {
+	d := &scriptDB{rows: 5}
+	hn := &hookNet{}
+	sc := &sockConnector{d: d, net: hn}
+	c, err := NewConnector(sc, WithFetchSize(10))
+	require.NoError(t, err)
+	db := sql.OpenDB(c)
+	db.SetMaxOpenConns(1)
+	defer db.Close()
+
+	s := mustStream(t)
+	rows, err := db.Query("SELECT data FROM docs", s)
+	require.NoError(t, err)
+	for i := 0; i < 5; i++ {
+		require.True(t, rows.Next())
+	}
+	canceled := make(chan error, 1)
+	hn.cleared = make(chan struct{}, 1)
+	block := make(chan struct{})
+	sc.mu.Lock()
+	sc.eof = func() {
+		// The consumer is inside the last batch's Next, inFlight set:
+		// a Cancel comes and its interrupt stalls before SetReadDeadline.
+		hn.block, hn.blocked = block, make(chan struct{})
+		go func() { canceled <- s.Cancel() }()
+		<-hn.blocked
+	}
+	sc.mu.Unlock()
+	done := make(chan bool, 1)
+	go func() { done <- rows.Next() }()
+	select {
+	case <-hn.cleared: // finish() cleared the deadline and went on to COMMIT
+	case <-time.After(200 * time.Millisecond): // the consumer waits for the interrupt
+	}
+	close(block) // the stalled interrupt goes on
+	require.NoError(t, <-canceled)
+	assert.False(t, <-done)
+	_ = rows.Close()
+	assert.Contains(t, d.statements(), "COMMIT")
+
+	assert.True(t, hn.currentDeadline().IsZero(), "connection back in the pool with a read deadline armed (%v)", hn.currentDeadline())
+	time.Sleep(20 * time.Millisecond)
+	rows, err = db.Query("SELECT data FROM docs")
+	if assert.NoError(t, err, "the next query on the pooled connection") {
+		_ = rows.Close()
+	}
+}
+
+// TestCursorColumnTypesWithoutInnerInterfaces: over inner rows that
+// implement none of the optional column type interfaces (the scripted
+// server's FETCH rows), a cursor-backed stream reports what database/sql
+// reports for such rows: no length, no nullability, no precision, no type
+// name, and a scan type of any.
+func TestCursorColumnTypesWithoutInnerInterfaces(t *testing.T) {
+	d := &scriptDB{rows: 3}
+	db := openScript(t, d, WithFetchSize(10))
+	rows, err := db.Query("SELECT data FROM docs")
+	require.NoError(t, err)
+	defer rows.Close()
+	cols, err := rows.ColumnTypes()
+	require.NoError(t, err)
+	require.Len(t, cols, 1)
+	col := cols[0]
+
+	length, ok := col.Length()
+	assert.False(t, ok, "Length reported ok")
+	assert.Zero(t, length)
+	_, ok = col.Nullable()
+	assert.False(t, ok, "Nullable reported ok")
+	_, _, ok = col.DecimalSize()
+	assert.False(t, ok, "DecimalSize reported ok")
+	assert.Empty(t, col.DatabaseTypeName())
+	assert.Equal(t, reflect.TypeFor[any](), col.ScanType())
+	assert.Equal(t, 3, drainRows(t, rows))
+}
+
+// TestCursorTxContextEndStopsNextFetch: between two batches, a
+// transaction whose context ended gets no further FETCH: Next fails with
+// the context's error. On an inner connection jsonstream did not dial,
+// where no watch fails the stream, and at the driver level, where
+// database/sql's own watch of the context does not close the rows first.
+func TestCursorTxContextEndStopsNextFetch(t *testing.T) {
+	d := &scriptDB{rows: 5}
+	s := defaultSettings()
+	require.NoError(t, s.apply([]Option{WithFetchSize(2)}))
+	inner, err := d.Open("")
+	require.NoError(t, err)
+	c := newConn(inner, &s, nil)
+	txCtx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	tx, err := c.BeginTx(txCtx, driver.TxOptions{})
+	require.NoError(t, err)
+	defer func() { _ = tx.Rollback() }()
+	dr, err := c.QueryContext(context.Background(), "SELECT data FROM docs", nil)
+	require.NoError(t, err)
+	defer dr.Close()
+	dest := make([]driver.Value, 1)
+	for i := 0; i < 2; i++ {
+		require.NoError(t, dr.Next(dest))
+	}
+	cancel()
+	assert.ErrorIs(t, dr.Next(dest), context.Canceled)
+	assert.Equal(t, []string{
+		"DECLARE jsonstream_cursor_1" + declared,
+		"FETCH FORWARD 2 FROM jsonstream_cursor_1",
+	}, d.statements(), "a FETCH after the transaction's context ended")
+}
+
+// TestCursorProbesAfterUnwrap: once the inner conn was handed out
+// (sql.Conn.Raw), jsonstream asks the server whether a transaction is
+// open.
+func TestCursorProbesAfterUnwrap(t *testing.T) {
+	d := &scriptDB{rows: 3}
+	db := openScript(t, d, WithFetchSize(2))
+	ctx := context.Background()
+	conn, err := db.Conn(ctx)
+	require.NoError(t, err)
+	defer conn.Close()
+	require.NoError(t, conn.Raw(func(dc any) error {
+		inner := dc.(interface{ Unwrap() driver.Conn }).Unwrap()
+		q := dc.(driver.QueryerContext)
+		r, err := q.QueryContext(ctx, "SELECT data FROM docs", nil)
+		require.NoError(t, err)
+		dest := make([]driver.Value, 1)
+		for err == nil {
+			err = r.Next(dest)
+		}
+		require.NoError(t, r.Close())
+
+		_, err = inner.(driver.ExecerContext).ExecContext(ctx, "BEGIN", nil)
+		require.NoError(t, err)
+		d.reset()
+		r, err = q.QueryContext(ctx, "SELECT data FROM docs", nil)
+		require.NoError(t, err)
+		require.NotEqual(t, io.EOF, r.Next(dest))
+		require.NoError(t, r.Close())
+		return nil
+	}))
+	assert.NotContains(t, d.statements(), "ROLLBACK", "jsonstream rolled back the caller's transaction: %q", d.statements())
 }

@@ -549,3 +549,101 @@ func (refusingDialer) Dial(string, string) (net.Conn, error) { return nil, errDi
 func (refusingDialer) DialTimeout(string, string, time.Duration) (net.Conn, error) {
 	return nil, errDialRefused
 }
+
+// TestRedactPostgresqlScheme: a DSN written with the "postgresql://"
+// scheme is read as a URL like "postgres://" is, so a piece of its
+// password that url.Parse quotes alone (as a port) is masked too.
+func TestRedactPostgresqlScheme(t *testing.T) {
+	rd := newRedactor("postgresql://u:Hunter2Secret/tail@host/db")
+	assert.Equal(t, "postgresql://u:xxxxx@host/db", rd.masked)
+	assert.Equal(t, `invalid port ":xxxxx" after host`,
+		rd.redactString(`invalid port ":Hunter2Secret" after host`))
+}
+
+// TestRedactAdjacentSecretsAreOneMask: occurrences of the password that
+// touch are hidden by one mask, so the mask does not tell how often, or
+// how long, the password showed.
+func TestRedactAdjacentSecretsAreOneMask(t *testing.T) {
+	rd := newRedactor("host=h password=S3cret")
+	assert.Equal(t, `got "xxxxx"`, rd.redactString(`got "S3cretS3cret"`))
+}
+
+// TestRedactOverlappingOccurrences: where occurrences of a password
+// overlap in a message, all of them are masked, leaving no tail of one in
+// view.
+func TestRedactOverlappingOccurrences(t *testing.T) {
+	rd := newRedactor("host=h password=HaHaHaHa")
+	assert.Equal(t, `got "xxxxx"`, rd.redactString(`got "HaHaHaHaHa"`))
+}
+
+// TestRedactDecodedKeyValuePassword: a key=value password with backslash
+// escapes is masked as lib/pq decodes it, for an error that quotes the
+// password it used.
+func TestRedactDecodedKeyValuePassword(t *testing.T) {
+	rd := newRedactor(`host=h password=esc\ aped\\S3cret`)
+	got := rd.redactString(`the password was esc aped\S3cret.`)
+	assert.NotContains(t, got, "S3cret")
+	assert.Equal(t, `the password was xxxxx.`, got)
+}
+
+// TestRedactDecodedURLPasswords: a URL password is masked as url.Parse
+// decodes it, which differs between the userinfo (a '+' stays a '+') and
+// the query (a '+' is a space).
+func TestRedactDecodedURLPasswords(t *testing.T) {
+	rd := newRedactor("postgres://u:a+b%21S3cret@h/db")
+	assert.Equal(t, `password "xxxxx" rejected`, rd.redactString(`password "a+b!S3cret" rejected`))
+
+	rd = newRedactor("postgres://u@h/db?password=a+b%21S3cret")
+	assert.Equal(t, `password "xxxxx" rejected`, rd.redactString(`password "a b!S3cret" rejected`))
+}
+
+// TestRedactQueryEscapedPassword: a key=value password that an error
+// shows query-escaped (as in a URL built from the DSN) is masked too.
+func TestRedactQueryEscapedPassword(t *testing.T) {
+	rd := newRedactor("host=h password='S3cret pass!'")
+	got := rd.redactString(`GET /connect?pw=S3cret+pass%21: refused`)
+	assert.NotContains(t, got, "S3cret")
+	assert.Equal(t, `GET /connect?pw=xxxxx: refused`, got)
+}
+
+// TestRedactLeavesPQErrorWithPasswordWord: a *pq.Error is the server's
+// own report, which never echoes the DSN: it passes through as the same
+// value even when its message happens to hold the password's text, so
+// that code asserting *pq.Error keeps working.
+func TestRedactLeavesPQErrorWithPasswordWord(t *testing.T) {
+	rd := newRedactor("host=h password=authentication")
+	pqErr := &pq.Error{Code: "28P01", Message: `password authentication failed for user "u"`}
+	got := rd.redact(pqErr)
+	assert.Same(t, pqErr, got)
+	var asPQ *pq.Error
+	assert.True(t, errors.As(got, &asPQ))
+}
+
+// TestRedactThreeBytePasswordInsideWord: a password of three bytes is
+// still short, so inside a longer word it is left alone, while standing
+// alone it is masked.
+func TestRedactThreeBytePasswordInsideWord(t *testing.T) {
+	rd := newRedactor("host=h password=abc")
+	assert.Equal(t, `the abcd table: "xxxxx"`, rd.redactString(`the abcd table: "abc"`))
+}
+
+// TestRedactURLQueryPasswords: every query parameter of a URL DSN whose
+// name ends in "password" is a password, wherever it stands in the query:
+// the masked DSN hides exactly its value, and an error quoting the value
+// alone is masked too.
+func TestRedactURLQueryPasswords(t *testing.T) {
+	rd := newRedactor("postgres://u@h/db?sslmode=disable&application_name=app&password=S3cret")
+	assert.Equal(t, "postgres://u@h/db?sslmode=disable&application_name=app&password=xxxxx", rd.masked)
+
+	rd = newRedactor("postgres://u@h/db?sslpassword=KeyS3cret")
+	assert.Equal(t, "postgres://u@h/db?sslpassword=xxxxx", rd.masked)
+	assert.Equal(t, `cannot decrypt the key with "xxxxx"`, rd.redactString(`cannot decrypt the key with "KeyS3cret"`))
+}
+
+// TestRedactFourBytePieceOfURLPassword: a piece of four bytes after a
+// delimiter of a URL password, which url.Parse makes a path or query of
+// its own, is masked where an error quotes it alone.
+func TestRedactFourBytePieceOfURLPassword(t *testing.T) {
+	rd := newRedactor("postgres://u:Hunter2Secret/tail@host/db")
+	assert.Equal(t, `database "xxxxx" does not exist`, rd.redactString(`database "tail" does not exist`))
+}
