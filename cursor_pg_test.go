@@ -6,11 +6,8 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
-	"net"
 	"runtime"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -20,48 +17,6 @@ import (
 
 	"github.com/jsonstream/jsonstream/internal/pgtest"
 )
-
-// cursorModes are the cursor-backed fetch sizes the tests run: a batch
-// of one row, a small fixed batch, and FetchAuto.
-var cursorModes = []string{"jsonstream_fetch_size=1", "jsonstream_fetch_size=7", "jsonstream_fetch_size=auto"}
-
-// openCursorPG opens a jsonstream pool of one connection in cursor mode.
-func openCursorPG(t *testing.T, mode string) *sql.DB {
-	t.Helper()
-	db := openPG(t, DriverName, mode)
-	db.SetMaxOpenConns(1)
-	return db
-}
-
-// pidOf returns the server process of q's connection.
-func pidOf(t *testing.T, q interface {
-	QueryRowContext(context.Context, string, ...any) *sql.Row
-}) int {
-	t.Helper()
-	var p int
-	require.NoError(t, q.QueryRowContext(context.Background(), "SELECT pg_backend_pid()").Scan(&p))
-	return p
-}
-
-// sessionClean asserts that the session of q is outside any transaction
-// and has no cursor open.
-func sessionClean(t *testing.T, q interface {
-	QueryRowContext(context.Context, string, ...any) *sql.Row
-}) {
-	t.Helper()
-	var cursors int
-	var inTx bool
-	// now() is the transaction's start: in a transaction block it stays
-	// put while statement_timestamp moves on.
-	// A single statement, whatever the pool's mode: a cursor of its own
-	// would be counted.
-	single, err := NewStream(WithFetchSize(0))
-	require.NoError(t, err)
-	require.NoError(t, q.QueryRowContext(context.Background(),
-		"SELECT (SELECT count(*) FROM pg_cursors), now() <> statement_timestamp()", single).Scan(&cursors, &inTx))
-	assert.Zero(t, cursors, "cursors left open")
-	assert.False(t, inTx, "session left in a transaction block")
-}
 
 func TestCursorStreamsEveryRow(t *testing.T) {
 	for _, mode := range cursorModes {
@@ -580,21 +535,6 @@ func TestCursorLateCloseKeepsConnection(t *testing.T) {
 // "Tests that hold the new code"): each fails when the code it names is
 // changed.
 
-// openCursorDialed is a jsonstream pool of one connection in cursor mode
-// whose connections go through base, so that a test can fault them.
-func openCursorDialed(t *testing.T, base pq.Dialer, opts ...Option) *sql.DB {
-	t.Helper()
-	pc, err := pq.NewConnector(pgtest.DSN(t))
-	require.NoError(t, err)
-	c, err := NewConnector(pc, opts...)
-	require.NoError(t, err)
-	pc.Dialer(NewDialer(base)) // after NewConnector, which installs its own
-	db := sql.OpenDB(c)
-	t.Cleanup(func() { _ = db.Close() })
-	db.SetMaxOpenConns(1)
-	return db
-}
-
 // TestCursorContextEndsDuringFirstFetch: the first FETCH runs the query
 // (DECLARE only plans it); a context that ends while it runs bounds its
 // read, and Query returns the context's error at once, not when the
@@ -621,51 +561,6 @@ func TestCursorContextEndsDuringFirstFetch(t *testing.T) {
 	assert.Empty(t, rec.kinds(), "events of a query that returned the context's error")
 	var one int
 	require.NoError(t, db.QueryRow("SELECT 1", s).Scan(&one), "the pool, and the Stream, serve the next query")
-}
-
-// stallDialer dials connections that stop passing the client's writes on
-// once stalled: the server never gets them and never answers, while
-// reads keep their deadlines.
-type stallDialer struct {
-	mu    sync.Mutex // guards conns
-	conns []*stallConn
-}
-
-func (d *stallDialer) Dial(network, address string) (net.Conn, error) {
-	return d.DialTimeout(network, address, 0)
-}
-
-func (d *stallDialer) DialTimeout(network, address string, timeout time.Duration) (net.Conn, error) {
-	c, err := net.DialTimeout(network, address, timeout)
-	if err != nil {
-		return nil, err
-	}
-	sc := &stallConn{Conn: c, swallowed: make(chan struct{})}
-	d.mu.Lock()
-	d.conns = append(d.conns, sc)
-	d.mu.Unlock()
-	return sc, nil
-}
-
-func (d *stallDialer) last() *stallConn {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.conns[len(d.conns)-1]
-}
-
-type stallConn struct {
-	net.Conn
-	stalled   atomic.Bool
-	once      sync.Once
-	swallowed chan struct{} // closed by the first write swallowed
-}
-
-func (c *stallConn) Write(b []byte) (int, error) {
-	if c.stalled.Load() {
-		c.once.Do(func() { close(c.swallowed) })
-		return len(b), nil
-	}
-	return c.Conn.Write(b)
 }
 
 // TestCursorContextEndDuringFinalCommitFreesNext: the last batch read, the

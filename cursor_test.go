@@ -22,7 +22,8 @@ import (
 // stateError is a server error with a SQLSTATE, as *pq.Error is.
 type sqlStateErr string
 
-func (e sqlStateErr) Error() string    { return "server: " + string(e) }
+func (e sqlStateErr) Error() string { return "server: " + string(e) }
+
 func (e sqlStateErr) SQLState() string { return string(e) }
 
 // scriptDB is an inner driver that plays a server holding one cursor of
@@ -46,7 +47,8 @@ func (d *scriptDB) Open(string) (driver.Conn, error) {
 }
 
 func (d *scriptDB) Connect(context.Context) (driver.Conn, error) { return d.Open("") }
-func (d *scriptDB) Driver() driver.Driver                        { return d }
+
+func (d *scriptDB) Driver() driver.Driver { return d }
 
 func (d *scriptDB) statements() []string {
 	d.mu.Lock()
@@ -66,12 +68,15 @@ type scriptConn struct {
 }
 
 func (c *scriptConn) Prepare(string) (driver.Stmt, error) { return nil, errors.New("no Prepare") }
-func (c *scriptConn) Close() error                        { return nil }
-func (c *scriptConn) Begin() (driver.Tx, error)           { return scriptTx{}, nil }
+
+func (c *scriptConn) Close() error { return nil }
+
+func (c *scriptConn) Begin() (driver.Tx, error) { return scriptTx{}, nil }
 
 type scriptTx struct{}
 
-func (scriptTx) Commit() error   { return nil }
+func (scriptTx) Commit() error { return nil }
+
 func (scriptTx) Rollback() error { return nil }
 
 func (c *scriptConn) run(stmt string) error {
@@ -127,7 +132,9 @@ func (c *scriptConn) QueryContext(_ context.Context, query string, _ []driver.Na
 type widthRows struct{ n, width, i int }
 
 func (r *widthRows) Columns() []string { return []string{"data"} }
-func (r *widthRows) Close() error      { return nil }
+
+func (r *widthRows) Close() error { return nil }
+
 func (r *widthRows) Next(dest []driver.Value) error {
 	if r.i >= r.n {
 		return io.EOF
@@ -135,27 +142,6 @@ func (r *widthRows) Next(dest []driver.Value) error {
 	r.i++
 	dest[0] = strings.Repeat("x", r.width)
 	return nil
-}
-
-func openScript(t *testing.T, d *scriptDB, opts ...Option) *sql.DB {
-	t.Helper()
-	c, err := NewConnector(d, opts...)
-	require.NoError(t, err)
-	db := sql.OpenDB(c)
-	db.SetMaxOpenConns(1)
-	t.Cleanup(func() { _ = db.Close() })
-	return db
-}
-
-func drainRows(t *testing.T, rows *sql.Rows) int {
-	t.Helper()
-	n := 0
-	for rows.Next() {
-		n++
-	}
-	require.NoError(t, rows.Err())
-	require.NoError(t, rows.Close())
-	return n
 }
 
 const declared = " NO SCROLL CURSOR FOR (\nSELECT data FROM docs\n)"
@@ -446,6 +432,7 @@ func (c *badOnceConnector) Connect(context.Context) (driver.Conn, error) {
 	inner, _ := c.d.Open("")
 	return &badOnceConn{scriptConn: inner.(*scriptConn), c: c}, nil
 }
+
 func (c *badOnceConnector) Driver() driver.Driver { return c.d }
 
 type badOnceConn struct {
@@ -578,6 +565,7 @@ func (c *sockConnector) Connect(ctx context.Context) (driver.Conn, error) {
 	slot.conn.Store(s)
 	return &sockConn{scriptConn: scriptConn{d: c.d}, s: s, c: c}, nil
 }
+
 func (c *sockConnector) Driver() driver.Driver { return c.d }
 
 type sockConn struct {

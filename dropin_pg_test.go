@@ -18,58 +18,6 @@ import (
 	"github.com/jsonstream/jsonstream/internal/pgtest"
 )
 
-// openPG opens the test server through driverName ("postgres" or
-// "jsonstream"); extra is appended to the DSN.
-func openPG(t testing.TB, driverName, extra string) *sql.DB {
-	t.Helper()
-	dsn := pgtest.DSN(t)
-	if extra != "" {
-		dsn += " " + extra
-	}
-	db, err := sql.Open(driverName, dsn)
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = db.Close() })
-	return db
-}
-
-// streamModes are the DSN fragments of jsonstream's stream modes: the
-// single statement, and cursor-backed with FetchAuto and with a fixed
-// batch size (TestCursorStreamsEveryRow crosses batches of 1 and 7 rows).
-var streamModes = []string{"", "jsonstream_fetch_size=auto", "jsonstream_fetch_size=100"}
-
-// both runs f once through lib/pq and once through jsonstream in each
-// stream mode, and requires the same observable result.
-func both[T any](t *testing.T, f func(t *testing.T, db *sql.DB) T) {
-	t.Helper()
-	bothIn(t, streamModes, f)
-}
-
-// bothSingle is both for what only the single-statement mode takes:
-// SHOW, several statements in one query (cursor mode refuses them with
-// ErrCursorQuery, see TestCursorRejectsWhatDeclareCannotTake).
-func bothSingle[T any](t *testing.T, f func(t *testing.T, db *sql.DB) T) {
-	t.Helper()
-	bothIn(t, streamModes[:1], f)
-}
-
-func bothIn[T any](t *testing.T, modes []string, f func(t *testing.T, db *sql.DB) T) {
-	t.Helper()
-	want := f(t, openPG(t, "postgres", ""))
-	for _, mode := range modes {
-		t.Run("mode="+mode, func(t *testing.T) {
-			got := f(t, openPG(t, DriverName, mode))
-			assert.Equal(t, want, got, "jsonstream differs from lib/pq")
-		})
-	}
-}
-
-// scanAll reads every row as []any of driver values, then closes rows.
-func scanAll(t *testing.T, rows *sql.Rows) [][]any {
-	t.Helper()
-	defer rows.Close()
-	return scanAllOpen(t, rows)
-}
-
 const typesQuery = `SELECT 42::int4, 9000000000::int8, 2.5::float8, 'text'::text, 'vc'::varchar(10),
 	'{"a": [1, 2]}'::json, '{"b": {"c": null}}'::jsonb, 12345.678::numeric(10,3),
 	'2024-02-29 12:34:56.789+02'::timestamptz, '2024-02-29'::date, '\xdeadbeef'::bytea,
@@ -198,26 +146,6 @@ func TestDropInMultipleResultSetsAndLargeValue(t *testing.T) {
 		require.NoError(t, db.QueryRow("SELECT length(repeat('y', 4194304))").Scan(&n))
 		return []any{sets, len(back), string(back) == big, n}
 	})
-}
-
-// scanAllOpen reads the rows of the current result set as []any of
-// driver values.
-func scanAllOpen(t *testing.T, rows *sql.Rows) [][]any {
-	t.Helper()
-	cols, err := rows.Columns()
-	require.NoError(t, err)
-	var out [][]any
-	for rows.Next() {
-		vals := make([]any, len(cols))
-		ptrs := make([]any, len(cols))
-		for i := range vals {
-			ptrs[i] = &vals[i]
-		}
-		require.NoError(t, rows.Scan(ptrs...))
-		out = append(out, vals)
-	}
-	require.NoError(t, rows.Err())
-	return out
 }
 
 func TestDropInLargeStreamChecksum(t *testing.T) {

@@ -406,9 +406,6 @@ func TestEarlyCloseInTransaction(t *testing.T) {
 	})
 }
 
-// closeModesDSN are the DSN forms of every close mode.
-var closeModesDSN = []string{"jsonstream_close=auto", "jsonstream_close=cut", "jsonstream_close=drain"}
-
 // TestQueryRowIsComplete: a result received whole is Complete however it
 // was closed. QueryRow reads one row and closes the rows without reading
 // to the end; the rest of its result is only the server's end of it, so

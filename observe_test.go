@@ -15,60 +15,6 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// recorder is an Observer that keeps every event.
-type recorder struct {
-	mu     sync.Mutex // guards events; events come from several goroutines
-	events []Event
-}
-
-func (r *recorder) ObserveStream(e Event) {
-	r.mu.Lock()
-	r.events = append(r.events, e)
-	r.mu.Unlock()
-}
-
-func (r *recorder) all() []Event {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return append([]Event(nil), r.events...)
-}
-
-func (r *recorder) kinds() []EventKind {
-	var k []EventKind
-	for _, e := range r.all() {
-		k = append(k, e.Kind)
-	}
-	return k
-}
-
-// last returns the last event of kind, failing the test without one.
-func (r *recorder) last(t *testing.T, kind EventKind) Event {
-	t.Helper()
-	ev := r.all()
-	for i := len(ev) - 1; i >= 0; i-- {
-		if ev[i].Kind == kind {
-			return ev[i]
-		}
-	}
-	t.Fatalf("no %v event in %v", kind, r.kinds())
-	return Event{}
-}
-
-// ended returns the stream's EventEnded, waiting a little for it when
-// database/sql closes the rows from its own goroutine.
-func (r *recorder) ended(t *testing.T) Event {
-	t.Helper()
-	require.Eventually(t, func() bool {
-		for _, e := range r.all() {
-			if e.Kind == EventEnded {
-				return true
-			}
-		}
-		return false
-	}, time.Second, time.Millisecond, "no EventEnded")
-	return r.last(t, EventEnded)
-}
-
 type ctxKey struct{}
 
 func TestObserverEventsOfAPausedStream(t *testing.T) {

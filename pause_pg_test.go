@@ -3,15 +3,12 @@ package jsonstream
 import (
 	"context"
 	"database/sql"
-	"fmt"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-
-	"github.com/jsonstream/jsonstream/internal/pgtest"
 )
 
 // bigQuery streams the first $1 rows of the rows table, about 110 bytes
@@ -28,30 +25,6 @@ var rowsTable struct {
 	err  error
 }
 
-// needRowsTable creates the rows table once per test process; with an
-// existing server (JSONSTREAM_TEST_DSN) a complete table is reused.
-func needRowsTable(t testing.TB) {
-	t.Helper()
-	dsn := pgtest.DSN(t)
-	rowsTable.once.Do(func() {
-		db, err := sql.Open("postgres", dsn)
-		if err != nil {
-			rowsTable.err = err
-			return
-		}
-		defer db.Close()
-		var n int
-		if db.QueryRow("SELECT count(*) FROM jsonstream_test_rows").Scan(&n) == nil && n == bigRows {
-			return
-		}
-		_, rowsTable.err = db.Exec(`DROP TABLE IF EXISTS jsonstream_test_rows;
-			CREATE TABLE jsonstream_test_rows (g int PRIMARY KEY, pad text NOT NULL);
-			INSERT INTO jsonstream_test_rows SELECT g, repeat('x', 100) FROM generate_series(1, ` + fmt.Sprint(bigRows) + `) g;
-			ANALYZE jsonstream_test_rows`)
-	})
-	require.NoError(t, rowsTable.err, "creating the rows table")
-}
-
 // inOrder returns a reader of bigQuery's rows that requires every row
 // once, in order, and a function that gives the next row number it wants.
 func inOrder(t *testing.T, rows *sql.Rows) (read func(k int), next func() int) {
@@ -66,41 +39,6 @@ func inOrder(t *testing.T, rows *sql.Rows) (read func(k int), next func() int) {
 		}
 	}
 	return read, func() int { return want }
-}
-
-// backend returns a dedicated connection of db and its server process id.
-func backend(t *testing.T, db *sql.DB) (*sql.Conn, int) {
-	t.Helper()
-	needRowsTable(t)
-	conn, err := db.Conn(context.Background())
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = conn.Close() })
-	var pid int
-	require.NoError(t, conn.QueryRowContext(context.Background(), "SELECT pg_backend_pid()").Scan(&pid))
-	return conn, pid
-}
-
-// activity returns the state and wait event of backend pid, and whether
-// it still exists.
-func activity(t *testing.T, monitor *sql.DB, pid int) (state, waitEvent string, alive bool) {
-	t.Helper()
-	var st, we sql.NullString
-	err := monitor.QueryRow(`SELECT state, wait_event FROM pg_stat_activity WHERE pid = $1`, pid).Scan(&st, &we)
-	if err == sql.ErrNoRows {
-		return "", "", false
-	}
-	require.NoError(t, err)
-	return st.String, we.String, true
-}
-
-// requireBackendStops waits up to a second for backend pid to finish its
-// query: gone, or idle.
-func requireBackendStops(t *testing.T, monitor *sql.DB, pid int) {
-	t.Helper()
-	require.Eventually(t, func() bool {
-		state, _, alive := activity(t, monitor, pid)
-		return !alive || state == "idle"
-	}, 10*time.Second, 10*time.Millisecond, "backend %d still running the query", pid)
 }
 
 // TestPausedServerWaitsOnClient: while paused, nothing is read and the

@@ -23,38 +23,11 @@ const wake = 250 * time.Millisecond
 // quiet is how long a test waits to see that something does not happen.
 const quiet = 100 * time.Millisecond
 
-// openFake returns a DB over a fakeDriver whose queries return what
-// newRows makes, with opts as connector settings.
-func openFake(t testing.TB, newRows func(string) *fakeRows, opts ...Option) (*sql.DB, *fakeDriver) {
-	t.Helper()
-	d := &fakeDriver{newRows: newRows}
-	c, err := NewConnector(fakeConnector{d}, opts...)
-	require.NoError(t, err)
-	db := sql.OpenDB(c)
-	t.Cleanup(func() { _ = db.Close() })
-	return db, d
-}
-
 // nextResult is what one rows.Next call gave.
 type nextResult struct {
 	ok  bool
 	val string
 	err error
-}
-
-// nextAsync calls rows.Next (and Scan) in a goroutine.
-func nextAsync(rows *sql.Rows) <-chan nextResult {
-	ch := make(chan nextResult, 1)
-	go func() {
-		var r nextResult
-		if r.ok = rows.Next(); r.ok {
-			r.err = rows.Scan(&r.val)
-		} else {
-			r.err = rows.Err()
-		}
-		ch <- r
-	}()
-	return ch
 }
 
 func requireBlocked(t *testing.T, ch <-chan nextResult) {
@@ -64,24 +37,6 @@ func requireBlocked(t *testing.T, ch <-chan nextResult) {
 		t.Fatalf("Next returned while paused: %+v", r)
 	case <-time.After(quiet):
 	}
-}
-
-func requireWithin(t *testing.T, ch <-chan nextResult, d time.Duration) nextResult {
-	t.Helper()
-	select {
-	case r := <-ch:
-		return r
-	case <-time.After(d):
-		t.Fatalf("Next did not return within %v", d)
-		return nextResult{}
-	}
-}
-
-func mustStream(t testing.TB, opts ...Option) *Stream {
-	t.Helper()
-	s, err := NewStream(opts...)
-	require.NoError(t, err)
-	return s
 }
 
 func TestStateStrings(t *testing.T) {

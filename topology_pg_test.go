@@ -96,15 +96,6 @@ func forEachTopologyAndMode(t *testing.T, f func(t *testing.T, top topology, mod
 	}
 }
 
-// openDSN opens dsn through driverName, closed with the test.
-func openDSN(t *testing.T, driverName, dsn string) *sql.DB {
-	t.Helper()
-	db, err := sql.Open(driverName, dsn)
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = db.Close() })
-	return db
-}
-
 // markerSeq makes each marked query's text unique, so that the monitor
 // finds its backend in pg_stat_activity whatever the path (a pooler hides
 // which server connection a client has).
