@@ -29,6 +29,10 @@ func TestSplitDSN(t *testing.T) {
 		{"key=value", "host=db jsonstream_pause_timeout=30s sslmode=disable", "host=db sslmode=disable", 1},
 		{"key=value quoted", "password='a b\\'c' jsonstream_close='drain' user=x", "password='a b\\'c' user=x", 1},
 		{"key=value spaces around =", "host = db jsonstream_close = cancel", "host = db", 1},
+		// lib/pq ends a key or a value at any Unicode space, so does this.
+		{"key=value no-break space before", "host=db\u00a0jsonstream_close=drain", "host=db", 1},
+		{"key=value no-break space after", "jsonstream_close=drain\u00a0sslmode=disable", "sslmode=disable", 1},
+		{"key=value next line between", "host=db\u0085jsonstream_fetch_size=auto\u0085dbname=x", "host=db\u0085dbname=x", 1},
 		{"key=value only ours", "jsonstream_close=drain", "", 1},
 		{"url", "postgres://u:p@db:5432/x?sslmode=disable&jsonstream_close=drain&application_name=a%20b", "postgres://u:p@db:5432/x?sslmode=disable&application_name=a%20b", 1},
 		{"url only ours", "postgresql://db/x?jsonstream_pause_timeout=1m&jsonstream_on_pause_timeout=resume", "postgresql://db/x", 2},

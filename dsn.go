@@ -49,36 +49,43 @@ type kvParam struct {
 
 // kvScanner walks a key=value DSN as lib/pq's parser (fromDSN) does:
 // spaces around '=', values single-quoted or not, a backslash escaping
-// the byte after it, inside quotes or out. Unlike lib/pq it takes only
-// ASCII spaces for spaces (see splitAtUnicodeSpace) and keeps a
-// backslash that ends the DSN as it is.
+// the byte after it, inside quotes or out. It keeps a backslash that ends
+// the DSN as it is.
+//
+// With pqSpaces set, every Unicode space ends a key or a value, as in
+// lib/pq: that is how jsonstream finds its own parameters. Without it only
+// ASCII spaces do, which reads a value as its writer most likely meant it:
+// the redactor masks a password with a no-break space in it whole (and
+// its pieces, splitAtUnicodeSpace), where lib/pq would read the rest as
+// another key and quote it in an error.
 type kvScanner struct {
-	dsn string
-	pos int // where the next parameter, or the spaces before it, starts
+	dsn      string
+	pqSpaces bool
+	pos      int // where the next parameter, or the spaces before it, starts
 }
 
 // next returns the next parameter, or false when only spaces are left.
 func (s *kvScanner) next() (kvParam, bool) {
 	dsn, n := s.dsn, len(s.dsn)
-	i := skipSpaces(dsn, s.pos)
+	i := s.skipSpaces(s.pos)
 	if i == n {
 		s.pos = n
 		return kvParam{}, false
 	}
 	var p kvParam
 	p.key.start = i
-	for i < n && dsn[i] != '=' && !isSpace(dsn[i]) {
+	for i < n && dsn[i] != '=' && s.spaceAt(i) == 0 {
 		i++
 	}
 	p.key.end = i
-	i = skipSpaces(dsn, i)
+	i = s.skipSpaces(i)
 	if i == n || dsn[i] != '=' {
 		p.value = span{p.key.end, p.key.end}
 		p.end, s.pos = n, n
 		p.err = fmt.Errorf("%w: DSN parameter %s has no value", ErrInvalidOption, p.key.in(dsn))
 		return p, true
 	}
-	i = skipSpaces(dsn, i+1) // '='
+	i = s.skipSpaces(i + 1) // '='
 	if i < n && dsn[i] == '\'' {
 		i++
 		p.value.start = i
@@ -96,7 +103,7 @@ func (s *kvScanner) next() (kvParam, bool) {
 		}
 	} else {
 		p.value.start = i
-		for i < n && !isSpace(dsn[i]) {
+		for i < n && s.spaceAt(i) == 0 {
 			if dsn[i] == '\\' {
 				i++
 			}
@@ -109,13 +116,34 @@ func (s *kvScanner) next() (kvParam, bool) {
 	return p, true
 }
 
-// skipSpaces returns the index of the first byte of s at or after i that
-// is not a space, or len(s).
-func skipSpaces(s string, i int) int {
-	for i < len(s) && isSpace(s[i]) {
-		i++
+// skipSpaces returns the index of the first byte of the DSN at or after i
+// that is not a space, or its length.
+func (s *kvScanner) skipSpaces(i int) int {
+	for i < len(s.dsn) {
+		w := s.spaceAt(i)
+		if w == 0 {
+			break
+		}
+		i += w
 	}
 	return i
+}
+
+// spaceAt returns the length of the space that starts at byte i of the
+// DSN, or 0 when none does: an ASCII space, or with pqSpaces any rune
+// unicode.IsSpace reports, as lib/pq reads a key=value DSN (U+00A0 and
+// U+0085 end a key or a value as ' ' does).
+func (s *kvScanner) spaceAt(i int) int {
+	if c := s.dsn[i]; c < utf8.RuneSelf || !s.pqSpaces {
+		if isSpace(c) {
+			return 1
+		}
+		return 0
+	}
+	if r, w := utf8.DecodeRuneInString(s.dsn[i:]); unicode.IsSpace(r) {
+		return w
+	}
+	return 0
 }
 
 // isSpace reports whether c is an ASCII space, which ends a key or an

@@ -294,3 +294,27 @@ func TestQueryScanner(t *testing.T) {
 		})
 	}
 }
+
+// TestKVScannerUnicodeSpaces: with pqSpaces a no-break space ends a value
+// and starts the next key, as in lib/pq; without, it is part of the value,
+// as the redactor reads a password.
+func TestKVScannerUnicodeSpaces(t *testing.T) {
+	const dsn = "a=1\u00a0b=2"
+	var got []string
+	for s := (kvScanner{dsn: dsn, pqSpaces: true}); ; {
+		p, more := s.next()
+		if !more {
+			break
+		}
+		require.NoError(t, p.err)
+		got = append(got, p.key.in(dsn)+"="+p.value.in(dsn))
+	}
+	assert.Equal(t, []string{"a=1", "b=2"}, got)
+
+	s := kvScanner{dsn: dsn}
+	p, more := s.next()
+	require.True(t, more)
+	assert.Equal(t, "1\u00a0b=2", p.value.in(dsn))
+	_, more = s.next()
+	assert.False(t, more)
+}

@@ -419,7 +419,7 @@ func splitKeyValue(dsn string) (string, []Option, error) {
 	var out strings.Builder
 	var opts []Option
 	kept := 0 // where the bytes not yet written start
-	for s := (kvScanner{dsn: dsn}); ; {
+	for s := (kvScanner{dsn: dsn, pqSpaces: true}); ; {
 		p, more := s.next()
 		if !more {
 			break
