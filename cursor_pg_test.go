@@ -1311,3 +1311,53 @@ func TestCursorSmugglingInSJIS(t *testing.T) {
 		})
 	}
 }
+
+// TestCursorDeclareSyntaxErrorInCallersTx: in the caller's transaction a
+// query that DECLARE refuses with a syntax error (SELECT … INTO) fails
+// with that error, pointing into the caller's query: the failed DECLARE
+// aborted the transaction, so the query is not parsed again there.
+func TestCursorDeclareSyntaxErrorInCallersTx(t *testing.T) {
+	ctx := context.Background()
+	db := openCursorPG(t, "jsonstream_fetch_size=5")
+	tx, err := db.BeginTx(ctx, nil)
+	require.NoError(t, err)
+	defer func() { _ = tx.Rollback() }()
+	_, err = tx.QueryContext(ctx, "SELECT 1 INTO cursor_mutation_into")
+	require.Error(t, err)
+	var pqErr *pq.Error
+	require.True(t, errors.As(err, &pqErr), "%T %v", err, err)
+	assert.Equal(t, "42601", string(pqErr.Code), "the DECLARE's own error: %v", err)
+	assert.NotEmpty(t, pqErr.Position)
+	require.NoError(t, tx.Rollback())
+	sessionClean(t, db)
+}
+
+// TestCursorSessionEndedBetweenBatchesNeverReused: when the server ended
+// the session while the stream waited between batches, the connection
+// serves nothing more: the next statement on it fails with ErrConnCut
+// rather than reaching a dead session.
+func TestCursorSessionEndedBetweenBatchesNeverReused(t *testing.T) {
+	db := openCursorPG(t, "jsonstream_fetch_size=5")
+	monitor := openPG(t, "postgres", "")
+	conn, pid := backend(t, db)
+	s := mustStream(t)
+	rows, err := conn.QueryContext(context.Background(), "SELECT g FROM generate_series(1, 100) g", s)
+	require.NoError(t, err)
+	require.True(t, rows.Next())
+	require.NoError(t, s.Pause())
+	var ok bool
+	require.NoError(t, monitor.QueryRow("SELECT pg_terminate_backend($1)", pid).Scan(&ok))
+	require.True(t, ok)
+	require.Eventually(t, func() bool { _, _, alive := activity(t, monitor, pid); return !alive },
+		10*time.Second, 5*time.Millisecond)
+	require.NoError(t, s.Resume())
+	for rows.Next() {
+	}
+	var ended *SessionEndedError
+	require.ErrorAs(t, rows.Err(), &ended)
+	_ = rows.Close()
+
+	var one int
+	err = conn.QueryRowContext(context.Background(), "SELECT 1").Scan(&one)
+	assert.ErrorIs(t, err, ErrConnCut)
+}

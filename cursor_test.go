@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -748,4 +749,308 @@ func TestCursorProbesAfterUnwrap(t *testing.T) {
 		return nil
 	}))
 	assert.NotContains(t, d.statements(), "ROLLBACK", "jsonstream rolled back the caller's transaction: %q", d.statements())
+}
+
+// TestCursorNextAfterReleaseReportsFailure: once a failure's release has
+// closed the cursor, the cursor's own Next reports the failure, never the
+// io.EOF of a stream received whole.
+func TestCursorNextAfterReleaseReportsFailure(t *testing.T) {
+	d := &scriptDB{rows: 100}
+	db := openScript(t, d, WithFetchSize(10))
+	s := mustStream(t)
+	rows, err := db.Query("SELECT data FROM docs", s)
+	require.NoError(t, err)
+	defer func() { _ = rows.Close() }()
+	for i := 0; i < 3; i++ {
+		require.True(t, rows.Next())
+	}
+	require.NoError(t, s.Pause())
+	require.NoError(t, s.Cancel())
+	cur := s.bound.Load().cursor
+	require.Eventually(t, func() bool {
+		return slices.Contains(d.statements(), "ROLLBACK")
+	}, 10*time.Second, time.Millisecond, "the release never rolled back")
+
+	err = cur.Next(make([]driver.Value, 1))
+	assert.NotEqual(t, io.EOF, err, "a released cursor reported the end of its result")
+	assert.ErrorIs(t, err, ErrCanceled)
+}
+
+// TestCursorReleaseLeavesCallersBatchToClose: in the caller's transaction
+// a failure's release does not read off the batch in flight nor close the
+// cursor (reading may take as long as the server does); the consumer's
+// Close does both.
+func TestCursorReleaseLeavesCallersBatchToClose(t *testing.T) {
+	ctx := context.Background()
+	d := &scriptDB{rows: 100}
+	db := openScript(t, d, WithFetchSize(10))
+	conn, err := db.Conn(ctx)
+	require.NoError(t, err)
+	defer func() { _ = conn.Close() }()
+	_, err = conn.ExecContext(ctx, "BEGIN")
+	require.NoError(t, err)
+
+	s := mustStream(t)
+	rows, err := conn.QueryContext(ctx, "SELECT data FROM docs", s)
+	require.NoError(t, err)
+	for i := 0; i < 3; i++ {
+		require.True(t, rows.Next())
+	}
+	d.reset()
+	require.NoError(t, s.Cancel())
+	// A release of the test's own, after Cancel's, and then the wire once
+	// both are done: what either did is in the log.
+	cur := s.bound.Load().cursor
+	cur.release()
+	cur.wire.Lock()
+	cur.wire.Unlock() //nolint:staticcheck // waits for a release that held the wire
+	assert.Empty(t, d.statements(), "the failure's release ended the cursor in the caller's transaction")
+
+	require.NoError(t, rows.Close())
+	assert.Equal(t, []string{"CLOSE jsonstream_cursor_1"}, d.statements(), "Close closes the cursor")
+}
+
+// TestCursorInterruptBetweenRoundTripsLeavesSocketAlone: a failure that
+// finds no reply pending arms no read deadline, since the consumer's next
+// round trip may come after the stream moved on; with a reply pending it
+// bounds the read by the drain timeout.
+func TestCursorInterruptBetweenRoundTripsLeavesSocketAlone(t *testing.T) {
+	hn := &hookNet{}
+	s := &sock{Conn: hn}
+	r := &rows{}
+	r.settings.drainTimeout = time.Hour
+	cur := &cursor{conn: &conn{sock: s}, r: r}
+
+	cur.interrupt()
+	assert.True(t, hn.currentDeadline().IsZero(), "deadline armed with no reply pending")
+	assert.Zero(t, s.until.Load(), "drain bound set with no reply pending")
+
+	cur.pending(true)
+	cur.interrupt()
+	assert.False(t, hn.currentDeadline().IsZero(), "a pending reply's read is not bounded")
+	assert.NotZero(t, s.until.Load())
+}
+
+// TestFetchAutoKeepsFirstBatchSizeForWideRows: under FetchAuto, rows so
+// wide that autoBatchBytes holds fewer than autoFirstRows of them still
+// come autoFirstRows a batch: the byte bound never shrinks a batch below
+// the first.
+func TestFetchAutoKeepsFirstBatchSizeForWideRows(t *testing.T) {
+	d := &scriptDB{rows: 40, width: 64 << 10}
+	db := openScript(t, d, WithFetchSize(FetchAuto))
+	rows, err := db.Query("SELECT data FROM docs")
+	require.NoError(t, err)
+	assert.Equal(t, 40, drainRows(t, rows))
+	var fetches []string
+	for _, st := range d.statements() {
+		if strings.HasPrefix(st, "FETCH") {
+			fetches = append(fetches, st)
+		}
+	}
+	assert.Equal(t, []string{
+		"FETCH FORWARD 16 FROM jsonstream_cursor_1",
+		"FETCH FORWARD 16 FROM jsonstream_cursor_1",
+		"FETCH FORWARD 16 FROM jsonstream_cursor_1",
+	}, fetches)
+}
+
+// rowErrDB is scriptDB whose cursor rows fail with err at row number
+// failAt (counted from 1 over every batch of the connection).
+type rowErrDB struct {
+	*scriptDB
+	failAt int
+	err    error
+}
+
+func (d *rowErrDB) Connect(context.Context) (driver.Conn, error) {
+	c, err := d.Open("")
+	if err != nil {
+		return nil, err
+	}
+	return &rowErrConn{scriptConn: c.(*scriptConn), d: d}, nil
+}
+
+func (d *rowErrDB) Driver() driver.Driver { return d.scriptDB }
+
+type rowErrConn struct {
+	*scriptConn
+	d    *rowErrDB
+	seen int // rows delivered
+}
+
+func (c *rowErrConn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
+	rows, err := c.scriptConn.QueryContext(ctx, query, args)
+	if err != nil {
+		return nil, err
+	}
+	return &rowErrRows{Rows: rows, c: c}, nil
+}
+
+type rowErrRows struct {
+	driver.Rows
+	c *rowErrConn
+}
+
+func (r *rowErrRows) Next(dest []driver.Value) error {
+	if err := r.Rows.Next(dest); err != nil {
+		return err
+	}
+	r.c.seen++
+	if r.c.seen == r.c.d.failAt {
+		return r.c.d.err
+	}
+	return nil
+}
+
+// TestCursorServerErrorInBatchEndsCallersCursor: a server error in a
+// batch's rows failed the caller's transaction and the cursor with it:
+// Close sends nothing more, and the connection stays for the caller's
+// ROLLBACK.
+func TestCursorServerErrorInBatchEndsCallersCursor(t *testing.T) {
+	ctx := context.Background()
+	serverErr := sqlStateErr("40P01")
+	d := &rowErrDB{scriptDB: &scriptDB{rows: 20}, failAt: 8, err: serverErr}
+	c, err := NewConnector(d, WithFetchSize(5))
+	require.NoError(t, err)
+	db := sql.OpenDB(c)
+	t.Cleanup(func() { _ = db.Close() })
+	conn, err := db.Conn(ctx)
+	require.NoError(t, err)
+	defer func() { _ = conn.Close() }()
+	_, err = conn.ExecContext(ctx, "BEGIN")
+	require.NoError(t, err)
+
+	rows, err := conn.QueryContext(ctx, "SELECT data FROM docs")
+	require.NoError(t, err)
+	n := 0
+	for rows.Next() {
+		n++
+	}
+	assert.Equal(t, 7, n)
+	assert.ErrorIs(t, rows.Err(), serverErr)
+	require.NoError(t, rows.Close())
+	assert.NotContains(t, d.statements(), "CLOSE jsonstream_cursor_1", "a statement sent into a failed transaction")
+	_, err = conn.ExecContext(ctx, "ROLLBACK")
+	require.NoError(t, err, "the connection is kept")
+}
+
+// TestCursorCloseCutOnLastBatchCommits: under CloseCut, a Close whose
+// batch in flight turns out to be the last with no row left (a QueryRow,
+// a small result) finds the result received whole: jsonstream's
+// transaction is committed, not rolled back, and the stream is Complete.
+func TestCursorCloseCutOnLastBatchCommits(t *testing.T) {
+	d := &scriptDB{rows: 3}
+	sc := &sockConnector{d: d, net: &hookNet{}}
+	c, err := NewConnector(sc, WithFetchSize(5), WithCloseMode(CloseCut))
+	require.NoError(t, err)
+	db := sql.OpenDB(c)
+	db.SetMaxOpenConns(1)
+	t.Cleanup(func() { _ = db.Close() })
+
+	s := mustStream(t)
+	rows, err := db.Query("SELECT data FROM docs", s)
+	require.NoError(t, err)
+	for i := 0; i < 3; i++ {
+		require.True(t, rows.Next())
+	}
+	require.NoError(t, rows.Close())
+	st := d.statements()
+	assert.Equal(t, "COMMIT", st[len(st)-1], "%q", st)
+	assert.Equal(t, Complete, s.State())
+}
+
+// declareHookDB is scriptDB whose connections call afterDeclare once a
+// DECLARE ran.
+type declareHookDB struct {
+	*scriptDB
+	afterDeclare func()
+}
+
+func (d *declareHookDB) Connect(context.Context) (driver.Conn, error) {
+	c, err := d.Open("")
+	if err != nil {
+		return nil, err
+	}
+	return &declareHookConn{scriptConn: c.(*scriptConn), d: d}, nil
+}
+
+func (d *declareHookDB) Driver() driver.Driver { return d.scriptDB }
+
+type declareHookConn struct {
+	*scriptConn
+	d *declareHookDB
+}
+
+func (c *declareHookConn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
+	res, err := c.scriptConn.ExecContext(ctx, query, args)
+	if strings.Contains(query, "DECLARE") {
+		c.d.afterDeclare()
+	}
+	return res, err
+}
+
+// TestCursorContextEndedAfterDeclareSendsNoFetch: a query whose context
+// ends once the cursor is declared fails with the context's error before
+// any FETCH is sent, and its transaction is rolled back.
+func TestCursorContextEndedAfterDeclareSendsNoFetch(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	d := &declareHookDB{scriptDB: &scriptDB{rows: 3}, afterDeclare: cancel}
+	c, err := NewConnector(d, WithFetchSize(5))
+	require.NoError(t, err)
+	db := sql.OpenDB(c)
+	t.Cleanup(func() { _ = db.Close() })
+
+	rows, err := db.QueryContext(ctx, "SELECT data FROM docs")
+	if err == nil {
+		_ = rows.Close()
+	}
+	require.ErrorIs(t, err, context.Canceled)
+	assert.Equal(t, []string{"BEGIN; DECLARE jsonstream_cursor_1" + declared, "ROLLBACK"}, d.statements())
+}
+
+// TestCursorCloseCutAfterFullBatchIsNotWhole: under CloseCut, a Close
+// after every row of a full batch was read cannot know that the cursor
+// has no row left: the stream is not taken for complete, and nothing is
+// committed.
+func TestCursorCloseCutAfterFullBatchIsNotWhole(t *testing.T) {
+	d := &scriptDB{rows: 10}
+	sc := &sockConnector{d: d, net: &hookNet{}}
+	c, err := NewConnector(sc, WithFetchSize(5), WithCloseMode(CloseCut))
+	require.NoError(t, err)
+	db := sql.OpenDB(c)
+	db.SetMaxOpenConns(1)
+	t.Cleanup(func() { _ = db.Close() })
+
+	s := mustStream(t)
+	rows, err := db.Query("SELECT data FROM docs", s)
+	require.NoError(t, err)
+	for i := 0; i < 5; i++ {
+		require.True(t, rows.Next())
+	}
+	_ = rows.Close()
+	assert.NotContains(t, d.statements(), "COMMIT")
+	assert.Equal(t, Closed, s.State())
+}
+
+// TestCursorServerErrorInFirstFetchInCallersTx: a server error in the
+// first FETCH failed the caller's transaction and the cursor with it: the
+// query fails with it, no CLOSE is sent into the failed transaction, and
+// the connection is kept for the caller's ROLLBACK.
+func TestCursorServerErrorInFirstFetchInCallersTx(t *testing.T) {
+	ctx := context.Background()
+	fetchErr := sqlStateErr("22012")
+	d := &scriptDB{rows: 10, fail: map[string]error{"FETCH": fetchErr}}
+	db := openScript(t, d, WithFetchSize(5))
+	conn, err := db.Conn(ctx)
+	require.NoError(t, err)
+	defer func() { _ = conn.Close() }()
+	_, err = conn.ExecContext(ctx, "BEGIN")
+	require.NoError(t, err)
+
+	_, err = conn.QueryContext(ctx, "SELECT data FROM docs")
+	require.ErrorIs(t, err, fetchErr)
+	assert.NotContains(t, d.statements(), "CLOSE jsonstream_cursor_1")
+	_, err = conn.ExecContext(ctx, "ROLLBACK")
+	require.NoError(t, err, "the connection is kept")
 }
