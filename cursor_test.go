@@ -934,18 +934,25 @@ func TestCursorServerErrorInBatchEndsCallersCursor(t *testing.T) {
 	require.NoError(t, err, "the connection is kept")
 }
 
+// openSockCursor is a pool of one over the scripted server d whose
+// connections have a socket jsonstream can cut and bound, with opts.
+func openSockCursor(t *testing.T, d *scriptDB, opts ...Option) *sql.DB {
+	t.Helper()
+	c, err := NewConnector(&sockConnector{d: d, net: &hookNet{}}, opts...)
+	require.NoError(t, err)
+	db := sql.OpenDB(c)
+	db.SetMaxOpenConns(1)
+	t.Cleanup(func() { _ = db.Close() })
+	return db
+}
+
 // TestCursorCloseCutOnLastBatchCommits: under CloseCut, a Close whose
 // batch in flight turns out to be the last with no row left (a QueryRow,
 // a small result) finds the result received whole: jsonstream's
 // transaction is committed, not rolled back, and the stream is Complete.
 func TestCursorCloseCutOnLastBatchCommits(t *testing.T) {
 	d := &scriptDB{rows: 3}
-	sc := &sockConnector{d: d, net: &hookNet{}}
-	c, err := NewConnector(sc, WithFetchSize(5), WithCloseMode(CloseCut))
-	require.NoError(t, err)
-	db := sql.OpenDB(c)
-	db.SetMaxOpenConns(1)
-	t.Cleanup(func() { _ = db.Close() })
+	db := openSockCursor(t, d, WithFetchSize(5), WithCloseMode(CloseCut))
 
 	s := mustStream(t)
 	rows, err := db.Query("SELECT data FROM docs", s)
@@ -1015,12 +1022,7 @@ func TestCursorContextEndedAfterDeclareSendsNoFetch(t *testing.T) {
 // committed.
 func TestCursorCloseCutAfterFullBatchIsNotWhole(t *testing.T) {
 	d := &scriptDB{rows: 10}
-	sc := &sockConnector{d: d, net: &hookNet{}}
-	c, err := NewConnector(sc, WithFetchSize(5), WithCloseMode(CloseCut))
-	require.NoError(t, err)
-	db := sql.OpenDB(c)
-	db.SetMaxOpenConns(1)
-	t.Cleanup(func() { _ = db.Close() })
+	db := openSockCursor(t, d, WithFetchSize(5), WithCloseMode(CloseCut))
 
 	s := mustStream(t)
 	rows, err := db.Query("SELECT data FROM docs", s)
