@@ -379,7 +379,7 @@ func (r *rows) event(kind EventKind) Event {
 func (r *rows) eventLocked(kind EventKind, p *pauser) Event {
 	e := Event{Kind: kind, Context: r.ctx, Query: r.obs.query, Mode: r.mode()}
 	e.Stats = Stats{Rows: r.rowCount.Load(), Bytes: r.byteCount.Load(), FirstRow: time.Duration(r.firstRow.Load())}
-	p.snapshot(r, &e.Stats)
+	p.snapshot(r.state.load, &e.Stats)
 	return e
 }
 

@@ -30,16 +30,17 @@ type pauser struct {
 	last time.Duration
 }
 
-// begin starts a pause; r.state has just moved to Paused. Called with mu
-// held.
-func (p *pauser) begin(r *rows) {
+// begin starts a pause; the stream's state has just moved to Paused. A
+// timeout above zero arms a timer that calls expired with this pause's
+// generation. Called with mu held.
+func (p *pauser) begin(timeout time.Duration, expired func(generation uint64)) {
 	p.resume = make(chan struct{})
 	p.pausedAt = time.Now()
 	p.pauses++
 	p.generation++
-	if d := time.Duration(r.pauseTimeout.Load()); d > 0 {
+	if timeout > 0 {
 		generation := p.generation
-		p.timer = time.AfterFunc(d, func() { r.pauseExpired(generation) })
+		p.timer = time.AfterFunc(timeout, func() { expired(generation) })
 	}
 }
 
@@ -60,13 +61,14 @@ func (p *pauser) end() {
 }
 
 // snapshot fills st's State and pause figures from one moment: Pause,
-// Resume and the pause timer change the state under mu, so reading it
-// here cannot pair a Running stream with a pause in progress. A failure
+// Resume and the pause timer change the state under mu, so the state that
+// state returns here cannot pair a Running stream with a pause in
+// progress. A failure
 // or the end of the result changes the state before it ends the pause;
 // the pause then counts in PausedTotal but no longer in PausedNow. Called
 // with mu held.
-func (p *pauser) snapshot(r *rows, st *Stats) {
-	st.State = r.state.load()
+func (p *pauser) snapshot(state func() State, st *Stats) {
+	st.State = state()
 	st.Pauses, st.PauseTimeouts, st.PausedTotal = p.pauses, p.timeouts, p.total
 	if p.resume == nil {
 		return
@@ -142,7 +144,7 @@ func (r *rows) Pause() error {
 			return nil
 		case Running:
 			if r.state.cas(Running, Paused) {
-				p.begin(r)
+				p.begin(time.Duration(r.pauseTimeout.Load()), r.pauseExpired)
 				event = r.queuePause(EventPaused, p, 0)
 				return nil
 			}

@@ -455,7 +455,7 @@ func (r *rows) Stats() Stats {
 	// or had one already: Pause allocates it before the state changes.
 	if p := r.pause.Load(); p != nil {
 		p.mu.Lock()
-		p.snapshot(r, &st)
+		p.snapshot(r.state.load, &st)
 		p.mu.Unlock()
 	}
 	return st
