@@ -11,7 +11,7 @@ vet:
 	$(GO) vet ./...
 	@if [ -f bench/go.mod ]; then cd bench && $(GO) vet ./...; fi
 	@if [ -f integration/go.mod ]; then cd integration && $(GO) vet ./...; fi
-	@if [ -f otel/go.mod ]; then cd otel && $(GO) vet ./...; fi
+	@if [ -f jsonstreamotel/go.mod ]; then cd jsonstreamotel && $(GO) vet ./...; fi
 
 # The root module, then every module below it with a go.mod of its own.
 lint:
@@ -26,14 +26,14 @@ test: vet lint
 	$(GO) test -race -count=1 -timeout 40m ./...
 	@if [ -f bench/go.mod ]; then cd bench && $(GO) test -race -count=1 -timeout 10m ./...; fi
 	@if [ -f integration/go.mod ]; then cd integration && $(GO) test -race -count=1 -timeout 10m ./...; fi
-	@if [ -f otel/go.mod ]; then cd otel && $(GO) test -race -count=1 -timeout 10m ./...; fi
+	@if [ -f jsonstreamotel/go.mod ]; then cd jsonstreamotel && $(GO) test -race -count=1 -timeout 10m ./...; fi
 	@$(MAKE) --no-print-directory bench-smoke
 
 # Runs every benchmark once so that none can rot; the numbers mean nothing.
 bench-smoke:
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -short .
 	@if [ -f bench/go.mod ]; then cd bench && $(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -short ./...; fi
-	@if [ -f otel/go.mod ]; then cd otel && $(GO) test -count=1 -run '^$$' -bench . -benchtime 1x ./...; fi
+	@if [ -f jsonstreamotel/go.mod ]; then cd jsonstreamotel && $(GO) test -count=1 -run '^$$' -bench . -benchtime 1x ./...; fi
 
 demo:
 	$(GO) run ./cmd/demo $(ARGS)

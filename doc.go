@@ -25,7 +25,7 @@
 //     and outside transactions.
 //   - An Observer (WithObserver) hears of every stream's start, first row,
 //     pauses, pause timeouts and end, with how it ended; the
-//     github.com/jsonstream/jsonstream/otel module turns these events into
+//     github.com/jsonstream/jsonstream/jsonstreamotel module turns these events into
 //     OpenTelemetry metrics and span events.
 //   - JSON documents: Each and ForEach iterate a result as typed values,
 //     WriteNDJSON and WriteJSONArray stream it to an io.Writer, in flat

@@ -12,7 +12,7 @@ import (
 // An Observer hears of each stream's life; here it prints it. Set it on a
 // connector (NewConnector or NewDriver with WithObserver) for every
 // query, or on one Stream as here. Metrics and traces come from the
-// github.com/jsonstream/jsonstream/otel module, an Observer too.
+// github.com/jsonstream/jsonstream/jsonstreamotel module, an Observer too.
 func ExampleWithObserver() {
 	db, mock := mockDB("example_with_observer")
 	defer db.Close()

@@ -214,14 +214,14 @@ func documents(db *sql.DB) http.HandlerFunc {
 const integrationSection = "## With sqlc, sqlx, GORM and OpenTelemetry"
 
 // TestReadmeCodeBlocks requires every Go block of README.md and
-// otel/README.md to stand, line for line (indentation aside), in a test
-// file of this package or of the otel module (which compiles the blocks
+// jsonstreamotel/README.md to stand, line for line (indentation aside), in a test
+// file of this package or of the jsonstreamotel module (which compiles the blocks
 // that use OpenTelemetry), or of the integration module for
 // integrationSection, and every make target the README names to exist.
 func TestReadmeCodeBlocks(t *testing.T) {
 	readme, err := os.ReadFile("README.md")
 	require.NoError(t, err)
-	otelReadme, err := os.ReadFile(filepath.Join("otel", "README.md"))
+	otelReadme, err := os.ReadFile(filepath.Join("jsonstreamotel", "README.md"))
 	require.NoError(t, err)
 	corpus := func(globs ...string) string {
 		var lines []string
@@ -237,7 +237,7 @@ func TestReadmeCodeBlocks(t *testing.T) {
 		}
 		return "\n" + strings.Join(lines, "\n") + "\n"
 	}
-	root := corpus("*_test.go", filepath.Join("otel", "*_test.go"))
+	root := corpus("*_test.go", filepath.Join("jsonstreamotel", "*_test.go"))
 	integration := corpus(filepath.Join("integration", "*_test.go"))
 
 	goBlock := regexp.MustCompile("(?s)```go\n(.*?)```")
@@ -245,7 +245,7 @@ func TestReadmeCodeBlocks(t *testing.T) {
 	inIntegration := 0
 	sections := regexp.MustCompile(`(?m)^## `).Split(string(readme), -1)
 	for _, section := range append(sections, string(otelReadme)) {
-		joined, where := root, "this package or the otel module"
+		joined, where := root, "this package or the jsonstreamotel module"
 		if strings.HasPrefix("## "+section, integrationSection+"\n") {
 			joined, where = integration, "the integration module"
 		}

@@ -8,7 +8,7 @@ import (
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 
 	"github.com/jsonstream/jsonstream"
-	jsonstreamotel "github.com/jsonstream/jsonstream/otel"
+	"github.com/jsonstream/jsonstream/jsonstreamotel"
 )
 
 // BenchmarkObserveStream is what the Observer costs a never-paused query

@@ -13,7 +13,7 @@ import (
 
 	"github.com/jsonstream/jsonstream"
 	"github.com/jsonstream/jsonstream/internal/pgtest"
-	jsonstreamotel "github.com/jsonstream/jsonstream/otel"
+	"github.com/jsonstream/jsonstream/jsonstreamotel"
 )
 
 // The metrics and span events of cursor-backed streams (WithFetchSize),

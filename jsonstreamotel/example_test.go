@@ -11,7 +11,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
 	"github.com/jsonstream/jsonstream"
-	jsonstreamotel "github.com/jsonstream/jsonstream/otel"
+	"github.com/jsonstream/jsonstream/jsonstreamotel"
 )
 
 // The metrics of one stream closed after its first row, read back from an

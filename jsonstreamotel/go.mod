@@ -1,4 +1,4 @@
-module github.com/jsonstream/jsonstream/otel
+module github.com/jsonstream/jsonstream/jsonstreamotel
 
 go 1.26.0
 

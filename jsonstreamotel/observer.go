@@ -1,6 +1,7 @@
 // Package jsonstreamotel turns jsonstream's stream events into
-// OpenTelemetry metrics and span events. Its import path ends in otel; its
-// name is jsonstreamotel, so that it sits beside go.opentelemetry.io/otel.
+// OpenTelemetry metrics and span events. Its directory and its name are
+// alike, as in opentelemetry-go-contrib (otelhttp, otelsql), and neither
+// collides with go.opentelemetry.io/otel.
 //
 //	observer, err := jsonstreamotel.NewObserver(jsonstreamotel.WithMeterProvider(provider))
 //	drv, err := jsonstream.NewDriver(pq.Driver{}, jsonstream.WithObserver(observer))
@@ -45,7 +46,7 @@ import (
 )
 
 // ScopeName is the instrumentation scope of the meter.
-const ScopeName = "github.com/jsonstream/jsonstream/otel"
+const ScopeName = "github.com/jsonstream/jsonstream/jsonstreamotel"
 
 // Attribute keys of the measurements and span events.
 const (

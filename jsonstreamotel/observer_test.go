@@ -19,7 +19,7 @@ import (
 
 	"github.com/jsonstream/jsonstream"
 	"github.com/jsonstream/jsonstream/internal/pgtest"
-	jsonstreamotel "github.com/jsonstream/jsonstream/otel"
+	"github.com/jsonstream/jsonstream/jsonstreamotel"
 )
 
 // TestMain starts a throwaway PostgreSQL on first use (or uses

@@ -7,7 +7,7 @@
 // Without -dsn it starts a throwaway PostgreSQL server (internal/pgtest)
 // and removes it at the end. It loads the dataset once (internal/dataset),
 // builds the benchmark binaries once (the bench module's, again under
-// GOEXPERIMENT=jsonv2 for the typed decoders, and the otel module's for
+// GOEXPERIMENT=jsonv2 for the typed decoders, and the jsonstreamotel module's for
 // the observer), and then, in each of -count rounds, runs every benchmark
 // for one client at a time in a process of its own, rotating the order of
 // the clients from round to round, so that a drift of the machine during
@@ -203,7 +203,7 @@ const (
 	// binJSONv2 holds them built with GOEXPERIMENT=jsonv2, for the typed
 	// decoders; only its TypedDecode results are used.
 	binJSONv2 binary = "jsonv2"
-	// binOtel holds the otel module's, for the observer's cost.
+	// binOtel holds the jsonstreamotel module's, for the observer's cost.
 	binOtel binary = "otel"
 )
 
@@ -222,7 +222,7 @@ const jsonv2Prefix = "jsonv2/"
 
 // buildBinaries builds the test binaries into tmp. The bench module's must
 // build; a Go without the jsonv2 experiment, or a repository without the
-// otel module, only loses its sections, with a line in the log.
+// jsonstreamotel module, only loses its sections, with a line in the log.
 func buildBinaries(dir, tmp string) (map[binary]testBinary, error) {
 	bins := map[binary]testBinary{}
 	build := func(b binary, modDir string, env ...string) error {
@@ -255,9 +255,9 @@ func buildBinaries(dir, tmp string) (map[binary]testBinary, error) {
 			bins[binJSONv2] = b
 		}
 	}
-	otel := filepath.Join(dir, "..", "otel")
+	otel := filepath.Join(dir, "..", "jsonstreamotel")
 	if _, err := os.Stat(filepath.Join(otel, "go.mod")); err != nil {
-		logf("no otel module beside the bench module: the observer section goes without the OpenTelemetry figures")
+		logf("no jsonstreamotel module beside the bench module: the observer section goes without the OpenTelemetry figures")
 	} else if err := build(binOtel, otel); err != nil {
 		return nil, err
 	}
