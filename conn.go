@@ -372,6 +372,11 @@ func (c *conn) query(ctx context.Context, owner any, query string, args []driver
 		return nil, err
 	}
 	c.ran()
+	if c.sock != nil {
+		// Before the query is sent: the status of the ReadyForQuery that
+		// ended the exchange before it.
+		r.txBlock, _ = c.sock.frames.txBlock()
+	}
 	ir, err := c.sendQuery(ctx, r, query, send)
 	if err != nil {
 		unclaim(s)

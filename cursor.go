@@ -257,12 +257,18 @@ func cursorQueryError(fetchSize int, why string) error {
 }
 
 // inTransactionBlock reports whether the session is inside a transaction
-// block that jsonstream did not see begin (Exec("BEGIN")). It asks the
-// server only when the connection has run statements of its own since it
-// was last known to be outside one: SAVEPOINT fails with SQLSTATE 25P01
+// block that jsonstream did not see begin (Exec("BEGIN")). The last
+// ReadyForQuery says so when the framer follows the connection
+// (frame.go). Otherwise it asks the server, and only when the connection
+// has run statements of its own since it was last known to be outside one: SAVEPOINT fails with SQLSTATE 25P01
 // (no_active_sql_transaction) exactly outside a transaction block, and
 // its RELEASE leaves no trace inside one.
 func (c *conn) inTransactionBlock(ctx context.Context, execer driver.ExecerContext) (bool, error) {
+	if c.sock != nil {
+		if in, known := c.sock.frames.txBlock(); known {
+			return in, nil
+		}
+	}
 	if c.txIdle && !c.unwrapped {
 		return false, nil
 	}

@@ -909,3 +909,51 @@ func TestCommitAfterFailedStatementReturnsError(t *testing.T) {
 		return out
 	})
 }
+
+// TestEarlyCloseInsideExecBegin: inside a transaction begun with
+// Exec("BEGIN"), which database/sql does not know of, an early Close
+// never cuts the connection: the transaction, what it wrote and the
+// session go on exactly as through lib/pq, in every close mode. The
+// transaction status comes from the server's ReadyForQuery (frame.go).
+func TestEarlyCloseInsideExecBegin(t *testing.T) {
+	needRowsTable(t)
+	type result struct {
+		Inserted  int
+		SamePid   bool
+		Committed int
+	}
+	run := func(t *testing.T, db *sql.DB) result {
+		ctx := context.Background()
+		table := fmt.Sprintf("exec_begin_%d", time.Now().UnixNano())
+		_, err := db.ExecContext(ctx, "CREATE TABLE "+table+" (a int)")
+		require.NoError(t, err)
+		t.Cleanup(func() { _, _ = db.Exec("DROP TABLE " + table) })
+		conn, err := db.Conn(ctx)
+		require.NoError(t, err)
+		defer conn.Close()
+		pid := pidOf(t, conn)
+		_, err = conn.ExecContext(ctx, "BEGIN")
+		require.NoError(t, err)
+		_, err = conn.ExecContext(ctx, "INSERT INTO "+table+" VALUES (1)")
+		require.NoError(t, err)
+		rows, err := conn.QueryContext(ctx, bigQuery, 200_000)
+		require.NoError(t, err)
+		require.True(t, rows.Next())
+		require.NoError(t, rows.Close())
+		var res result
+		require.NoError(t, conn.QueryRowContext(ctx, "SELECT count(*) FROM "+table).Scan(&res.Inserted),
+			"the transaction goes on after the early Close")
+		res.SamePid = pidOf(t, conn) == pid
+		_, err = conn.ExecContext(ctx, "COMMIT")
+		require.NoError(t, err)
+		require.NoError(t, db.QueryRowContext(ctx, "SELECT count(*) FROM "+table).Scan(&res.Committed))
+		return res
+	}
+	want := run(t, openPG(t, "postgres", ""))
+	require.Equal(t, result{Inserted: 1, SamePid: true, Committed: 1}, want)
+	for _, mode := range []string{"", "jsonstream_close=auto", "jsonstream_close=cut", "jsonstream_close=drain"} {
+		t.Run("mode="+mode, func(t *testing.T) {
+			assert.Equal(t, want, run(t, openPG(t, DriverName, mode)))
+		})
+	}
+}

@@ -12,11 +12,11 @@ import (
 // When the server ends a session (a terminated backend, a recovery
 // conflict on a standby, idle_in_transaction_session_timeout), it sends a
 // FATAL ErrorResponse and closes the connection; lib/pq reports every
-// FATAL as driver.ErrBadConn, and the reason is lost. jsonstream reads it
-// back from the socket's last read, where lib/pq left it: the FATAL is
-// the last message the server sent. That takes a plaintext socket; on a
-// TLS connection the socket carries ciphertext, and the stream's error
-// stays lib/pq's.
+// FATAL as driver.ErrBadConn, and the reason is lost. jsonstream keeps it
+// as it passes to lib/pq: the framer (frame.go) parses every
+// ErrorResponse's severity, on plaintext connections and on TLS that
+// jsonstream's dialer established. When lib/pq negotiated TLS itself, the
+// socket carries ciphertext, and the stream's error stays lib/pq's.
 
 // SessionEndedError is the error of a stream whose session the server
 // ended while it ran. It wraps the server's FATAL error, for
@@ -36,18 +36,38 @@ func (e *SessionEndedError) Error() string {
 func (e *SessionEndedError) Unwrap() []error { return []error{e.Server, driver.ErrBadConn} }
 
 // sessionError returns err, an error of the inner driver on c, as a
-// SessionEndedError when it is driver.ErrBadConn and the socket's last
-// read ends with the server's FATAL error.
+// SessionEndedError when it is driver.ErrBadConn and the server ended the
+// session with a FATAL error.
 func sessionError(err error, c *conn) error {
 	if c.sock == nil || !errors.Is(err, driver.ErrBadConn) {
 		return err
 	}
-	pe := lastFatal(c.sock.last)
+	pe := c.sock.fatal()
 	if pe == nil {
 		return err
 	}
 	c.discard()
 	return &SessionEndedError{Server: pe}
+}
+
+// fatal returns the FATAL error with which the server ended the session,
+// if it sent one: the framer's when it follows the connection, else the
+// one that ends the socket's last read.
+func (s *sock) fatal() *pq.Error {
+	if s.frames.on && !s.frames.broken {
+		return s.frames.fatal
+	}
+	return lastFatal(s.last)
+}
+
+// heldFatal returns the FATAL error that ends what the socket holds past
+// a ReadyForQuery (sock.Read), if any: a FATAL sent while the connection
+// was idle that arrived with the ReadyForQuery before it.
+func (s *sock) heldFatal() *pq.Error {
+	if s.heldOff >= len(s.held) {
+		return nil
+	}
+	return lastFatal(s.held[s.heldOff:])
 }
 
 // lastFatal returns the FATAL ErrorResponse that ends b, or nil.

@@ -4,8 +4,10 @@ package jsonstream
 
 import "github.com/lib/pq"
 
-// peekFatal cannot look at a socket's pending bytes on this system.
-func (s *sock) peekFatal() *pq.Error { return nil }
+// peekFatal cannot look at a socket's pending bytes on this system, only
+// at what the socket holds past a ReadyForQuery.
+func (s *sock) peekFatal() *pq.Error { return s.heldFatal() }
 
-// endedWhileIdle cannot look at a socket's pending bytes on this system.
-func (s *sock) endedWhileIdle() bool { return false }
+// endedWhileIdle cannot look at a socket's pending bytes on this system,
+// only at what the socket holds past a ReadyForQuery.
+func (s *sock) endedWhileIdle() bool { return s.heldFatal() != nil }

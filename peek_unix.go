@@ -16,6 +16,9 @@ import (
 // drop the FATAL before lib/pq reads it. Only a plaintext TCP or Unix
 // socket can be looked at; otherwise it returns nil.
 func (s *sock) peekFatal() *pq.Error {
+	if pe := s.heldFatal(); pe != nil {
+		return pe
+	}
 	n, ok := s.peek()
 	if !ok || n <= 0 {
 		return nil
@@ -29,6 +32,9 @@ func (s *sock) peekFatal() *pq.Error {
 // (ResetSession), so that a connection the server ended is replaced before
 // anything is sent on it rather than failing the query with a reset.
 func (s *sock) endedWhileIdle() bool {
+	if s.heldFatal() != nil {
+		return true
+	}
 	n, ok := s.peek()
 	switch {
 	case !ok:

@@ -55,6 +55,11 @@ type rows struct {
 	// which then ends the query when the context ends (a statement that
 	// writes: sendQuery); jsonstream does not watch it then.
 	innerCtx bool
+	// txBlock is set when the session was inside a transaction block as
+	// the query was sent, by the ReadyForQuery before it (frame.go): one
+	// begun with Exec("BEGIN"), which database/sql does not know of. An
+	// early Close then drains, as in a transaction begun with BeginTx.
+	txBlock bool
 
 	// dest is the slice the consumer's last Next filled, which Close
 	// reuses to look at what is left of the result (database/sql's
@@ -345,7 +350,7 @@ func (r *rows) endFacts(failed bool) endFacts {
 	if cur := r.cursor; cur != nil {
 		f.callersTx = !cur.own
 	} else {
-		f.callersTx, f.writes = r.conn.inTx, scanQuery(r.query).writes
+		f.callersTx, f.writes = r.conn.inTx || r.txBlock, scanQuery(r.query).writes
 	}
 	return f
 }

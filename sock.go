@@ -64,10 +64,36 @@ type sock struct {
 	peekFn  func(fd uintptr) bool
 	peekN   int
 	peekErr error
+	// frames follows the backend's messages (frame.go); decided is set by
+	// lib/pq's first write, which turns it on or leaves it off.
+	frames  framer
+	decided bool
+	// held is what a read brought past a ReadyForQuery, handed to lib/pq
+	// by the next reads; heldErr is the error that read returned with it.
+	held    []byte
+	heldOff int
+	heldErr error
+}
+
+// Write implements net.Conn. lib/pq's first write tells whether the
+// connection carries protocol messages from here on (a StartupMessage),
+// and every write ends the idle time that a ReadyForQuery began.
+func (s *sock) Write(p []byte) (int, error) {
+	if !s.decided {
+		s.decided = true
+		s.frames.on = isStartup(p)
+	}
+	s.frames.wrote()
+	return s.Conn.Write(p)
 }
 
 // Read implements net.Conn. Outside a drain it is the socket's own Read.
+// A read never goes past a ReadyForQuery: what came after it is kept for
+// the next read.
 func (s *sock) Read(p []byte) (n int, err error) {
+	if s.heldOff < len(s.held) {
+		return s.readHeld(p)
+	}
 	if s.until.Load() == 0 {
 		n, err = s.Conn.Read(p)
 	} else {
@@ -75,7 +101,29 @@ func (s *sock) Read(p []byte) (n int, err error) {
 	}
 	if n > 0 {
 		s.last = p[:n]
+		if k := s.frames.scan(p[:n]); k < n {
+			s.held = append(s.held[:0], p[k:n]...)
+			s.heldOff, s.heldErr = 0, err
+			n, err = k, nil
+			s.last = p[:n]
+		}
 	}
+	return n, err
+}
+
+// readHeld hands lib/pq what an earlier read brought past a
+// ReadyForQuery, up to the next ReadyForQuery in it.
+func (s *sock) readHeld(p []byte) (int, error) {
+	n := copy(p, s.held[s.heldOff:])
+	n = s.frames.scan(p[:n])
+	s.heldOff += n
+	s.last = p[:n]
+	if s.heldOff < len(s.held) {
+		return n, nil
+	}
+	s.held, s.heldOff = s.held[:0], 0
+	err := s.heldErr
+	s.heldErr = nil
 	return n, err
 }
 

@@ -1,0 +1,193 @@
+package jsonstream
+
+import (
+	"encoding/binary"
+
+	"github.com/lib/pq"
+	"github.com/lib/pq/pqerror"
+)
+
+// The framer follows the backend's messages in the bytes lib/pq reads:
+// each message is a type byte, a 4-byte big-endian length that counts
+// itself, and a body. It never parses what it need not: a DataRow's body
+// is skipped with one subtraction, so following a result costs a few
+// instructions per message. It keeps:
+//
+//   - whether the connection is idle: the last message the server sent in
+//     answer to lib/pq's last write was ReadyForQuery;
+//   - the transaction status of that ReadyForQuery: 'I' (idle), 'T' (in a
+//     transaction block) or 'E' (in a failed one);
+//   - how many bytes of messages arrived since lib/pq's last write;
+//   - the last FATAL (or PANIC) ErrorResponse, with which the server ends
+//     a session.
+//
+// The socket cuts each read just after a ReadyForQuery (sock.Read), so
+// that after ReadyForQuery nothing of what follows sits in lib/pq's buffer.
+//
+// A connection carries messages from its first byte when lib/pq's first
+// write is a StartupMessage: plaintext, or TLS that jsonstream's dialer
+// established. When lib/pq negotiates TLS itself, the socket sees
+// ciphertext, and the framer stays off.
+
+// Transaction statuses of ReadyForQuery.
+const (
+	txStatusIdle   = 'I'
+	txStatusInTx   = 'T'
+	txStatusFailed = 'E'
+)
+
+// maxErrorCapture bounds the ErrorResponse body the framer keeps to parse;
+// a longer one is passed on unparsed.
+const maxErrorCapture = 64 << 10
+
+// framer follows the backend's message boundaries. Only the goroutine
+// that reads the connection touches it, except for the fields that
+// sock publishes atomically.
+type framer struct {
+	// on is set while the bytes are protocol messages; broken is set when
+	// they stopped making sense as messages (a length below 4), after
+	// which the framer passes everything on unexamined.
+	on, broken bool
+	// hdr collects a header split across reads; hdrN is how much of it.
+	hdr  [5]byte
+	hdrN int
+	// typ is the type of the message whose body is passing, body how many
+	// of its bytes are still to come.
+	typ  byte
+	body int
+	// status is the transaction status of the last ReadyForQuery, 0
+	// before the first; idle is set from a ReadyForQuery until lib/pq
+	// writes again.
+	status byte
+	idle   bool
+	// received counts the message bytes that arrived since lib/pq's last
+	// write.
+	received int64
+	// capture collects the body of an ErrorResponse (or ReadyForQuery's
+	// status byte) while it passes; capturing is set while it does.
+	capture   []byte
+	capturing bool
+	// fatal is the last FATAL or PANIC ErrorResponse the server sent.
+	fatal *pq.Error
+}
+
+// wrote notes that lib/pq wrote to the server: the connection is no
+// longer idle, and what arrives from now on answers the write.
+func (f *framer) wrote() {
+	f.idle = false
+	f.received = 0
+}
+
+// scan follows the messages in b, the bytes just read, and returns how
+// many of them lib/pq may have now: all of b, or the bytes up to and
+// including the first ReadyForQuery that ends in b.
+func (f *framer) scan(b []byte) int {
+	if !f.on || f.broken {
+		return len(b)
+	}
+	f.received += int64(len(b))
+	i := 0
+	for i < len(b) {
+		if f.body > 0 {
+			k := min(f.body, len(b)-i)
+			if f.capturing {
+				f.keep(b[i : i+k])
+			}
+			f.body -= k
+			i += k
+			if f.body == 0 && f.ended() {
+				return f.cutAt(b, i)
+			}
+			continue
+		}
+		// A header: whole in b (the usual case), or in pieces.
+		var typ byte
+		var length uint32
+		if f.hdrN == 0 && len(b)-i >= 5 {
+			typ, length = b[i], binary.BigEndian.Uint32(b[i+1:])
+			i += 5
+		} else {
+			k := copy(f.hdr[f.hdrN:], b[i:])
+			f.hdrN += k
+			i += k
+			if f.hdrN < 5 {
+				return len(b)
+			}
+			f.hdrN = 0
+			typ, length = f.hdr[0], binary.BigEndian.Uint32(f.hdr[1:])
+		}
+		if length < 4 || length > 1<<30+4 {
+			// Not a message: leave it to lib/pq, which reports it.
+			f.broken = true
+			return len(b)
+		}
+		f.typ, f.body = typ, int(length-4)
+		f.capturing = false
+		if typ == 'E' || typ == 'Z' {
+			f.capture = f.capture[:0]
+			f.capturing = true
+		}
+		if f.body == 0 && f.ended() {
+			return f.cutAt(b, i)
+		}
+	}
+	return len(b)
+}
+
+// cutAt returns where the read that brought b is cut: just after the
+// ReadyForQuery that ends at i. The bytes after it were counted as
+// received; they are counted again when lib/pq reads them.
+func (f *framer) cutAt(b []byte, i int) int {
+	f.received -= int64(len(b) - i)
+	return i
+}
+
+// keep adds a piece of a captured body, within maxErrorCapture.
+func (f *framer) keep(p []byte) {
+	if len(f.capture)+len(p) > maxErrorCapture {
+		f.capturing = false
+		return
+	}
+	f.capture = append(f.capture, p...)
+}
+
+// ended handles the message whose body just ended and reports whether it
+// was a ReadyForQuery, after which the read is cut.
+func (f *framer) ended() bool {
+	if !f.capturing {
+		return false
+	}
+	f.capturing = false
+	switch f.typ {
+	case 'Z':
+		if len(f.capture) == 1 {
+			f.status = f.capture[0]
+		}
+		f.idle = true
+		return true
+	case 'E':
+		if pe := parseErrorFields(f.capture); pe != nil &&
+			(pe.Severity == pqerror.SeverityFatal || pe.Severity == pqerror.SeverityPanic) {
+			f.fatal = pe
+		}
+	}
+	return false
+}
+
+// txBlock reports whether the last ReadyForQuery put the session inside a
+// transaction block (a failed one included), and whether that is known:
+// the framer is on and has seen one.
+func (f *framer) txBlock() (in, known bool) {
+	if !f.on || f.broken || f.status == 0 {
+		return false, false
+	}
+	return f.status != txStatusIdle, true
+}
+
+// isStartup reports whether p, lib/pq's first write on a connection, is a
+// StartupMessage (protocol 3.x) rather than an SSLRequest, a
+// CancelRequest or the first bytes of a TLS handshake.
+func isStartup(p []byte) bool {
+	return len(p) >= 8 && int(binary.BigEndian.Uint32(p)) == len(p) &&
+		binary.BigEndian.Uint16(p[4:]) == 3
+}
