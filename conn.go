@@ -96,7 +96,7 @@ func (c *conn) cut() bool {
 		return false
 	}
 	if c.cutDone.CompareAndSwap(false, true) {
-		_ = c.sock.Close()
+		_ = c.sock.cut()
 	}
 	return true
 }

@@ -19,6 +19,9 @@ type Connector struct {
 	settings settings
 	// redactor masks the DSN's passwords in the errors of Connect.
 	redactor *redactor
+	// tls is how jsonstream's dialer negotiates TLS (tls.go); nil when
+	// lib/pq does, or when there is none.
+	tls *tlsPlan
 }
 
 var (
@@ -54,6 +57,29 @@ func NewConnector(inner driver.Connector, opts ...Option) (*Connector, error) {
 	return newConnector(inner, s), nil
 }
 
+// NewConnectorConfig returns a Connector for lib/pq with the connection
+// settings cfg (from pq.NewConfig, or built by hand), as sql.Open with a
+// DSN gives: jsonstream's dialer negotiates TLS as lib/pq would for cfg,
+// so that jsonstream sees the protocol's messages on TLS connections too,
+// and lib/pq does everything else. See the README's "How it works".
+func NewConnectorConfig(cfg pq.Config, opts ...Option) (*Connector, error) {
+	s := defaultSettings()
+	if err := s.apply(opts); err != nil {
+		return nil, err
+	}
+	return newPQConnector(cfg, s), nil
+}
+
+// newPQConnector is a Connector for lib/pq with cfg and the settings s.
+func newPQConnector(cfg pq.Config, s settings) *Connector {
+	inner, plan := planTLS(cfg)
+	pc, _ := pq.NewConnectorConfig(inner) // never fails in v1.12.3
+	pc.Dialer(NewDialer(nil))
+	c := newConnector(pc, s)
+	c.tls = plan
+	return c
+}
+
 func newConnector(inner driver.Connector, s settings) *Connector {
 	return &Connector{
 		inner:    inner,
@@ -65,7 +91,7 @@ func newConnector(inner driver.Connector, s settings) *Connector {
 
 // Connect implements driver.Connector.
 func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
-	var sock socketSlot
+	sock := socketSlot{tls: c.tls}
 	ic, err := c.inner.Connect(context.WithValue(ctx, socketKey{}, &sock))
 	if err != nil {
 		return nil, c.redactor.redact(err)

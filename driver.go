@@ -70,15 +70,17 @@ func (d *Driver) OpenConnector(dsn string) (driver.Connector, error) {
 	var inner driver.Connector
 	switch id := d.inner.(type) {
 	case pq.Driver, *pq.Driver:
-		pc, err := pq.NewConnector(rest)
+		cfg, err := pq.NewConfig(rest)
 		if err != nil {
 			// lib/pq reports a bad DSN when connecting, not from sql.Open;
 			// so does jsonstream.
 			inner = errConnector{driver: d.inner, err: rd.redact(err)}
 			break
 		}
-		pc.Dialer(NewDialer(nil))
-		inner = pc
+		c := newPQConnector(cfg, s)
+		c.driver = d
+		c.redactor = rd
+		return c, nil
 	case driver.DriverContext:
 		if inner, err = id.OpenConnector(rest); err != nil {
 			return nil, rd.redact(err)

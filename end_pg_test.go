@@ -957,3 +957,25 @@ func TestEarlyCloseInsideExecBegin(t *testing.T) {
 		})
 	}
 }
+
+// TestCloseKeepsABufferedResult: when the result's ReadyForQuery has
+// reached lib/pq, the rest of the result is in its buffer, and an early
+// Close reads it off and keeps the connection in every close mode, over
+// plaintext and over jsonstream's TLS. CloseCut's look at what has
+// arrived would otherwise cut it for the second of twenty small rows.
+func TestCloseKeepsABufferedResult(t *testing.T) {
+	for _, closeMode := range []string{"jsonstream_close=cut", "jsonstream_close=auto"} {
+		for _, tlsMode := range []string{"sslmode=disable", "sslmode=require"} {
+			t.Run(closeMode+"/"+tlsMode, func(t *testing.T) {
+				db := openPG(t, DriverName, closeMode+" "+tlsMode)
+				db.SetMaxOpenConns(1)
+				before := pidOf(t, db)
+				rows, err := db.Query("SELECT g FROM generate_series(1, 20) g")
+				require.NoError(t, err)
+				require.True(t, rows.Next())
+				require.NoError(t, rows.Close())
+				assert.Equal(t, before, pidOf(t, db), "the connection was cut")
+			})
+		}
+	}
+}

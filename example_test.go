@@ -169,6 +169,24 @@ func ExampleNewConnector() {
 	defer db.Close()
 }
 
+// Build lib/pq's settings yourself (pq.NewConfig, or a pq.Config by hand)
+// and hand them to NewConnectorConfig: jsonstream's dialer then
+// negotiates TLS as lib/pq would for them, and follows the protocol's
+// messages on the encrypted connection.
+func ExampleNewConnectorConfig() {
+	cfg, err := pq.NewConfig("host=db.internal dbname=app sslmode=verify-full sslrootcert=system")
+	if err != nil {
+		log.Fatal(err)
+	}
+	cfg.ApplicationName = "exporter"
+	connector, err := jsonstream.NewConnectorConfig(cfg, jsonstream.WithPauseTimeout(time.Minute))
+	if err != nil {
+		log.Fatal(err)
+	}
+	db := sql.OpenDB(connector)
+	defer db.Close()
+}
+
 // Code that holds a driver.Rows reaches the same controls with a type
 // assertion.
 func ExampleController() {

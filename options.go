@@ -48,8 +48,11 @@ func (a PauseTimeoutAction) String() string {
 // a function that writes looks like a read, and is stopped with what the
 // function wrote: give it CloseDrain.
 //
-// Inside a transaction begun with BeginTx, Close always drains: cutting
-// the connection would end the transaction. A session kept with sql.Conn
+// Inside a transaction, Close always drains: cutting the connection
+// would end the transaction. That is one begun with BeginTx, or with
+// Exec("BEGIN") on a sql.Conn, which jsonstream knows of from the
+// server's ReadyForQuery (on connections it follows: see
+// NewConnectorConfig). A session kept with sql.Conn
 // loses its state (temporary tables, SET, advisory locks, LISTEN) when its
 // connection is cut: use CloseDrain there if that state matters, or a
 // cursor-backed stream (WithFetchSize).
@@ -70,9 +73,10 @@ const (
 	CloseAuto CloseMode = iota
 	// CloseCut cuts the connection whenever rows are left, without trying
 	// to drain: it looks only at what has arrived (waiting at most
-	// drainGrace, 5 ms), so a result received whole, such as QueryRow's,
-	// keeps the connection, and every other early close discards it. It
-	// sends no cancel request: closing the connection stops the server.
+	// drainGrace, 5 ms), so a result received whole, such as QueryRow's
+	// or any whose end already reached the client, keeps the connection,
+	// and every other early close discards it. It sends no cancel request:
+	// closing the connection stops the server.
 	CloseCut
 	// CloseDrain reads the whole remainder, as lib/pq does: the connection
 	// is kept, and Close takes as long as the server needs to send the rest.

@@ -23,6 +23,10 @@ func (s *sock) peekFatal() *pq.Error {
 	if !ok || n <= 0 {
 		return nil
 	}
+	if s.encrypted() {
+		s.pull()
+		return s.heldFatal()
+	}
 	return lastFatal(s.peekBuf[:n])
 }
 
@@ -41,6 +45,10 @@ func (s *sock) endedWhileIdle() bool {
 		return false
 	case n == 0:
 		return true // the server closed the connection
+	case s.encrypted():
+		// Through TLS: a FATAL, or the server's close_notify and close.
+		s.pull()
+		return s.heldFatal() != nil || s.heldErr != nil
 	}
 	return lastFatal(s.peekBuf[:n]) != nil
 }
@@ -51,7 +59,7 @@ func (s *sock) endedWhileIdle() bool {
 // socket could be looked at and held anything.
 func (s *sock) peek() (int, bool) {
 	if s.peekRaw == nil {
-		sc, ok := s.Conn.(syscall.Conn)
+		sc, ok := s.under().(syscall.Conn)
 		if !ok {
 			return 0, false
 		}

@@ -4,6 +4,7 @@ package jsonstream
 
 import (
 	"context"
+	"crypto/tls"
 	"database/sql/driver"
 	"net"
 	"testing"
@@ -33,10 +34,33 @@ func tcpPair(t *testing.T) (*sock, net.Conn) {
 	return &sock{Conn: client}, server
 }
 
+// tlsPair is tcpPair with TLS on top, established as jsonstream's dialer
+// does: the sock reads plaintext, and its raw socket holds ciphertext.
+func tlsPair(t *testing.T) (*sock, net.Conn) {
+	t.Helper()
+	s, server := tcpPair(t)
+	ca := newTestCA(t, "pair")
+	tlsServer := tls.Server(server, &tls.Config{Certificates: []tls.Certificate{ca.serverCert(t, time.Now().Add(time.Hour))}})
+	client := tls.Client(s.Conn, &tls.Config{InsecureSkipVerify: true})
+	done := make(chan error, 1)
+	go func() { done <- tlsServer.Handshake() }()
+	require.NoError(t, client.Handshake())
+	require.NoError(t, <-done)
+	return &sock{Conn: client, raw: s.Conn}, tlsServer
+}
+
 // TestEndedWhileIdle: a pooled connection is replaced when the server
 // sent a FATAL error or closed it while it sat idle, and kept when the
-// server sent nothing or something else (a notification of LISTEN).
+// server sent nothing or something else (a notification of LISTEN); on
+// a plaintext socket and on TLS that jsonstream's dialer established,
+// where what the server sent is read through TLS and held for lib/pq.
 func TestEndedWhileIdle(t *testing.T) {
+	for name, pair := range map[string]func(*testing.T) (*sock, net.Conn){"plaintext": tcpPair, "TLS": tlsPair} {
+		t.Run(name, func(t *testing.T) { endedWhileIdle(t, pair) })
+	}
+}
+
+func endedWhileIdle(t *testing.T, tcpPair func(*testing.T) (*sock, net.Conn)) {
 	fatal := message('E', errorBody("SFATAL", "VFATAL", "C57P01", "Mterminating connection due to administrator command"))
 	notify := message('A', append([]byte{0, 0, 0, 1}, "chan\x00payload\x00"...))
 	// settled waits until what the server wrote has reached the client.
@@ -74,9 +98,15 @@ func TestEndedWhileIdle(t *testing.T) {
 		s, server := tcpPair(t)
 		_, err := server.Write(notify)
 		require.NoError(t, err)
-		n := 0
-		require.Eventually(t, func() bool { n, _ = s.peek(); return n == len(notify) }, 5*time.Second, time.Millisecond)
+		require.Eventually(t, func() bool { n, _ := s.peek(); return n > 0 }, 5*time.Second, time.Millisecond)
+		if !s.encrypted() {
+			require.Eventually(t, func() bool { n, _ := s.peek(); return n == len(notify) }, 5*time.Second, time.Millisecond)
+		}
 		assert.False(t, s.endedWhileIdle())
+		buf := make([]byte, 100)
+		n, err := s.Read(buf)
+		require.NoError(t, err)
+		assert.Equal(t, notify, buf[:n], "the notification reaches lib/pq as sent")
 	})
 	t.Run("ResetSession", func(t *testing.T) {
 		s, server := tcpPair(t)

@@ -2,6 +2,7 @@ package jsonstream
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"net"
 	"sync/atomic"
@@ -37,7 +38,13 @@ const (
 // connection. lib/pq reads and writes through it; jsonstream closes it to
 // cut the connection and arms drain deadlines on it.
 type sock struct {
+	// Conn is what lib/pq reads and writes: the TLS connection that
+	// jsonstream's dialer established (tls.go), or raw.
 	net.Conn
+	// raw is the TCP or Unix socket beneath: a cut closes it, without the
+	// TLS close_notify that a full send buffer would hold up, and peeks
+	// look at it.
+	raw net.Conn
 	// until is the drain's deadline in Unix nanoseconds while a drain is
 	// on, 0 otherwise. Set by the goroutine that drains, or by a failure
 	// (Cancel, pause timeout, context) from any goroutine.
@@ -196,7 +203,12 @@ type socketKey struct{}
 // socketSlot receives the network connection the dialer made for one
 // Connect. When lib/pq tries several hosts the last dial wins, which is
 // the one it keeps.
-type socketSlot struct{ conn atomic.Pointer[sock] }
+type socketSlot struct {
+	conn atomic.Pointer[sock]
+	// tls is the connector's TLS plan (tls.go); nil when jsonstream's
+	// dialer negotiates none.
+	tls *tlsPlan
+}
 
 // NewDialer returns a pq.Dialer that dials with base (a net.Dialer when
 // base is nil) and lets the jsonstream Connector that asked for the
@@ -223,26 +235,79 @@ func (d dialer) DialTimeout(network, address string, timeout time.Duration) (net
 }
 
 // DialContext implements pq.DialerContext; lib/pq prefers it and passes
-// Connect's context, which carries the slot.
+// Connect's context, which carries the slot and the TLS plan.
 func (d dialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
-	var c net.Conn
-	var err error
-	if dc, ok := d.base.(pq.DialerContext); ok {
-		c, err = dc.DialContext(ctx, network, address)
-	} else if deadline, ok := ctx.Deadline(); ok {
-		c, err = d.base.DialTimeout(network, address, time.Until(deadline))
-	} else {
-		c, err = d.base.Dial(network, address)
-	}
+	c, err := d.dial(ctx, network, address)
 	if err != nil {
 		return nil, err
 	}
-	if slot, ok := ctx.Value(socketKey{}).(*socketSlot); ok {
-		s := &sock{Conn: c}
-		slot.conn.Store(s)
-		return s, nil
+	slot, ok := ctx.Value(socketKey{}).(*socketSlot)
+	if !ok {
+		return c, nil
 	}
-	return c, nil
+	raw := c
+	if slot.tls != nil {
+		redial := func() (net.Conn, error) { return d.dial(ctx, network, address) }
+		var encrypted bool
+		if c, encrypted, err = slot.tls.negotiate(ctx, c, address, redial); err != nil {
+			return nil, err
+		}
+		if tc, ok := c.(*tls.Conn); ok && encrypted {
+			raw = tc.NetConn()
+		} else {
+			raw = c
+		}
+	}
+	s := &sock{Conn: c, raw: raw}
+	slot.conn.Store(s)
+	return s, nil
+}
+
+// dial dials with the base dialer, within ctx.
+func (d dialer) dial(ctx context.Context, network, address string) (net.Conn, error) {
+	if dc, ok := d.base.(pq.DialerContext); ok {
+		return dc.DialContext(ctx, network, address)
+	}
+	if deadline, ok := ctx.Deadline(); ok {
+		return d.base.DialTimeout(network, address, time.Until(deadline))
+	}
+	return d.base.Dial(network, address)
+}
+
+// cut closes the socket beneath any TLS at once.
+func (s *sock) cut() error { return s.under().Close() }
+
+// encrypted reports whether jsonstream's dialer established TLS on the
+// socket: its pending bytes are then ciphertext.
+func (s *sock) encrypted() bool { return s.raw != nil && s.raw != s.Conn }
+
+// pull reads, through TLS, what the server sent while the connection was
+// idle, and holds it for lib/pq's next read (readHeld), so that a FATAL
+// among it can be seen. It waits at most drainGrace for each piece;
+// called only on an idle connection, by the goroutine that owns it.
+func (s *sock) pull() {
+	if s.SetReadDeadline(time.Now().Add(drainGrace)) != nil {
+		return
+	}
+	for {
+		n, err := s.Conn.Read(s.peekBuf[:])
+		s.held = append(s.held, s.peekBuf[:n]...)
+		if err != nil {
+			if !isTimeout(err) {
+				s.heldErr = err
+			}
+			break
+		}
+	}
+	_ = s.SetReadDeadline(time.Time{}) // a failure shows in the next read
+}
+
+// under is the TCP or Unix socket beneath any TLS.
+func (s *sock) under() net.Conn {
+	if s.raw != nil {
+		return s.raw
+	}
+	return s.Conn
 }
 
 // netDialer is the base of NewDialer(nil): plain net.Dialer dialing.
