@@ -3,9 +3,11 @@ package jsonstream
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -321,4 +323,63 @@ func TestDSNForms(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestNotificationsWhileIdle: notifications that arrive while the
+// connection is idle reach lib/pq's handler exactly once each and in
+// order, as through lib/pq alone, though the socket holds what a read
+// brings past a ReadyForQuery (frame.go).
+func TestNotificationsWhileIdle(t *testing.T) {
+	dsn := pgtest.DSN(t)
+	notifier := openPG(t, "postgres", "")
+	run := func(t *testing.T, throughJsonstream bool) []string {
+		base, err := pq.NewConnector(dsn)
+		require.NoError(t, err)
+		var mu sync.Mutex
+		var got []string
+		var c driver.Connector = pq.ConnectorWithNotificationHandler(base, func(n *pq.Notification) {
+			mu.Lock()
+			got = append(got, n.Extra)
+			mu.Unlock()
+		})
+		if throughJsonstream {
+			base.Dialer(NewDialer(nil))
+			c, err = NewConnector(c)
+			require.NoError(t, err)
+		}
+		db := sql.OpenDB(c)
+		defer db.Close()
+		db.SetMaxOpenConns(1)
+		ctx := context.Background()
+		conn, err := db.Conn(ctx)
+		require.NoError(t, err)
+		defer conn.Close()
+		_, err = conn.ExecContext(ctx, "LISTEN jsonstream_idle")
+		require.NoError(t, err)
+		for i := range 5 {
+			_, err := notifier.Exec("SELECT pg_notify('jsonstream_idle', $1)", strconv.Itoa(i))
+			require.NoError(t, err)
+		}
+		// The notifications reach the idle connection; each query reads
+		// what arrived.
+		deadline := time.Now().Add(10 * time.Second)
+		for time.Now().Before(deadline) {
+			var one int
+			require.NoError(t, conn.QueryRowContext(ctx, "SELECT 1").Scan(&one))
+			mu.Lock()
+			n := len(got)
+			mu.Unlock()
+			if n >= 5 {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		return got
+	}
+	want := run(t, false)
+	require.Equal(t, []string{"0", "1", "2", "3", "4"}, want)
+	got := run(t, true)
+	assert.Equal(t, want, got)
 }

@@ -278,7 +278,7 @@ func TestTLSMatrix(t *testing.T) {
 	require.NoError(t, err)
 	closedPort := strconv.Itoa(closed.Addr().(*net.TCPAddr).Port)
 	require.NoError(t, closed.Close())
-	const password = "s3cret-in-the-dsn"
+	const password, passphrase = "s3cret-in-the-dsn", "key-passphrase-in-the-dsn"
 	base := "dbname=postgres connect_timeout=10 password=" + password + " "
 	situations := map[string]string{
 		"valid":                              base + "host=localhost port=" + port + " user=postgres sslrootcert=" + s.CAFile(),
@@ -298,7 +298,10 @@ func TestTLSMatrix(t *testing.T) {
 		"TLS 1.2 at most":         base + "host=localhost port=" + port + " user=postgres sslrootcert=" + s.CAFile() + " ssl_max_protocol_version=TLSv1.2",
 		"second of two hosts":     base + "host=127.0.0.1,localhost port=" + closedPort + "," + port + " user=postgres sslrootcert=" + s.CAFile(),
 		"two names, one address":  base + "host=localhost,wrong.invalid hostaddr=127.0.0.1,127.0.0.1 port=" + port + " user=postgres sslrootcert=" + s.CAFile(),
-		"server without TLS":      base + "host=localhost port=" + noTLS.port() + " user=postgres",
+		// lib/pq takes no key passphrase: it sends sslpassword to the
+		// server as a setting, which refuses it.
+		"key passphrase":     base + "host=localhost port=" + port + " user=postgres sslrootcert=" + s.CAFile() + " sslpassword=" + passphrase,
+		"server without TLS": base + "host=localhost port=" + noTLS.port() + " user=postgres",
 	}
 	// A tls.Config registered with lib/pq stays lib/pq's (tls.go).
 	require.NoError(t, pq.RegisterTLSConfig("jsonstream-matrix", &tls.Config{InsecureSkipVerify: true}))
@@ -323,6 +326,7 @@ func TestTLSMatrix(t *testing.T) {
 					assert.Equal(t, want, got, "lib/pq and jsonstream differ")
 					if err != nil {
 						assert.NotContains(t, err.Error(), password)
+						assert.NotContains(t, err.Error(), passphrase)
 					}
 					seen[want.Class] = true
 				})
@@ -331,7 +335,7 @@ func TestTLSMatrix(t *testing.T) {
 	}
 	// The matrix reaches every outcome it claims to compare.
 	for _, class := range []string{"ok", "x509: unknown authority", "key file permissions", "x509: host name",
-		fmt.Sprintf("x509: invalid (%d)", x509.Expired), "server without TLS", "server: 28000", "TLS alert from the server", "pq: configuration"} {
+		fmt.Sprintf("x509: invalid (%d)", x509.Expired), "server without TLS", "server: 28000", "server: 42704", "TLS alert from the server", "pq: configuration"} {
 		assert.True(t, seen[class], "no situation ended %q", class)
 	}
 }
@@ -361,4 +365,56 @@ func TestNewConnectorConfig(t *testing.T) {
 
 	_, err = NewConnectorConfig(cfg, WithFetchSize(-2))
 	assert.ErrorIs(t, err, ErrInvalidOption)
+}
+
+// TestTLSServerNameAndEnvironment: the server name sent (sslsni, on by
+// default) and the settings read from PG* environment variables are
+// lib/pq's, through jsonstream's dialer as through lib/pq alone.
+func TestTLSServerNameAndEnvironment(t *testing.T) {
+	ca := newTestCA(t, "sni")
+	var mu sync.Mutex
+	var names []string
+	conf := &tls.Config{Certificates: []tls.Certificate{ca.serverCert(t, time.Now().Add(time.Hour))}}
+	front := newTLSFront(t, &tls.Config{GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+		mu.Lock()
+		names = append(names, hello.ServerName)
+		mu.Unlock()
+		return conf, nil
+	}})
+	sent := func(driverName, dsn string) (string, string) {
+		mu.Lock()
+		names = nil
+		mu.Unlock()
+		o, _ := connectTLS(t, driverName, dsn)
+		mu.Lock()
+		defer mu.Unlock()
+		return o.Class, strings.Join(names, ",")
+	}
+	base := "host=localhost port=" + front.port() + " user=postgres dbname=postgres sslmode=require "
+	for _, extra := range []string{"", "sslsni=1", "sslsni=0"} {
+		wantClass, wantName := sent("postgres", base+extra)
+		gotClass, gotName := sent(DriverName, base+extra)
+		assert.Equal(t, "ok", wantClass)
+		assert.Equal(t, wantClass, gotClass, extra)
+		assert.Equal(t, wantName, gotName, "server name sent, %q", extra)
+	}
+	_, withSNI := sent(DriverName, base)
+	assert.Equal(t, "localhost", withSNI)
+
+	// PGSSLMODE and PGSSLROOTCERT from the environment, read by lib/pq's
+	// parser for both.
+	t.Setenv("PGSSLMODE", "verify-full")
+	t.Setenv("PGSSLROOTCERT", ca.pemFile)
+	dsn := "host=localhost port=" + front.port() + " user=postgres dbname=postgres"
+	want, _ := connectTLS(t, "postgres", dsn)
+	got, _ := connectTLS(t, DriverName, dsn)
+	assert.Equal(t, "ok", want.Class)
+	assert.True(t, got.Framed, "jsonstream negotiated")
+	want.Framed = true
+	assert.Equal(t, want, got)
+	t.Setenv("PGSSLROOTCERT", pgtest.Shared(t).CAFile()) // the wrong CA for the front
+	want, _ = connectTLS(t, "postgres", dsn)
+	got, err := connectTLS(t, DriverName, dsn)
+	assert.Equal(t, "x509: unknown authority", want.Class)
+	assert.Equal(t, want, got, "%v", err)
 }

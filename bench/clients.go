@@ -135,11 +135,13 @@ func ClientNamed(name string) (Client, bool) {
 // connectors: the DSN is then passed to lib/pq in whichever form it came.
 func openJsonstream(opts ...jsonstream.Option) func(ctx context.Context, dsn string) (Conn, error) {
 	return func(ctx context.Context, dsn string) (Conn, error) {
-		inner, err := pq.NewConnector(dsn)
+		cfg, err := pq.NewConfig(dsn)
 		if err != nil {
 			return nil, err
 		}
-		connector, err := jsonstream.NewConnector(inner, opts...)
+		// As sql.Open("jsonstream", dsn) does: jsonstream's dialer
+		// negotiates TLS.
+		connector, err := jsonstream.NewConnectorConfig(cfg, opts...)
 		if err != nil {
 			return nil, err
 		}
