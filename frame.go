@@ -36,6 +36,10 @@ const (
 	txStatusFailed = 'E'
 )
 
+// maxMessage is the longest message length the framer takes for one; a
+// longer one means the bytes are not messages.
+const maxMessage = 1<<30 + 4
+
 // maxErrorCapture bounds the ErrorResponse body the framer keeps to parse;
 // a longer one is passed on unparsed.
 const maxErrorCapture = 64 << 10
@@ -63,10 +67,14 @@ type framer struct {
 	// received counts the message bytes that arrived since lib/pq's last
 	// write.
 	received int64
-	// capture collects the body of an ErrorResponse (or ReadyForQuery's
-	// status byte) while it passes; capturing is set while it does.
+	// capture collects the body of an ErrorResponse while it passes;
+	// capturing is set while it does.
 	capture   []byte
 	capturing bool
+	// zlen is the body length of the ReadyForQuery passing, and zlast its
+	// last byte so far: the transaction status when zlen is 1.
+	zlen  int
+	zlast byte
 	// fatal is the last FATAL or PANIC ErrorResponse the server sent.
 	fatal *pq.Error
 }
@@ -90,7 +98,9 @@ func (f *framer) scan(b []byte) int {
 	for i < len(b) {
 		if f.body > 0 {
 			k := min(f.body, len(b)-i)
-			if f.capturing {
+			if f.typ == 'Z' {
+				f.zlast = b[i+k-1]
+			} else if f.capturing {
 				f.keep(b[i : i+k])
 			}
 			f.body -= k
@@ -100,7 +110,25 @@ func (f *framer) scan(b []byte) int {
 			}
 			continue
 		}
-		// A header: whole in b (the usual case), or in pieces.
+		// The usual case: whole messages that need no more than their
+		// length (DataRow, CommandComplete, …), one step each.
+		for f.hdrN == 0 && len(b)-i >= 5 {
+			typ := b[i]
+			length := binary.BigEndian.Uint32(b[i+1:])
+			if typ == 'E' || typ == 'Z' || length < 4 || length > maxMessage {
+				break
+			}
+			end := i + 1 + int(length)
+			if end > len(b) {
+				f.typ, f.body, f.capturing = typ, end-len(b), false
+				return len(b)
+			}
+			i = end
+		}
+		if i == len(b) {
+			break
+		}
+		// A header: whole in b, or in pieces.
 		var typ byte
 		var length uint32
 		if f.hdrN == 0 && len(b)-i >= 5 {
@@ -116,16 +144,18 @@ func (f *framer) scan(b []byte) int {
 			f.hdrN = 0
 			typ, length = f.hdr[0], binary.BigEndian.Uint32(f.hdr[1:])
 		}
-		if length < 4 || length > 1<<30+4 {
+		if length < 4 || length > maxMessage {
 			// Not a message: leave it to lib/pq, which reports it.
 			f.broken = true
 			return len(b)
 		}
 		f.typ, f.body = typ, int(length-4)
-		f.capturing = false
-		if typ == 'E' || typ == 'Z' {
+		f.capturing = typ == 'E'
+		if f.capturing {
 			f.capture = f.capture[:0]
-			f.capturing = true
+		}
+		if typ == 'Z' {
+			f.zlen = f.body
 		}
 		if f.body == 0 && f.ended() {
 			return f.cutAt(b, i)
@@ -154,17 +184,18 @@ func (f *framer) keep(p []byte) {
 // ended handles the message whose body just ended and reports whether it
 // was a ReadyForQuery, after which the read is cut.
 func (f *framer) ended() bool {
-	if !f.capturing {
+	switch {
+	case f.typ == 'Z':
+		if f.zlen == 1 {
+			f.status = f.zlast
+		}
+		f.idle = true
+		return true
+	case !f.capturing:
 		return false
 	}
 	f.capturing = false
 	switch f.typ {
-	case 'Z':
-		if len(f.capture) == 1 {
-			f.status = f.capture[0]
-		}
-		f.idle = true
-		return true
 	case 'E':
 		if pe := parseErrorFields(f.capture); pe != nil &&
 			(pe.Severity == pqerror.SeverityFatal || pe.Severity == pqerror.SeverityPanic) {

@@ -365,3 +365,28 @@ func TestFramingFatalWhileIdle(t *testing.T) {
 	require.NotNil(t, off.fatal())
 	assert.Nil(t, off.frames.fatal)
 }
+
+// BenchmarkFramerScan measures the framer's cost per message over a
+// result of DataRows the size of the bench dataset's documents, read in
+// lib/pq's 4096-byte buffers: the figure to hold against a row's cost.
+func BenchmarkFramerScan(b *testing.B) {
+	row := msg('D', bytes.Repeat([]byte{'x'}, 250)...)
+	var stream []byte
+	for len(stream) < 1<<20 {
+		stream = append(stream, row...)
+	}
+	stream = append(stream, msg('C', []byte("SELECT 1\x00")...)...)
+	stream = append(stream, msg('Z', 'I')...)
+	messages := len(stream) / len(row)
+	b.SetBytes(int64(len(stream)))
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		f := framer{on: true}
+		for off := 0; off < len(stream); {
+			end := min(off+4096, len(stream))
+			off += f.scan(stream[off:end])
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*messages), "ns/message")
+}
