@@ -22,6 +22,10 @@ type Connector struct {
 	// tls is how jsonstream's dialer negotiates TLS (tls.go); nil when
 	// lib/pq does, or when there is none.
 	tls *tlsPlan
+	// outer is what Unwrap returns when tls is set: a lib/pq connector
+	// with the caller's settings, apart from inner, whose sslmode=disable
+	// relies on jsonstream's dialer and must not be handed out.
+	outer driver.Connector
 }
 
 var (
@@ -74,9 +78,14 @@ func NewConnectorConfig(cfg pq.Config, opts ...Option) (*Connector, error) {
 func newPQConnector(cfg pq.Config, s settings) *Connector {
 	inner, plan := planTLS(cfg)
 	pc, _ := pq.NewConnectorConfig(inner) // never fails in v1.12.3
-	pc.Dialer(NewDialer(nil))
+	pc.Dialer(dialer{base: netDialer{}, tls: plan})
 	c := newConnector(pc, s)
 	c.tls = plan
+	if plan != nil {
+		outer, _ := pq.NewConnectorConfig(cfg)
+		outer.Dialer(NewDialer(nil))
+		c.outer = outer
+	}
 	return c
 }
 
@@ -91,11 +100,12 @@ func newConnector(inner driver.Connector, s settings) *Connector {
 
 // Connect implements driver.Connector.
 func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
-	sock := socketSlot{tls: c.tls}
+	var sock socketSlot
 	ic, err := c.inner.Connect(context.WithValue(ctx, socketKey{}, &sock))
 	if err != nil {
 		return nil, c.redactor.redact(err)
 	}
+
 	return newConn(ic, &c.settings, sock.conn.Load()), nil
 }
 
@@ -112,8 +122,17 @@ func (c *Connector) Close() error {
 	return nil
 }
 
-// Unwrap returns the inner connector.
-func (c *Connector) Unwrap() driver.Connector { return c.inner }
+// Unwrap returns the inner connector. When jsonstream's dialer negotiates
+// TLS (NewConnectorConfig, sql.Open), it is a lib/pq connector of its own
+// with the same settings, which negotiates TLS itself: the one jsonstream
+// connects through is told sslmode=disable, and a dialer installed on it
+// could send a connection unencrypted.
+func (c *Connector) Unwrap() driver.Connector {
+	if c.outer != nil {
+		return c.outer
+	}
+	return c.inner
+}
 
 // dsnConnector opens connections by DSN through a driver that lacks
 // driver.DriverContext, as database/sql does for such drivers.

@@ -383,3 +383,34 @@ func TestNotificationsWhileIdle(t *testing.T) {
 	got := run(t, true)
 	assert.Equal(t, want, got)
 }
+
+// TestCopyInWhileServerSpeaks: lib/pq's COPY FROM reads the server's
+// answers on a goroutine of its own while the caller's goroutine writes
+// the rows; a trigger's NOTICE makes the server speak mid-COPY. The
+// framer's state is shared by the two (the race detector checks it), and
+// the rows arrive as through lib/pq.
+func TestCopyInWhileServerSpeaks(t *testing.T) {
+	bothSingle(t, func(t *testing.T, db *sql.DB) int {
+		table := fmt.Sprintf("copy_notice_%d", time.Now().UnixNano())
+		_, err := db.Exec(`CREATE TABLE ` + table + ` (id int);
+CREATE FUNCTION ` + table + `_f() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RAISE NOTICE 'row %', NEW.id; RETURN NEW; END$$;
+CREATE TRIGGER t BEFORE INSERT ON ` + table + ` FOR EACH ROW EXECUTE FUNCTION ` + table + `_f()`)
+		require.NoError(t, err)
+		t.Cleanup(func() { _, _ = db.Exec("DROP TABLE " + table + "; DROP FUNCTION " + table + "_f()") })
+		tx, err := db.Begin()
+		require.NoError(t, err)
+		cp, err := tx.Prepare(pq.CopyIn(table, "id")) //nolint:staticcheck // lib/pq's COPY FROM, as its users call it
+		require.NoError(t, err)
+		for i := range 5000 {
+			_, err = cp.Exec(i)
+			require.NoError(t, err)
+		}
+		_, err = cp.Exec()
+		require.NoError(t, err)
+		require.NoError(t, cp.Close())
+		require.NoError(t, tx.Commit())
+		var n int
+		require.NoError(t, db.QueryRow("SELECT count(*) FROM "+table).Scan(&n))
+		return n
+	})
+}

@@ -54,8 +54,8 @@ func sessionError(err error, c *conn) error {
 // if it sent one: the framer's when it follows the connection, else the
 // one that ends the socket's last read.
 func (s *sock) fatal() *pq.Error {
-	if s.frames.on && !s.frames.broken {
-		return s.frames.fatal
+	if s.frames.following() {
+		return s.frames.fatal.Load()
 	}
 	return lastFatal(s.last)
 }
@@ -76,17 +76,38 @@ func lastFatal(b []byte) *pq.Error {
 		if b[i] != 'E' || int(binary.BigEndian.Uint32(b[i+1:i+5])) != len(b)-i-1 {
 			continue
 		}
-		if pe := parseErrorFields(b[i+5:]); pe != nil && pe.Severity == pqerror.SeverityFatal {
+		if pe := endsSession(b[i+5:]); pe != nil {
 			return pe
 		}
 	}
 	return nil
 }
 
+// endsSession returns the error of an ErrorResponse's body when it ends
+// the session (FATAL or PANIC), nil otherwise. The severity is read from
+// the field V, which the server never translates (PostgreSQL 9.6 and
+// later), and from S, which lib/pq keeps, only without V: under a
+// translated lc_messages, S says "ВАЖНО" for FATAL.
+func endsSession(b []byte) *pq.Error {
+	pe, severity := parseErrorFields(b)
+	if pe == nil {
+		return nil
+	}
+	if severity == "" {
+		severity = pe.Severity
+	}
+	if severity != pqerror.SeverityFatal && severity != pqerror.SeverityPanic {
+		return nil
+	}
+	return pe
+}
+
 // parseErrorFields parses the fields of an ErrorResponse's body as lib/pq
-// does; nil unless b is well formed with a severity and a code.
-func parseErrorFields(b []byte) *pq.Error {
+// does, and returns its untranslated severity (V) beside; nil unless b is
+// well formed with a severity and a code.
+func parseErrorFields(b []byte) (*pq.Error, string) {
 	pe := new(pq.Error)
+	unlocalized := ""
 	for len(b) > 0 && b[0] != 0 {
 		t := b[0]
 		end := 1
@@ -94,13 +115,15 @@ func parseErrorFields(b []byte) *pq.Error {
 			end++
 		}
 		if end == len(b) {
-			return nil
+			return nil, ""
 		}
 		v := string(b[1:end])
 		b = b[end+1:]
 		switch t {
 		case 'S':
 			pe.Severity = v
+		case 'V':
+			unlocalized = v
 		case 'C':
 			pe.Code = pqerror.Code(v)
 		case 'M':
@@ -136,7 +159,7 @@ func parseErrorFields(b []byte) *pq.Error {
 		}
 	}
 	if len(b) != 1 || pe.Severity == "" || len(pe.Code) != 5 {
-		return nil
+		return nil, ""
 	}
-	return pe
+	return pe, unlocalized
 }

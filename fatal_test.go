@@ -68,3 +68,32 @@ func FuzzLastFatal(f *testing.F) {
 		}
 	})
 }
+
+// TestEndsSessionUntranslated: the severity that decides whether an error
+// ends the session is the untranslated V field when the server sends it
+// (under lc_messages=ru_RU, S says ВАЖНО for FATAL), S otherwise; PANIC
+// ends the session as FATAL does.
+func TestEndsSessionUntranslated(t *testing.T) {
+	for name, tc := range map[string]struct {
+		body []byte
+		ends bool
+	}{
+		"translated FATAL":           {errorBody("SВАЖНО", "VFATAL", "C57P01", "Mx"), true},
+		"translated ERROR":           {errorBody("SОШИБКА", "VERROR", "C22012", "Mx"), false},
+		"FATAL without V":            {errorBody("SFATAL", "C57P01", "Mx"), true},
+		"PANIC":                      {errorBody("SPANIC", "VPANIC", "CXX000", "Mx"), true},
+		"S says FATAL, V says ERROR": {errorBody("SFATAL", "VERROR", "C22012", "Mx"), false},
+		"a notice":                   {errorBody("SNOTICE", "VNOTICE", "C00000", "Mx"), false},
+	} {
+		t.Run(name, func(t *testing.T) {
+			pe := endsSession(tc.body)
+			assert.Equal(t, tc.ends, pe != nil)
+			if pe != nil {
+				assert.Equal(t, pe, lastFatal(message('E', tc.body)), "the look at the last read agrees")
+			}
+		})
+	}
+	pe := endsSession(errorBody("SВАЖНО", "VFATAL", "C57P01", "Mx"))
+	require.NotNil(t, pe)
+	assert.Equal(t, "ВАЖНО", pe.Severity, "the error keeps lib/pq's severity field")
+}

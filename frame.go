@@ -2,9 +2,9 @@ package jsonstream
 
 import (
 	"encoding/binary"
+	"sync/atomic"
 
 	"github.com/lib/pq"
-	"github.com/lib/pq/pqerror"
 )
 
 // The framer follows the backend's messages in the bytes lib/pq reads:
@@ -44,14 +44,17 @@ const maxMessage = 1<<30 + 4
 // a longer one is passed on unparsed.
 const maxErrorCapture = 64 << 10
 
-// framer follows the backend's message boundaries. Only the goroutine
-// that reads the connection touches it, except for the fields that
-// sock publishes atomically.
+// framer follows the backend's message boundaries. The goroutine that
+// reads the connection runs scan; the fields other goroutines read (a
+// writer during lib/pq's COPY FROM, the query's goroutine deciding an
+// ending) are atomic.
 type framer struct {
-	// on is set while the bytes are protocol messages; broken is set when
-	// they stopped making sense as messages (a length below 4), after
-	// which the framer passes everything on unexamined.
-	on, broken bool
+	// on is set while the bytes are protocol messages (by lib/pq's first
+	// write, before any read); broken is set when they stopped making
+	// sense as messages (a length below 4), after which the framer passes
+	// everything on unexamined.
+	on     bool
+	broken atomic.Bool
 	// hdr collects a header split across reads; hdrN is how much of it.
 	hdr  [5]byte
 	hdrN int
@@ -59,14 +62,17 @@ type framer struct {
 	// of its bytes are still to come.
 	typ  byte
 	body int
+	// writes counts lib/pq's writes; readyAt is writes+1 as it was when
+	// the last ReadyForQuery arrived (0 before the first): the connection
+	// is idle while no write followed it.
+	writes  atomic.Uint64
+	readyAt atomic.Uint64
 	// status is the transaction status of the last ReadyForQuery, 0
-	// before the first; idle is set from a ReadyForQuery until lib/pq
-	// writes again.
-	status byte
-	idle   bool
-	// received counts the message bytes that arrived since lib/pq's last
-	// write.
-	received int64
+	// before the first.
+	status atomic.Uint32
+	// read counts the message bytes read, and readAtWrite what read was
+	// at lib/pq's last write.
+	read, readAtWrite atomic.Int64
 	// capture collects the body of an ErrorResponse while it passes;
 	// capturing is set while it does.
 	capture   []byte
@@ -76,24 +82,38 @@ type framer struct {
 	zlen  int
 	zlast byte
 	// fatal is the last FATAL or PANIC ErrorResponse the server sent.
-	fatal *pq.Error
+	fatal atomic.Pointer[pq.Error]
 }
 
 // wrote notes that lib/pq wrote to the server: the connection is no
 // longer idle, and what arrives from now on answers the write.
 func (f *framer) wrote() {
-	f.idle = false
-	f.received = 0
+	f.writes.Add(1)
+	f.readAtWrite.Store(f.read.Load())
 }
+
+// idle reports whether the last message that answered lib/pq's last write
+// was a ReadyForQuery: the reply is whole, in lib/pq's hands.
+func (f *framer) idle() bool {
+	at := f.readyAt.Load()
+	return at != 0 && at == f.writes.Load()+1
+}
+
+// received is how many message bytes arrived since lib/pq's last write:
+// how much of the current reply is in.
+func (f *framer) received() int64 { return f.read.Load() - f.readAtWrite.Load() }
+
+// following reports whether the framer follows the connection's messages.
+func (f *framer) following() bool { return f.on && !f.broken.Load() }
 
 // scan follows the messages in b, the bytes just read, and returns how
 // many of them lib/pq may have now: all of b, or the bytes up to and
 // including the first ReadyForQuery that ends in b.
 func (f *framer) scan(b []byte) int {
-	if !f.on || f.broken {
+	if !f.on || f.broken.Load() {
 		return len(b)
 	}
-	f.received += int64(len(b))
+	f.read.Add(int64(len(b)))
 	i := 0
 	for i < len(b) {
 		if f.body > 0 {
@@ -146,7 +166,7 @@ func (f *framer) scan(b []byte) int {
 		}
 		if length < 4 || length > maxMessage {
 			// Not a message: leave it to lib/pq, which reports it.
-			f.broken = true
+			f.broken.Store(true)
 			return len(b)
 		}
 		f.typ, f.body = typ, int(length-4)
@@ -165,10 +185,10 @@ func (f *framer) scan(b []byte) int {
 }
 
 // cutAt returns where the read that brought b is cut: just after the
-// ReadyForQuery that ends at i. The bytes after it were counted as
-// received; they are counted again when lib/pq reads them.
+// ReadyForQuery that ends at i. The bytes after it were counted as read;
+// they are counted again when lib/pq reads them.
 func (f *framer) cutAt(b []byte, i int) int {
-	f.received -= int64(len(b) - i)
+	f.read.Add(-int64(len(b) - i))
 	return i
 }
 
@@ -187,9 +207,9 @@ func (f *framer) ended() bool {
 	switch {
 	case f.typ == 'Z':
 		if f.zlen == 1 {
-			f.status = f.zlast
+			f.status.Store(uint32(f.zlast))
 		}
-		f.idle = true
+		f.readyAt.Store(f.writes.Load() + 1)
 		return true
 	case !f.capturing:
 		return false
@@ -197,9 +217,8 @@ func (f *framer) ended() bool {
 	f.capturing = false
 	switch f.typ {
 	case 'E':
-		if pe := parseErrorFields(f.capture); pe != nil &&
-			(pe.Severity == pqerror.SeverityFatal || pe.Severity == pqerror.SeverityPanic) {
-			f.fatal = pe
+		if pe := endsSession(f.capture); pe != nil {
+			f.fatal.Store(pe)
 		}
 	}
 	return false
@@ -209,10 +228,11 @@ func (f *framer) ended() bool {
 // transaction block (a failed one included), and whether that is known:
 // the framer is on and has seen one.
 func (f *framer) txBlock() (in, known bool) {
-	if !f.on || f.broken || f.status == 0 {
+	status := f.status.Load()
+	if !f.following() || status == 0 {
 		return false, false
 	}
-	return f.status != txStatusIdle, true
+	return status != txStatusIdle, true
 }
 
 // isStartup reports whether p, lib/pq's first write on a connection, is a

@@ -156,9 +156,9 @@ func TestFramingSplitAtEveryBoundary(t *testing.T) {
 			s := framed(t, &chunkConn{data: stream, chunks: []int{chunk}})
 			reads := readSock(t, s, bufSize)
 			checkFraming(t, stream, readyAt, reads)
-			require.False(t, s.frames.broken)
-			require.NotNil(t, s.frames.fatal, "chunk %d, buffer %d", chunk, bufSize)
-			require.Equal(t, pqerror.Code("57P01"), s.frames.fatal.Code)
+			require.False(t, s.frames.broken.Load())
+			require.NotNil(t, s.frames.fatal.Load(), "chunk %d, buffer %d", chunk, bufSize)
+			require.Equal(t, pqerror.Code("57P01"), s.frames.fatal.Load().Code)
 		}
 	}
 	// A split between every pair of offsets.
@@ -171,7 +171,7 @@ func TestFramingSplitAtEveryBoundary(t *testing.T) {
 func TestFramingStatusAndIdle(t *testing.T) {
 	stream, readyAt, status := backendSession()
 	s := framed(t, &chunkConn{data: stream})
-	require.False(t, s.frames.idle, "a connection that only wrote is not idle")
+	require.False(t, s.frames.idle(), "a connection that only wrote is not idle")
 	buf := make([]byte, 4096)
 	at := 0
 	for i, ready := range readyAt {
@@ -181,21 +181,21 @@ func TestFramingStatusAndIdle(t *testing.T) {
 			at += n
 		}
 		require.Equal(t, ready, at)
-		require.True(t, s.frames.idle, "idle after ReadyForQuery %d", i)
-		require.Equal(t, status[i], s.frames.status, "status of ReadyForQuery %d", i)
+		require.True(t, s.frames.idle(), "idle after ReadyForQuery %d", i)
+		require.Equal(t, status[i], byte(s.frames.status.Load()), "status of ReadyForQuery %d", i)
 		if i == 0 {
-			require.EqualValues(t, ready, s.frames.received, "received counts the bytes since the write")
+			require.EqualValues(t, ready, s.frames.received(), "received counts the bytes since the write")
 		}
 		_, err := s.Write([]byte("Q"))
 		require.NoError(t, err)
-		require.False(t, s.frames.idle, "a write ends the idle time")
-		require.Zero(t, s.frames.received)
+		require.False(t, s.frames.idle(), "a write ends the idle time")
+		require.Zero(t, s.frames.received())
 	}
-	require.Nil(t, s.frames.fatal, "the FATAL has not been read yet")
+	require.Nil(t, s.frames.fatal.Load(), "the FATAL has not been read yet")
 	rest := readSock(t, s, 4096)
 	require.Equal(t, stream[at:], bytes.Join(rest, nil))
-	require.Equal(t, "terminating connection due to administrator command", s.frames.fatal.Message)
-	require.Equal(t, pqerror.SeverityFatal, s.frames.fatal.Severity)
+	require.Equal(t, "terminating connection due to administrator command", s.frames.fatal.Load().Message)
+	require.Equal(t, pqerror.SeverityFatal, s.frames.fatal.Load().Severity)
 }
 
 func TestFramingOffUnlessStartup(t *testing.T) {
@@ -213,8 +213,8 @@ func TestFramingOffUnlessStartup(t *testing.T) {
 			reads := readSock(t, s, 4096)
 			require.Equal(t, stream, bytes.Join(reads, nil))
 			require.False(t, s.frames.on)
-			require.False(t, s.frames.idle)
-			require.Nil(t, s.frames.fatal)
+			require.False(t, s.frames.idle())
+			require.Nil(t, s.frames.fatal.Load())
 			for _, r := range reads[:len(reads)-1] {
 				require.Len(t, r, 100, "reads are not cut when the framer is off")
 			}
@@ -230,7 +230,7 @@ func TestFramingBrokenPassesEverything(t *testing.T) {
 	reads := readSock(t, s, 2*len(bad))
 	require.Equal(t, bad, bytes.Join(reads, nil))
 	require.Len(t, reads, 1, "no cut once the bytes are not messages")
-	require.True(t, s.frames.broken)
+	require.True(t, s.frames.broken.Load())
 }
 
 func TestFramingHeldReadKeepsError(t *testing.T) {
@@ -265,8 +265,8 @@ func TestFramingErrorCaptureBounded(t *testing.T) {
 	stream := append(msg('E', long...), msg('Z', 'I')...)
 	s := framed(t, &chunkConn{data: stream, chunks: []int{1000}})
 	require.Equal(t, stream, bytes.Join(readSock(t, s, 4096), nil))
-	require.Nil(t, s.frames.fatal, "an error past the capture bound is passed on unparsed")
-	require.True(t, s.frames.idle)
+	require.Nil(t, s.frames.fatal.Load(), "an error past the capture bound is passed on unparsed")
+	require.True(t, s.frames.idle())
 }
 
 // refFrames parses stream whole: the offsets just past each ReadyForQuery
@@ -292,8 +292,12 @@ func refFrames(stream []byte) (readyAt []int, status []byte, fatal string, broke
 			}
 			readyAt = append(readyAt, end)
 		case 'E':
-			if pe := parseErrorFields(body); pe != nil && len(body) <= maxErrorCapture &&
-				(pe.Severity == pqerror.SeverityFatal || pe.Severity == pqerror.SeverityPanic) {
+			pe, severity := parseErrorFields(body)
+			if pe != nil && severity == "" {
+				severity = pe.Severity
+			}
+			if pe != nil && len(body) <= maxErrorCapture &&
+				(severity == pqerror.SeverityFatal || severity == pqerror.SeverityPanic) {
 				fatal = string(pe.Code)
 			}
 		}
@@ -321,13 +325,13 @@ func FuzzFraming(f *testing.F) {
 		reads := readSock(t, s, bufSize)
 		readyAt, _, fatal, broken := refFrames(stream)
 		require.Equal(t, stream, bytes.Join(reads, nil))
-		require.Equal(t, broken, s.frames.broken)
+		require.Equal(t, broken, s.frames.broken.Load())
 		if !broken {
 			checkFraming(t, stream, readyAt, reads)
 		}
 		got := ""
-		if s.frames.fatal != nil {
-			got = string(s.frames.fatal.Code)
+		if s.frames.fatal.Load() != nil {
+			got = string(s.frames.fatal.Load().Code)
 		}
 		require.Equal(t, fatal, got)
 	})
@@ -363,7 +367,7 @@ func TestFramingFatalWhileIdle(t *testing.T) {
 	_, err = off.Read(buf)
 	require.NoError(t, err)
 	require.NotNil(t, off.fatal())
-	assert.Nil(t, off.frames.fatal)
+	assert.Nil(t, off.frames.fatal.Load())
 }
 
 // BenchmarkFramerScan measures the framer's cost per message over a

@@ -358,7 +358,7 @@ func (r *rows) endFacts(failed bool) endFacts {
 // closeSingle carries out plan for a single-statement stream that Close
 // found live. It reports whether nothing of the result was left unread.
 func (r *rows) closeSingle(plan endPlan) (whole bool, err error) {
-	if s := r.conn.sock; s != nil && s.frames.idle {
+	if s := r.conn.sock; s != nil && s.frames.idle() {
 		// The result's ReadyForQuery has reached lib/pq (frame.go): the
 		// rest is in its buffer, and reading it off waits on nothing.
 		// Whatever the plan, the connection is kept.

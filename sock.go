@@ -203,12 +203,7 @@ type socketKey struct{}
 // socketSlot receives the network connection the dialer made for one
 // Connect. When lib/pq tries several hosts the last dial wins, which is
 // the one it keeps.
-type socketSlot struct {
-	conn atomic.Pointer[sock]
-	// tls is the connector's TLS plan (tls.go); nil when jsonstream's
-	// dialer negotiates none.
-	tls *tlsPlan
-}
+type socketSlot struct{ conn atomic.Pointer[sock] }
 
 // NewDialer returns a pq.Dialer that dials with base (a net.Dialer when
 // base is nil) and lets the jsonstream Connector that asked for the
@@ -222,34 +217,39 @@ func NewDialer(base pq.Dialer) pq.Dialer {
 	return dialer{base: base}
 }
 
-type dialer struct{ base pq.Dialer }
+type dialer struct {
+	base pq.Dialer
+	// tls is the TLS plan of the connector that installed the dialer
+	// (tls.go); nil for NewDialer.
+	tls *tlsPlan
+}
 
 // Dial implements pq.Dialer.
 func (d dialer) Dial(network, address string) (net.Conn, error) {
-	return d.base.Dial(network, address)
+	return d.DialContext(context.Background(), network, address)
 }
 
 // DialTimeout implements pq.Dialer.
 func (d dialer) DialTimeout(network, address string, timeout time.Duration) (net.Conn, error) {
-	return d.base.DialTimeout(network, address, timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return d.DialContext(ctx, network, address)
 }
 
 // DialContext implements pq.DialerContext; lib/pq prefers it and passes
-// Connect's context, which carries the slot and the TLS plan.
+// Connect's context, which carries the slot. A dialer with a TLS plan
+// negotiates on every connection it makes, lib/pq's cancel requests
+// included, whose context carries no slot.
 func (d dialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
 	c, err := d.dial(ctx, network, address)
 	if err != nil {
 		return nil, err
 	}
-	slot, ok := ctx.Value(socketKey{}).(*socketSlot)
-	if !ok {
-		return c, nil
-	}
 	raw := c
-	if slot.tls != nil {
+	if d.tls != nil {
 		redial := func() (net.Conn, error) { return d.dial(ctx, network, address) }
 		var encrypted bool
-		if c, encrypted, err = slot.tls.negotiate(ctx, c, address, redial); err != nil {
+		if c, encrypted, err = d.tls.negotiate(ctx, c, address, redial); err != nil {
 			return nil, err
 		}
 		if tc, ok := c.(*tls.Conn); ok && encrypted {
@@ -257,6 +257,10 @@ func (d dialer) DialContext(ctx context.Context, network, address string) (net.C
 		} else {
 			raw = c
 		}
+	}
+	slot, ok := ctx.Value(socketKey{}).(*socketSlot)
+	if !ok {
+		return c, nil
 	}
 	s := &sock{Conn: c, raw: raw}
 	slot.conn.Store(s)

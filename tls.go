@@ -61,11 +61,19 @@ type tlsPlan struct {
 
 // planTLS returns the configuration lib/pq gets and jsonstream's TLS plan
 // for cfg: nil when there is no TLS to negotiate (sslmode=disable, a Unix
-// socket) or when lib/pq keeps its own (sslmode=allow, pqgo-…, a host
-// list that cannot be told apart by address).
+// socket) or when lib/pq keeps its own (sslmode=allow, pqgo-…,
+// sslmode=prefer with connect_timeout, a host list that cannot be told
+// apart by address).
 func planTLS(cfg pq.Config) (pq.Config, *tlsPlan) {
 	switch cfg.SSLMode {
-	case "", pq.SSLModePrefer, pq.SSLModeRequire, pq.SSLModeVerifyCA, pq.SSLModeVerifyFull:
+	case pq.SSLModePrefer:
+		if cfg.ConnectTimeout > 0 {
+			// lib/pq's fallback to plaintext redials with a new
+			// connect_timeout, which lib/pq's dial sets on the connection
+			// after the dialer returns: a dialer cannot give it that.
+			return cfg, nil
+		}
+	case "", pq.SSLModeRequire, pq.SSLModeVerifyCA, pq.SSLModeVerifyFull:
 	default:
 		return cfg, nil
 	}
@@ -109,12 +117,15 @@ func network(cfg pq.Config) (string, string) {
 
 // negotiate establishes TLS on conn, just dialed to address, as lib/pq
 // would: it returns the connection lib/pq is to use, which for
-// sslmode=prefer may be a new plaintext one (redial). When the address is
-// not one of the plan's, conn is returned as it is.
+// sslmode=prefer may be a new plaintext one (redial). An address that is
+// not one of the plan's is refused.
 func (p *tlsPlan) negotiate(ctx context.Context, conn net.Conn, address string, redial func() (net.Conn, error)) (net.Conn, bool, error) {
 	cfg, ok := p.hosts[address]
 	if !ok {
-		return conn, false, nil
+		// lib/pq dials only the addresses of its hosts; another one could
+		// not be given the TLS its settings ask for.
+		_ = conn.Close()
+		return nil, false, fmt.Errorf("jsonstream: TLS: %s is none of the DSN's hosts", address)
 	}
 	tc, err := p.upgrade(ctx, conn, cfg)
 	if err == nil {
@@ -161,9 +172,15 @@ func (p *tlsPlan) upgrade(ctx context.Context, conn net.Conn, cfg pq.Config) (ne
 			return nil, err
 		}
 	}
-	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
+	expired := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		_ = conn.SetDeadline(time.Unix(1, 0))
+		close(expired)
+	})
 	defer func() {
-		stop()
+		if !stop() {
+			<-expired // its deadline must not land after the clear below
+		}
 		_ = conn.SetDeadline(time.Time{})
 	}()
 	if cfg.SSLNegotiation != pq.SSLNegotiationDirect {

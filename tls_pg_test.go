@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -31,21 +32,45 @@ import (
 // direct TLS handshake (sslnegotiation=direct, as PostgreSQL 17 does),
 // and passes the plaintext on to the server. It gives the TLS situations
 // the test server cannot: an expired certificate, no TLS at all.
+//
+// Two other behaviours stand for what sits between a client and a server:
+// passthrough hands every byte to the server untouched (the server's own
+// TLS answers), and silent never answers an SSLRequest (a middlebox that
+// speaks only plaintext). Every front records the code of each
+// connection's first request (SSLRequest, StartupMessage, CancelRequest).
 type tlsFront struct {
-	ln      net.Listener
-	backend string
-	conf    *tls.Config
-	wg      sync.WaitGroup
-	mu      sync.Mutex
-	conns   map[net.Conn]bool
+	ln                  net.Listener
+	backend             string
+	conf                *tls.Config
+	passthrough, silent bool
+	wg                  sync.WaitGroup
+	mu                  sync.Mutex
+	conns               map[net.Conn]bool
+	codes               []uint32
 }
 
-func newTLSFront(t *testing.T, conf *tls.Config) *tlsFront {
+// firstCodes returns the codes of the connections' first requests so far.
+func (f *tlsFront) firstCodes() []uint32 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.codes)
+}
+
+// Options of newTLSFront.
+var (
+	passthrough = func(f *tlsFront) { f.passthrough = true }
+	silent      = func(f *tlsFront) { f.silent = true }
+)
+
+func newTLSFront(t *testing.T, conf *tls.Config, opts ...func(*tlsFront)) *tlsFront {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	f := &tlsFront{ln: ln, backend: net.JoinHostPort("127.0.0.1", strconv.Itoa(pgtest.Shared(t).Port())),
 		conf: conf, conns: map[net.Conn]bool{}}
+	for _, o := range opts {
+		o(f)
+	}
 	f.wg.Add(1)
 	go f.serve()
 	t.Cleanup(func() {
@@ -129,18 +154,26 @@ func (f *tlsFront) handle(c net.Conn) {
 		if _, err := io.ReadFull(c, first[1:]); err != nil {
 			return
 		}
-		if binary.BigEndian.Uint32(first[:]) == 8 && binary.BigEndian.Uint32(first[4:]) == sslRequestCode {
-			if f.conf == nil {
-				if _, err := c.Write([]byte{'N'}); err != nil {
-					return
-				}
-			} else {
-				if _, err := c.Write([]byte{'S'}); err != nil {
-					return
-				}
-				client = tls.Server(c, f.conf)
+		f.mu.Lock()
+		f.codes = append(f.codes, binary.BigEndian.Uint32(first[4:]))
+		f.mu.Unlock()
+		isSSLRequest := binary.BigEndian.Uint32(first[:]) == 8 && binary.BigEndian.Uint32(first[4:]) == sslRequestCode
+		switch {
+		case f.passthrough:
+			client = &prefixed{Conn: c, head: first[:]}
+		case isSSLRequest && f.silent:
+			_, _ = io.Copy(io.Discard, c)
+			return
+		case isSSLRequest && f.conf == nil:
+			if _, err := c.Write([]byte{'N'}); err != nil {
+				return
 			}
-		} else {
+		case isSSLRequest:
+			if _, err := c.Write([]byte{'S'}); err != nil {
+				return
+			}
+			client = tls.Server(c, f.conf)
+		default:
 			client = &prefixed{Conn: c, head: first[:]}
 		}
 	}
@@ -222,6 +255,12 @@ func connectTLS(t *testing.T, driverName, dsn string) (tlsOutcome, error) {
 	db, err := sql.Open(driverName, dsn)
 	require.NoError(t, err)
 	defer db.Close()
+	return connectDB(t, db)
+}
+
+// connectDB is connectTLS on a pool already open.
+func connectDB(t *testing.T, db *sql.DB) (tlsOutcome, error) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	sc, err := db.Conn(ctx)
@@ -236,7 +275,7 @@ func connectTLS(t *testing.T, driverName, dsn string) (tlsOutcome, error) {
 	o.Version = version.String
 	require.NoError(t, sc.Raw(func(dc any) error {
 		if c, ok := dc.(*conn); ok && c.sock != nil {
-			o.Framed = c.sock.frames.on && !c.sock.frames.broken
+			o.Framed = c.sock.frames.following()
 		}
 		return nil
 	}))
@@ -279,7 +318,7 @@ func TestTLSMatrix(t *testing.T) {
 	closedPort := strconv.Itoa(closed.Addr().(*net.TCPAddr).Port)
 	require.NoError(t, closed.Close())
 	const password, passphrase = "s3cret-in-the-dsn", "key-passphrase-in-the-dsn"
-	base := "dbname=postgres connect_timeout=10 password=" + password + " "
+	base := "dbname=postgres password=" + password + " "
 	situations := map[string]string{
 		"valid":                              base + "host=localhost port=" + port + " user=postgres sslrootcert=" + s.CAFile(),
 		"no root certificate":                base + "host=localhost port=" + port + " user=postgres",
@@ -307,7 +346,8 @@ func TestTLSMatrix(t *testing.T) {
 	require.NoError(t, pq.RegisterTLSConfig("jsonstream-matrix", &tls.Config{InsecureSkipVerify: true}))
 	t.Cleanup(func() { _ = pq.RegisterTLSConfig("jsonstream-matrix", nil) })
 	modes := []string{"", "sslmode=disable", "sslmode=allow", "sslmode=prefer", "sslmode=require",
-		"sslmode=verify-ca", "sslmode=verify-full", "sslmode=pqgo-jsonstream-matrix"}
+		"sslmode=verify-ca", "sslmode=verify-full", "sslmode=pqgo-jsonstream-matrix",
+		"sslmode=prefer connect_timeout=10", "sslmode=verify-full connect_timeout=10"}
 	negotiations := []string{"", "sslnegotiation=direct"}
 	seen := map[string]bool{}
 	for name, dsn := range situations {
@@ -319,10 +359,17 @@ func TestTLSMatrix(t *testing.T) {
 					got, err := connectTLS(t, DriverName, full)
 					// lib/pq keeps its own TLS for pqgo-… (which always
 					// negotiates) and for sslmode=allow's second attempt,
-					// and there the framer sees ciphertext.
+					// and there the framer sees ciphertext. With prefer and
+					// connect_timeout lib/pq negotiates too, and the framer
+					// follows only a fallback to plaintext, which a front's
+					// plaintext to the server hides: not checked there.
 					pqgo := strings.HasPrefix(mode, "sslmode=pqgo-") ||
 						name == "two names, one address" && mode != "sslmode=disable" && mode != "sslmode=allow"
 					want.Framed = want.Class == "ok" && !pqgo && (mode != "sslmode=allow" || !want.SSL)
+					if mode == "sslmode=prefer connect_timeout=10" {
+						want.Framed = got.Framed
+						assert.False(t, got.Framed && got.SSL, "the framer followed ciphertext")
+					}
 					assert.Equal(t, want, got, "lib/pq and jsonstream differ")
 					if err != nil {
 						assert.NotContains(t, err.Error(), password)
@@ -358,7 +405,7 @@ func TestNewConnectorConfig(t *testing.T) {
 		"SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").Scan(&ssl))
 	assert.True(t, ssl)
 	require.NoError(t, sc.Raw(func(dc any) error {
-		assert.True(t, dc.(*conn).sock.frames.on, "the framer follows the TLS connection")
+		assert.True(t, dc.(*conn).sock.frames.following(), "the framer follows the TLS connection")
 		assert.True(t, dc.(*conn).sock.encrypted())
 		return nil
 	}))
@@ -417,4 +464,64 @@ func TestTLSServerNameAndEnvironment(t *testing.T) {
 	got, err := connectTLS(t, DriverName, dsn)
 	assert.Equal(t, "x509: unknown authority", want.Class)
 	assert.Equal(t, want, got, "%v", err)
+}
+
+// TestTLSOnEveryConnection: lib/pq's cancel request goes over TLS through
+// jsonstream's dialer as through lib/pq alone (it carries the session's
+// secret key), and a dialer installed on the connector Unwrap returns
+// never sends jsonstream's connections unencrypted.
+func TestTLSOnEveryConnection(t *testing.T) {
+	const sslRequest, startup, cancelRequest = sslRequestCode, 196608, 80877102
+	for _, driverName := range []string{"postgres", DriverName} {
+		t.Run("cancel/"+driverName, func(t *testing.T) {
+			front := newTLSFront(t, nil, passthrough)
+			db, err := sql.Open(driverName, "host=127.0.0.1 port="+front.port()+" user=postgres dbname=postgres sslmode=require")
+			require.NoError(t, err)
+			defer db.Close()
+			db.SetMaxOpenConns(1)
+			require.NoError(t, db.Ping())
+			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+			defer cancel()
+			// Exec keeps its context with lib/pq, whose cancel request
+			// stops the statement.
+			_, err = db.ExecContext(ctx, "SELECT pg_sleep(5)")
+			require.Error(t, err)
+			require.Eventually(t, func() bool { return len(front.firstCodes()) >= 2 }, 10*time.Second, 5*time.Millisecond,
+				"no cancel request came")
+			assert.Equal(t, []uint32{sslRequest, sslRequest}, front.firstCodes()[:2],
+				"the login, then the cancel request, each after an SSLRequest")
+			assert.NotContains(t, front.firstCodes(), uint32(cancelRequest), "a cancel request went unencrypted")
+		})
+	}
+	t.Run("dialer replaced", func(t *testing.T) {
+		front := newTLSFront(t, nil, passthrough)
+		cfg, err := pq.NewConfig("host=127.0.0.1 port=" + front.port() + " user=postgres dbname=postgres sslmode=require")
+		require.NoError(t, err)
+		c, err := NewConnectorConfig(cfg)
+		require.NoError(t, err)
+		c.Unwrap().(*pq.Connector).Dialer(netDialer{})
+		db := sql.OpenDB(c)
+		defer db.Close()
+		o, err := connectDB(t, db)
+		require.NoError(t, err)
+		assert.True(t, o.SSL)
+		assert.True(t, o.Framed)
+		assert.Equal(t, []uint32{sslRequest}, front.firstCodes(), "a login went unencrypted")
+	})
+}
+
+// TestPreferWithConnectTimeout: sslmode=prefer with connect_timeout, before
+// a server that never answers the SSLRequest, falls back to plaintext on a
+// fresh connect_timeout as lib/pq does (jsonstream leaves that setting to
+// lib/pq's TLS: its dialer cannot give the fallback a new deadline).
+func TestPreferWithConnectTimeout(t *testing.T) {
+	front := newTLSFront(t, nil, silent)
+	dsn := "host=127.0.0.1 port=" + front.port() + " user=postgres dbname=postgres sslmode=prefer connect_timeout=1"
+	for _, driverName := range []string{"postgres", DriverName} {
+		t.Run(driverName, func(t *testing.T) {
+			o, err := connectTLS(t, driverName, dsn)
+			require.NoError(t, err)
+			assert.False(t, o.SSL)
+		})
+	}
 }

@@ -69,17 +69,18 @@ func TestPlanTLS(t *testing.T) {
 }
 
 // TestNegotiateOtherAddress: a dial to an address that is none of the
-// plan's hosts is left alone.
+// plan's hosts is refused, never left unencrypted.
 func TestNegotiateOtherAddress(t *testing.T) {
 	_, plan := planTLS(mustConfig(t, "host=db port=5432 user=u sslmode=require"))
 	require.NotNil(t, plan)
 	c1, c2 := net.Pipe()
-	defer c1.Close()
 	defer c2.Close()
 	got, encrypted, err := plan.negotiate(context.Background(), c1, "elsewhere:5432", nil)
-	require.NoError(t, err)
+	require.ErrorContains(t, err, "elsewhere:5432 is none of the DSN's hosts")
 	assert.False(t, encrypted)
-	assert.Same(t, c1, got)
+	assert.Nil(t, got)
+	_, err = c1.Write([]byte{0})
+	assert.ErrorIs(t, err, io.ErrClosedPipe, "the connection is closed")
 }
 
 // fakeServer answers each connection's first 8 bytes with answer (or
