@@ -40,11 +40,12 @@ import (
 // it goes on doing everything else (startup, authentication, SCRAM, every
 // statement outside a stream).
 //
-// Two settings are left to lib/pq's own TLS: sslmode=allow, which tries
+// Three settings are left to lib/pq's own TLS: sslmode=allow, which tries
 // without TLS first and with it only when the login fails (its first
-// attempt is plaintext, which the framer follows), and a tls.Config
-// registered with pq.RegisterTLSConfig (sslmode=pqgo-…), which lib/pq
-// keeps to itself. On such a TLS connection the socket sees ciphertext:
+// attempt is plaintext, which the framer follows), sslmode=prefer with
+// connect_timeout, whose fallback lib/pq gives a new deadline after the
+// dialer returns, and a tls.Config registered with pq.RegisterTLSConfig
+// (sslmode=pqgo-…), which lib/pq keeps to itself. On such a TLS connection the socket sees ciphertext:
 // the framer stays off and jsonstream works as it does without it.
 
 // sslRequestCode is the SSLRequest's code (1234, 5679).
