@@ -6,7 +6,6 @@ import (
 	"database/sql/driver"
 	"errors"
 	"io"
-	"net"
 	"reflect"
 	"slices"
 	"strconv"
@@ -505,57 +504,12 @@ func TestCursorFailedQueryLeavesContextStream(t *testing.T) {
 	}
 }
 
-// hookNet is the network connection under a fake lib/pq: reads give one
-// byte, or time out once a deadline set on it has passed; a non-zero
-// SetReadDeadline can be held (block) to order it against the consumer.
-type hookNet struct {
-	net.Conn
-	mu       sync.Mutex
-	deadline time.Time
-	block    chan struct{} // set before the goroutine that blocks starts
-	blocked  chan struct{}
-	cleared  chan struct{} // signalled on a zero SetReadDeadline
-}
-
-func (h *hookNet) SetReadDeadline(t time.Time) error {
-	if !t.IsZero() && h.block != nil {
-		close(h.blocked)
-		<-h.block
-	}
-	h.mu.Lock()
-	h.deadline = t
-	h.mu.Unlock()
-	if t.IsZero() && h.cleared != nil {
-		select {
-		case h.cleared <- struct{}{}:
-		default:
-		}
-	}
-	return nil
-}
-
-func (h *hookNet) currentDeadline() time.Time {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.deadline
-}
-
-func (h *hookNet) Read(p []byte) (int, error) {
-	if d := h.currentDeadline(); !d.IsZero() && time.Now().After(d) {
-		return 0, timeoutError{}
-	}
-	p[0] = 'x'
-	return 1, nil
-}
-
-func (h *hookNet) Close() error { return nil }
-
 // sockConnector plays lib/pq behind jsonstream's dialer: Connect puts a
-// sock around hookNet into the slot, as dialer.DialContext does, and
-// every FETCH reads its reply from that sock.
+// sock around net into the slot, as dialer.DialContext does, and every
+// FETCH reads its reply from that sock.
 type sockConnector struct {
 	d   *scriptDB
-	net *hookNet
+	net *fakeSock
 	mu  sync.Mutex
 	eof func() // called once by a FETCH's rows when they reach their end
 }
@@ -612,7 +566,7 @@ func (r *eofHookRows) Next(dest []driver.Value) error {
 // back to the pool.
 func TestCursorInterruptNeverOutlivesRoundTrip(t *testing.T) {
 	d := &scriptDB{rows: 5}
-	hn := &hookNet{}
+	hn := newFakeSock()
 	sc := &sockConnector{d: d, net: hn}
 	c, err := NewConnector(sc, WithFetchSize(10))
 	require.NoError(t, err)
@@ -627,21 +581,30 @@ func TestCursorInterruptNeverOutlivesRoundTrip(t *testing.T) {
 		require.True(t, rows.Next())
 	}
 	canceled := make(chan error, 1)
-	hn.cleared = make(chan struct{}, 1)
+	cleared := make(chan struct{}, 1)
+	hn.notifyCleared(cleared)
 	block := make(chan struct{})
 	sc.mu.Lock()
 	sc.eof = func() {
 		// The consumer is inside the last batch's Next, inFlight set:
 		// a Cancel comes and its interrupt stalls before SetReadDeadline.
-		hn.block, hn.blocked = block, make(chan struct{})
+		blocked := make(chan struct{})
+		var held atomic.Bool
+		hn.setOnDeadline(func(t time.Time) error {
+			if !t.IsZero() && held.CompareAndSwap(false, true) {
+				close(blocked)
+				<-block
+			}
+			return nil
+		})
 		go func() { canceled <- s.Cancel() }()
-		<-hn.blocked
+		<-blocked
 	}
 	sc.mu.Unlock()
 	done := make(chan bool, 1)
 	go func() { done <- rows.Next() }()
 	select {
-	case <-hn.cleared: // finish() cleared the deadline and went on to COMMIT
+	case <-cleared: // finish() cleared the deadline and went on to COMMIT
 	case <-time.After(200 * time.Millisecond): // the consumer waits for the interrupt
 	}
 	close(block) // the stalled interrupt goes on
@@ -650,7 +613,7 @@ func TestCursorInterruptNeverOutlivesRoundTrip(t *testing.T) {
 	_ = rows.Close()
 	assert.Contains(t, d.statements(), "COMMIT")
 
-	assert.True(t, hn.currentDeadline().IsZero(), "connection back in the pool with a read deadline armed (%v)", hn.currentDeadline())
+	assert.True(t, hn.readDeadline().IsZero(), "connection back in the pool with a read deadline armed (%v)", hn.readDeadline())
 	time.Sleep(20 * time.Millisecond)
 	rows, err = db.Query("SELECT data FROM docs")
 	if assert.NoError(t, err, "the next query on the pooled connection") {
@@ -815,19 +778,19 @@ func TestCursorReleaseLeavesCallersBatchToClose(t *testing.T) {
 // round trip may come after the stream moved on; with a reply pending it
 // bounds the read by the drain timeout.
 func TestCursorInterruptBetweenRoundTripsLeavesSocketAlone(t *testing.T) {
-	hn := &hookNet{}
-	s := &sock{Conn: hn}
+	fs := newFakeSock()
+	s := fs.netConn()
 	r := &rows{}
 	r.settings.drainTimeout = time.Hour
 	cur := &cursor{conn: &conn{sock: s}, r: r}
 
 	cur.interrupt()
-	assert.True(t, hn.currentDeadline().IsZero(), "deadline armed with no reply pending")
+	assert.True(t, fs.readDeadline().IsZero(), "deadline armed with no reply pending")
 	assert.Zero(t, s.until.Load(), "drain bound set with no reply pending")
 
 	cur.pending(true)
 	cur.interrupt()
-	assert.False(t, hn.currentDeadline().IsZero(), "a pending reply's read is not bounded")
+	assert.False(t, fs.readDeadline().IsZero(), "a pending reply's read is not bounded")
 	assert.NotZero(t, s.until.Load())
 }
 
@@ -938,7 +901,7 @@ func TestCursorServerErrorInBatchEndsCallersCursor(t *testing.T) {
 // connections have a socket jsonstream can cut and bound, with opts.
 func openSockCursor(t *testing.T, d *scriptDB, opts ...Option) *sql.DB {
 	t.Helper()
-	c, err := NewConnector(&sockConnector{d: d, net: &hookNet{}}, opts...)
+	c, err := NewConnector(&sockConnector{d: d, net: newFakeSock()}, opts...)
 	require.NoError(t, err)
 	db := sql.OpenDB(c)
 	db.SetMaxOpenConns(1)

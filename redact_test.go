@@ -6,12 +6,10 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
-	"net"
 	"net/url"
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 	"unicode"
 	"unicode/utf8"
 
@@ -530,7 +528,7 @@ func redactedConnectError(dsn string) string {
 		return err.Error()
 	}
 	if pc, ok := c.(*Connector).inner.(*pq.Connector); ok {
-		pc.Dialer(NewDialer(refusingDialer{}))
+		pc.Dialer(NewDialer(&fakeDialer{refuse: errDialRefused}))
 	}
 	conn, err := c.Connect(context.Background())
 	if err != nil {
@@ -540,15 +538,7 @@ func redactedConnectError(dsn string) string {
 	return ""
 }
 
-// refusingDialer fails every dial without touching the network.
-type refusingDialer struct{}
-
 var errDialRefused = errors.New("test dialer refuses")
-
-func (refusingDialer) Dial(string, string) (net.Conn, error) { return nil, errDialRefused }
-func (refusingDialer) DialTimeout(string, string, time.Duration) (net.Conn, error) {
-	return nil, errDialRefused
-}
 
 // TestRedactPostgresqlScheme: a DSN written with the "postgresql://"
 // scheme is read as a URL like "postgres://" is, so a piece of its

@@ -15,17 +15,44 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// fakeSock stands for the network connection that jsonstream's dialer
-// would have made, so that the fake driver's conns can be cut: closing it
-// is the cut.
+// fakeSock is the tests' one network connection. Over a real connection
+// (Conn set, as fakeDialer dials them) it passes reads and writes on;
+// without one it plays the server's side: each read gets a byte of reply
+// at once (or what onRead gives), fails with a timeout once its read
+// deadline has passed, and with net.ErrClosed once the socket is closed.
+//
+// Either way it counts its read deadlines and can fail or hold them
+// (setOnDeadline) or report those cleared (notifyCleared), swallows
+// writes once stalled (a network that stopped passing the client's
+// writes on), and records its Close: closing it is the cut.
 type fakeSock struct {
-	closed    chan struct{}
-	closeOnce sync.Once
+	net.Conn // the real connection, or nil
+
+	// onRead, when set on a socket without Conn, plays each read.
+	onRead func(p []byte) (int, error)
 	// onClose runs on the first Close, before closed is closed.
 	onClose func()
+
+	deadlines atomic.Int64  // SetReadDeadline calls
+	faults    atomic.Int64  // SetReadDeadline calls that onDeadline failed
+	stalled   atomic.Bool   // writes are swallowed from now on
+	swallowed chan struct{} // closed by the first write swallowed
+
+	mu         sync.Mutex // guards the three below
+	deadline   time.Time  // the read deadline in effect
+	onDeadline func(time.Time) error
+	cleared    chan<- struct{}
+
+	closed        chan struct{}
+	closeOnce     sync.Once
+	swallowedOnce sync.Once
 }
 
-func newFakeSock() *fakeSock { return &fakeSock{closed: make(chan struct{})} }
+// newFakeSock returns a socket without a real connection; set Conn
+// before its first use to make it one over a real connection.
+func newFakeSock() *fakeSock {
+	return &fakeSock{closed: make(chan struct{}), swallowed: make(chan struct{})}
+}
 
 // netConn is s wrapped as jsonstream's dialer wraps a socket, as newConn
 // and the socket slot take it.
@@ -42,12 +69,56 @@ func (s *fakeSock) isClosed() bool {
 	}
 }
 
-func (s *fakeSock) Read([]byte) (int, error) {
-	<-s.closed
-	return 0, net.ErrClosed
+// setOnDeadline makes f run, from now on, in each SetReadDeadline before
+// the deadline takes effect: it may hold the call, or fail it with an
+// error (the deadline then does not change). nil ends it.
+func (s *fakeSock) setOnDeadline(f func(time.Time) error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.onDeadline = f
+}
+
+// notifyCleared signals on ch, without waiting, each time from now on a
+// zero read deadline takes effect.
+func (s *fakeSock) notifyCleared(ch chan<- struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.cleared = ch
+}
+
+// readDeadline returns the read deadline in effect.
+func (s *fakeSock) readDeadline() time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.deadline
+}
+
+// stall makes the socket swallow every write from now on.
+func (s *fakeSock) stall() { s.stalled.Store(true) }
+
+func (s *fakeSock) Read(p []byte) (int, error) {
+	switch {
+	case s.Conn != nil:
+		return s.Conn.Read(p)
+	case s.onRead != nil:
+		return s.onRead(p)
+	case s.isClosed():
+		return 0, net.ErrClosed
+	}
+	if d := s.readDeadline(); !d.IsZero() && !time.Now().Before(d) {
+		return 0, timeoutError{}
+	}
+	return copy(p, "x"), nil
 }
 
 func (s *fakeSock) Write(b []byte) (int, error) {
+	if s.stalled.Load() {
+		s.swallowedOnce.Do(func() { close(s.swallowed) })
+		return len(b), nil
+	}
+	if s.Conn != nil {
+		return s.Conn.Write(b)
+	}
 	if s.isClosed() {
 		return 0, net.ErrClosed
 	}
@@ -61,14 +132,133 @@ func (s *fakeSock) Close() error {
 		}
 		close(s.closed)
 	})
+	if s.Conn != nil {
+		return s.Conn.Close()
+	}
 	return nil
 }
 
-func (s *fakeSock) LocalAddr() net.Addr              { return &net.TCPAddr{} }
-func (s *fakeSock) RemoteAddr() net.Addr             { return &net.TCPAddr{} }
-func (s *fakeSock) SetDeadline(time.Time) error      { return nil }
-func (s *fakeSock) SetReadDeadline(time.Time) error  { return nil }
-func (s *fakeSock) SetWriteDeadline(time.Time) error { return nil }
+func (s *fakeSock) SetReadDeadline(t time.Time) error {
+	s.deadlines.Add(1)
+	s.mu.Lock()
+	hook := s.onDeadline
+	s.mu.Unlock()
+	if hook != nil {
+		if err := hook(t); err != nil {
+			s.faults.Add(1)
+			return err
+		}
+	}
+	if s.Conn != nil {
+		if err := s.Conn.SetReadDeadline(t); err != nil {
+			return err
+		}
+	}
+	s.mu.Lock()
+	s.deadline = t
+	cleared := s.cleared
+	s.mu.Unlock()
+	if t.IsZero() && cleared != nil {
+		select {
+		case cleared <- struct{}{}:
+		default:
+		}
+	}
+	return nil
+}
+
+// Only read deadlines are played; the others go to the real connection.
+
+func (s *fakeSock) SetDeadline(t time.Time) error {
+	if s.Conn != nil {
+		return s.Conn.SetDeadline(t)
+	}
+	return nil
+}
+
+func (s *fakeSock) SetWriteDeadline(t time.Time) error {
+	if s.Conn != nil {
+		return s.Conn.SetWriteDeadline(t)
+	}
+	return nil
+}
+
+func (s *fakeSock) LocalAddr() net.Addr {
+	if s.Conn != nil {
+		return s.Conn.LocalAddr()
+	}
+	return &net.TCPAddr{}
+}
+
+func (s *fakeSock) RemoteAddr() net.Addr {
+	if s.Conn != nil {
+		return s.Conn.RemoteAddr()
+	}
+	return &net.TCPAddr{}
+}
+
+// timeoutError is the error of a read past its deadline.
+type timeoutError struct{}
+
+func (timeoutError) Error() string   { return "i/o timeout" }
+func (timeoutError) Timeout() bool   { return true }
+func (timeoutError) Temporary() bool { return true }
+
+// fakeDialer is the tests' one pq.Dialer: it dials real connections, each
+// wrapped in a fakeSock that it keeps, so that a test can count, stall or
+// fault them; with refuse set it fails every dial without touching the
+// network.
+type fakeDialer struct {
+	refuse error
+
+	mu    sync.Mutex // guards socks
+	socks []*fakeSock
+}
+
+func (d *fakeDialer) Dial(network, address string) (net.Conn, error) {
+	return d.DialTimeout(network, address, 0)
+}
+
+func (d *fakeDialer) DialTimeout(network, address string, timeout time.Duration) (net.Conn, error) {
+	if d.refuse != nil {
+		return nil, d.refuse
+	}
+	c, err := net.DialTimeout(network, address, timeout)
+	if err != nil {
+		return nil, err
+	}
+	s := newFakeSock()
+	s.Conn = c
+	d.mu.Lock()
+	d.socks = append(d.socks, s)
+	d.mu.Unlock()
+	return s, nil
+}
+
+// last returns the socket dialed last.
+func (d *fakeDialer) last() *fakeSock {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.socks[len(d.socks)-1]
+}
+
+// count returns how many connections were dialed.
+func (d *fakeDialer) count() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.socks)
+}
+
+// deadlines returns the read deadlines set on all the connections.
+func (d *fakeDialer) deadlines() int64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var n int64
+	for _, s := range d.socks {
+		n += s.deadlines.Load()
+	}
+	return n
+}
 
 // errCutRead is what a fake read on a cut connection returns.
 var errCutRead = errors.New("fake: read on a cut connection")
