@@ -111,7 +111,7 @@ func TestContextStreamReachesRowsEverywhere(t *testing.T) {
 	})
 	t.Run("inner conn without Queryer: database/sql prepares", func(t *testing.T) {
 		d := &fakeDriver{newRows: countRows(3), minimal: true}
-		c, err := NewConnector(fakeConnector{d})
+		c, err := NewConnector(d)
 		require.NoError(t, err)
 		mdb := sql.OpenDB(c)
 		defer mdb.Close()
