@@ -50,9 +50,10 @@ func readAll(tb testing.TB, rows *sql.Rows) {
 // fakeDBs returns the same fake database twice: raw and through jsonstream.
 func fakeDBs(tb testing.TB, n int) (inner, wrapped *sql.DB) {
 	rowsOf := func(string) *fakeRows { return &fakeRows{n: n} }
-	inner = sql.OpenDB(fakeConnector{&fakeDriver{newRows: rowsOf}})
+	inner = sql.OpenDB(&fakeDriver{newRows: rowsOf, noLog: true})
 	tb.Cleanup(func() { _ = inner.Close() })
-	wrapped, _ = openFake(tb, rowsOf)
+	wrapped, d := openFake(tb, rowsOf)
+	d.noLog = true
 	return inner, wrapped
 }
 

@@ -90,24 +90,18 @@ func TestStreamClaimedBeforeSend(t *testing.T) {
 // dialCountingDB is a jsonstream pool of one connection whose dials are
 // counted: lib/pq sends a cancel request on a connection of its own,
 // through the same dialer.
-func dialCountingDB(t *testing.T, opts ...Option) (*sql.DB, *faultDialer) {
+func dialCountingDB(t *testing.T, opts ...Option) (*sql.DB, *fakeDialer) {
 	t.Helper()
 	pc, err := pq.NewConnector(pgtest.DSN(t))
 	require.NoError(t, err)
 	c, err := NewConnector(pc, opts...)
 	require.NoError(t, err)
-	fd := &faultDialer{}
+	fd := &fakeDialer{}
 	pc.Dialer(NewDialer(fd))
 	db := sql.OpenDB(c)
 	t.Cleanup(func() { _ = db.Close() })
 	db.SetMaxOpenConns(1)
 	return db, fd
-}
-
-func (d *faultDialer) count() int {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return len(d.conns)
 }
 
 // TestContextEndIsACut: in the single-statement mode the end of the

@@ -569,7 +569,7 @@ func TestCursorContextEndsDuringFirstFetch(t *testing.T) {
 // timeout with the context's error.
 func TestCursorContextEndDuringFinalCommitFreesNext(t *testing.T) {
 	const drain = 100 * time.Millisecond
-	d := &stallDialer{}
+	d := &fakeDialer{}
 	db := openCursorDialed(t, d, WithFetchSize(100), WithDrainTimeout(drain))
 	require.NoError(t, db.Ping())
 	ctx, cancel := context.WithCancel(context.Background())
@@ -581,7 +581,7 @@ func TestCursorContextEndDuringFinalCommitFreesNext(t *testing.T) {
 		require.True(t, rows.Next())
 	}
 	sc := d.last()
-	sc.stalled.Store(true)
+	sc.stall()
 	done := make(chan bool, 1)
 	go func() { done <- rows.Next() }() // the batch was short: Next sends COMMIT
 	select {
@@ -649,7 +649,7 @@ func TestCursorRefusedDeclareKeepsCallersTx(t *testing.T) {
 // be set. The connection is cut, and Close returns the batch's error, not
 // the socket's.
 func TestCursorCloseKeepsBatchErrorWhenEndDeadlineFails(t *testing.T) {
-	fd := &faultDialer{}
+	fd := &fakeDialer{}
 	// The drain's deadline is 50 ms away, the end statement's 1 s
 	// (cursorEndTimeout): the fault takes only the latter.
 	db := openCursorDialed(t, fd, WithFetchSize(100), WithDrainTimeout(50*time.Millisecond), WithCloseMode(CloseAuto))
@@ -675,15 +675,14 @@ func TestCursorCloseKeepsBatchErrorWhenEndDeadlineFails(t *testing.T) {
 	rows, err = db.Query(query)
 	require.NoError(t, err)
 	require.True(t, rows.Next())
-	fail := func(d time.Time) bool { return !d.IsZero() && time.Until(d) > 500*time.Millisecond }
-	fd.armed.Store(&fail)
-	err = rows.Close()
-	fd.armed.Store(nil)
 	sock := fd.last()
+	failDeadlines(sock, func(d time.Time) bool { return !d.IsZero() && time.Until(d) > 500*time.Millisecond })
+	err = rows.Close()
+	failDeadlines(sock, nil)
 	require.Equal(t, int64(1), sock.faults.Load(), "the fault was not injected")
 	assert.EqualError(t, err, batchErr.Error(), "Close lost the batch's error")
 	assert.False(t, errors.Is(err, errDeadlineFault), "the socket's error instead of the batch's")
-	assert.True(t, sock.closed.Load(), "the connection was not cut")
+	assert.True(t, sock.isClosed(), "the connection was not cut")
 	assert.NotEqual(t, before, pidOf(t, db), "the connection went back to the pool")
 }
 

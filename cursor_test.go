@@ -6,12 +6,10 @@ import (
 	"database/sql/driver"
 	"errors"
 	"io"
-	"net"
 	"reflect"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -20,135 +18,10 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// stateError is a server error with a SQLSTATE, as *pq.Error is.
-type sqlStateErr string
-
-func (e sqlStateErr) Error() string { return "server: " + string(e) }
-
-func (e sqlStateErr) SQLState() string { return string(e) }
-
-// scriptDB is an inner driver that plays a server holding one cursor of
-// `rows` rows per query, and logs every statement jsonstream sends. fail
-// maps a statement prefix to the error it gets.
-type scriptDB struct {
-	mu    sync.Mutex // guards all below
-	log   []string
-	fail  map[string]error
-	rows  int
-	width int // bytes per row value
-	opens int
-	inTx  bool // the session is in a transaction block
-}
-
-func (d *scriptDB) Open(string) (driver.Conn, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.opens++
-	return &scriptConn{d: d}, nil
-}
-
-func (d *scriptDB) Connect(context.Context) (driver.Conn, error) { return d.Open("") }
-
-func (d *scriptDB) Driver() driver.Driver { return d }
-
-func (d *scriptDB) statements() []string {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return append([]string(nil), d.log...)
-}
-
-func (d *scriptDB) reset() {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.log = nil
-}
-
-type scriptConn struct {
-	d    *scriptDB
-	left int // rows left in the open cursor
-}
-
-func (c *scriptConn) Prepare(string) (driver.Stmt, error) { return nil, errors.New("no Prepare") }
-
-func (c *scriptConn) Close() error { return nil }
-
-func (c *scriptConn) Begin() (driver.Tx, error) { return scriptTx{}, nil }
-
-type scriptTx struct{}
-
-func (scriptTx) Commit() error { return nil }
-
-func (scriptTx) Rollback() error { return nil }
-
-func (c *scriptConn) run(stmt string) error {
-	d := c.d
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.log = append(d.log, stmt)
-	for prefix, err := range d.fail {
-		if strings.HasPrefix(stmt, prefix) {
-			return err
-		}
-	}
-	switch {
-	case strings.HasPrefix(stmt, "SAVEPOINT"):
-		if !d.inTx {
-			return sqlStateErr("25P01")
-		}
-	case strings.HasPrefix(stmt, "BEGIN"):
-		d.inTx = true
-	case stmt == "COMMIT", stmt == "ROLLBACK":
-		d.inTx = false
-	}
-	if strings.Contains(stmt, "DECLARE") {
-		c.left = d.rows
-	}
-	return nil
-}
-
-func (c *scriptConn) ExecContext(_ context.Context, query string, _ []driver.NamedValue) (driver.Result, error) {
-	if err := c.run(query); err != nil {
-		return nil, err
-	}
-	return driver.RowsAffected(0), nil
-}
-
-func (c *scriptConn) QueryContext(_ context.Context, query string, _ []driver.NamedValue) (driver.Rows, error) {
-	if err := c.run(query); err != nil {
-		return nil, err
-	}
-	if !strings.HasPrefix(query, "FETCH FORWARD ") {
-		return &fakeRows{n: 1}, nil
-	}
-	n, err := strconv.Atoi(strings.Fields(query)[2])
-	if err != nil {
-		return nil, err
-	}
-	n = min(n, c.left)
-	c.left -= n
-	return &widthRows{n: n, width: c.d.width}, nil
-}
-
-// widthRows yields n rows of one value width bytes long.
-type widthRows struct{ n, width, i int }
-
-func (r *widthRows) Columns() []string { return []string{"data"} }
-
-func (r *widthRows) Close() error { return nil }
-
-func (r *widthRows) Next(dest []driver.Value) error {
-	if r.i >= r.n {
-		return io.EOF
-	}
-	r.i++
-	dest[0] = strings.Repeat("x", r.width)
-	return nil
-}
-
 const declared = " NO SCROLL CURSOR FOR (\nSELECT data FROM docs\n)"
 
 func TestCursorStatementsOfACompleteStream(t *testing.T) {
-	d := &scriptDB{rows: 40}
+	d := &fakeDriver{cursorRows: 40}
 	db := openScript(t, d, WithFetchSize(16))
 	rows, err := db.Query("SELECT data FROM docs;")
 	require.NoError(t, err)
@@ -163,7 +36,7 @@ func TestCursorStatementsOfACompleteStream(t *testing.T) {
 }
 
 func TestCursorEarlyCloseRollsBackAndSkipsTheProbeNextTime(t *testing.T) {
-	d := &scriptDB{rows: 1000}
+	d := &fakeDriver{cursorRows: 1000}
 	db := openScript(t, d, WithFetchSize(10))
 	rows, err := db.Query("SELECT data FROM docs")
 	require.NoError(t, err)
@@ -184,7 +57,7 @@ func TestCursorEarlyCloseRollsBackAndSkipsTheProbeNextTime(t *testing.T) {
 }
 
 func TestCursorProbesAfterOtherStatements(t *testing.T) {
-	d := &scriptDB{rows: 3}
+	d := &fakeDriver{cursorRows: 3}
 	db := openScript(t, d, WithFetchSize(10))
 	ctx := context.Background()
 	conn, err := db.Conn(ctx)
@@ -229,7 +102,7 @@ func TestCursorProbesAfterOtherStatements(t *testing.T) {
 }
 
 func TestCursorInsideBeginTxNeedsNoProbe(t *testing.T) {
-	d := &scriptDB{rows: 2}
+	d := &fakeDriver{cursorRows: 2}
 	db := openScript(t, d, WithFetchSize(10))
 	tx, err := db.Begin()
 	require.NoError(t, err)
@@ -274,7 +147,7 @@ func TestCursorStartFailures(t *testing.T) {
 		},
 	} {
 		t.Run(name, func(t *testing.T) {
-			d := &scriptDB{rows: 3, fail: tc.fail}
+			d := &fakeDriver{cursorRows: 3, fail: tc.fail}
 			db := openScript(t, d, WithFetchSize(5))
 			ctx := context.Background()
 			conn, err := db.Conn(ctx)
@@ -303,7 +176,7 @@ func TestCursorStartFailures(t *testing.T) {
 func TestCursorFailedEndDiscardsTheConnection(t *testing.T) {
 	for _, stmt := range []string{"ROLLBACK", "COMMIT"} {
 		t.Run(stmt, func(t *testing.T) {
-			d := &scriptDB{rows: 300, fail: map[string]error{stmt: sqlStateErr("08006")}}
+			d := &fakeDriver{cursorRows: 300, fail: map[string]error{stmt: sqlStateErr("08006")}}
 			db := openScript(t, d, WithFetchSize(100))
 			// A full batch, so an early close cannot tell it was the last.
 			rows, err := db.Query("SELECT data FROM docs")
@@ -320,14 +193,14 @@ func TestCursorFailedEndDiscardsTheConnection(t *testing.T) {
 			rows, err = db.Query("SELECT data FROM docs")
 			require.NoError(t, err)
 			_ = rows.Close()
-			assert.Equal(t, 2, d.opens, "the connection was replaced")
+			assert.Len(t, d.opened(), 2, "the connection was replaced")
 		})
 	}
 }
 
 func TestCursorNeedsExecerAndQueryer(t *testing.T) {
 	d := &fakeDriver{newRows: countRows(1), minimal: true}
-	db, err := NewConnector(fakeConnector{d}, WithFetchSize(10))
+	db, err := NewConnector(d, WithFetchSize(10))
 	require.NoError(t, err)
 	sdb := sql.OpenDB(db)
 	defer sdb.Close()
@@ -337,7 +210,7 @@ func TestCursorNeedsExecerAndQueryer(t *testing.T) {
 }
 
 func TestCursorStreamArgumentServesOneQuery(t *testing.T) {
-	d := &scriptDB{rows: 1}
+	d := &fakeDriver{cursorRows: 1}
 	db := openScript(t, d)
 	s := mustStream(t, WithFetchSize(4))
 	rows, err := db.Query("SELECT data FROM docs", s)
@@ -353,7 +226,7 @@ func TestCursorStreamArgumentServesOneQuery(t *testing.T) {
 // row bound, and holds a batch to about autoBatchBytes of values.
 func TestFetchAutoBatches(t *testing.T) {
 	sizes := func(width, rows int) []int {
-		d := &scriptDB{rows: rows, width: width}
+		d := &fakeDriver{cursorRows: rows, width: width}
 		db := openScript(t, d, WithFetchSize(FetchAuto))
 		r, err := db.Query("SELECT data FROM docs")
 		require.NoError(t, err)
@@ -379,7 +252,7 @@ func TestFetchAutoBatches(t *testing.T) {
 // its Stream is left for another query.
 func TestCursorProbeFailureLeavesStream(t *testing.T) {
 	probeErr := sqlStateErr("25P02")
-	d := &scriptDB{rows: 3, fail: map[string]error{"SAVEPOINT": probeErr}}
+	d := &fakeDriver{cursorRows: 3, fail: map[string]error{"SAVEPOINT": probeErr}}
 	db := openScript(t, d, WithFetchSize(5))
 	ctx := context.Background()
 	conn, err := db.Conn(ctx)
@@ -406,7 +279,7 @@ func TestCursorProbeFailureLeavesStream(t *testing.T) {
 // transaction goes on without it.
 func TestCursorFirstFetchClientErrorClosesCursorInCallersTx(t *testing.T) {
 	clientErr := errors.New("fake: cannot decode the batch")
-	d := &scriptDB{rows: 3, fail: map[string]error{"FETCH": clientErr}}
+	d := &fakeDriver{cursorRows: 3, fail: map[string]error{"FETCH": clientErr}}
 	db := openScript(t, d, WithFetchSize(5))
 	tx, err := db.Begin()
 	require.NoError(t, err)
@@ -420,48 +293,22 @@ func TestCursorFirstFetchClientErrorClosesCursorInCallersTx(t *testing.T) {
 	require.NoError(t, tx.Rollback())
 }
 
-// badOnceConnector is scriptDB whose first statement fails with
-// driver.ErrBadConn: a pooled connection whose session the server ended
-// (lib/pq reports a dead socket so), which database/sql retries on
-// another connection.
-type badOnceConnector struct {
-	d      *scriptDB
-	failed atomic.Bool
-}
-
-func (c *badOnceConnector) Connect(context.Context) (driver.Conn, error) {
-	inner, _ := c.d.Open("")
-	return &badOnceConn{scriptConn: inner.(*scriptConn), c: c}, nil
-}
-
-func (c *badOnceConnector) Driver() driver.Driver { return c.d }
-
-type badOnceConn struct {
-	*scriptConn
-	c *badOnceConnector
-}
-
-func (b *badOnceConn) ExecContext(ctx context.Context, q string, args []driver.NamedValue) (driver.Result, error) {
-	if b.c.failed.CompareAndSwap(false, true) {
-		return nil, driver.ErrBadConn
-	}
-	return b.scriptConn.ExecContext(ctx, q, args)
-}
-
-func (b *badOnceConn) QueryContext(ctx context.Context, q string, args []driver.NamedValue) (driver.Rows, error) {
-	if b.c.failed.CompareAndSwap(false, true) {
-		return nil, driver.ErrBadConn
-	}
-	return b.scriptConn.QueryContext(ctx, q, args)
-}
-
 // TestCursorClaimsStreamOnlyOnceRowsCome: a cursor query that fails leaves
 // its Stream argument unclaimed, as the single-statement mode does.
 func TestCursorClaimsStreamOnlyOnceRowsCome(t *testing.T) {
 	for _, size := range []int{0, 10} {
 		t.Run(fetchSizeString(size), func(t *testing.T) {
-			d := &scriptDB{rows: 3}
-			c, err := NewConnector(&badOnceConnector{d: d}, WithFetchSize(size))
+			// The first statement fails with driver.ErrBadConn, as lib/pq
+			// reports a pooled connection whose session the server ended;
+			// database/sql retries it on another connection.
+			var failed atomic.Bool
+			d := &fakeDriver{cursorRows: 3, before: func(string) error {
+				if failed.CompareAndSwap(false, true) {
+					return driver.ErrBadConn
+				}
+				return nil
+			}}
+			c, err := NewConnector(d, WithFetchSize(size))
 			require.NoError(t, err)
 			db := sql.OpenDB(c)
 			defer db.Close()
@@ -479,11 +326,10 @@ func TestCursorFailedQueryLeavesContextStream(t *testing.T) {
 	for _, size := range []int{0, 10} {
 		t.Run(fetchSizeString(size), func(t *testing.T) {
 			d := &fakeDriver{newRows: countRows(2)}
-			var inner driver.Connector = fakeConnector{d}
 			if size != 0 {
-				inner = &scriptDB{rows: 2, fail: map[string]error{"BEGIN; DECLARE jsonstream_cursor_1": sqlStateErr("42P01")}}
+				d = &fakeDriver{cursorRows: 2, fail: map[string]error{"BEGIN; DECLARE jsonstream_cursor_1": sqlStateErr("42P01")}}
 			}
-			c, err := NewConnector(inner, WithFetchSize(size))
+			c, err := NewConnector(d, WithFetchSize(size))
 			require.NoError(t, err)
 			db := sql.OpenDB(c)
 			db.SetMaxOpenConns(1)
@@ -505,120 +351,18 @@ func TestCursorFailedQueryLeavesContextStream(t *testing.T) {
 	}
 }
 
-// hookNet is the network connection under a fake lib/pq: reads give one
-// byte, or time out once a deadline set on it has passed; a non-zero
-// SetReadDeadline can be held (block) to order it against the consumer.
-type hookNet struct {
-	net.Conn
-	mu       sync.Mutex
-	deadline time.Time
-	block    chan struct{} // set before the goroutine that blocks starts
-	blocked  chan struct{}
-	cleared  chan struct{} // signalled on a zero SetReadDeadline
-}
-
-func (h *hookNet) SetReadDeadline(t time.Time) error {
-	if !t.IsZero() && h.block != nil {
-		close(h.blocked)
-		<-h.block
-	}
-	h.mu.Lock()
-	h.deadline = t
-	h.mu.Unlock()
-	if t.IsZero() && h.cleared != nil {
-		select {
-		case h.cleared <- struct{}{}:
-		default:
-		}
-	}
-	return nil
-}
-
-func (h *hookNet) currentDeadline() time.Time {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.deadline
-}
-
-func (h *hookNet) Read(p []byte) (int, error) {
-	if d := h.currentDeadline(); !d.IsZero() && time.Now().After(d) {
-		return 0, timeoutError{}
-	}
-	p[0] = 'x'
-	return 1, nil
-}
-
-func (h *hookNet) Close() error { return nil }
-
-// sockConnector plays lib/pq behind jsonstream's dialer: Connect puts a
-// sock around hookNet into the slot, as dialer.DialContext does, and
-// every FETCH reads its reply from that sock.
-type sockConnector struct {
-	d   *scriptDB
-	net *hookNet
-	mu  sync.Mutex
-	eof func() // called once by a FETCH's rows when they reach their end
-}
-
-func (c *sockConnector) Connect(ctx context.Context) (driver.Conn, error) {
-	slot := ctx.Value(socketKey{}).(*socketSlot)
-	s := &sock{Conn: c.net}
-	slot.conn.Store(s)
-	return &sockConn{scriptConn: scriptConn{d: c.d}, s: s, c: c}, nil
-}
-
-func (c *sockConnector) Driver() driver.Driver { return c.d }
-
-type sockConn struct {
-	scriptConn
-	s *sock
-	c *sockConnector
-}
-
-func (c *sockConn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
-	if strings.HasPrefix(query, "FETCH") {
-		if _, err := c.s.Read(make([]byte, 1)); err != nil {
-			return nil, err // what lib/pq returns when the reply's read fails
-		}
-	}
-	r, err := c.scriptConn.QueryContext(ctx, query, args)
-	if err != nil {
-		return nil, err
-	}
-	return &eofHookRows{Rows: r, c: c.c}, nil
-}
-
-type eofHookRows struct {
-	driver.Rows
-	c *sockConnector
-}
-
-func (r *eofHookRows) Next(dest []driver.Value) error {
-	err := r.Rows.Next(dest)
-	if errors.Is(err, io.EOF) {
-		r.c.mu.Lock()
-		hook := r.c.eof
-		r.c.eof = nil
-		r.c.mu.Unlock()
-		if hook != nil {
-			hook()
-		}
-	}
-	return err
-}
-
 // TestCursorInterruptNeverOutlivesRoundTrip: a Cancel that races the last
 // batch's end never leaves a read deadline on the connection that goes
 // back to the pool.
 func TestCursorInterruptNeverOutlivesRoundTrip(t *testing.T) {
-	d := &scriptDB{rows: 5}
-	hn := &hookNet{}
-	sc := &sockConnector{d: d, net: hn}
-	c, err := NewConnector(sc, WithFetchSize(10))
-	require.NoError(t, err)
-	db := sql.OpenDB(c)
-	db.SetMaxOpenConns(1)
-	defer db.Close()
+	var atEOF atomic.Pointer[func()] // called once when rows reach their end
+	d := &fakeDriver{cursorRows: 5, dialed: true, onNext: func(err error) error {
+		if hook := atEOF.Load(); errors.Is(err, io.EOF) && hook != nil && atEOF.CompareAndSwap(hook, nil) {
+			(*hook)()
+		}
+		return err
+	}}
+	db := openScript(t, d, WithFetchSize(10))
 
 	s := mustStream(t)
 	rows, err := db.Query("SELECT data FROM docs", s)
@@ -626,22 +370,31 @@ func TestCursorInterruptNeverOutlivesRoundTrip(t *testing.T) {
 	for i := 0; i < 5; i++ {
 		require.True(t, rows.Next())
 	}
+	sock := d.opened()[0].sock
 	canceled := make(chan error, 1)
-	hn.cleared = make(chan struct{}, 1)
+	cleared := make(chan struct{}, 1)
+	sock.notifyCleared(cleared)
 	block := make(chan struct{})
-	sc.mu.Lock()
-	sc.eof = func() {
+	hook := func() {
 		// The consumer is inside the last batch's Next, inFlight set:
 		// a Cancel comes and its interrupt stalls before SetReadDeadline.
-		hn.block, hn.blocked = block, make(chan struct{})
+		blocked := make(chan struct{})
+		var held atomic.Bool
+		sock.setOnDeadline(func(t time.Time) error {
+			if !t.IsZero() && held.CompareAndSwap(false, true) {
+				close(blocked)
+				<-block
+			}
+			return nil
+		})
 		go func() { canceled <- s.Cancel() }()
-		<-hn.blocked
+		<-blocked
 	}
-	sc.mu.Unlock()
+	atEOF.Store(&hook)
 	done := make(chan bool, 1)
 	go func() { done <- rows.Next() }()
 	select {
-	case <-hn.cleared: // finish() cleared the deadline and went on to COMMIT
+	case <-cleared: // finish() cleared the deadline and went on to COMMIT
 	case <-time.After(200 * time.Millisecond): // the consumer waits for the interrupt
 	}
 	close(block) // the stalled interrupt goes on
@@ -650,7 +403,7 @@ func TestCursorInterruptNeverOutlivesRoundTrip(t *testing.T) {
 	_ = rows.Close()
 	assert.Contains(t, d.statements(), "COMMIT")
 
-	assert.True(t, hn.currentDeadline().IsZero(), "connection back in the pool with a read deadline armed (%v)", hn.currentDeadline())
+	assert.True(t, sock.readDeadline().IsZero(), "connection back in the pool with a read deadline armed (%v)", sock.readDeadline())
 	time.Sleep(20 * time.Millisecond)
 	rows, err = db.Query("SELECT data FROM docs")
 	if assert.NoError(t, err, "the next query on the pooled connection") {
@@ -664,7 +417,7 @@ func TestCursorInterruptNeverOutlivesRoundTrip(t *testing.T) {
 // reports for such rows: no length, no nullability, no precision, no type
 // name, and a scan type of any.
 func TestCursorColumnTypesWithoutInnerInterfaces(t *testing.T) {
-	d := &scriptDB{rows: 3}
+	d := &fakeDriver{cursorRows: 3}
 	db := openScript(t, d, WithFetchSize(10))
 	rows, err := db.Query("SELECT data FROM docs")
 	require.NoError(t, err)
@@ -692,7 +445,7 @@ func TestCursorColumnTypesWithoutInnerInterfaces(t *testing.T) {
 // where no watch fails the stream, and at the driver level, where
 // database/sql's own watch of the context does not close the rows first.
 func TestCursorTxContextEndStopsNextFetch(t *testing.T) {
-	d := &scriptDB{rows: 5}
+	d := &fakeDriver{cursorRows: 5}
 	s := defaultSettings()
 	require.NoError(t, s.apply([]Option{WithFetchSize(2)}))
 	inner, err := d.Open("")
@@ -722,7 +475,7 @@ func TestCursorTxContextEndStopsNextFetch(t *testing.T) {
 // (sql.Conn.Raw), jsonstream asks the server whether a transaction is
 // open.
 func TestCursorProbesAfterUnwrap(t *testing.T) {
-	d := &scriptDB{rows: 3}
+	d := &fakeDriver{cursorRows: 3}
 	db := openScript(t, d, WithFetchSize(2))
 	ctx := context.Background()
 	conn, err := db.Conn(ctx)
@@ -755,7 +508,7 @@ func TestCursorProbesAfterUnwrap(t *testing.T) {
 // closed the cursor, the cursor's own Next reports the failure, never the
 // io.EOF of a stream received whole.
 func TestCursorNextAfterReleaseReportsFailure(t *testing.T) {
-	d := &scriptDB{rows: 100}
+	d := &fakeDriver{cursorRows: 100}
 	db := openScript(t, d, WithFetchSize(10))
 	s := mustStream(t)
 	rows, err := db.Query("SELECT data FROM docs", s)
@@ -782,7 +535,7 @@ func TestCursorNextAfterReleaseReportsFailure(t *testing.T) {
 // Close does both.
 func TestCursorReleaseLeavesCallersBatchToClose(t *testing.T) {
 	ctx := context.Background()
-	d := &scriptDB{rows: 100}
+	d := &fakeDriver{cursorRows: 100}
 	db := openScript(t, d, WithFetchSize(10))
 	conn, err := db.Conn(ctx)
 	require.NoError(t, err)
@@ -815,19 +568,19 @@ func TestCursorReleaseLeavesCallersBatchToClose(t *testing.T) {
 // round trip may come after the stream moved on; with a reply pending it
 // bounds the read by the drain timeout.
 func TestCursorInterruptBetweenRoundTripsLeavesSocketAlone(t *testing.T) {
-	hn := &hookNet{}
-	s := &sock{Conn: hn}
+	fs := newFakeSock()
+	s := fs.netConn()
 	r := &rows{}
 	r.settings.drainTimeout = time.Hour
 	cur := &cursor{conn: &conn{sock: s}, r: r}
 
 	cur.interrupt()
-	assert.True(t, hn.currentDeadline().IsZero(), "deadline armed with no reply pending")
+	assert.True(t, fs.readDeadline().IsZero(), "deadline armed with no reply pending")
 	assert.Zero(t, s.until.Load(), "drain bound set with no reply pending")
 
 	cur.pending(true)
 	cur.interrupt()
-	assert.False(t, hn.currentDeadline().IsZero(), "a pending reply's read is not bounded")
+	assert.False(t, fs.readDeadline().IsZero(), "a pending reply's read is not bounded")
 	assert.NotZero(t, s.until.Load())
 }
 
@@ -836,7 +589,7 @@ func TestCursorInterruptBetweenRoundTripsLeavesSocketAlone(t *testing.T) {
 // come autoFirstRows a batch: the byte bound never shrinks a batch below
 // the first.
 func TestFetchAutoKeepsFirstBatchSizeForWideRows(t *testing.T) {
-	d := &scriptDB{rows: 40, width: 64 << 10}
+	d := &fakeDriver{cursorRows: 40, width: 64 << 10}
 	db := openScript(t, d, WithFetchSize(FetchAuto))
 	rows, err := db.Query("SELECT data FROM docs")
 	require.NoError(t, err)
@@ -854,54 +607,6 @@ func TestFetchAutoKeepsFirstBatchSizeForWideRows(t *testing.T) {
 	}, fetches)
 }
 
-// rowErrDB is scriptDB whose cursor rows fail with err at row number
-// failAt (counted from 1 over every batch of the connection).
-type rowErrDB struct {
-	*scriptDB
-	failAt int
-	err    error
-}
-
-func (d *rowErrDB) Connect(context.Context) (driver.Conn, error) {
-	c, err := d.Open("")
-	if err != nil {
-		return nil, err
-	}
-	return &rowErrConn{scriptConn: c.(*scriptConn), d: d}, nil
-}
-
-func (d *rowErrDB) Driver() driver.Driver { return d.scriptDB }
-
-type rowErrConn struct {
-	*scriptConn
-	d    *rowErrDB
-	seen int // rows delivered
-}
-
-func (c *rowErrConn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
-	rows, err := c.scriptConn.QueryContext(ctx, query, args)
-	if err != nil {
-		return nil, err
-	}
-	return &rowErrRows{Rows: rows, c: c}, nil
-}
-
-type rowErrRows struct {
-	driver.Rows
-	c *rowErrConn
-}
-
-func (r *rowErrRows) Next(dest []driver.Value) error {
-	if err := r.Rows.Next(dest); err != nil {
-		return err
-	}
-	r.c.seen++
-	if r.c.seen == r.c.d.failAt {
-		return r.c.d.err
-	}
-	return nil
-}
-
 // TestCursorServerErrorInBatchEndsCallersCursor: a server error in a
 // batch's rows failed the caller's transaction and the cursor with it:
 // Close sends nothing more, and the connection stays for the caller's
@@ -909,7 +614,14 @@ func (r *rowErrRows) Next(dest []driver.Value) error {
 func TestCursorServerErrorInBatchEndsCallersCursor(t *testing.T) {
 	ctx := context.Background()
 	serverErr := sqlStateErr("40P01")
-	d := &rowErrDB{scriptDB: &scriptDB{rows: 20}, failAt: 8, err: serverErr}
+	// The 8th row of the connection fails with serverErr.
+	var seen atomic.Int64
+	d := &fakeDriver{cursorRows: 20, onNext: func(err error) error {
+		if err == nil && seen.Add(1) == 8 {
+			return serverErr
+		}
+		return err
+	}}
 	c, err := NewConnector(d, WithFetchSize(5))
 	require.NoError(t, err)
 	db := sql.OpenDB(c)
@@ -934,25 +646,13 @@ func TestCursorServerErrorInBatchEndsCallersCursor(t *testing.T) {
 	require.NoError(t, err, "the connection is kept")
 }
 
-// openSockCursor is a pool of one over the scripted server d whose
-// connections have a socket jsonstream can cut and bound, with opts.
-func openSockCursor(t *testing.T, d *scriptDB, opts ...Option) *sql.DB {
-	t.Helper()
-	c, err := NewConnector(&sockConnector{d: d, net: &hookNet{}}, opts...)
-	require.NoError(t, err)
-	db := sql.OpenDB(c)
-	db.SetMaxOpenConns(1)
-	t.Cleanup(func() { _ = db.Close() })
-	return db
-}
-
 // TestCursorCloseCutOnLastBatchCommits: under CloseCut, a Close whose
 // batch in flight turns out to be the last with no row left (a QueryRow,
 // a small result) finds the result received whole: jsonstream's
 // transaction is committed, not rolled back, and the stream is Complete.
 func TestCursorCloseCutOnLastBatchCommits(t *testing.T) {
-	d := &scriptDB{rows: 3}
-	db := openSockCursor(t, d, WithFetchSize(5), WithCloseMode(CloseCut))
+	d := &fakeDriver{cursorRows: 3, dialed: true}
+	db := openScript(t, d, WithFetchSize(5), WithCloseMode(CloseCut))
 
 	s := mustStream(t)
 	rows, err := db.Query("SELECT data FROM docs", s)
@@ -966,43 +666,17 @@ func TestCursorCloseCutOnLastBatchCommits(t *testing.T) {
 	assert.Equal(t, Complete, s.State())
 }
 
-// declareHookDB is scriptDB whose connections call afterDeclare once a
-// DECLARE ran.
-type declareHookDB struct {
-	*scriptDB
-	afterDeclare func()
-}
-
-func (d *declareHookDB) Connect(context.Context) (driver.Conn, error) {
-	c, err := d.Open("")
-	if err != nil {
-		return nil, err
-	}
-	return &declareHookConn{scriptConn: c.(*scriptConn), d: d}, nil
-}
-
-func (d *declareHookDB) Driver() driver.Driver { return d.scriptDB }
-
-type declareHookConn struct {
-	*scriptConn
-	d *declareHookDB
-}
-
-func (c *declareHookConn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
-	res, err := c.scriptConn.ExecContext(ctx, query, args)
-	if strings.Contains(query, "DECLARE") {
-		c.d.afterDeclare()
-	}
-	return res, err
-}
-
 // TestCursorContextEndedAfterDeclareSendsNoFetch: a query whose context
 // ends once the cursor is declared fails with the context's error before
 // any FETCH is sent, and its transaction is rolled back.
 func TestCursorContextEndedAfterDeclareSendsNoFetch(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	d := &declareHookDB{scriptDB: &scriptDB{rows: 3}, afterDeclare: cancel}
+	d := &fakeDriver{cursorRows: 3, after: func(stmt string) {
+		if strings.Contains(stmt, "DECLARE") {
+			cancel()
+		}
+	}}
 	c, err := NewConnector(d, WithFetchSize(5))
 	require.NoError(t, err)
 	db := sql.OpenDB(c)
@@ -1021,8 +695,8 @@ func TestCursorContextEndedAfterDeclareSendsNoFetch(t *testing.T) {
 // has no row left: the stream is not taken for complete, and nothing is
 // committed.
 func TestCursorCloseCutAfterFullBatchIsNotWhole(t *testing.T) {
-	d := &scriptDB{rows: 10}
-	db := openSockCursor(t, d, WithFetchSize(5), WithCloseMode(CloseCut))
+	d := &fakeDriver{cursorRows: 10, dialed: true}
+	db := openScript(t, d, WithFetchSize(5), WithCloseMode(CloseCut))
 
 	s := mustStream(t)
 	rows, err := db.Query("SELECT data FROM docs", s)
@@ -1042,7 +716,7 @@ func TestCursorCloseCutAfterFullBatchIsNotWhole(t *testing.T) {
 func TestCursorServerErrorInFirstFetchInCallersTx(t *testing.T) {
 	ctx := context.Background()
 	fetchErr := sqlStateErr("22012")
-	d := &scriptDB{rows: 10, fail: map[string]error{"FETCH": fetchErr}}
+	d := &fakeDriver{cursorRows: 10, fail: map[string]error{"FETCH": fetchErr}}
 	db := openScript(t, d, WithFetchSize(5))
 	conn, err := db.Conn(ctx)
 	require.NoError(t, err)

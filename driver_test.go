@@ -8,7 +8,6 @@ import (
 	"io"
 	"reflect"
 	"strconv"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -125,7 +124,7 @@ func TestBadOptions(t *testing.T) {
 		WithFetchSize(1 << 40),
 		nil,
 	} {
-		_, err := NewConnector(fakeConnector{d}, opt)
+		_, err := NewConnector(d, opt)
 		assert.ErrorIs(t, err, ErrInvalidOption)
 		_, err = NewDriver(d, opt)
 		assert.ErrorIs(t, err, ErrInvalidOption)
@@ -215,110 +214,20 @@ func TestSQLMockInside(t *testing.T) {
 	require.NoError(t, mock.ExpectationsWereMet())
 }
 
-// spyConn has every optional interface, each recording its call, so that a
-// test fails when the wrapper drops one.
-type spyConn struct {
-	*fakeConn
-	calls map[string]*atomic.Int64
-	// what the spy returns
-	pingErr  error
-	resetErr error
-	valid    bool
-	txOpts   driver.TxOptions
-}
-
-func newSpy(d *fakeDriver) *spyConn {
-	s := &spyConn{fakeConn: &fakeConn{driver: d}, calls: map[string]*atomic.Int64{}, valid: true}
-	for _, name := range []string{"Ping", "ResetSession", "IsValid", "BeginTx", "PrepareContext", "CheckNamedValue", "QueryContext", "ExecContext"} {
-		s.calls[name] = new(atomic.Int64)
-	}
-	return s
-}
-
-func (s *spyConn) called(name string) int64 { return s.calls[name].Load() }
-
-func (s *spyConn) Ping(context.Context) error { s.calls["Ping"].Add(1); return s.pingErr }
-func (s *spyConn) ResetSession(context.Context) error {
-	s.calls["ResetSession"].Add(1)
-	return s.resetErr
-}
-func (s *spyConn) IsValid() bool { s.calls["IsValid"].Add(1); return s.valid }
-func (s *spyConn) BeginTx(_ context.Context, opts driver.TxOptions) (driver.Tx, error) {
-	s.calls["BeginTx"].Add(1)
-	s.txOpts = opts
-	return fakeTx{}, nil
-}
-func (s *spyConn) PrepareContext(_ context.Context, q string) (driver.Stmt, error) {
-	s.calls["PrepareContext"].Add(1)
-	return &spyStmt{fakeStmt: fakeStmt{conn: s.fakeConn, query: q}}, nil
-}
-func (s *spyConn) CheckNamedValue(nv *driver.NamedValue) error {
-	s.calls["CheckNamedValue"].Add(1)
-	if v, ok := nv.Value.(celsius); ok {
-		nv.Value = "C" + itoaTest(int(v))
-		return nil
-	}
-	return driver.ErrSkip
-}
-func (s *spyConn) QueryContext(ctx context.Context, q string, args []driver.NamedValue) (driver.Rows, error) {
-	s.calls["QueryContext"].Add(1)
-	return s.fakeConn.QueryContext(ctx, q, args)
-}
-func (s *spyConn) ExecContext(ctx context.Context, q string, args []driver.NamedValue) (driver.Result, error) {
-	s.calls["ExecContext"].Add(1)
-	return s.fakeConn.ExecContext(ctx, q, args)
-}
-
-// celsius is a type only the spy's NamedValueChecker knows how to send.
-type celsius int
-
-func itoaTest(n int) string { return string(rune('0'+n/10)) + string(rune('0'+n%10)) }
-
-// spyStmt has a NamedValueChecker of its own and a ColumnConverter.
-type spyStmt struct {
-	fakeStmt
-	checked atomic.Int64
-}
-
-type fahrenheit int
-
-func (s *spyStmt) CheckNamedValue(nv *driver.NamedValue) error {
-	s.checked.Add(1)
-	if v, ok := nv.Value.(fahrenheit); ok {
-		nv.Value = "F" + itoaTest(int(v))
-		return nil
-	}
-	return driver.ErrSkip
-}
-
-type spyConnector struct {
-	d    *fakeDriver
-	spy  func() *spyConn
-	made []*spyConn
-}
-
-func (c *spyConnector) Connect(context.Context) (driver.Conn, error) {
-	s := c.spy()
-	c.made = append(c.made, s)
-	return s, nil
-}
-func (c *spyConnector) Driver() driver.Driver { return c.d }
-
-func openSpy(t *testing.T, tune func(*spyConn)) (*sql.DB, *spyConnector) {
+// openFull opens a DB over a fake driver whose conns have every
+// optional interface, each counting its calls, so that a test fails when
+// the wrapper drops one; tune sets up the driver.
+func openFull(t *testing.T, tune func(*fakeDriver)) (*sql.DB, *fakeDriver) {
 	t.Helper()
-	d := &fakeDriver{newRows: countRows(2)}
-	sc := &spyConnector{d: d, spy: func() *spyConn {
-		s := newSpy(d)
-		if tune != nil {
-			tune(s)
-		}
-		return s
-	}}
-	c, err := NewConnector(sc)
+	d := &fakeDriver{newRows: countRows(2), full: true}
+	if tune != nil {
+		tune(d)
+	}
+	c, err := NewConnector(d)
 	require.NoError(t, err)
 	db := sql.OpenDB(c)
 	t.Cleanup(func() { _ = db.Close() })
-	return db, sc
+	return db, d
 }
 
 func TestOptionalInterfacesForwarded(t *testing.T) {
@@ -326,31 +235,32 @@ func TestOptionalInterfacesForwarded(t *testing.T) {
 
 	t.Run("Pinger", func(t *testing.T) {
 		boom := errors.New("ping failed")
-		db, sc := openSpy(t, func(s *spyConn) { s.pingErr = boom })
+		db, d := openFull(t, func(d *fakeDriver) { d.pingErr = boom })
 		assert.ErrorIs(t, db.PingContext(ctx), boom)
-		assert.Equal(t, int64(1), sc.made[0].called("Ping"))
+		assert.Equal(t, 1, d.opened()[0].called("Ping"))
 	})
 	t.Run("SessionResetter and Validator", func(t *testing.T) {
-		db, sc := openSpy(t, nil)
+		db, d := openFull(t, nil)
 		db.SetMaxOpenConns(1)
 		require.NoError(t, db.PingContext(ctx))
 		require.NoError(t, db.PingContext(ctx))
-		assert.Positive(t, sc.made[0].called("ResetSession"))
-		assert.Positive(t, sc.made[0].called("IsValid"))
-		sc.made[0].valid = false // the next return to the pool discards it
+		first := d.opened()[0]
+		assert.Positive(t, first.called("ResetSession"))
+		assert.Positive(t, first.called("IsValid"))
+		first.invalid.Store(true) // the next return to the pool discards it
 		require.NoError(t, db.PingContext(ctx))
 		require.NoError(t, db.PingContext(ctx))
-		assert.Len(t, sc.made, 2, "an invalid connection must be replaced")
+		assert.Len(t, d.opened(), 2, "an invalid connection must be replaced")
 	})
 	t.Run("ConnBeginTx", func(t *testing.T) {
-		db, sc := openSpy(t, nil)
+		db, d := openFull(t, nil)
 		tx, err := db.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelSerializable, ReadOnly: true})
 		require.NoError(t, err)
 		require.NoError(t, tx.Commit())
-		assert.Equal(t, driver.TxOptions{Isolation: driver.IsolationLevel(sql.LevelSerializable), ReadOnly: true}, sc.made[0].txOpts)
+		assert.Equal(t, driver.TxOptions{Isolation: driver.IsolationLevel(sql.LevelSerializable), ReadOnly: true}, d.opened()[0].txOpts)
 	})
 	t.Run("QueryerContext ExecerContext ConnPrepareContext", func(t *testing.T) {
-		db, sc := openSpy(t, nil)
+		db, d := openFull(t, nil)
 		rows, err := db.QueryContext(ctx, "q")
 		require.NoError(t, err)
 		require.NoError(t, rows.Close())
@@ -359,75 +269,67 @@ func TestOptionalInterfacesForwarded(t *testing.T) {
 		st, err := db.PrepareContext(ctx, "q")
 		require.NoError(t, err)
 		require.NoError(t, st.Close())
-		s := sc.made[0]
-		assert.Equal(t, []int64{1, 1, 1}, []int64{s.called("QueryContext"), s.called("ExecContext"), s.called("PrepareContext")})
+		c := d.opened()[0]
+		assert.Equal(t, []int{1, 1, 1}, []int{c.called("QueryContext"), c.called("ExecContext"), c.called("PrepareContext")})
 	})
 	t.Run("NamedValueChecker order as database/sql's", func(t *testing.T) {
-		db, sc := openSpy(t, nil)
+		db, d := openFull(t, nil)
 		rows, err := db.QueryContext(ctx, "q", celsius(21))
 		require.NoError(t, err)
 		require.NoError(t, rows.Close())
-		assert.Equal(t, "C21", sc.made[0].args[0].Value, "the conn's checker converted it")
+		assert.Equal(t, "C21", d.opened()[0].args[0].Value, "the conn's checker converted it")
 
 		// A statement with a checker of its own: database/sql asks only the
 		// statement's, then falls back to its default conversion. The
-		// wrapper must do the same, so compare with the spy unwrapped.
-		argsThrough := func(db *sql.DB, made func() *spyConn) []any {
+		// wrapper must do the same, so compare with the fake unwrapped.
+		argsThrough := func(db *sql.DB, d *fakeDriver) []any {
 			st, err := db.PrepareContext(ctx, "q ? ?")
 			require.NoError(t, err)
 			defer st.Close()
 			rows, err := st.QueryContext(ctx, fahrenheit(70), celsius(21))
 			require.NoError(t, err)
 			require.NoError(t, rows.Close())
-			args := made().args
+			args := d.opened()[0].args
 			return []any{args[0].Value, args[1].Value}
 		}
-		plainSpy := &spyConnector{d: sc.d, spy: func() *spyConn { return newSpy(sc.d) }}
-		plain := sql.OpenDB(plainSpy)
+		pd := &fakeDriver{newRows: countRows(2), full: true}
+		plain := sql.OpenDB(pd)
 		defer plain.Close()
-		want := argsThrough(plain, func() *spyConn { return plainSpy.made[0] })
+		want := argsThrough(plain, pd)
 		assert.Equal(t, []any{"F70", int64(21)}, want)
-		assert.Equal(t, want, argsThrough(db, func() *spyConn { return sc.made[0] }))
+		assert.Equal(t, want, argsThrough(db, d))
 	})
 	t.Run("Conn.Raw reaches the inner conn", func(t *testing.T) {
-		db, sc := openSpy(t, nil)
+		db, d := openFull(t, nil)
 		conn, err := db.Conn(ctx)
 		require.NoError(t, err)
 		defer conn.Close()
 		require.NoError(t, conn.Raw(func(dc any) error {
 			u, ok := dc.(interface{ Unwrap() driver.Conn })
 			require.True(t, ok)
-			assert.Same(t, sc.made[0], u.Unwrap())
+			assert.Same(t, d.opened()[0], u.Unwrap())
 			return nil
 		}))
 	})
 	t.Run("Connector.Driver and Close", func(t *testing.T) {
 		d := &fakeDriver{}
-		cc := &closingConnector{fakeConnector: fakeConnector{d}}
-		c, err := NewConnector(cc)
+		c, err := NewConnector(d)
 		require.NoError(t, err)
 		db := sql.OpenDB(c)
 		drv, ok := db.Driver().(*Driver)
 		require.True(t, ok, "Driver() must return the wrapper, got %T", db.Driver())
 		assert.Same(t, d, drv.Unwrap())
 		require.NoError(t, db.Close())
-		assert.True(t, cc.closed.Load(), "io.Closer must be forwarded")
+		assert.True(t, d.closed.Load(), "io.Closer must be forwarded")
 	})
 }
-
-type closingConnector struct {
-	fakeConnector
-	closed atomic.Bool
-}
-
-func (c *closingConnector) Close() error { c.closed.Store(true); return nil }
 
 func TestMinimalInnerConnFallbacks(t *testing.T) {
 	ctx := context.Background()
 	d := &fakeDriver{newRows: countRows(2), minimal: true}
-	plain := sql.OpenDB(fakeConnector{d})
+	plain := sql.OpenDB(d)
 	defer plain.Close()
-	c, err := NewConnector(fakeConnector{d})
+	c, err := NewConnector(d)
 	require.NoError(t, err)
 	wrapped := sql.OpenDB(c)
 	defer wrapped.Close()
@@ -489,36 +391,6 @@ func describeColumns(cols []*sql.ColumnType) []any {
 var _ = reflect.TypeOf
 var _ = io.EOF
 
-// converterConn is a conn without a NamedValueChecker whose statements
-// have the deprecated driver.ColumnConverter.
-type converterConn struct{ minimalConn }
-
-func (c converterConn) Prepare(query string) (driver.Stmt, error) {
-	return &converterStmt{fakeStmt{conn: c.c, query: query}}, nil
-}
-
-type converterStmt struct{ fakeStmt }
-
-// ColumnConverter doubles integers, so its use shows in the arguments.
-func (s *converterStmt) ColumnConverter(int) driver.ValueConverter { return doubler{} }
-
-type doubler struct{}
-
-func (doubler) ConvertValue(v any) (driver.Value, error) {
-	if n, ok := v.(int); ok {
-		return int64(2 * n), nil
-	}
-	return driver.DefaultParameterConverter.ConvertValue(v)
-}
-
-type converterConnector struct{ d *fakeDriver }
-
-func (c converterConnector) Connect(context.Context) (driver.Conn, error) {
-	fc, _ := c.d.Open("")
-	return converterConn{fc.(minimalConn)}, nil
-}
-func (c converterConnector) Driver() driver.Driver { return c.d }
-
 func TestColumnConverterForwarded(t *testing.T) {
 	argsOf := func(connector driver.Connector, d *fakeDriver) any {
 		db := sql.OpenDB(connector)
@@ -529,37 +401,25 @@ func TestColumnConverterForwarded(t *testing.T) {
 		rows, err := st.Query(21)
 		require.NoError(t, err)
 		require.NoError(t, rows.Close())
-		return d.conns[len(d.conns)-1].args[0].Value
+		conns := d.opened()
+		return conns[len(conns)-1].args[0].Value
 	}
-	d := &fakeDriver{newRows: countRows(1), minimal: true}
-	want := argsOf(converterConnector{d}, d)
+	// Conns without a NamedValueChecker whose statements have the
+	// deprecated driver.ColumnConverter.
+	d := &fakeDriver{newRows: countRows(1), minimal: true, converter: true}
+	want := argsOf(d, d)
 	require.Equal(t, int64(42), want, "database/sql used the ColumnConverter")
-	c, err := NewConnector(converterConnector{d})
+	c, err := NewConnector(d)
 	require.NoError(t, err)
 	assert.Equal(t, want, argsOf(c, d))
 }
 
-// badConnConnector's conns fail every query with driver.ErrBadConn.
-type badConnConnector struct{ opened atomic.Int64 }
-
-func (b *badConnConnector) Connect(context.Context) (driver.Conn, error) {
-	b.opened.Add(1)
-	return badConn{}, nil
-}
-func (b *badConnConnector) Driver() driver.Driver { return nil }
-
-type badConn struct{ minimalConn }
-
-func (badConn) QueryContext(context.Context, string, []driver.NamedValue) (driver.Rows, error) {
-	return nil, driver.ErrBadConn
-}
-func (badConn) Close() error { return nil }
-
 func TestErrorsPassThrough(t *testing.T) {
 	t.Run("driver.ErrBadConn, with database/sql's retries", func(t *testing.T) {
-		var opened [2]int64
+		var opened [2]int
 		for i, wrap := range []bool{false, true} {
-			inner := &badConnConnector{}
+			// Its conns fail every statement with driver.ErrBadConn.
+			inner := &fakeDriver{before: func(string) error { return driver.ErrBadConn }}
 			var c driver.Connector = inner
 			if wrap {
 				var err error
@@ -569,7 +429,7 @@ func TestErrorsPassThrough(t *testing.T) {
 			db := sql.OpenDB(c)
 			_, err := db.Query("q")
 			assert.ErrorIs(t, err, driver.ErrBadConn)
-			opened[i] = inner.opened.Load()
+			opened[i] = len(inner.opened())
 			_ = db.Close()
 		}
 		assert.Equal(t, opened[0], opened[1], "database/sql retried differently")

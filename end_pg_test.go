@@ -694,58 +694,6 @@ func TestEarlyCloseDrainReportsServerError(t *testing.T) {
 	assert.Equal(t, Closed, s.State())
 }
 
-// faultDialer dials real connections whose SetReadDeadline fails while
-// the dialer is armed, for the deadlines that armed selects.
-type faultDialer struct {
-	armed atomic.Pointer[func(time.Time) bool]
-	mu    sync.Mutex // guards conns
-	conns []*faultConn
-}
-
-var errDeadlineFault = errors.New("fault: SetReadDeadline failed")
-
-func (d *faultDialer) Dial(network, address string) (net.Conn, error) {
-	return d.DialTimeout(network, address, 0)
-}
-
-func (d *faultDialer) DialTimeout(network, address string, timeout time.Duration) (net.Conn, error) {
-	c, err := net.DialTimeout(network, address, timeout)
-	if err != nil {
-		return nil, err
-	}
-	fc := &faultConn{Conn: c, dialer: d}
-	d.mu.Lock()
-	d.conns = append(d.conns, fc)
-	d.mu.Unlock()
-	return fc, nil
-}
-
-func (d *faultDialer) last() *faultConn {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.conns[len(d.conns)-1]
-}
-
-type faultConn struct {
-	net.Conn
-	dialer *faultDialer
-	faults atomic.Int64
-	closed atomic.Bool
-}
-
-func (c *faultConn) SetReadDeadline(t time.Time) error {
-	if fail := c.dialer.armed.Load(); fail != nil && (*fail)(t) {
-		c.faults.Add(1)
-		return errDeadlineFault
-	}
-	return c.Conn.SetReadDeadline(t)
-}
-
-func (c *faultConn) Close() error {
-	c.closed.Store(true)
-	return c.Conn.Close()
-}
-
 // TestDrainDeadlineFaultCutsConnection: when CloseAuto cannot bound its
 // drain (setting the deadline fails) or cannot lift the bound afterwards
 // (the next query would time out), the connection is cut and never goes
@@ -768,7 +716,7 @@ func TestDrainDeadlineFaultCutsConnection(t *testing.T) {
 			require.NoError(t, err)
 			c, err := NewConnector(pc)
 			require.NoError(t, err)
-			fd := &faultDialer{}
+			fd := &fakeDialer{}
 			pc.Dialer(NewDialer(fd)) // after NewConnector, which installs its own
 			db := sql.OpenDB(c)
 			defer db.Close()
@@ -780,12 +728,12 @@ func TestDrainDeadlineFaultCutsConnection(t *testing.T) {
 			rows, err := db.Query(bigQuery, tc.rows, s)
 			require.NoError(t, err)
 			require.True(t, rows.Next())
-			fd.armed.Store(&tc.fail)
-			assert.NoError(t, rows.Close())
-			fd.armed.Store(nil)
 			sock := fd.last()
+			failDeadlines(sock, tc.fail)
+			assert.NoError(t, rows.Close())
+			failDeadlines(sock, nil)
 			require.Equal(t, int64(1), sock.faults.Load(), "the fault was not injected")
-			assert.True(t, sock.closed.Load(), "the connection was not cut")
+			assert.True(t, sock.isClosed(), "the connection was not cut")
 
 			require.NoError(t, db.QueryRow("SELECT pg_backend_pid()").Scan(&after), "the next query")
 			assert.NotEqual(t, before, after, "the connection went back to the pool")

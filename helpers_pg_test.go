@@ -3,10 +3,8 @@ package jsonstream
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
-	"net"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -77,49 +75,21 @@ func openCursorDialed(t *testing.T, base pq.Dialer, opts ...Option) *sql.DB {
 	return db
 }
 
-// stallDialer dials connections that stop passing the client's writes on
-// once stalled: the server never gets them and never answers, while
-// reads keep their deadlines.
-type stallDialer struct {
-	mu    sync.Mutex // guards conns
-	conns []*stallConn
-}
+var errDeadlineFault = errors.New("fault: SetReadDeadline failed")
 
-func (d *stallDialer) Dial(network, address string) (net.Conn, error) {
-	return d.DialTimeout(network, address, 0)
-}
-
-func (d *stallDialer) DialTimeout(network, address string, timeout time.Duration) (net.Conn, error) {
-	c, err := net.DialTimeout(network, address, timeout)
-	if err != nil {
-		return nil, err
+// failDeadlines makes the read deadlines of s that fail selects fail
+// with errDeadlineFault; nil ends it.
+func failDeadlines(s *fakeSock, fail func(time.Time) bool) {
+	if fail == nil {
+		s.setOnDeadline(nil)
+		return
 	}
-	sc := &stallConn{Conn: c, swallowed: make(chan struct{})}
-	d.mu.Lock()
-	d.conns = append(d.conns, sc)
-	d.mu.Unlock()
-	return sc, nil
-}
-
-func (d *stallDialer) last() *stallConn {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.conns[len(d.conns)-1]
-}
-
-type stallConn struct {
-	net.Conn
-	stalled   atomic.Bool
-	once      sync.Once
-	swallowed chan struct{} // closed by the first write swallowed
-}
-
-func (c *stallConn) Write(b []byte) (int, error) {
-	if c.stalled.Load() {
-		c.once.Do(func() { close(c.swallowed) })
-		return len(b), nil
-	}
-	return c.Conn.Write(b)
+	s.setOnDeadline(func(t time.Time) error {
+		if fail(t) {
+			return errDeadlineFault
+		}
+		return nil
+	})
 }
 
 // openPG opens the test server through driverName ("postgres" or

@@ -1,7 +1,9 @@
 package jsonstream
 
 import (
+	"context"
 	"database/sql"
+	"database/sql/driver"
 	"sync"
 	"testing"
 	"time"
@@ -12,7 +14,9 @@ import (
 // Helpers of the tests that need no server: streams over the fake
 // driver, the observer recorder, waiting for a blocked Next.
 
-func openScript(t *testing.T, d *scriptDB, opts ...Option) *sql.DB {
+// openScript returns a DB of one connection at most over d, with opts as
+// connector settings.
+func openScript(t *testing.T, d *fakeDriver, opts ...Option) *sql.DB {
 	t.Helper()
 	c, err := NewConnector(d, opts...)
 	require.NoError(t, err)
@@ -92,7 +96,7 @@ func (r *recorder) ended(t *testing.T) Event {
 func openFake(t testing.TB, newRows func(string) *fakeRows, opts ...Option) (*sql.DB, *fakeDriver) {
 	t.Helper()
 	d := &fakeDriver{newRows: newRows}
-	c, err := NewConnector(fakeConnector{d}, opts...)
+	c, err := NewConnector(d, opts...)
 	require.NoError(t, err)
 	db := sql.OpenDB(c)
 	t.Cleanup(func() { _ = db.Close() })
@@ -130,4 +134,56 @@ func mustStream(t testing.TB, opts ...Option) *Stream {
 	s, err := NewStream(opts...)
 	require.NoError(t, err)
 	return s
+}
+
+// driverConn is a jsonstream conn at the driver level, with no
+// database/sql in between, over a conn of d whose socket is fs (nil: a
+// conn jsonstream did not dial), with opts.
+func driverConn(t testing.TB, d *fakeDriver, fs *fakeSock, opts ...Option) *conn {
+	t.Helper()
+	s := defaultSettings()
+	require.NoError(t, s.apply(opts))
+	ic := d.openConn(fs)
+	return newConn(ic.handOut(), &s, ic.wire)
+}
+
+// driverStream runs one query at the driver level, on a jsonstream conn
+// whose socket is fs (nil: a conn jsonstream did not dial) and whose
+// inner query returns inner. It returns the stream.
+func driverStream(t testing.TB, ctx context.Context, inner *fakeRows, fs *fakeSock, opts ...Option) *rows {
+	t.Helper()
+	c := driverConn(t, &fakeDriver{newRows: func(string) *fakeRows { return inner }}, fs, opts...)
+	dr, err := c.QueryContext(ctx, "SELECT q", nil) // a read: a write is never cut
+	require.NoError(t, err)
+	r := dr.(*rows)
+	t.Cleanup(func() { _ = r.Close() })
+	return r
+}
+
+// driverNext is what one driver-level Next gave.
+type driverNext struct {
+	val driver.Value
+	err error
+}
+
+// driverNextAsync calls the driver-level Next in a goroutine.
+func driverNextAsync(r driver.Rows) <-chan driverNext {
+	ch := make(chan driverNext, 1)
+	go func() {
+		dest := make([]driver.Value, 1)
+		err := r.Next(dest)
+		ch <- driverNext{dest[0], err}
+	}()
+	return ch
+}
+
+func requireDriverNext(t *testing.T, ch <-chan driverNext, d time.Duration) driverNext {
+	t.Helper()
+	select {
+	case r := <-ch:
+		return r
+	case <-time.After(d):
+		t.Fatalf("the driver-level Next did not return within %v", d)
+		return driverNext{}
+	}
 }

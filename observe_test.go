@@ -235,7 +235,7 @@ func TestObserverPauseTimeoutEvents(t *testing.T) {
 // driver.Rows may: EventEnded still fires once.
 func TestObserverEndedOnce(t *testing.T) {
 	rec := &recorder{}
-	c, err := NewConnector(fakeConnector{&fakeDriver{newRows: countRows(3)}}, WithObserver(rec))
+	c, err := NewConnector(&fakeDriver{newRows: countRows(3)}, WithObserver(rec))
 	require.NoError(t, err)
 	dc, err := c.Connect(context.Background())
 	require.NoError(t, err)
@@ -305,7 +305,7 @@ func TestNilObserverIsAnError(t *testing.T) {
 			_, err := NewStream(WithObserver(o))
 			require.ErrorIs(t, err, ErrInvalidOption)
 			assert.Contains(t, err.Error(), "WithObserver")
-			_, err = NewConnector(fakeConnector{&fakeDriver{}}, WithObserver(o))
+			_, err = NewConnector(&fakeDriver{}, WithObserver(o))
 			require.ErrorIs(t, err, ErrInvalidOption)
 		})
 	}
@@ -864,7 +864,7 @@ func TestObserverPanicIsRecovered(t *testing.T) {
 		}
 	})
 	t.Run("Close's own error comes first", func(t *testing.T) {
-		d := &scriptDB{rows: 300, fail: map[string]error{"ROLLBACK": sqlStateErr("08006")}}
+		d := &fakeDriver{cursorRows: 300, fail: map[string]error{"ROLLBACK": sqlStateErr("08006")}}
 		db := openScript(t, d, WithFetchSize(100), WithObserver(panicky))
 		rows, err := db.Query("SELECT data FROM docs")
 		require.NoError(t, err)

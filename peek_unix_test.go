@@ -111,7 +111,9 @@ func endedWhileIdle(t *testing.T, tcpPair func(*testing.T) (*sock, net.Conn)) {
 	t.Run("ResetSession", func(t *testing.T) {
 		s, server := tcpPair(t)
 		st := defaultSettings()
-		c := newConn(&fakeConn{driver: &fakeDriver{}}, &st, s)
+		ic, err := (&fakeDriver{}).Open("")
+		require.NoError(t, err)
+		c := newConn(ic, &st, s)
 		require.NoError(t, c.ResetSession(context.Background()))
 		require.NoError(t, server.Close())
 		require.True(t, settled(s, true))

@@ -57,12 +57,7 @@ func (f failureRacer) String() string {
 // is sock, and reads its first row.
 func stressRows(t *testing.T, ctx context.Context, sock *fakeSock, opts ...Option) *rows {
 	t.Helper()
-	s := defaultSettings()
-	require.NoError(t, s.apply(opts))
-	inner := &fakeRows{n: 100}
-	c := newConn(&sockScriptConn{sock: sock, connector: &sockScriptConnector{
-		newRows: func(*fakeSock) driver.Rows { return inner },
-	}}, &s, sock.netConn())
+	c := driverConn(t, &fakeDriver{newRows: countRows(100)}, sock, opts...)
 	dr, err := c.QueryContext(ctx, "SELECT q", nil) // a read: jsonstream watches its context
 	require.NoError(t, err)
 	require.NoError(t, dr.Next(make([]driver.Value, 1)))

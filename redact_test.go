@@ -6,12 +6,10 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
-	"net"
 	"net/url"
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 	"unicode"
 	"unicode/utf8"
 
@@ -91,11 +89,9 @@ func TestRedactKeepsOtherErrors(t *testing.T) {
 	assert.ErrorIs(t, wrapped, context.DeadlineExceeded, "errors.Is still sees through")
 
 	t.Run("through database/sql", func(t *testing.T) {
-		c, err := NewConnector(errorConnector{pqErr})
-		require.NoError(t, err)
-		db := sql.OpenDB(c)
+		db := sql.OpenDB(errorConnectorFor(t, pqErr))
 		defer db.Close()
-		err = db.Ping()
+		err := db.Ping()
 		got, ok := err.(*pq.Error) //nolint:errorlint // drop-in code asserts directly
 		require.True(t, ok, "%T", err)
 		assert.Same(t, pqErr, got)
@@ -112,9 +108,7 @@ func TestRedactUnknownDSN(t *testing.T) {
 		`postgresql://u@h/db?sslmode=disable&password=S3cret&x=1`,
 		`host=h sslpassword=S3cret sslkey=/k`,
 	} {
-		c, err := NewConnector(errorConnector{errors.New(msg)})
-		require.NoError(t, err)
-		_, err = c.Connect(context.Background())
+		_, err := errorConnectorFor(t, errors.New(msg)).Connect(context.Background())
 		require.Error(t, err)
 		assert.NotContains(t, err.Error(), "S3cret", msg)
 	}
@@ -209,14 +203,14 @@ func TestRedactQuotedPasswordBytes(t *testing.T) {
 	}
 }
 
-// quotingDriver stands for another inner driver: its Open error quotes
-// the DSN plainly, with %q, and from its password parameter on.
-type quotingDriver struct{}
-
-// Open implements driver.Driver; it always fails.
-func (quotingDriver) Open(dsn string) (driver.Conn, error) {
-	tail := dsn[max(strings.Index(dsn, "password"), 0):]
-	return nil, fmt.Errorf("bad DSN %s; %q; at %q", dsn, dsn, tail)
+// quotingDriver stands for another inner driver: every Open fails with
+// an error that quotes the DSN plainly, with %q, and from its password
+// parameter on.
+func quotingDriver() *fakeDriver {
+	return &fakeDriver{open: func(dsn string) error {
+		tail := dsn[max(strings.Index(dsn, "password"), 0):]
+		return fmt.Errorf("bad DSN %s; %q; at %q", dsn, dsn, tail)
+	}}
 }
 
 // Escaped key=value passwords, quoted by another inner driver's error,
@@ -232,9 +226,9 @@ func TestRedactEscapedKeyValuePassword(t *testing.T) {
 		`host=h password  =  'it\'s S3cret'`,
 	} {
 		t.Run(dsn, func(t *testing.T) {
-			_, innerErr := quotingDriver{}.Open(dsn)
+			_, innerErr := quotingDriver().Open(dsn)
 			for name, c := range map[string]driver.Connector{
-				"known DSN":   mustOpenConnector(t, quotingDriver{}, dsn),
+				"known DSN":   mustOpenConnector(t, quotingDriver(), dsn),
 				"unknown DSN": errorConnectorFor(t, innerErr),
 			} {
 				db := sql.OpenDB(c)
@@ -274,7 +268,7 @@ func TestRedactLoneBackslash(t *testing.T) {
 
 			assert.Equal(t, tc.masked, newRedactor(tc.dsn).masked)
 			for name, c := range map[string]driver.Connector{
-				"known DSN":   mustOpenConnector(t, quotingDriver{}, tc.dsn),
+				"known DSN":   mustOpenConnector(t, quotingDriver(), tc.dsn),
 				"unknown DSN": errorConnectorFor(t, fmt.Errorf("bad DSN %s", tc.dsn)),
 			} {
 				db := sql.OpenDB(c)
@@ -321,16 +315,10 @@ func mustOpenConnector(t *testing.T, inner driver.Driver, dsn string) driver.Con
 // whose every Connect fails with err.
 func errorConnectorFor(t *testing.T, err error) *Connector {
 	t.Helper()
-	c, cerr := NewConnector(errorConnector{err})
+	c, cerr := NewConnector(&fakeDriver{open: func(string) error { return err }})
 	require.NoError(t, cerr)
 	return c
 }
-
-// errorConnector fails every Connect with err.
-type errorConnector struct{ err error }
-
-func (e errorConnector) Connect(context.Context) (driver.Conn, error) { return nil, e.err }
-func (e errorConnector) Driver() driver.Driver                        { return pq.Driver{} }
 
 // FuzzRedactDSN: whatever surrounds it, no DSN makes jsonstream's error
 // carry its password. The password goes into the DSN in each of the ways
@@ -530,7 +518,7 @@ func redactedConnectError(dsn string) string {
 		return err.Error()
 	}
 	if pc, ok := c.(*Connector).inner.(*pq.Connector); ok {
-		pc.Dialer(NewDialer(refusingDialer{}))
+		pc.Dialer(NewDialer(&fakeDialer{refuse: errDialRefused}))
 	}
 	conn, err := c.Connect(context.Background())
 	if err != nil {
@@ -540,15 +528,7 @@ func redactedConnectError(dsn string) string {
 	return ""
 }
 
-// refusingDialer fails every dial without touching the network.
-type refusingDialer struct{}
-
 var errDialRefused = errors.New("test dialer refuses")
-
-func (refusingDialer) Dial(string, string) (net.Conn, error) { return nil, errDialRefused }
-func (refusingDialer) DialTimeout(string, string, time.Duration) (net.Conn, error) {
-	return nil, errDialRefused
-}
 
 // TestRedactPostgresqlScheme: a DSN written with the "postgresql://"
 // scheme is read as a URL like "postgres://" is, so a piece of its

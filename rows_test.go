@@ -581,9 +581,9 @@ func TestFirstFailureWins(t *testing.T) {
 	// inFlight starts a driver-level Next that waits for the server. The
 	// inner rows keep waiting after the cut (the row may be buffered) until
 	// the test closes inner.fail: the read error the cut caused.
-	inFlight := func(t *testing.T) (*rows, *sockRows, context.CancelFunc, <-chan driverNext) {
+	inFlight := func(t *testing.T) (*rows, *fakeRows, context.CancelFunc, <-chan driverNext) {
 		sock := newFakeSock()
-		inner := newSockRows(sock)
+		inner := newFeedRows()
 		inner.buffered = true
 		ctx, cancel := context.WithCancel(context.Background())
 		t.Cleanup(cancel)
@@ -631,12 +631,13 @@ func TestCutDuringNextYieldsNoRow(t *testing.T) {
 			name = "the row was already buffered"
 		}
 		t.Run(name, func(t *testing.T) {
-			var inner *sockRows
-			db, _ := openSockScript(t, func(sock *fakeSock) driver.Rows {
-				inner = newSockRows(sock)
+			var inner *fakeRows
+			d := &fakeDriver{dialed: true, newRows: func(string) *fakeRows {
+				inner = newFeedRows()
 				inner.buffered = buffered
 				return inner
-			})
+			}}
+			db := openScript(t, d)
 			s := mustStream(t)
 			rows, err := db.Query("q", s)
 			require.NoError(t, err)
@@ -793,25 +794,14 @@ func TestRejectedStatementStreamNeverReachesArgumentlessQuery(t *testing.T) {
 	assert.False(t, s.Started(), "bound to an argument-less prepared statement")
 }
 
-// closeErrRows are fake rows whose Close fails.
-type closeErrRows struct {
-	*fakeRows
-	err error
-}
-
-func (r closeErrRows) Close() error {
-	_ = r.fakeRows.Close()
-	return r.err
-}
-
 func TestCloseCancelOnUndialedConnReturnsInnerCloseError(t *testing.T) {
 	boom := errors.New("inner Close failed")
-	var inner closeErrRows
-	sc := &sockScriptConnector{undialed: true, newRows: func(*fakeSock) driver.Rows {
-		inner = closeErrRows{&fakeRows{n: 5}, boom}
+	var inner *fakeRows
+	d := &fakeDriver{newRows: func(string) *fakeRows { // not dialed: jsonstream cannot cut
+		inner = &fakeRows{n: 5, closeErr: boom}
 		return inner
 	}}
-	c, err := NewConnector(sc, WithCloseMode(CloseCut))
+	c, err := NewConnector(d, WithCloseMode(CloseCut))
 	require.NoError(t, err)
 	db := sql.OpenDB(c)
 	defer db.Close()
@@ -829,7 +819,9 @@ func TestCloseCancelOnUndialedConnReturnsInnerCloseError(t *testing.T) {
 func TestCutConnectionIsNeverReused(t *testing.T) {
 	ctx := context.Background()
 	t.Run("driver level", func(t *testing.T) {
-		spy := newSpy(&fakeDriver{newRows: countRows(5)})
+		ic, err := (&fakeDriver{newRows: countRows(5), full: true}).Open("")
+		require.NoError(t, err)
+		spy := ic.(*fakeConn)
 		sock := newFakeSock()
 		s := defaultSettings()
 		c := newConn(spy, &s, sock.netConn())
@@ -848,13 +840,14 @@ func TestCutConnectionIsNeverReused(t *testing.T) {
 	})
 	t.Run("through database/sql", func(t *testing.T) {
 		queries := 0
-		db, sc := openSockScript(t, func(sock *fakeSock) driver.Rows {
-			r := newSockRows(sock)
+		d := &fakeDriver{dialed: true, newRows: func(string) *fakeRows {
+			r := newFeedRows()
 			if queries++; queries > 1 {
 				close(r.feed) // the next query's result is empty
 			}
 			return r
-		})
+		}}
+		db := openScript(t, d)
 		s := mustStream(t)
 		rows, err := db.Query("q", s)
 		require.NoError(t, err)
@@ -863,7 +856,7 @@ func TestCutConnectionIsNeverReused(t *testing.T) {
 		rows, err = db.Query("q")
 		require.NoError(t, err)
 		require.NoError(t, rows.Close())
-		conns := sc.opened()
+		conns := d.opened()
 		require.Len(t, conns, 2, "the cut connection served the next query")
 		assert.True(t, conns[0].closed.Load(), "the cut connection was not closed")
 	})

@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"net"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,37 +14,13 @@ import (
 	"github.com/jsonstream/jsonstream/internal/pgtest"
 )
 
-// deadlineCounter dials plain connections that count their read
-// deadlines.
-type deadlineCounter struct{ n atomic.Int64 }
-
-func (d *deadlineCounter) Dial(network, address string) (net.Conn, error) {
-	c, err := net.Dial(network, address)
-	return &countingConn{Conn: c, n: &d.n}, err
-}
-
-func (d *deadlineCounter) DialTimeout(network, address string, timeout time.Duration) (net.Conn, error) {
-	c, err := net.DialTimeout(network, address, timeout)
-	return &countingConn{Conn: c, n: &d.n}, err
-}
-
-type countingConn struct {
-	net.Conn
-	n *atomic.Int64
-}
-
-func (c *countingConn) SetReadDeadline(t time.Time) error {
-	c.n.Add(1)
-	return c.Conn.SetReadDeadline(t)
-}
-
 // openCounted opens a pool of one jsonstream connection whose read
 // deadlines are counted.
-func openCounted(t *testing.T, opts ...Option) (*sql.DB, *deadlineCounter) {
+func openCounted(t *testing.T, opts ...Option) (*sql.DB, *fakeDialer) {
 	t.Helper()
 	base, err := pq.NewConnector(pgtest.DSN(t))
 	require.NoError(t, err)
-	counter := &deadlineCounter{}
+	counter := &fakeDialer{}
 	base.Dialer(NewDialer(counter))
 	c, err := NewConnector(base, opts...)
 	require.NoError(t, err)
@@ -66,20 +41,20 @@ func TestQueryRowArmsNoDeadline(t *testing.T) {
 	needRowsTable(t)
 	db, counter := openCounted(t)
 	first := pidOf(t, db)
-	counter.n.Store(0)
+	before := counter.deadlines()
 	for i := 0; i < 200; i++ {
 		var v int
 		require.NoError(t, db.QueryRow("SELECT g FROM generate_series(1, 3) g").Scan(&v))
 		require.NoError(t, db.QueryRowContext(context.Background(), "SELECT 1").Scan(&v))
 	}
-	assert.Zero(t, counter.n.Load(), "QueryRow set read deadlines")
+	assert.Equal(t, before, counter.deadlines(), "QueryRow set read deadlines")
 	assert.Equal(t, first, pidOf(t, db), "QueryRow kept the connection")
 
 	rows, err := db.Query(bigQuery, bigRows)
 	require.NoError(t, err)
 	require.True(t, rows.Next())
 	require.NoError(t, rows.Close())
-	assert.Positive(t, counter.n.Load(), "a drain that waits on the network arms its deadline")
+	assert.Greater(t, counter.deadlines(), before, "a drain that waits on the network arms its deadline")
 }
 
 // TestDrainPastDeadlineKeepsSmallRemainder: a client that reaches its
@@ -108,79 +83,49 @@ func TestDrainPastDeadlineKeepsSmallRemainder(t *testing.T) {
 	assert.NotEqual(t, first, pidOf(t, db), "a large remainder is cut")
 }
 
-// fakeNetConn is a net.Conn whose reads time out at once and whose
-// deadlines can fail.
-type fakeNetConn struct {
-	net.Conn
-	failDeadline bool
-	deadlines    int
-	reads        [][]byte
-}
-
-type timeoutError struct{}
-
-func (timeoutError) Error() string   { return "i/o timeout" }
-func (timeoutError) Timeout() bool   { return true }
-func (timeoutError) Temporary() bool { return true }
-
-func (f *fakeNetConn) Read(p []byte) (int, error) {
-	if len(f.reads) == 0 {
-		return 0, timeoutError{}
-	}
-	n := copy(p, f.reads[0])
-	f.reads = f.reads[1:]
-	return n, nil
-}
-
-func (f *fakeNetConn) SetReadDeadline(time.Time) error {
-	f.deadlines++
-	if f.failDeadline {
-		return net.ErrClosed
-	}
-	return nil
-}
-
 func TestSockDrainRead(t *testing.T) {
 	t.Run("outside a drain no deadline", func(t *testing.T) {
-		f := &fakeNetConn{reads: [][]byte{[]byte("abc")}}
-		s := &sock{Conn: f}
+		f := newFakeSock()
+		f.onRead = func(p []byte) (int, error) { return copy(p, "abc"), nil }
+		s := f.netConn()
 		n, err := s.Read(make([]byte, 8))
 		require.NoError(t, err)
 		assert.Equal(t, 3, n)
-		assert.Zero(t, f.deadlines)
+		assert.Zero(t, f.deadlines.Load())
 		assert.True(t, s.endDrain(), "nothing to clear")
-		assert.Zero(t, f.deadlines)
+		assert.Zero(t, f.deadlines.Load())
 	})
 	t.Run("past the deadline a small remainder is read", func(t *testing.T) {
-		f := &graceConn{}
-		s := &sock{Conn: f}
+		f := graceSock()
+		s := f.netConn()
 		s.beginDrain(time.Now().Add(-time.Millisecond))
 		n, err := s.Read(make([]byte, 8))
 		require.NoError(t, err)
 		assert.Equal(t, 4, n)
-		assert.Equal(t, 2, f.deadlines, "armed, then the grace")
+		assert.Equal(t, int64(2), f.deadlines.Load(), "armed, then the grace")
 		assert.True(t, s.endDrain())
-		assert.Equal(t, 3, f.deadlines, "cleared")
+		assert.Equal(t, int64(3), f.deadlines.Load(), "cleared")
 	})
 	t.Run("past the deadline a large remainder is not", func(t *testing.T) {
-		f := &graceConn{}
-		s := &sock{Conn: f}
+		f := graceSock()
+		s := f.netConn()
 		s.beginDrain(time.Now().Add(-time.Millisecond))
 		s.drained = drainGraceBytes
 		_, err := s.Read(make([]byte, 8))
 		assert.True(t, isTimeout(err))
-		assert.Equal(t, 1, f.deadlines, "no grace")
+		assert.Equal(t, int64(1), f.deadlines.Load(), "no grace")
 	})
 	t.Run("long past the deadline no grace", func(t *testing.T) {
-		f := &graceConn{}
-		s := &sock{Conn: f}
+		f := graceSock()
+		s := f.netConn()
 		s.beginDrain(time.Now().Add(-2 * drainGraceMax))
 		_, err := s.Read(make([]byte, 8))
 		assert.True(t, isTimeout(err))
 	})
 	t.Run("a deadline that cannot be set fails the read", func(t *testing.T) {
-		f := &fakeNetConn{failDeadline: true, reads: [][]byte{[]byte("abc")}}
-		s := &sock{Conn: f}
+		f := newFakeSock()
+		f.setOnDeadline(func(time.Time) error { return net.ErrClosed })
+		s := f.netConn()
 		s.beginDrain(time.Now().Add(time.Second))
 		_, err := s.Read(make([]byte, 8))
 		assert.ErrorIs(t, err, net.ErrClosed)
@@ -188,18 +133,16 @@ func TestSockDrainRead(t *testing.T) {
 	})
 }
 
-// graceConn times out its first read and has data for the next.
-type graceConn struct {
-	net.Conn
-	deadlines, reads int
-}
-
-func (g *graceConn) SetReadDeadline(time.Time) error { g.deadlines++; return nil }
-
-func (g *graceConn) Read(p []byte) (int, error) {
-	g.reads++
-	if g.reads == 1 {
-		return 0, timeoutError{}
+// graceSock is a socket whose first read times out and whose next ones
+// have data.
+func graceSock() *fakeSock {
+	f := newFakeSock()
+	reads := 0
+	f.onRead = func(p []byte) (int, error) {
+		if reads++; reads == 1 {
+			return 0, timeoutError{}
+		}
+		return copy(p, "data"), nil
 	}
-	return copy(p, "data"), nil
+	return f
 }

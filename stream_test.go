@@ -71,12 +71,8 @@ func TestStreamArgumentReachesRowsEverywhere(t *testing.T) {
 		rows, err := db.QueryContext(ctx, "q", s, "a", 1)
 		require.NoError(t, err)
 		defer rows.Close()
-		d.mu.Lock()
-		last := d.conns[len(d.conns)-1]
-		d.mu.Unlock()
-		_ = last
 		var seen []driver.NamedValue
-		for _, c := range d.conns {
+		for _, c := range d.opened() {
 			if len(c.args) == 2 {
 				seen = c.args
 			}
