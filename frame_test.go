@@ -56,31 +56,6 @@ func backendSession() (stream []byte, readyAt []int, status []byte) {
 	return b, readyAt, status
 }
 
-// chunkConn is a net.Conn whose reads return the server's bytes in the
-// chunk sizes given, cycling through them, then io.EOF.
-type chunkConn struct {
-	net.Conn
-	data   []byte
-	chunks []int
-	next   int
-}
-
-func (c *chunkConn) Read(p []byte) (int, error) {
-	if len(c.data) == 0 {
-		return 0, io.EOF
-	}
-	n := len(c.data)
-	if len(c.chunks) > 0 {
-		n = max(1, c.chunks[c.next%len(c.chunks)])
-		c.next++
-	}
-	n = copy(p, c.data[:min(n, len(c.data))])
-	c.data = c.data[n:]
-	return n, nil
-}
-
-func (c *chunkConn) Write(p []byte) (int, error) { return len(p), nil }
-
 // startup is the StartupMessage lib/pq writes first.
 func startup() []byte {
 	b := []byte{0, 0, 0, 0, 0, 3, 0, 0}
@@ -153,7 +128,7 @@ func TestFramingSplitAtEveryBoundary(t *testing.T) {
 		// Every chunk size, so that headers, bodies and ReadyForQuery split
 		// at every offset, and one read of several messages.
 		for chunk := 1; chunk <= 64; chunk++ {
-			s := framed(t, &chunkConn{data: stream, chunks: []int{chunk}})
+			s := framed(t, replying(stream, chunk))
 			reads := readSock(t, s, bufSize)
 			checkFraming(t, stream, readyAt, reads)
 			require.False(t, s.frames.broken.Load())
@@ -163,14 +138,14 @@ func TestFramingSplitAtEveryBoundary(t *testing.T) {
 	}
 	// A split between every pair of offsets.
 	for i := 1; i < len(stream); i++ {
-		s := framed(t, &chunkConn{data: stream, chunks: []int{i, len(stream)}})
+		s := framed(t, replying(stream, i, len(stream)))
 		checkFraming(t, stream, readyAt, readSock(t, s, 4096))
 	}
 }
 
 func TestFramingStatusAndIdle(t *testing.T) {
 	stream, readyAt, status := backendSession()
-	s := framed(t, &chunkConn{data: stream})
+	s := framed(t, replying(stream))
 	require.False(t, s.frames.idle(), "a connection that only wrote is not idle")
 	buf := make([]byte, 4096)
 	at := 0
@@ -207,7 +182,7 @@ func TestFramingOffUnlessStartup(t *testing.T) {
 		"short":         {0, 0, 0, 4},
 	} {
 		t.Run(name, func(t *testing.T) {
-			s := &sock{Conn: &chunkConn{data: stream, chunks: []int{100}}}
+			s := &sock{Conn: replying(stream, 100)}
 			_, err := s.Write(first)
 			require.NoError(t, err)
 			reads := readSock(t, s, 4096)
@@ -226,7 +201,7 @@ func TestFramingBrokenPassesEverything(t *testing.T) {
 	stream, _, _ := backendSession()
 	bad := append(msg('D', 1, 2, 3), 'D', 0, 0, 0, 2) // a length below 4
 	bad = append(bad, stream...)
-	s := framed(t, &chunkConn{data: bad})
+	s := framed(t, replying(bad))
 	reads := readSock(t, s, 2*len(bad))
 	require.Equal(t, bad, bytes.Join(reads, nil))
 	require.Len(t, reads, 1, "no cut once the bytes are not messages")
@@ -239,7 +214,9 @@ func TestFramingHeldReadKeepsError(t *testing.T) {
 	z := msg('Z', 'I')
 	more := msg('N', severe("NOTICE", "00000", "n")...)
 	boom := errors.New("boom")
-	s := framed(t, &errAfterConn{data: append(bytes.Clone(z), more...), err: boom})
+	s := framed(t, &fakeSock{onRead: func(p []byte) (int, error) {
+		return copy(p, append(bytes.Clone(z), more...)), boom
+	}})
 	buf := make([]byte, 4096)
 	n, err := s.Read(buf)
 	require.NoError(t, err)
@@ -249,21 +226,10 @@ func TestFramingHeldReadKeepsError(t *testing.T) {
 	require.ErrorIs(t, err, boom)
 }
 
-// errAfterConn returns all its data in one read, with err.
-type errAfterConn struct {
-	net.Conn
-	data []byte
-	err  error
-}
-
-func (c *errAfterConn) Read(p []byte) (int, error) { return copy(p, c.data), c.err }
-
-func (c *errAfterConn) Write(p []byte) (int, error) { return len(p), nil }
-
 func TestFramingErrorCaptureBounded(t *testing.T) {
 	long := severe("FATAL", "57P01", string(bytes.Repeat([]byte("x"), maxErrorCapture)))
 	stream := append(msg('E', long...), msg('Z', 'I')...)
-	s := framed(t, &chunkConn{data: stream, chunks: []int{1000}})
+	s := framed(t, replying(stream, 1000))
 	require.Equal(t, stream, bytes.Join(readSock(t, s, 4096), nil))
 	require.Nil(t, s.frames.fatal.Load(), "an error past the capture bound is passed on unparsed")
 	require.True(t, s.frames.idle())
@@ -317,7 +283,7 @@ func FuzzFraming(f *testing.F) {
 		for i, c := range chunkBytes {
 			chunks[i] = int(c)
 		}
-		s := framed(t, &chunkConn{data: stream, chunks: chunks})
+		s := framed(t, replying(stream, chunks...))
 		bufSize := 4096 // lib/pq's buffer; smaller ones split more
 		if len(chunkBytes) > 0 {
 			bufSize = 1 + int(chunkBytes[0])*16
@@ -344,7 +310,7 @@ func FuzzFraming(f *testing.F) {
 func TestFramingFatalWhileIdle(t *testing.T) {
 	z := msg('Z', 'I')
 	fatal := msg('E', severe("FATAL", "57P01", "terminating connection due to administrator command")...)
-	s := framed(t, &chunkConn{data: append(bytes.Clone(z), fatal...)})
+	s := framed(t, replying(append(bytes.Clone(z), fatal...)))
 	buf := make([]byte, 4096)
 	n, err := s.Read(buf)
 	require.NoError(t, err)
@@ -361,7 +327,7 @@ func TestFramingFatalWhileIdle(t *testing.T) {
 	assert.Equal(t, pqerror.Code("57P01"), s.fatal().Code)
 
 	// Without framing (lib/pq's own TLS), the last read is all there is.
-	off := &sock{Conn: &chunkConn{data: fatal}}
+	off := &sock{Conn: replying(fatal)}
 	_, err = off.Write([]byte{0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f})
 	require.NoError(t, err)
 	_, err = off.Read(buf)

@@ -1,6 +1,7 @@
 package jsonstream
 
 import (
+	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -44,6 +45,28 @@ type fakeSock struct {
 // before its first use to make it one over a real connection.
 func newFakeSock() *fakeSock {
 	return &fakeSock{closed: make(chan struct{}), swallowed: make(chan struct{})}
+}
+
+// replying is a socket without a real connection whose reads return the
+// server's bytes data in the chunk sizes given (cycling through them; at
+// least 1 byte each; all at once without any), then io.EOF.
+func replying(data []byte, chunks ...int) *fakeSock {
+	s := newFakeSock()
+	next := 0
+	s.onRead = func(p []byte) (int, error) {
+		if len(data) == 0 {
+			return 0, io.EOF
+		}
+		n := len(data)
+		if len(chunks) > 0 {
+			n = max(1, chunks[next%len(chunks)])
+			next++
+		}
+		n = copy(p, data[:min(n, len(data))])
+		data = data[n:]
+		return n, nil
+	}
+	return s
 }
 
 // netConn is s wrapped as jsonstream's dialer wraps a socket, as newConn
