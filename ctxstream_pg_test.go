@@ -12,30 +12,31 @@ import (
 )
 
 // TestContextOptionsApplyToEveryQueryPG: options in a context reach
-// queries that have no Stream at all. QueryRow leaves two rows unread;
-// CloseAuto drains them and keeps the connection; CloseCut from the
-// context cuts it after every query of the context.
+// queries that have no Stream at all. QueryRow leaves rows unread:
+// CloseAuto drains two and keeps the connection; CloseCut from the
+// context cuts it after every query of the context whose rest had not
+// all arrived (a million rows).
 func TestContextOptionsApplyToEveryQueryPG(t *testing.T) {
 	db := openPG(t, DriverName, "")
 	db.SetMaxOpenConns(1)
 	bg := context.Background()
-	pid := func(ctx context.Context) int {
+	pid := func(ctx context.Context, rows int) int {
 		var p int
-		require.NoError(t, db.QueryRowContext(ctx, "SELECT pg_backend_pid() FROM generate_series(1, 3)").Scan(&p))
+		require.NoError(t, db.QueryRowContext(ctx, "SELECT pg_backend_pid() FROM generate_series(1, $1)", rows).Scan(&p))
 		return p
 	}
-	first := pid(bg)
-	require.Equal(t, first, pid(bg), "CloseAuto kept the connection")
-	cancelMode, err := ContextWithOptions(bg, WithCloseMode(CloseCut))
+	first := pid(bg, 3)
+	require.Equal(t, first, pid(bg, 3), "CloseAuto kept the connection")
+	cutMode, err := ContextWithOptions(bg, WithCloseMode(CloseCut))
 	require.NoError(t, err)
 	// Each query reports the connection it ran on; the cut on its Close
 	// sends the next one to a new connection.
-	pids := []int{pid(cancelMode), pid(cancelMode), pid(cancelMode), pid(bg)}
+	pids := []int{pid(cutMode, 1_000_000), pid(cutMode, 1_000_000), pid(cutMode, 1_000_000), pid(bg, 3)}
 	assert.Equal(t, first, pids[0])
 	for i := 1; i < len(pids); i++ {
 		assert.NotEqual(t, pids[i-1], pids[i], "query %d: the context's CloseCut did not cut the connection", i-1)
 	}
-	assert.Equal(t, pids[3], pid(bg), "without the context, CloseAuto keeps the connection again")
+	assert.Equal(t, pids[3], pid(bg, 3), "without the context, CloseAuto keeps the connection again")
 }
 
 // TestJSONHelpersWithContextStreamPG: the JSON helpers on rows whose Stream
