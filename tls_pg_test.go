@@ -340,6 +340,7 @@ func TestTLSMatrix(t *testing.T) {
 		// lib/pq takes no key passphrase: it sends sslpassword to the
 		// server as a setting, which refuses it.
 		"key passphrase":     base + "host=localhost port=" + port + " user=postgres sslrootcert=" + s.CAFile() + " sslpassword=" + passphrase,
+		"system roots":       base + "host=localhost port=" + port + " user=postgres sslrootcert=system",
 		"server without TLS": base + "host=localhost port=" + noTLS.port() + " user=postgres",
 	}
 	// A tls.Config registered with lib/pq stays lib/pq's (tls.go).
