@@ -78,4 +78,16 @@
 // inner connection, statement and rows is forwarded, with the fallbacks
 // database/sql applies when the inner value lacks one; sql.Conn.Raw hands
 // out the jsonstream connection, whose Unwrap method returns the inner one.
+//
+// # The wire beneath lib/pq
+//
+// With lib/pq inside (sql.Open, NewConnectorConfig), jsonstream's dialer
+// negotiates TLS as lib/pq would for the same settings, and hands lib/pq
+// the connection with TLS established; the socket then follows the
+// backend's messages as they pass to lib/pq (message boundaries, whether
+// the connection is idle, its transaction status, the server's FATAL
+// error). lib/pq does everything else. sslmode=allow, sslmode=prefer with
+// connect_timeout and sslmode=pqgo-… keep lib/pq's own TLS, as does a
+// *pq.Connector wrapped with NewConnector. The README's "How it works"
+// has the details.
 package jsonstream
