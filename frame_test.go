@@ -89,6 +89,29 @@ func readSock(t testing.TB, s *sock, bufSize int) (reads [][]byte) {
 	}
 }
 
+// statusAtEachReady reads s to its end and returns the transaction status
+// the framer gives right after each read that ends at one of readyAt.
+func statusAtEachReady(t testing.TB, s *sock, bufSize int, readyAt []int) []byte {
+	buf := make([]byte, bufSize)
+	ends := make(map[int]bool, len(readyAt))
+	for _, r := range readyAt {
+		ends[r] = true
+	}
+	var got []byte
+	at := 0
+	for {
+		n, err := s.Read(buf)
+		at += n
+		if n > 0 && ends[at] {
+			got = append(got, byte(s.frames.status.Load()))
+		}
+		if errors.Is(err, io.EOF) {
+			return got
+		}
+		require.NoError(t, err)
+	}
+}
+
 // checkFraming asserts that the reads carry stream unchanged, that no
 // read goes past a ReadyForQuery, and that every ReadyForQuery ends one.
 func checkFraming(t testing.TB, stream []byte, readyAt []int, reads [][]byte) {
@@ -134,6 +157,14 @@ func TestFramingSplitAtEveryBoundary(t *testing.T) {
 			require.False(t, s.frames.broken.Load())
 			require.NotNil(t, s.frames.fatal.Load(), "chunk %d, buffer %d", chunk, bufSize)
 			require.Equal(t, pqerror.Code("57P01"), s.frames.fatal.Load().Code)
+		}
+	}
+	// The transaction status after each ReadyForQuery, whatever the split.
+	_, _, status := backendSession()
+	for chunk := 1; chunk <= 64; chunk++ {
+		for _, bufSize := range []int{1, 7, 4096} {
+			s := framed(t, replying(stream, chunk))
+			require.Equal(t, status, statusAtEachReady(t, s, bufSize, readyAt), "chunk %d, buffer %d", chunk, bufSize)
 		}
 	}
 	// A split between every pair of offsets.
