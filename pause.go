@@ -30,17 +30,22 @@ type pauser struct {
 	last time.Duration
 }
 
+// expirer is what a pause timer tells that its pause timed out: the
+// stream (rows.pauseExpired).
+type expirer interface{ pauseExpired(generation uint64) }
+
 // begin starts a pause; the stream's state has just moved to Paused. A
-// timeout above zero arms a timer that calls expired with this pause's
-// generation. Called with mu held.
-func (p *pauser) begin(timeout time.Duration, expired func(generation uint64)) {
+// timeout above zero arms a timer that tells e, with this pause's
+// generation; only then is anything allocated for it. Called with mu
+// held.
+func (p *pauser) begin(timeout time.Duration, e expirer) {
 	p.resume = make(chan struct{})
 	p.pausedAt = time.Now()
 	p.pauses++
 	p.generation++
 	if timeout > 0 {
 		generation := p.generation
-		p.timer = time.AfterFunc(timeout, func() { expired(generation) })
+		p.timer = time.AfterFunc(timeout, func() { e.pauseExpired(generation) })
 	}
 }
 
@@ -144,7 +149,7 @@ func (r *rows) Pause() error {
 			return nil
 		case Running:
 			if r.state.cas(Running, Paused) {
-				p.begin(time.Duration(r.pauseTimeout.Load()), r.pauseExpired)
+				p.begin(time.Duration(r.pauseTimeout.Load()), r)
 				event = r.queuePause(EventPaused, p, 0)
 				return nil
 			}
