@@ -6,7 +6,7 @@ import (
 )
 
 // The Observer section: BenchmarkOverhead's variants with an Observer on
-// the connector beside their twins without one, and the otel module's
+// the connector beside their twins without one, and the jsonstreamotel module's
 // Observer recording into the OpenTelemetry SDK (BenchmarkObserveStream).
 
 // observedPairs are the Overhead variants with an Observer and their
@@ -16,7 +16,7 @@ var observedPairs = [][2]string{
 	{"jsonstream-paused-once", "jsonstream-observed-paused-once"},
 }
 
-// observeName names a result of the otel module's BenchmarkObserveStream:
+// observeName names a result of the jsonstreamotel module's BenchmarkObserveStream:
 // events is "query" (started, first row, ended) or "pause" (paused,
 // resumed).
 func observeName(events string) string { return "ObserveStream/" + events }
@@ -69,7 +69,7 @@ func (r *report) observer(b *strings.Builder) {
 	if okQ && okP {
 		qa, _ := r.res.median(observeName("query"), "allocs/op")
 		pa, _ := r.res.median(observeName("pause"), "allocs/op")
-		fmt.Fprintf(b, "- `BenchmarkObserveStream` (otel module): the OpenTelemetry `Observer` recording into the SDK "+
+		fmt.Fprintf(b, "- `BenchmarkObserveStream` (jsonstreamotel module): the OpenTelemetry `Observer` recording into the SDK "+
 			"(`sdk/metric`, manual reader), no span in the context: **%s** of CPU for a query's three events "+
 			"(six measurements), **%s** for a pause and its resume; %.0f and %.0f allocations.\n",
 			withInterval(duration(q.Center), q), withInterval(duration(p.Center), p), qa, pa)

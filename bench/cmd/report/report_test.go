@@ -472,7 +472,7 @@ func TestMarkdownSections(t *testing.T) {
 	at := 0
 	for _, want := range []string{
 		"# jsonstream benchmarks", "## Summary", "## Machine and versions", "## Per-query overhead",
-		"## Observer", "| 1 | jsonstream-observed |", "`BenchmarkObserveStream` (otel module)",
+		"## Observer", "| 1 | jsonstream-observed |", "`BenchmarkObserveStream` (jsonstreamotel module)",
 		"## Streaming", "## Ceiling", "## Early close", "## Peak memory", "## Decoding into a Go struct",
 		"## NDJSON", "## Typed decoding", "| Each[T], sonic |", "GOEXPERIMENT=jsonv2", "| Each[T], encoding/json/v2 |",
 		"## Cursor mode", "### Early close, then the next query", "### Early close inside a transaction",
