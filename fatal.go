@@ -106,8 +106,20 @@ func endsSession(b []byte) *pq.Error {
 // does, and returns its untranslated severity (V) beside; nil unless b is
 // well formed with a severity and a code.
 func parseErrorFields(b []byte) (*pq.Error, string) {
-	pe := new(pq.Error)
-	unlocalized := ""
+	pe, unlocalized, rest, ok := scanErrorFields(b)
+	if !ok || len(rest) != 0 || pe.Severity == "" || len(pe.Code) != 5 {
+		return nil, ""
+	}
+	return pe, unlocalized
+}
+
+// scanErrorFields reads the fields of an ErrorResponse's (or a
+// NoticeResponse's) body into a pq.Error as lib/pq's parseError does, up
+// to the zero byte that ends them, and returns the untranslated severity
+// (V, which lib/pq ignores) and what follows that zero byte beside. ok is
+// false when b ends before it; pe then holds the fields read until there.
+func scanErrorFields(b []byte) (pe *pq.Error, unlocalized string, rest []byte, ok bool) {
+	pe = new(pq.Error)
 	for len(b) > 0 && b[0] != 0 {
 		t := b[0]
 		end := 1
@@ -115,7 +127,7 @@ func parseErrorFields(b []byte) (*pq.Error, string) {
 			end++
 		}
 		if end == len(b) {
-			return nil, ""
+			return pe, unlocalized, nil, false
 		}
 		v := string(b[1:end])
 		b = b[end+1:]
@@ -158,8 +170,8 @@ func parseErrorFields(b []byte) (*pq.Error, string) {
 			pe.Routine = v
 		}
 	}
-	if len(b) != 1 || pe.Severity == "" || len(pe.Code) != 5 {
-		return nil, ""
+	if len(b) == 0 {
+		return pe, unlocalized, nil, false
 	}
-	return pe, unlocalized
+	return pe, unlocalized, b[1:], true
 }
