@@ -40,6 +40,12 @@ type conn struct {
 	unwrapped bool
 	// cursorSeq numbers the cursors of the session.
 	cursorSeq uint64
+	// wireOK is set when portal streams can run on the connection: a
+	// lib/pq connection on a socket of jsonstream's dialer, from settings
+	// jsonstream read; binaryParams is lib/pq's binary_parameters. wire is
+	// the portal streams' reader and writer, made by the first.
+	wireOK, binaryParams bool
+	wire                 *wire
 }
 
 // streamArg holds a Stream taken out of a statement's arguments until the
@@ -362,8 +368,15 @@ func (c *conn) query(ctx context.Context, owner any, query string, args []driver
 	}
 	start := time.Now()
 	r := newRows(ctx, c, s)
-	if r.settings.fetchSize != 0 {
+	mode, err := c.chooseMode(&r.settings, owner, query, len(args))
+	if err != nil {
+		return nil, err
+	}
+	switch mode {
+	case ModeCursor:
 		return c.queryCursor(ctx, query, args, s, r, start)
+	case ModePortal:
+		return c.queryPortal(ctx, owner, query, args, s, r, start)
 	}
 	if send == nil {
 		return nil, driver.ErrSkip

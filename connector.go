@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"reflect"
 
 	"github.com/lib/pq"
 )
@@ -26,6 +27,10 @@ type Connector struct {
 	// with the caller's settings, apart from inner, whose sslmode=disable
 	// relies on jsonstream's dialer and must not be handed out.
 	outer driver.Connector
+	// ownWire is set when inner is lib/pq with jsonstream's dialer and
+	// settings jsonstream read (a DSN, a pq.Config): portal streams can
+	// run on its connections. binaryParams is its binary_parameters.
+	ownWire, binaryParams bool
 }
 
 var (
@@ -81,6 +86,7 @@ func newPQConnector(cfg pq.Config, s settings) *Connector {
 	pc.Dialer(dialer{base: netDialer{}, tls: plan})
 	c := newConnector(pc, s)
 	c.tls = plan
+	c.ownWire, c.binaryParams = true, cfg.BinaryParameters
 	if plan != nil {
 		outer, _ := pq.NewConnectorConfig(cfg)
 		outer.Dialer(NewDialer(nil))
@@ -106,7 +112,11 @@ func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
 		return nil, c.redactor.redact(err)
 	}
 
-	return newConn(ic, &c.settings, sock.conn.Load()), nil
+	cn := newConn(ic, &c.settings, sock.conn.Load())
+	if c.ownWire && cn.sock != nil && isPQConn(ic) {
+		cn.wireOK, cn.binaryParams = true, c.binaryParams
+	}
+	return cn, nil
 }
 
 // Driver implements driver.Connector: it returns the jsonstream Driver that
@@ -160,3 +170,10 @@ func (e errConnector) Connect(context.Context) (driver.Conn, error) { return nil
 func (e errConnector) Driver() driver.Driver { return e.driver }
 
 var errNilDriver = errors.New("jsonstream: NewDriver(nil)")
+
+// isPQConn reports whether c is a lib/pq connection, whose transaction
+// status a Ping brings up to date (portal.go's handBack).
+func isPQConn(c driver.Conn) bool {
+	t := reflect.TypeOf(c)
+	return t.Kind() == reflect.Pointer && t.Elem().PkgPath() == "github.com/lib/pq" && t.Elem().Name() == "conn"
+}

@@ -22,13 +22,28 @@ import (
 // Afterwards no session is idle in a transaction, no pooled connection has
 // a cursor open, and no goroutine is left (TestMain's goleak).
 func TestCursorStreamsLeaveNothing(t *testing.T) {
+	streamsLeaveNothing(t, "cursor_stress", false, func(rnd *rand.Rand) Option {
+		return WithFetchSize([]int{FetchAuto, 1, 5, 100}[rnd.IntN(4)])
+	})
+}
+
+// TestPortalStreamsLeaveNothing is the same for portal streams: no portal
+// left open, no session in a transaction, no goroutine left, and no
+// session beyond the pool's own: no ending cut a connection.
+func TestPortalStreamsLeaveNothing(t *testing.T) {
+	streamsLeaveNothing(t, "portal_stress", true, func(*rand.Rand) Option { return WithStreamMode(ModePortal) })
+}
+
+// streamsLeaveNothing runs the rounds in the mode that mode picks for
+// each; keepsSessions requires that no ending cut a connection.
+func streamsLeaveNothing(t *testing.T, app string, keepsSessions bool, mode func(*rand.Rand) Option) {
 	needRowsTable(t)
 	total := 10_000
 	if testing.Short() {
 		total = 1_000
 	}
 	const workers = 4
-	db := openPG(t, DriverName, "application_name=cursor_stress")
+	db := openPG(t, DriverName, "application_name="+app)
 	db.SetMaxOpenConns(workers)
 	db.SetMaxIdleConns(workers)
 	monitor := openPG(t, "postgres", "")
@@ -51,7 +66,7 @@ func TestCursorStreamsLeaveNothing(t *testing.T) {
 			for next.Add(1) <= int64(total) {
 				kind := rnd.IntN(len(counts))
 				counts[kind].Add(1)
-				if err := cursorStressRound(db, rnd, kind); err != nil {
+				if err := cursorStressRound(db, rnd, kind, mode(rnd)); err != nil {
 					errs <- fmt.Errorf("kind %d: %w", kind, err)
 					return
 				}
@@ -66,7 +81,7 @@ func TestCursorStreamsLeaveNothing(t *testing.T) {
 
 	var idleInTx int
 	require.NoError(t, monitor.QueryRow(`SELECT count(*) FROM pg_stat_activity
-		WHERE application_name = 'cursor_stress' AND state <> 'idle'`).Scan(&idleInTx))
+		WHERE application_name = $1 AND state <> 'idle'`, app).Scan(&idleInTx))
 	assert.Zero(t, idleInTx, "sessions left in a transaction or a query")
 	// Hold every pooled connection at once and look into each session.
 	conns := make([]*sql.Conn, 0, workers)
@@ -83,14 +98,17 @@ func TestCursorStreamsLeaveNothing(t *testing.T) {
 	for i := range counts {
 		per = append(per, counts[i].Load())
 	}
-	t.Logf("%d streams (by kind %v): %d new server sessions, %d failures in a transaction cut", total, per, sessions()-before, cuts.Load())
+	opened := sessions() - before
+	t.Logf("%d streams (by kind %v): %d new server sessions, %d failures in a transaction cut", total, per, opened, cuts.Load())
+	if keepsSessions {
+		assert.LessOrEqual(t, opened, int64(workers), "sessions beyond the pool's: an ending cut a connection")
+	}
 }
 
 // cursorStressRound runs one stream of the given kind.
-func cursorStressRound(db *sql.DB, rnd *rand.Rand, kind int) error {
+func cursorStressRound(db *sql.DB, rnd *rand.Rand, kind int, mode Option) error {
 	ctx := context.Background()
-	size := []int{FetchAuto, 1, 5, 100}[rnd.IntN(4)]
-	opts := []Option{WithFetchSize(size)}
+	opts := []Option{mode}
 	if kind == 4 {
 		opts = append(opts, WithPauseTimeout(time.Millisecond))
 	}

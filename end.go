@@ -17,8 +17,9 @@ import "time"
 
 // endFacts is what decides how a stream ends.
 type endFacts struct {
-	// cursor is set for a cursor-backed stream.
-	cursor bool
+	// cursor is set for a cursor-backed stream, portal for a portal
+	// stream.
+	cursor, portal bool
 	// callersTx is set when the stream runs in the caller's transaction:
 	// one begun with BeginTx, or, for a cursor, any not begun by
 	// jsonstream. Ending the stream must never end it.
@@ -74,13 +75,18 @@ type endPlan struct {
 	// connection is cut; 0 when it is not bounded.
 	stmtBound time.Duration
 	cursor    bool
+	portal    bool
+	// finish runs a portal's statement to its end before Sync, as lib/pq's
+	// Close reads a result to its end: the CloseDrain of a portal stream.
+	finish bool
 }
 
 // planEnd decides how a stream ends, given the facts and its drain
 // timeout.
 func planEnd(f endFacts, drainTimeout time.Duration) endPlan {
-	p := endPlan{cursor: f.cursor}
+	p := endPlan{cursor: f.cursor, portal: f.portal}
 	mode := f.closeMode
+	p.finish = f.portal && mode == CloseDrain && !f.failed
 	switch {
 	case f.callersTx, f.writes:
 		// A cut would end the caller's transaction, or could undo what
@@ -98,10 +104,14 @@ func planEnd(f endFacts, drainTimeout time.Duration) endPlan {
 	default:
 		p.read = readBounded
 	}
-	if !f.cursor {
+	if !f.cursor && !f.portal {
 		return p
 	}
-	if f.callersTx {
+	// A portal whose statement writes has run it whole at its first
+	// Execute: an early Close commits it by closing the portal, as lib/pq's
+	// drain would; a failure (Cancel, pause timeout, context) rolls it
+	// back, as lib/pq's cancel request does.
+	if f.callersTx || f.portal && f.writes && !f.failed {
 		p.stmt = stmtClose
 	} else {
 		p.stmt = stmtRollback
@@ -135,6 +145,8 @@ func (p endPlan) outcome(whole, cut bool, ctxErr error) Outcome {
 		return OutcomeCut
 	case p.cursor:
 		return OutcomeCursorClosed
+	case p.portal && !p.finish:
+		return OutcomePortalClosed
 	}
 	return OutcomeDrained
 }

@@ -611,20 +611,29 @@ func TestEarlyCloseCutsARead(t *testing.T) {
 
 // TestEarlyCloseOfWritingFunction pins the documented exception: a SELECT
 // that calls a function that writes is a read to jsonstream, which cannot
-// see into the function. An early Close stops it, and what the function
-// wrote is rolled back with it; CloseDrain ends it as lib/pq does.
+// see into the function. An early Close with rows left stops it, and what
+// the function wrote is rolled back with it (a cut in the single-statement
+// mode, a ROLLBACK in the portal mode); a result received whole
+// (QueryRow) commits; CloseDrain ends it as lib/pq does.
 func TestEarlyCloseOfWritingFunction(t *testing.T) {
 	setup := openPG(t, "postgres", "")
-	_, err := setup.Exec(`CREATE OR REPLACE FUNCTION close_writes_log(v bigint) RETURNS bigint
+	_, err := setup.Exec(`CREATE TABLE IF NOT EXISTS close_writes (x bigint);
+		CREATE OR REPLACE FUNCTION close_writes_log(v bigint) RETURNS bigint
 		LANGUAGE sql AS 'INSERT INTO close_writes VALUES (-v) RETURNING v'`)
 	require.NoError(t, err)
 	const q = "SELECT close_writes_log(g) FROM generate_series(1, 200000) g"
 	want := tableAfter(t, openPG(t, "postgres", ""), q)
 	assert.Equal(t, int64(400000), want[0], "lib/pq lets it finish")
-	stopped := tableAfter(t, openPG(t, DriverName, ""), q)
-	assert.Equal(t, int64(200000), stopped[0], "an early Close stops the SELECT and what it wrote")
-	drained := tableAfter(t, openPG(t, DriverName, ""), q, mustStream(t, WithCloseMode(CloseDrain)))
-	assert.Equal(t, want, drained, "CloseDrain: as lib/pq")
+	for _, mode := range []string{"", portalDSN} {
+		t.Run("mode="+mode, func(t *testing.T) {
+			stopped := tableAfter(t, openPG(t, DriverName, mode), q)
+			assert.Equal(t, int64(200000), stopped[0], "an early Close stops the SELECT and what it wrote")
+			drained := tableAfter(t, openPG(t, DriverName, mode), q, mustStream(t, WithCloseMode(CloseDrain)))
+			assert.Equal(t, want, drained, "CloseDrain: as lib/pq")
+			one := tableAfter(t, openPG(t, DriverName, mode), "SELECT close_writes_log(7)")
+			assert.Equal(t, int64(200001), one[0], "a result received whole commits")
+		})
+	}
 }
 
 // The server-side counterparts of the branch tests in rows_test.go:

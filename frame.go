@@ -1,6 +1,7 @@
 package jsonstream
 
 import (
+	"bytes"
 	"encoding/binary"
 	"sync/atomic"
 
@@ -19,7 +20,9 @@ import (
 //     transaction block) or 'E' (in a failed one);
 //   - how many bytes of messages arrived since lib/pq's last write;
 //   - the last FATAL (or PANIC) ErrorResponse, with which the server ends
-//     a session.
+//     a session;
+//   - the session's TimeZone, from ParameterStatus, by which lib/pq reads
+//     timestamptz values (portal streams decode them the same way).
 //
 // The socket cuts each read just after a ReadyForQuery (sock.Read), so
 // that after ReadyForQuery nothing of what follows sits in lib/pq's buffer.
@@ -83,6 +86,9 @@ type framer struct {
 	zlast byte
 	// fatal is the last FATAL or PANIC ErrorResponse the server sent.
 	fatal atomic.Pointer[pq.Error]
+	// timeZone is the value of the last TimeZone ParameterStatus; nil
+	// before the first.
+	timeZone atomic.Pointer[string]
 }
 
 // wrote notes that lib/pq wrote to the server: the connection is no
@@ -135,7 +141,7 @@ func (f *framer) scan(b []byte) int {
 		for f.hdrN == 0 && len(b)-i >= 5 {
 			typ := b[i]
 			length := binary.BigEndian.Uint32(b[i+1:])
-			if typ == 'E' || typ == 'Z' || length < 4 || length > maxMessage {
+			if typ == 'E' || typ == 'Z' || typ == 'S' || length < 4 || length > maxMessage {
 				break
 			}
 			end := i + 1 + int(length)
@@ -170,7 +176,7 @@ func (f *framer) scan(b []byte) int {
 			return len(b)
 		}
 		f.typ, f.body = typ, int(length-4)
-		f.capturing = typ == 'E'
+		f.capturing = typ == 'E' || typ == 'S'
 		if f.capturing {
 			f.capture = f.capture[:0]
 		}
@@ -220,6 +226,12 @@ func (f *framer) ended() bool {
 		if pe := endsSession(f.capture); pe != nil {
 			f.fatal.Store(pe)
 		}
+	case 'S':
+		if name, value, ok := parameterStatus(f.capture); ok && name == "TimeZone" {
+			if old := f.timeZone.Load(); old == nil || *old != value {
+				f.timeZone.Store(&value)
+			}
+		}
 	}
 	return false
 }
@@ -241,4 +253,17 @@ func (f *framer) txBlock() (in, known bool) {
 func isStartup(p []byte) bool {
 	return len(p) >= 8 && int(binary.BigEndian.Uint32(p)) == len(p) &&
 		binary.BigEndian.Uint16(p[4:]) == 3
+}
+
+// parameterStatus splits a ParameterStatus body into its name and value.
+func parameterStatus(b []byte) (name, value string, ok bool) {
+	i := bytes.IndexByte(b, 0)
+	if i < 0 {
+		return "", "", false
+	}
+	j := bytes.IndexByte(b[i+1:], 0)
+	if j < 0 {
+		return "", "", false
+	}
+	return string(b[:i]), string(b[i+1 : i+1+j]), true
 }

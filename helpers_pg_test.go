@@ -52,7 +52,7 @@ func sessionClean(t *testing.T, q interface {
 	// put while statement_timestamp moves on.
 	// A single statement, whatever the pool's mode: a cursor of its own
 	// would be counted.
-	single, err := NewStream(WithFetchSize(0))
+	single, err := NewStream(WithStreamMode(ModeSingle))
 	require.NoError(t, err)
 	require.NoError(t, q.QueryRowContext(context.Background(),
 		"SELECT (SELECT count(*) FROM pg_cursors), now() <> statement_timestamp()", single).Scan(&cursors, &inTx))
@@ -109,7 +109,7 @@ func openPG(t testing.TB, driverName, extra string) *sql.DB {
 // streamModes are the DSN fragments of jsonstream's stream modes: the
 // single statement, and cursor-backed with FetchAuto and with a fixed
 // batch size (TestCursorStreamsEveryRow crosses batches of 1 and 7 rows).
-var streamModes = []string{"", "jsonstream_fetch_size=auto", "jsonstream_fetch_size=100"}
+var streamModes = []string{"", "jsonstream_fetch_size=auto", "jsonstream_fetch_size=100", "jsonstream_mode=portal"}
 
 // both runs f once through lib/pq and once through jsonstream in each
 // stream mode, and requires the same observable result.

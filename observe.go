@@ -110,15 +110,21 @@ const (
 	ModeSingle StreamMode = iota
 	// ModeCursor reads the result through a server-side cursor, in batches.
 	ModeCursor
+	// ModePortal runs the statement in a portal of the extended protocol,
+	// a batch of rows per Execute with a window of Executes outstanding
+	// (portal.go).
+	ModePortal
 )
 
-// String returns "single" or "cursor".
+// String returns "single", "cursor" or "portal".
 func (m StreamMode) String() string {
 	switch m {
 	case ModeSingle:
 		return "single"
 	case ModeCursor:
 		return "cursor"
+	case ModePortal:
+		return "portal"
 	}
 	return fmt.Sprintf("StreamMode(%d)", uint8(m))
 }
@@ -142,6 +148,9 @@ const (
 	// OutcomeCursorClosed means the stream was closed early, and its
 	// server-side cursor was closed, keeping the connection.
 	OutcomeCursorClosed
+	// OutcomePortalClosed means the stream was closed early, and its
+	// portal was closed, keeping the connection (ModePortal).
+	OutcomePortalClosed
 	// OutcomeCanceled means the stream failed by Cancel (ErrCanceled).
 	OutcomeCanceled
 	// OutcomeContext means the stream ended because the query's context,
@@ -169,6 +178,8 @@ func (o Outcome) String() string {
 		return "cut"
 	case OutcomeCursorClosed:
 		return "cursor_closed"
+	case OutcomePortalClosed:
+		return "portal_closed"
 	case OutcomeCanceled:
 		return "canceled"
 	case OutcomeContext:
@@ -364,8 +375,11 @@ func (r *rows) callObserver(e Event) {
 
 // mode is how the stream reads its rows.
 func (r *rows) mode() StreamMode {
-	if r.cursor != nil {
+	switch {
+	case r.cursor != nil:
 		return ModeCursor
+	case r.portal != nil:
+		return ModePortal
 	}
 	return ModeSingle
 }

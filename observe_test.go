@@ -385,12 +385,12 @@ func TestObserverStrings(t *testing.T) {
 	for o := OutcomeNone; o <= OutcomeFailed+1; o++ {
 		outcomes = append(outcomes, o.String())
 	}
-	for m := ModeSingle; m <= ModeCursor+1; m++ {
+	for m := ModeSingle; m <= ModePortal+1; m++ {
 		modes = append(modes, m.String())
 	}
 	assert.Equal(t, "started first_row paused resumed pause_timeout ended EventKind(6)", strings.Join(kinds, " "))
-	assert.Equal(t, "none complete drained cut cursor_closed canceled context pause_timeout failed Outcome(9)", strings.Join(outcomes, " "))
-	assert.Equal(t, "single cursor StreamMode(2)", strings.Join(modes, " "))
+	assert.Equal(t, "none complete drained cut cursor_closed portal_closed canceled context pause_timeout failed Outcome(10)", strings.Join(outcomes, " "))
+	assert.Equal(t, "single cursor portal StreamMode(3)", strings.Join(modes, " "))
 }
 
 // TestObserverQueryAllocs holds the price of an observer: with one that

@@ -117,9 +117,13 @@ type settings struct {
 	onPauseTimeout PauseTimeoutAction
 	closeMode      CloseMode
 	drainTimeout   time.Duration
-	fetchSize      int      // 0: single statement; FetchAuto or n > 0: cursor
-	observer       Observer // nil: no events
-	observeQuery   bool
+	fetchSize      int // 0: single statement; FetchAuto or n > 0: cursor
+	// mode is the stream mode WithStreamMode chose; modeSet is unset
+	// while none was, and chooseMode decides (mode.go).
+	mode         StreamMode
+	modeSet      bool
+	observer     Observer // nil: no events
+	observeQuery bool
 }
 
 func defaultSettings() settings {
@@ -245,6 +249,7 @@ func (s *settings) apply(opts []Option) error {
 //	jsonstream_close=drain             WithCloseMode: auto, cut or drain
 //	jsonstream_drain_timeout=5ms       WithDrainTimeout
 //	jsonstream_fetch_size=auto         WithFetchSize: 0, a batch size, or auto
+//	jsonstream_mode=portal             WithStreamMode: auto, single, cursor or portal
 //
 // Any other parameter with the prefix is an error.
 const DSNPrefix = "jsonstream_"
@@ -297,6 +302,16 @@ func dsnOption(name, value string) (Option, error) {
 			return nil, bad("must be positive")
 		}
 		return WithDrainTimeout(d), nil
+	case "mode":
+		for _, m := range []StreamMode{ModeSingle, ModeCursor, ModePortal} {
+			if value == m.String() {
+				return WithStreamMode(m), nil
+			}
+		}
+		if value == "auto" {
+			return func(s *settings) error { s.modeSet = false; return nil }, nil
+		}
+		return nil, bad("want auto, single, cursor or portal")
 	case "fetch_size":
 		if value == "auto" {
 			return WithFetchSize(FetchAuto), nil
@@ -311,7 +326,7 @@ func dsnOption(name, value string) (Option, error) {
 }
 
 // dsnNames are the DSN parameters jsonstream reads, as in DSNPrefix's list.
-var dsnNames = []string{"pause_timeout", "on_pause_timeout", "close", "drain_timeout", "fetch_size"}
+var dsnNames = []string{"pause_timeout", "on_pause_timeout", "close", "drain_timeout", "fetch_size", "mode"}
 
 // didYouMean names the known DSN parameter closest to the unknown name, as
 // in " (did you mean jsonstream_fetch_size?)", when one is a few typing

@@ -68,8 +68,12 @@ func TestPausedServerWaitsOnClient(t *testing.T) {
 
 			waiting := func() bool {
 				state, we, _ := activity(t, monitor, pid)
-				if mode == "" {
+				switch mode {
+				case "":
 					return we == "ClientWrite"
+				case "jsonstream_mode=portal":
+					// Its Executes done, the server waits for the next.
+					return state == "active" && we == "ClientRead"
 				}
 				return state == "idle in transaction"
 			}

@@ -20,6 +20,9 @@ type rows struct {
 	// cursor is inner when the stream is cursor-backed (WithFetchSize),
 	// else nil: a failure then interrupts the cursor instead of cutting.
 	cursor *cursor
+	// portal is inner when the stream is a portal stream, else nil: a
+	// failure then ends the portal instead of cutting.
+	portal *portal
 	// ctx is the query's context. A Next blocked by a pause watches it,
 	// since database/sql cannot interrupt a driver's Next.
 	ctx   context.Context
@@ -257,6 +260,9 @@ func (r *rows) release() {
 	if r.cursor != nil {
 		r.cursor.release()
 	}
+	if r.portal != nil {
+		r.portal.release()
+	}
 }
 
 // releaseAsync is release for a caller that must return at once
@@ -265,6 +271,9 @@ func (r *rows) release() {
 func (r *rows) releaseAsync() {
 	if r.cursor != nil {
 		go r.cursor.release()
+	}
+	if r.portal != nil {
+		go r.portal.release()
 	}
 }
 
@@ -292,6 +301,10 @@ func (r *rows) failState(err error, cut bool) bool {
 func (r *rows) stopServer() {
 	if r.cursor != nil {
 		r.cursor.interrupt()
+		return
+	}
+	if r.portal != nil {
+		r.portal.interrupt()
 		return
 	}
 	r.conn.cut()
@@ -325,6 +338,9 @@ func (r *rows) Close() (err error) {
 	if r.cursor != nil {
 		err = r.cursor.Close()
 		whole = r.cursor.whole
+	} else if r.portal != nil {
+		err = r.portal.Close()
+		whole = r.portal.whole
 	} else {
 		whole, err = r.closeSingle(plan)
 	}
@@ -343,12 +359,15 @@ func (r *rows) Close() (err error) {
 func (r *rows) endFacts(failed bool) endFacts {
 	f := endFacts{
 		cursor:    r.cursor != nil,
+		portal:    r.portal != nil,
 		closeMode: r.settings.closeMode,
 		failed:    failed,
 		canCut:    r.conn.sock != nil,
 	}
 	if cur := r.cursor; cur != nil {
 		f.callersTx = !cur.own
+	} else if p := r.portal; p != nil {
+		f.callersTx, f.writes = p.before != txStatusIdle, scanQuery(r.query).writes
 	} else {
 		f.callersTx, f.writes = r.conn.inTx || r.txBlock, scanQuery(r.query).writes
 	}

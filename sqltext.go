@@ -1,6 +1,10 @@
 package jsonstream
 
-import "strings"
+import (
+	"math"
+	"strconv"
+	"strings"
+)
 
 // queryText is what jsonstream reads off a query's text before it sends
 // it in a form of its own (cursor mode's DECLARE) or ends it early (a
@@ -33,6 +37,9 @@ type queryText struct {
 	// a SELECT, VALUES, TABLE, WITH or SHOW, or it holds INSERT, UPDATE
 	// (but FOR [NO KEY] UPDATE), DELETE or MERGE, or SELECT … INTO.
 	writes bool
+	// params is the highest parameter reference ($1) outside quotes and
+	// comments, 0 for none: the count of parameters the server infers.
+	params int
 }
 
 // scanQuery scans a query's text; it never allocates.
@@ -86,6 +93,13 @@ func scanQuery(q string) queryText {
 		case c == '$':
 			n, ok, sure := skipDollar(q, i)
 			t.certain = t.certain && sure
+			if n > i+1 && q[i+1] >= '0' && q[i+1] <= '9' {
+				if k, err := strconv.Atoi(q[i+1 : n]); err == nil {
+					t.params = max(t.params, k)
+				} else {
+					t.params = math.MaxInt
+				}
+			}
 			if !ok {
 				t.malformed = true
 				return t.done(q, inFirst)

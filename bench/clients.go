@@ -106,6 +106,9 @@ var Clients = []Client{
 const (
 	JsonstreamCursorAuto  = "jsonstream-cursor-auto"
 	JsonstreamCursorFixed = "jsonstream-cursor-1000"
+	// JsonstreamPortal is the portal mode: the statement in a portal of
+	// the extended protocol, a window of Executes outstanding.
+	JsonstreamPortal = "jsonstream-portal"
 )
 
 // FixedFetchSize is the batch of JsonstreamCursorFixed: about 280 KB of
@@ -119,6 +122,7 @@ const FixedFetchSize = 1000
 var CursorClients = []Client{
 	{Name: JsonstreamCursorAuto, Open: openJsonstream(jsonstream.WithFetchSize(jsonstream.FetchAuto))},
 	{Name: JsonstreamCursorFixed, Open: openJsonstream(jsonstream.WithFetchSize(FixedFetchSize))},
+	{Name: JsonstreamPortal, Open: openJsonstream(jsonstream.WithStreamMode(jsonstream.ModePortal))},
 }
 
 // ClientNamed returns the client of Clients or CursorClients called name.

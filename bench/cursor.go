@@ -8,20 +8,20 @@ import "time"
 var (
 	// EarlyCloseNextClients: an early close on the whole table and the
 	// next query on the same pool.
-	EarlyCloseNextClients = []string{LibPQ, PgxStdlib, PgxNative, Jsonstream, JsonstreamCursorAuto, JsonstreamCursorFixed}
+	EarlyCloseNextClients = []string{LibPQ, PgxStdlib, PgxNative, Jsonstream, JsonstreamCursorAuto, JsonstreamCursorFixed, JsonstreamPortal}
 	// EarlyCloseTxClients: an early close inside a BeginTx transaction,
 	// which needs database/sql.
-	EarlyCloseTxClients = []string{LibPQ, PgxStdlib, Jsonstream, JsonstreamCursorAuto, JsonstreamCursorFixed}
+	EarlyCloseTxClients = []string{LibPQ, PgxStdlib, Jsonstream, JsonstreamCursorAuto, JsonstreamCursorFixed, JsonstreamPortal}
 	// ChurnClients: concurrent workers that each read a little of a large
 	// result and close it, over and over, on one pool.
-	ChurnClients = []string{LibPQ, PgxStdlib, Jsonstream, JsonstreamCursorAuto, JsonstreamCursorFixed}
+	ChurnClients = []string{LibPQ, PgxStdlib, Jsonstream, JsonstreamCursorAuto, JsonstreamCursorFixed, JsonstreamPortal}
 	// FetchClients: complete results, and the one-row query.
-	FetchClients = []string{LibPQ, Jsonstream, JsonstreamCursorAuto, JsonstreamCursorFixed}
+	FetchClients = []string{LibPQ, Jsonstream, JsonstreamCursorAuto, JsonstreamCursorFixed, JsonstreamPortal}
 	// SelectOneClients: QueryRow("SELECT 1"), jsonstream in its default
 	// mode against what it wraps.
-	SelectOneClients = []string{LibPQ, Jsonstream}
+	SelectOneClients = []string{LibPQ, Jsonstream, JsonstreamPortal}
 	// ProxyClients: drains and early closes through a DelayProxy.
-	ProxyClients = []string{Jsonstream, JsonstreamCursorFixed, JsonstreamCursorAuto}
+	ProxyClients = []string{LibPQ, Jsonstream, JsonstreamCursorFixed, JsonstreamCursorAuto, JsonstreamPortal}
 )
 
 // FetchSizes are the result sizes of BenchmarkFetch; BenchmarkProxy

@@ -1,0 +1,68 @@
+package jsonstream
+
+import "fmt"
+
+// How a query's rows come from the server is decided here, and only here
+// (chooseMode); the stream's events say which mode it got (Event.Mode).
+
+// WithStreamMode chooses how queries' rows come from the server, in place
+// of the automatic choice:
+//
+//   - ModeSingle sends the query as lib/pq does and streams its whole
+//     result; an early Close drains or cuts (CloseMode).
+//   - ModeCursor runs it as a cursor, in batches (see WithFetchSize, whose
+//     FetchAuto it uses unless a batch size is set).
+//   - ModePortal runs it in a portal of the extended protocol (portal.go):
+//     full speed, and an early Close that keeps the connection. It needs a
+//     connection whose wire jsonstream owns (one opened with sql.Open or
+//     NewConnectorConfig) and a single statement that returns rows or may
+//     (SELECT, VALUES, TABLE, WITH, INSERT, UPDATE, DELETE, MERGE, SHOW,
+//     EXPLAIN); any other query fails with an error wrapping
+//     ErrPortalQuery, and nothing of it runs.
+//
+// Without WithStreamMode, a query with a batch size (WithFetchSize) is
+// cursor-backed, and any other runs in a single statement.
+func WithStreamMode(m StreamMode) Option {
+	return func(s *settings) error {
+		if m > ModePortal {
+			return invalid("WithStreamMode", m, "unknown mode")
+		}
+		s.mode, s.modeSet = m, true
+		if m == ModeCursor && s.fetchSize == 0 {
+			s.fetchSize = FetchAuto
+		}
+		return nil
+	}
+}
+
+// chooseMode decides the mode of a query of owner (the conn, or a
+// statement of it) with nargs arguments, under the stream's settings.
+func (c *conn) chooseMode(set *settings, owner any, query string, nargs int) (StreamMode, error) {
+	if set.modeSet {
+		if set.mode == ModeCursor && set.fetchSize == 0 {
+			set.fetchSize = FetchAuto
+		}
+		if set.mode != ModePortal {
+			return set.mode, nil
+		}
+		if why := c.portalRefusal(owner, query, nargs); why != "" {
+			return 0, fmt.Errorf("%w (WithStreamMode(ModePortal)): %s", ErrPortalQuery, why)
+		}
+		return ModePortal, nil
+	}
+	if set.fetchSize != 0 {
+		return ModeCursor, nil
+	}
+	return ModeSingle, nil
+}
+
+// portalRefusal says why a query cannot run as a portal stream, or "".
+func (c *conn) portalRefusal(owner any, query string, nargs int) string {
+	switch {
+	case !c.wireOK:
+		return "jsonstream does not own this connection's wire (open it with sql.Open(\"jsonstream\", dsn) or NewConnectorConfig)"
+	case !c.portalReady():
+		return "the connection is not idle"
+	}
+	return portalText(scanQuery(query), owner == c && nargs == 0)
+}

@@ -1,0 +1,1006 @@
+package jsonstream
+
+import (
+	"bytes"
+	"context"
+	"database/sql/driver"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"reflect"
+	"strings"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/lib/pq"
+	"github.com/lib/pq/oid"
+)
+
+// A portal stream runs its query itself, in the extended protocol, on the
+// socket of a lib/pq connection that lib/pq left idle: Parse, Bind,
+// Describe, then Execute of the unnamed portal for a batch of rows at a
+// time, each followed by Flush and none by Sync. An unnamed portal lives
+// until Sync ends its transaction, so the server runs the query as one
+// statement and stops after each batch until the next Execute comes; the
+// stream keeps a window of Executes outstanding, so that on a fast link
+// the server never waits for one, and never has more than the window to
+// send. Stopping the stream early reads off what is in flight (at most
+// the window), closes the portal and sends Sync: the connection, its
+// session and the caller's transaction stay as they were.
+//
+// lib/pq does everything else on the connection and never sees these
+// messages: a ReadyForQuery ends the stream's exchange as it ends one of
+// lib/pq's, and what lib/pq tracks from the messages it reads
+// (ParameterStatus, notifications, the transaction status) is handed back
+// to it (handBack).
+
+// portalFirstRows is the first batch's row count: small, so that an early
+// close after a few rows (a QueryRow) has little to read off.
+const portalFirstRows = 16
+
+// portalMaxRows and portalMaxBytes bound a batch: its rest is what an
+// early close reads off at most, twice over with the window.
+const (
+	portalMaxRows  = 1 << 16
+	portalMaxBytes = 4 << 20
+)
+
+// portalWindow is how many Executes a long stream keeps outstanding: with
+// two, the next batch is asked for while one is being sent, so the server
+// never waits for the client.
+const portalWindow = 2
+
+// ErrPortalQuery is wrapped by the error of a query that portal mode
+// (WithStreamMode(ModePortal)) cannot run, and nothing of it runs: several
+// statements in one text, a statement that returns no rows through a
+// portal (COPY, transaction control, SET…), or a connection whose wire
+// jsonstream does not own (see WithStreamMode).
+var ErrPortalQuery = errors.New("jsonstream: portal mode cannot run this query")
+
+// portal is the driver.Rows of a portal stream. The consumer's Next and
+// Close, and a failure that ends the stream from another goroutine
+// (release), talk to the server through the wire; wireMu decides which.
+type portal struct {
+	conn  *conn
+	r     *rows
+	w     *wire
+	query string
+	// simple is set for a query that lib/pq would send in a simple Query
+	// (no arguments, not a prepared statement), whose replies differ.
+	simple bool
+	// fields and names describe the columns.
+	fields []pgField
+	names  []string
+	// tz is the TimeZone value loc was made for.
+	tz  *string
+	loc *time.Location
+
+	// outstanding counts the Executes sent whose reply (PortalSuspended or
+	// CommandComplete) was not read yet; window is how many may be, and
+	// batch the row count of the next Execute.
+	outstanding, window int
+	batch               int32
+	// rowsIn and bytesIn count the rows and their bytes read, for the
+	// batch size; sent is when the query went out, and rtt how long its
+	// first reply took: about a round trip, with the server's planning.
+	rowsIn, bytesIn int64
+	sent            time.Time
+	rtt             time.Duration
+	// complete is set once the portal's CommandComplete was read: no row
+	// follows. finished is set once the Sync that ends the stream was
+	// sent, and ended once its ReadyForQuery was read, or the connection
+	// lost: the wire is then lib/pq's again. pendingZ counts the Syncs
+	// whose ReadyForQuery is still to come: in a transaction block the
+	// first batch is asked for with a Sync (the portal outlives it there),
+	// so that a small result takes one round trip, as in lib/pq.
+	// ReadyForQuery was read, or the connection lost: the wire is then
+	// lib/pq's again.
+	complete, finished, ended bool
+	pendingZ                  int
+	// rollingBack is set while the ROLLBACK of an early close is on its
+	// way: its warning that no transaction block is in progress is the
+	// stream's own, not the caller's.
+	rollingBack bool
+	// serverErr is the server's error for the query, reported once its
+	// ReadyForQuery is read. errQuery is the text lib/pq attaches to it:
+	// the query's until the first row, none after.
+	serverErr error
+	errQuery  string
+	// before is the transaction status lib/pq last saw.
+	before byte
+	// giveBack collects the messages lib/pq must read still: ParameterStatus
+	// and NotificationResponse.
+	giveBack []byte
+	// whole is set when Close found nothing of the result left unread.
+	whole bool
+
+	// wireMu is held by whoever talks to the server: the consumer's Next
+	// and Close, or release.
+	wireMu sync.Mutex
+	// mu orders a blocking read of the consumer's against a failure from
+	// another goroutine (interrupt): the failure either finds the read
+	// pending and bounds it, or finds none and leaves the socket alone.
+	mu       sync.Mutex
+	inFlight bool
+}
+
+var (
+	_ driver.Rows                           = (*portal)(nil)
+	_ driver.RowsColumnTypeScanType         = (*portal)(nil)
+	_ driver.RowsColumnTypeDatabaseTypeName = (*portal)(nil)
+	_ driver.RowsColumnTypeLength           = (*portal)(nil)
+	_ driver.RowsColumnTypePrecisionScale   = (*portal)(nil)
+)
+
+// portalReady reports whether the connection can carry a portal stream
+// now: jsonstream owns its wire (a lib/pq connection from a DSN or a
+// pq.Config, whose messages the framer follows) and lib/pq left it idle.
+func (c *conn) portalReady() bool {
+	return c.wireOK && c.sock != nil && c.sock.frames.following() && c.sock.frames.idle() && !c.isCut()
+}
+
+// portalText reports why the text cannot run as a portal stream, or ""
+// when it can: it must be one statement that a portal runs and that
+// returns rows or may (a query, a data-changing statement, SHOW,
+// EXPLAIN). A query without arguments (simple) lib/pq sends in a simple
+// Query, which runs every statement in it; a text the scan is unsure of is
+// left to lib/pq then. A prepared statement's text is one statement: the
+// server parsed it.
+func portalText(text queryText, simple bool) string {
+	if simple {
+		switch {
+		case !text.certain, text.malformed:
+			return "the scan cannot be sure where its statement ends"
+		case text.statements != 1:
+			return "it does not hold exactly one statement"
+		case text.params > 0:
+			return "it refers to a parameter but has no arguments"
+		}
+	}
+	switch lower(text.first) {
+	case "select", "values", "table", "with", "(", "insert", "update", "delete", "merge", "show", "explain":
+		return ""
+	}
+	return "a " + lower(text.first) + " statement returns no rows to stream"
+}
+
+// lower returns s in lower case, without allocating for the keywords
+// portalText knows.
+func lower(s string) string {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c >= 'A' && c <= 'Z' {
+			b := []byte(s)
+			for j := i; j < len(b); j++ {
+				if c := b[j]; c >= 'A' && c <= 'Z' {
+					b[j] = c + 'a' - 'A'
+				}
+			}
+			return string(b)
+		}
+	}
+	return s
+}
+
+// queryPortal runs query as a portal stream. The Stream st is claimed
+// before anything is sent; a query the server refused leaves it and fires
+// no event. Errors come where lib/pq reports them: what fails before the
+// first row (parsing, planning, the first row's execution) from Query,
+// with the query's text in the *pq.Error as lib/pq attaches it; what
+// fails later from Next.
+func (c *conn) queryPortal(ctx context.Context, owner any, query string, args []driver.NamedValue, st *Stream, r *rows, start time.Time) (driver.Rows, error) {
+	if err := claim(st); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		unclaim(st)
+		return nil, err
+	}
+	c.ran()
+	if c.wire == nil {
+		c.wire = newWire(c.sock)
+	}
+	p := &portal{conn: c, r: r, w: c.wire, query: query, errQuery: query, window: 1, batch: portalFirstRows,
+		simple: owner == c && len(args) == 0}
+	p.before = byte(c.sock.frames.status.Load())
+	r.portal = p
+	// The context is watched by the stream once it runs; until then, an
+	// end of it bounds the read the query waits in, as a failure does.
+	var stop func() bool
+	var fired chan struct{}
+	if ctx.Done() != nil {
+		fired = make(chan struct{})
+		stop = context.AfterFunc(ctx, func() {
+			p.interrupt()
+			close(fired)
+		})
+	}
+	err := p.start(args)
+	if stop != nil && !stop() {
+		<-fired
+		if err != nil || !p.ended {
+			if !p.ended {
+				c.cut()
+				p.ended = true
+			}
+			unclaim(st)
+			return nil, ctx.Err()
+		}
+	}
+	if err != nil {
+		unclaim(st)
+		return nil, err
+	}
+	return c.bindRows(ctx, p, st, r, start, nil, query), nil
+}
+
+// start sends the query and reads the reply up to its first row, as
+// lib/pq's Query does.
+func (p *portal) start(args []driver.NamedValue) error {
+	w := p.w
+	var formats []int16
+	values := make([][]byte, len(args))
+	binaryParams := p.conn.binaryParams
+	// lib/pq learns the parameters' count and types from the server
+	// before it binds them (one more round trip), reports a count that
+	// differs itself, and encodes a string or []byte for a bytea parameter
+	// in hex. The stream asks too when the count may differ, or when a
+	// value's hex form could mean other bytes than its plain form: the
+	// server reads plain text for a bytea in the escape format, which
+	// gives the same bytes unless the value holds a backslash, a NUL or
+	// is not UTF-8 (which the server refuses in plain text).
+	needTypes := !binaryParams && (scanQuery(p.query).params != len(args) || typedArgs(args))
+	if len(args) >= 65536 {
+		return fmt.Errorf("pq: got %d parameters but PostgreSQL only supports 65535 parameters", len(args))
+	}
+	w.parse(p.query)
+	if needTypes {
+		w.describe('S')
+		w.flush()
+		types, err := p.describeStatement()
+		if err != nil {
+			return err
+		}
+		if len(types) != len(args) {
+			err := fmt.Errorf("pq: got %d parameters but the statement requires %d", len(args), len(types))
+			return p.abort(err)
+		}
+		for i, a := range args {
+			if values[i], err = encodeArg(a.Value, types[i]); err != nil {
+				return p.abort(err)
+			}
+		}
+	} else {
+		for i, a := range args {
+			var err error
+			switch v := a.Value.(type) {
+			case []byte:
+				if binaryParams {
+					if formats == nil {
+						formats = make([]int16, len(args))
+					}
+					formats[i] = 1
+					values[i] = v
+					continue
+				}
+			}
+			if values[i], err = encodeArg(a.Value, 0); err != nil {
+				w.out = w.out[:0]
+				return err
+			}
+		}
+	}
+	w.bind(formats, values)
+	if !needTypes {
+		w.describe('P')
+	}
+	w.execute(p.batch)
+	if p.before == txStatusInTx || p.before == txStatusFailed {
+		w.sync()
+		p.pendingZ = 1
+	} else {
+		w.flush()
+	}
+	p.outstanding = 1
+	p.sent = time.Now()
+	if err := w.send(); err != nil {
+		return p.lost(err)
+	}
+	// The replies up to the first row, or to the first sign of the end.
+	for {
+		typ, body, err := p.read()
+		if err != nil {
+			return p.lost(err)
+		}
+		if p.rtt == 0 {
+			p.rtt = max(time.Since(p.sent), 1)
+		}
+		switch typ {
+		case '1', '2':
+		case 'n':
+			p.fields, p.names = nil, []string{}
+		case 'T':
+			if err := p.describe(body); err != nil {
+				return p.lost(err)
+			}
+		case 'D', 's', 'C':
+			// The query did not fail before its first row: the consumer
+			// reads from here.
+			if typ == 'C' && p.fields == nil && p.simple {
+				// A statement without rows, which lib/pq's simple Query
+				// reads to its ReadyForQuery.
+				if err := p.skip(typ, body); err != nil {
+					return err
+				}
+				return p.failStart()
+			}
+			w.unread(body)
+			p.errQuery = ""
+			return nil
+		case 'E':
+			if err := p.skip(typ, body); err != nil {
+				return err
+			}
+			return p.failStart()
+		default:
+			if !p.async(typ, body) {
+				return p.lost(fmt.Errorf("%w: %q before the first row", errProtocol, typ))
+			}
+		}
+	}
+}
+
+// typedArgs reports whether an argument's encoding depends on its
+// parameter's type (start).
+func typedArgs(args []driver.NamedValue) bool {
+	for _, a := range args {
+		var b []byte
+		switch v := a.Value.(type) {
+		case string:
+			if strings.IndexByte(v, '\\') >= 0 || strings.IndexByte(v, 0) >= 0 || !utf8.ValidString(v) {
+				return true
+			}
+			continue
+		case []byte:
+			b = v
+		default:
+			continue
+		}
+		if bytes.IndexByte(b, '\\') >= 0 || bytes.IndexByte(b, 0) >= 0 || !utf8.Valid(b) {
+			return true
+		}
+	}
+	return false
+}
+
+// describeStatement reads the reply to Parse and Describe of the
+// statement: the parameters' types, and the columns.
+func (p *portal) describeStatement() ([]oid.Oid, error) {
+	if err := p.w.send(); err != nil {
+		return nil, p.lost(err)
+	}
+	var types []oid.Oid
+	for {
+		typ, body, err := p.read()
+		if err != nil {
+			return nil, p.lost(err)
+		}
+		switch typ {
+		case '1':
+		case 't':
+			if len(body) < 2 {
+				return nil, p.lost(fmt.Errorf("%w: short ParameterDescription", errProtocol))
+			}
+			n := int(binary.BigEndian.Uint16(body))
+			if len(body) < 2+4*n {
+				return nil, p.lost(fmt.Errorf("%w: short ParameterDescription", errProtocol))
+			}
+			types = make([]oid.Oid, n)
+			for i := range types {
+				types[i] = oid.Oid(binary.BigEndian.Uint32(body[2+4*i:]))
+			}
+		case 'n':
+			p.fields, p.names = nil, []string{}
+			return types, nil
+		case 'T':
+			if err := p.describe(body); err != nil {
+				return nil, p.lost(err)
+			}
+			return types, nil
+		case 'E':
+			if err := p.skip(typ, body); err != nil {
+				return nil, err
+			}
+			return nil, p.failStart()
+		default:
+			if !p.async(typ, body) {
+				return nil, p.lost(fmt.Errorf("%w: %q in a statement's description", errProtocol, typ))
+			}
+		}
+	}
+}
+
+// abort ends a start that failed on the client's side after Parse went
+// out: Sync, and the reply read to its ReadyForQuery.
+func (p *portal) abort(err error) error {
+	p.w.out = p.w.out[:0]
+	p.outstanding = 0
+	if e := p.syncAndWait(); e != nil {
+		return e
+	}
+	return err
+}
+
+// failStart reads the reply of a query that ended before its first row
+// to its ReadyForQuery, and returns the server's error, if any.
+func (p *portal) failStart() error {
+	if err := p.syncAndWait(); err != nil {
+		return err
+	}
+	return p.takeServerErr()
+}
+
+// syncAndWait sends Sync and reads to the ReadyForQuery, skipping the
+// rest of the reply; a server error met on the way is kept in serverErr.
+func (p *portal) syncAndWait() error {
+	if err := p.finish(); err != nil {
+		return err
+	}
+	for !p.ended {
+		typ, body, err := p.read()
+		if err != nil {
+			return p.lost(err)
+		}
+		if err := p.skip(typ, body); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// describe reads a RowDescription.
+func (p *portal) describe(b []byte) error {
+	bad := fmt.Errorf("%w: malformed RowDescription", errProtocol)
+	if len(b) < 2 {
+		return bad
+	}
+	n := int(binary.BigEndian.Uint16(b))
+	b = b[2:]
+	p.fields = make([]pgField, n)
+	p.names = make([]string, n)
+	for i := range p.fields {
+		end := 0
+		for end < len(b) && b[end] != 0 {
+			end++
+		}
+		if end+19 > len(b) {
+			return bad
+		}
+		f := &p.fields[i]
+		f.name = string(b[:end])
+		p.names[i] = f.name
+		b = b[end+1:]
+		f.oid = oid.Oid(binary.BigEndian.Uint32(b[6:]))
+		f.size = int16(binary.BigEndian.Uint16(b[10:]))
+		f.mod = int32(binary.BigEndian.Uint32(b[12:]))
+		b = b[18:]
+	}
+	return nil
+}
+
+// read returns the next message, marking a read that has to wait on the
+// network as pending (interrupt).
+func (p *portal) read() (byte, []byte, error) {
+	if p.w.buffered() {
+		return p.w.next()
+	}
+	p.pending(true)
+	typ, body, err := p.w.next()
+	p.pending(false)
+	return typ, body, err
+}
+
+func (p *portal) pending(on bool) {
+	p.mu.Lock()
+	p.inFlight = on
+	p.mu.Unlock()
+}
+
+// interrupt is how a failure (Cancel, pause timeout, context) stops a
+// portal stream from any goroutine: a read that waits on the network gets
+// the drain timeout to finish, then fails, and the consumer's Next returns
+// the failure; the Close that follows reads off the rest, at most the
+// window, within its own bound. Without a read waiting, whoever ends the
+// stream next (release, or the consumer's Close) does the same.
+func (p *portal) interrupt() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.inFlight {
+		p.conn.sock.interrupt(p.r.settings.drainTimeout)
+	}
+}
+
+// release ends the portal of a stream that just failed, from the
+// failure's goroutine, so that the server ends the query and frees its
+// snapshot and locks at once. When the consumer is on the wire, its read
+// is bounded (interrupt) and its Close ends the portal.
+func (p *portal) release() {
+	if !p.wireMu.TryLock() {
+		return
+	}
+	defer p.wireMu.Unlock()
+	if p.ended {
+		return
+	}
+	_ = p.close(nil)
+}
+
+// Columns implements driver.Rows.
+func (p *portal) Columns() []string { return p.names }
+
+// Next implements driver.Rows.
+func (p *portal) Next(dest []driver.Value) error {
+	p.wireMu.Lock()
+	defer p.wireMu.Unlock()
+	for {
+		if p.ended {
+			if p.serverErr != nil {
+				err := p.serverErr
+				p.serverErr = nil
+				return err
+			}
+			if p.r.state.load() == Failed {
+				return p.r.err()
+			}
+			return io.EOF
+		}
+		if p.outstanding < p.window && !p.finished {
+			if p.r.state.load() == Failed {
+				// A failure came: nothing more is asked for, and its end
+				// (release, or the Close that follows) reads off the rest.
+				return p.r.err()
+			}
+			// A Pause that comes now holds the row in rows.Next.
+			if err := p.grant(); err != nil {
+				return err
+			}
+		}
+		typ, body, err := p.read()
+		if err != nil {
+			if isTimeout(err) && p.r.state.load() == Failed {
+				// A failure bounded the read (interrupt). What came is
+				// kept in the wire's buffer, so the end (release, or the
+				// Close that follows) goes on from there, with a bound
+				// of its own.
+				return p.r.err()
+			}
+			return p.lost(err)
+		}
+		if typ == 'D' {
+			return p.row(dest, body)
+		}
+		if err := p.skip(typ, body); err != nil {
+			return err
+		}
+	}
+}
+
+// grant asks for batches until the window is full.
+func (p *portal) grant() error {
+	for p.outstanding < p.window {
+		p.w.execute(p.batch)
+		p.outstanding++
+		p.grow()
+	}
+	p.w.flush()
+	if err := p.w.send(); err != nil {
+		return p.lost(err)
+	}
+	return nil
+}
+
+// grow sizes the next batch. Batches grow fourfold from a small first
+// one, so that an early close after a few rows has little to read off,
+// up to the bytes the link holds in a round trip at the rate the stream
+// is read (so that the server never waits for the next Execute), and at
+// least autoBatchBytes, within portalMaxRows and portalMaxBytes.
+func (p *portal) grow() {
+	n := min(int64(p.batch)*4, portalMaxRows)
+	if p.rowsIn == 0 {
+		p.batch = int32(n)
+		return
+	}
+	target := int64(autoBatchBytes)
+	if elapsed := time.Since(p.sent) - p.rtt; elapsed > 0 {
+		inFlight := p.bytesIn * int64(p.rtt) / int64(elapsed)
+		target = min(max(target, inFlight), portalMaxBytes)
+	}
+	if perRow := p.bytesIn / p.rowsIn; perRow > 0 {
+		n = min(n, max(portalFirstRows, target/perRow))
+	}
+	p.batch = int32(n)
+}
+
+// skip handles a message that is not a row: the ends of batches and of
+// the result, the ReadyForQuery that ends the exchange, errors and the
+// messages the server sends at any time.
+func (p *portal) skip(typ byte, body []byte) error {
+	switch typ {
+	case 's':
+		p.outstanding--
+		if p.window < portalWindow {
+			p.window = portalWindow
+		}
+	case 'C':
+		p.outstanding--
+		if !p.complete {
+			// The outstanding Executes, if any, end at once ("SELECT 0");
+			// Sync goes after them.
+			p.complete = true
+			return p.finish()
+		}
+	case 'Z':
+		return p.readyForQuery(body)
+	case 'E':
+		pe := serverError(body, p.errQuery)
+		if pe.Severity == "FATAL" || pe.Severity == "PANIC" {
+			return p.lost(p.sessionEnded(pe))
+		}
+		if p.serverErr == nil {
+			p.serverErr = pe
+		}
+		// The server skips what follows to the next Sync.
+		p.outstanding = 0
+		return p.finish()
+	case '1', '2', '3', 'n', 'I':
+		// ParseComplete, BindComplete, CloseComplete, NoData,
+		// EmptyQueryResponse: the replies to the end's own messages.
+	case 'D':
+		// A row no one reads: the rest of a batch after an early close.
+	default:
+		if !p.async(typ, body) {
+			return p.lost(fmt.Errorf("%w: %q in a portal's result", errProtocol, typ))
+		}
+	}
+	return nil
+}
+
+// async handles the messages the server sends at any time, and reports
+// whether typ was one: a notice goes to lib/pq's notice handler, as
+// lib/pq would pass it; a ParameterStatus or a notification is handed
+// back for lib/pq to read (handBack).
+func (p *portal) async(typ byte, body []byte) bool {
+	switch typ {
+	case 'N':
+		if p.rollingBack {
+			if pe := serverError(body, ""); pe.Code == "25P01" {
+				return true // the stream's own ROLLBACK outside a block
+			}
+		}
+		if h := pq.NoticeHandler(p.conn.inner); h != nil {
+			h(serverError(body, ""))
+		}
+	case 'S', 'A':
+		p.giveBack = append(p.giveBack, typ, 0, 0, 0, 0)
+		binary.BigEndian.PutUint32(p.giveBack[len(p.giveBack)-4:], uint32(len(body)+4))
+		p.giveBack = append(p.giveBack, body...)
+	default:
+		return false
+	}
+	return true
+}
+
+// finish sends the Sync that ends the stream, unless one is on its way.
+func (p *portal) finish() error {
+	if p.finished {
+		return nil
+	}
+	p.finished = true
+	if p.pendingZ > 0 {
+		return nil // the first batch's Sync: the server ends there
+	}
+	p.pendingZ++
+	p.w.sync()
+	if err := p.w.send(); err != nil {
+		return p.lost(err)
+	}
+	return nil
+}
+
+// readyForQuery ends the exchange when it answers the last Sync of a
+// finished stream: the wire is lib/pq's again. Before that, it ends the
+// first batch's exchange in a transaction block, and the portal lives on.
+func (p *portal) readyForQuery(body []byte) error {
+	p.pendingZ--
+	if p.pendingZ > 0 || !p.finished {
+		return nil
+	}
+	p.ended = true
+	p.rollingBack = false
+	status := p.before
+	if len(body) == 1 {
+		status = body[0]
+	}
+	p.handBack(status)
+	return nil
+}
+
+// handBack leaves the connection to lib/pq as lib/pq would have left it
+// after the same query: what the stream read for lib/pq (ParameterStatus,
+// notifications) is put before whatever the socket holds for its next
+// read, and a transaction status that changed (a failed transaction) is
+// read by lib/pq from a round trip of its own.
+func (p *portal) handBack(status byte) {
+	s := p.conn.sock
+	if left := p.w.leftover(); len(left) > 0 || len(p.giveBack) > 0 {
+		s.giveBack(p.giveBack, left)
+		p.giveBack = p.giveBack[:0]
+	}
+	if status != p.before && p.before != 0 {
+		if pinger, ok := p.conn.inner.(driver.Pinger); ok {
+			if pinger.Ping(context.Background()) != nil {
+				p.conn.discard()
+			}
+		}
+	}
+}
+
+// lost handles an error of the connection itself (a failed read or
+// write, a broken reply): nothing more can be read, and the connection is
+// never used again.
+func (p *portal) lost(err error) error {
+	p.ended = true
+	p.conn.discard()
+	var ended *SessionEndedError
+	if errors.As(err, &ended) {
+		return err
+	}
+	if pe := p.conn.sock.frames.fatal.Load(); pe != nil {
+		return &SessionEndedError{Server: pe}
+	}
+	if isTimeout(err) || errors.Is(err, errProtocol) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", driver.ErrBadConn, err)
+}
+
+// sessionEnded is the error of a FATAL the server ended the session with.
+func (p *portal) sessionEnded(pe *pq.Error) error {
+	p.conn.discard()
+	return &SessionEndedError{Server: pe}
+}
+
+// row decodes a DataRow into dest, as lib/pq does: a row with fewer
+// columns than dest fills what it has.
+func (p *portal) row(dest []driver.Value, b []byte) error {
+	p.rowsIn++
+	p.bytesIn += int64(len(b))
+	if len(b) < 2 {
+		return p.lost(fmt.Errorf("%w: malformed DataRow", errProtocol))
+	}
+	n := int(binary.BigEndian.Uint16(b))
+	b = b[2:]
+	if n < len(dest) {
+		dest = dest[:n]
+	}
+	if len(dest) > len(p.fields) {
+		return p.lost(fmt.Errorf("%w: a DataRow with more columns than described", errProtocol))
+	}
+	loc := p.location()
+	for i := range dest {
+		if len(b) < 4 {
+			return p.lost(fmt.Errorf("%w: malformed DataRow", errProtocol))
+		}
+		l := int32(binary.BigEndian.Uint32(b))
+		b = b[4:]
+		if l == -1 {
+			dest[i] = nil
+			continue
+		}
+		if l < 0 || int(l) > len(b) {
+			return p.lost(fmt.Errorf("%w: malformed DataRow", errProtocol))
+		}
+		v, err := p.fields[i].decode(loc, b[:l:l])
+		if err != nil {
+			return err
+		}
+		dest[i] = v
+		b = b[l:]
+	}
+	return nil
+}
+
+// location is the session's TimeZone as lib/pq tracks it, for timestamptz.
+func (p *portal) location() *time.Location {
+	tz := p.conn.sock.frames.timeZone.Load()
+	if tz != p.tz {
+		p.tz = tz
+		p.loc = nil
+		if tz != nil {
+			p.loc = timeZoneLocation(*tz)
+		}
+	}
+	return p.loc
+}
+
+// close ends the portal when the stream is closed or fails, with the wire
+// held, carrying out the plan of planEnd (end.go). First it reads what is
+// in flight up to the next row: when the result ends there, the stream
+// was whole (a QueryRow), and its transaction commits as lib/pq's would;
+// when the portal is suspended with nothing asked for, one more row is
+// asked for to tell. When a row is next, the portal is ended early: a
+// read's implicit transaction is rolled back, as a stopped statement is;
+// a portal in the caller's transaction, or of a statement that writes
+// (which ran whole at its first Execute), is closed; under CloseDrain the
+// statement runs to its end instead, as lib/pq's Close reads it. Sync
+// ends the exchange, and the connection keeps its session. Under CloseCut
+// a read with rows left is cut, as its mode says. dest is unused: rows
+// left are skipped, not decoded.
+func (p *portal) close(_ []driver.Value) error {
+	c := p.conn
+	if p.ended {
+		c.clearDeadline() // a failure's bound on the last read
+		return p.takeServerErr()
+	}
+	// A context that ended is a failure, though database/sql may close
+	// the rows before jsonstream's watch fails the stream.
+	failed := p.r.state.load() == Failed || p.r.contextErr() != nil
+	plan := planEnd(p.r.endFacts(failed), p.r.settings.drainTimeout)
+	// The bound past which a connection that stopped answering is cut;
+	// none for an end that must read everything.
+	var bound time.Duration
+	if plan.read != readToEnd {
+		bound = max(cursorEndTimeout, p.r.settings.drainTimeout)
+		if failed {
+			bound = max(failedEndTimeout, p.r.settings.drainTimeout)
+		}
+	}
+	var first time.Time // zero: no bound
+	switch {
+	case plan.read == readLook:
+		first = time.Now() // only what has arrived, within drainGrace
+	case bound > 0:
+		first = time.Now().Add(bound)
+	}
+	if !c.sock.beginDrain(first) {
+		return p.cutEnd()
+	}
+	rowsLeft := false
+	if plan.finish && !p.complete && !p.finished {
+		p.w.execute(0)
+		p.outstanding++
+		p.w.sync()
+		p.finished = true
+		p.pendingZ++
+		if err := p.w.send(); err != nil {
+			_ = p.lost(err)
+			return nil
+		}
+	}
+	for !p.ended && !p.complete && !p.finished && !rowsLeft {
+		if p.outstanding == 0 {
+			p.w.execute(1)
+			p.w.flush()
+			p.outstanding++
+			if err := p.w.send(); err != nil {
+				_ = p.lost(err)
+				return nil
+			}
+		}
+		typ, body, err := p.read()
+		if err != nil {
+			return p.endLost(err, failed)
+		}
+		if typ == 'D' {
+			rowsLeft = true
+			break
+		}
+		if err := p.skip(typ, body); err != nil {
+			return err
+		}
+	}
+	if rowsLeft && plan.read == readLook {
+		return p.cutEnd()
+	}
+	if plan.read == readLook && !p.ended {
+		// The end itself gets the bound of a round trip.
+		if !c.sock.beginDrain(time.Now().Add(bound)) {
+			return p.cutEnd()
+		}
+	}
+	if rowsLeft && !p.finished {
+		w := p.w
+		if plan.stmt == stmtRollback {
+			w.parse("ROLLBACK")
+			w.bind(nil, nil)
+			w.execute(0)
+			p.rollingBack = true
+		} else {
+			w.closePortal()
+		}
+		w.sync()
+		p.finished = true
+		p.pendingZ++
+		if err := w.send(); err != nil {
+			_ = p.lost(err)
+			return nil
+		}
+	}
+	p.whole = !rowsLeft
+	for !p.ended {
+		typ, body, err := p.read()
+		if err != nil {
+			return p.endLost(err, failed)
+		}
+		if typ == 'D' {
+			p.whole = false
+		}
+		if err := p.skip(typ, body); err != nil {
+			return err
+		}
+	}
+	p.whole = p.whole && p.complete && p.serverErr == nil
+	if !c.clearDeadline() {
+		return nil
+	}
+	return p.takeServerErr()
+}
+
+// cutEnd ends the stream by cutting the connection.
+func (p *portal) cutEnd() error {
+	p.conn.cut()
+	p.ended = true
+	return nil
+}
+
+// endLost handles a read of the end that failed: past the end's bound
+// the connection is cut, as a cut stream's, with nothing to report.
+func (p *portal) endLost(err error, failed bool) error {
+	err = p.lost(err)
+	if isTimeout(err) || failed {
+		p.conn.cut()
+		return nil
+	}
+	return err
+}
+
+// takeServerErr returns the server's error for the query, once.
+func (p *portal) takeServerErr() error {
+	err := p.serverErr
+	p.serverErr = nil
+	return err
+}
+
+// Close implements driver.Rows: it ends the portal (close) with the wire
+// held.
+func (p *portal) Close() error {
+	p.wireMu.Lock()
+	defer p.wireMu.Unlock()
+	return p.close(nil)
+}
+
+// ColumnTypeScanType implements driver.RowsColumnTypeScanType.
+func (p *portal) ColumnTypeScanType(i int) reflect.Type { return p.fields[i].scanType() }
+
+// ColumnTypeDatabaseTypeName implements
+// driver.RowsColumnTypeDatabaseTypeName.
+func (p *portal) ColumnTypeDatabaseTypeName(i int) string { return p.fields[i].databaseTypeName() }
+
+// ColumnTypeLength implements driver.RowsColumnTypeLength.
+func (p *portal) ColumnTypeLength(i int) (int64, bool) { return p.fields[i].length() }
+
+// ColumnTypePrecisionScale implements driver.RowsColumnTypePrecisionScale.
+func (p *portal) ColumnTypePrecisionScale(i int) (int64, int64, bool) {
+	return p.fields[i].precisionScale()
+}
+
+// giveBack puts msgs, then rest, before what the socket holds for lib/pq's
+// next read.
+func (s *sock) giveBack(msgs, rest []byte) {
+	held := make([]byte, 0, len(msgs)+len(rest)+len(s.held)-s.heldOff)
+	held = append(held, msgs...)
+	held = append(held, rest...)
+	held = append(held, s.held[s.heldOff:]...)
+	s.held, s.heldOff = held, 0
+}

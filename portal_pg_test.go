@@ -1,0 +1,397 @@
+package jsonstream
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/lib/pq"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// The portal mode against PostgreSQL: what an early end keeps, what it
+// leaves of a write, and what the server does while a portal stream
+// waits. The drop-in suites run in this mode too (streamModes).
+
+const portalDSN = "jsonstream_mode=portal"
+
+// portalModes are the stream modes compared with lib/pq for statements
+// that cursor mode refuses: the single statement, and the portal.
+var portalModes = []string{"", portalDSN}
+
+// TestPortalEarlyCloseKeepsSession: an early Close of a portal stream
+// keeps the connection and its session (a temporary table stands for its
+// state), outside a transaction, in one begun with BeginTx and in one
+// begun with Exec("BEGIN"), under CloseAuto and CloseDrain; and the
+// caller's transaction goes on.
+func TestPortalEarlyCloseKeepsSession(t *testing.T) {
+	needRowsTable(t)
+	for _, closeMode := range []string{"auto", "drain"} {
+		for _, where := range []string{"autocommit", "BeginTx", "Exec(BEGIN)"} {
+			t.Run(closeMode+"/"+where, func(t *testing.T) {
+				db := openPG(t, DriverName, portalDSN+" jsonstream_close="+closeMode)
+				conn, pid := backend(t, db)
+				ctx := context.Background()
+				_, err := conn.ExecContext(ctx, "CREATE TEMP TABLE portal_kept (a int)")
+				require.NoError(t, err)
+				type queryer interface {
+					QueryContext(context.Context, string, ...any) (*sql.Rows, error)
+					ExecContext(context.Context, string, ...any) (sql.Result, error)
+				}
+				var q queryer = conn
+				var tx *sql.Tx
+				switch where {
+				case "BeginTx":
+					tx, err = conn.BeginTx(ctx, nil)
+					require.NoError(t, err)
+					q = tx
+				case "Exec(BEGIN)":
+					_, err = conn.ExecContext(ctx, "BEGIN")
+					require.NoError(t, err)
+				}
+				_, err = q.ExecContext(ctx, "INSERT INTO portal_kept VALUES (1)")
+				require.NoError(t, err)
+				rec := &recorder{}
+				rows, err := q.QueryContext(ctx, bigQuery, 1_000_000, mustStream(t, WithObserver(rec)))
+				require.NoError(t, err)
+				require.True(t, rows.Next())
+				start := time.Now()
+				require.NoError(t, rows.Close())
+				t.Logf("Close after 1 of 1,000,000 rows took %v", time.Since(start))
+				end := rec.ended(t)
+				assert.Equal(t, ModePortal, end.Mode)
+				assert.False(t, end.ConnCut)
+				if closeMode == "drain" {
+					assert.Equal(t, OutcomeDrained, end.Outcome)
+				} else {
+					assert.Equal(t, OutcomePortalClosed, end.Outcome)
+				}
+				_, err = q.ExecContext(ctx, "INSERT INTO portal_kept VALUES (2)")
+				require.NoError(t, err, "the transaction must go on")
+				switch where {
+				case "BeginTx":
+					require.NoError(t, tx.Commit())
+				case "Exec(BEGIN)":
+					_, err = conn.ExecContext(ctx, "COMMIT")
+					require.NoError(t, err)
+				}
+				var n int
+				require.NoError(t, conn.QueryRowContext(ctx, "SELECT count(*) FROM portal_kept").Scan(&n))
+				assert.Equal(t, 2, n, "both inserts committed")
+				assert.Equal(t, pid, pidOf(t, conn), "the connection was kept")
+				sessionClean(t, conn)
+			})
+		}
+	}
+}
+
+// TestPortalFailureKeepsSession: Cancel, the pause timeout and the end of
+// the context end a portal stream without cutting its connection: the
+// server stops the query, and the session serves the next one.
+func TestPortalFailureKeepsSession(t *testing.T) {
+	needRowsTable(t)
+	for _, how := range []string{"cancel", "pause timeout", "context"} {
+		t.Run(how, func(t *testing.T) {
+			db := openPG(t, DriverName, portalDSN)
+			monitor := openPG(t, "postgres", "")
+			conn, pid := backend(t, db)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			s := mustStream(t, WithPauseTimeout(50*time.Millisecond))
+			rows, err := conn.QueryContext(ctx, bigQuery, 1_000_000, s)
+			require.NoError(t, err)
+			require.True(t, rows.Next())
+			require.NoError(t, s.Pause())
+			var want error
+			switch how {
+			case "cancel":
+				require.NoError(t, s.Cancel())
+				want = ErrCanceled
+			case "pause timeout":
+				want = ErrPauseTimeout
+			case "context":
+				cancel()
+				want = context.Canceled
+			}
+			// The server's query ends while the consumer is away.
+			require.Eventually(t, func() bool {
+				state, _, _ := activity(t, monitor, pid)
+				return state == "idle"
+			}, 5*time.Second, 10*time.Millisecond, "the server should end the query")
+			assert.False(t, rows.Next())
+			assert.ErrorIs(t, rows.Err(), want)
+			_ = rows.Close()
+			assert.Equal(t, pid, pidOf(t, conn), "the connection was kept")
+			sessionClean(t, conn)
+		})
+	}
+}
+
+// TestPortalEarlyCloseOfWrites: a statement that writes, closed after one
+// row, leaves exactly what lib/pq leaves, in every close mode: a portal
+// runs such a statement whole at its first Execute, and closing the
+// portal commits it.
+func TestPortalEarlyCloseOfWrites(t *testing.T) {
+	for _, q := range writeStatements {
+		t.Run(q, func(t *testing.T) {
+			want := tableAfter(t, openPG(t, "postgres", ""), q)
+			for _, mode := range []CloseMode{CloseAuto, CloseCut, CloseDrain} {
+				got := tableAfter(t, openPG(t, DriverName, portalDSN), q, mustStream(t, WithCloseMode(mode)))
+				assert.Equal(t, want, got, "%s: the early Close changed what the statement wrote", mode)
+			}
+		})
+	}
+}
+
+// TestPortalErrorInTransaction: a query that fails mid-stream inside the
+// caller's transaction fails it as through lib/pq: the same error from
+// the rows, and from Commit, which lib/pq reads from the transaction
+// status the stream changed.
+func TestPortalErrorInTransaction(t *testing.T) {
+	bothIn(t, portalModes, func(t *testing.T, db *sql.DB) []any {
+		tx, err := db.Begin()
+		require.NoError(t, err)
+		defer tx.Rollback() //nolint:errcheck
+		rows, err := tx.Query("SELECT 1 / (500 - g) FROM generate_series(1, 1000) g")
+		require.NoError(t, err)
+		n := 0
+		for rows.Next() {
+			n++
+		}
+		rowsErr := rows.Err()
+		var pe *pq.Error
+		require.ErrorAs(t, rowsErr, &pe)
+		_, execErr := tx.Exec("SELECT 1")
+		commitErr := tx.Commit()
+		return []any{n, pe.Code, rowsErr.Error(), execErr.Error(), commitErr}
+	})
+}
+
+// TestPortalErrorsAsLibPQ: the server's errors come where lib/pq reports
+// them, with the same text (the position lib/pq computes from the query's
+// text included): from Query before the first row, from the rows after.
+func TestPortalErrorsAsLibPQ(t *testing.T) {
+	bothIn(t, portalModes, func(t *testing.T, db *sql.DB) []string {
+		var got []string
+		for _, q := range []struct {
+			text string
+			args []any
+		}{
+			{"SELECT nosuchcolumn FROM generate_series(1, 3)", nil},
+			{"SELECT 1 FROM\n  generate_series(1, 3) WHERE nosuch > 1", nil},
+			{"SELECT 1/0", nil},
+			{"SELECT 1/(g - 1) FROM generate_series(1, 3) g", nil},
+			{"SELECT 1/(g - 3) FROM generate_series(1, 5) g", nil},
+			{"SELECT $1::int", []any{"x"}},
+			{"SELECT $1::int + $2", []any{1}},
+			{"SELECT 1/(g - $1) FROM generate_series(1, 5) g", []any{3}},
+		} {
+			rows, err := db.Query(q.text, q.args...)
+			if err != nil {
+				got = append(got, "query: "+err.Error())
+				continue
+			}
+			for rows.Next() {
+			}
+			got = append(got, "rows: "+errString(rows.Err()))
+			require.NoError(t, rows.Close())
+		}
+		return got
+	})
+}
+
+func errString(err error) string {
+	if err == nil {
+		return "<nil>"
+	}
+	return err.Error()
+}
+
+// TestPortalTimeZoneFromTheStream: a TimeZone set by a portal query
+// reaches lib/pq (its ParameterStatus is handed back), and timestamptz
+// values decode in it in every mode, as through lib/pq.
+func TestPortalTimeZoneFromTheStream(t *testing.T) {
+	bothIn(t, portalModes, func(t *testing.T, db *sql.DB) []string {
+		db.SetMaxOpenConns(1)
+		var set string
+		require.NoError(t, db.QueryRow("SELECT set_config('TimeZone', 'America/New_York', false)").Scan(&set))
+		var portal, single time.Time
+		require.NoError(t, db.QueryRow("SELECT '2024-03-10 12:00:00+00'::timestamptz").Scan(&portal))
+		// In single-statement mode, lib/pq decodes it.
+		args := []any{}
+		if _, ok := db.Driver().(*Driver); ok {
+			args = append(args, mustStream(t, WithStreamMode(ModeSingle)))
+		}
+		require.NoError(t, db.QueryRow("SELECT '2024-03-10 12:00:00+00'::timestamptz", args...).Scan(&single))
+		return []string{portal.String(), single.String(), portal.Location().String()}
+	})
+}
+
+// TestPortalNoticesReachTheHandler: a notice raised while a portal stream
+// runs reaches lib/pq's notice handler, as lib/pq passes it.
+func TestPortalNoticesReachTheHandler(t *testing.T) {
+	setup := openPG(t, "postgres", "")
+	_, err := setup.Exec(`CREATE OR REPLACE FUNCTION portal_notice(v int) RETURNS int
+		LANGUAGE plpgsql AS $$ BEGIN RAISE NOTICE 'row %', v USING DETAIL = 'detail'; RETURN v; END $$`)
+	require.NoError(t, err)
+	bothIn(t, portalModes, func(t *testing.T, db *sql.DB) []string {
+		conn, err := db.Conn(context.Background())
+		require.NoError(t, err)
+		defer conn.Close()
+		var notices []string
+		require.NoError(t, conn.Raw(func(dc any) error {
+			inner := dc.(driver.Conn)
+			if u, ok := dc.(interface{ Unwrap() driver.Conn }); ok {
+				inner = u.Unwrap()
+			}
+			pq.SetNoticeHandler(inner, func(e *pq.Error) {
+				notices = append(notices, e.Error()+"|"+e.Detail+"|"+string(e.Severity))
+			})
+			return nil
+		}))
+		rows, err := conn.QueryContext(context.Background(), "SELECT portal_notice(g) FROM generate_series(1, 3) g")
+		require.NoError(t, err)
+		for rows.Next() {
+		}
+		require.NoError(t, rows.Err())
+		return notices
+	})
+}
+
+// TestPortalRefusesWhatItCannotRun: under WithStreamMode(ModePortal), a
+// text of several statements or a statement that returns no rows through
+// a portal fails with ErrPortalQuery, and nothing of it runs.
+func TestPortalRefusesWhatItCannotRun(t *testing.T) {
+	db := openPG(t, DriverName, portalDSN)
+	db.SetMaxOpenConns(1)
+	_, err := db.Exec("CREATE TEMP TABLE portal_refused (a int)")
+	require.NoError(t, err)
+	for _, q := range []string{
+		"INSERT INTO portal_refused VALUES (1); SELECT 1",
+		"SET work_mem = '1MB'",
+		"SELECT 'unsure \\' ; INSERT INTO portal_refused VALUES (2)",
+		"SELECT $1",
+		"",
+	} {
+		_, err := db.Query(q)
+		require.ErrorIs(t, err, ErrPortalQuery, "%q", q)
+	}
+	var n int
+	require.NoError(t, db.QueryRow("SELECT count(*) FROM portal_refused").Scan(&n))
+	assert.Zero(t, n, "nothing of a refused query ran")
+}
+
+// TestPortalWhilePaused pins what the server does while a portal stream
+// is paused (the README's table): the backend waits for the next Execute
+// (active, ClientRead); idle_in_transaction_session_timeout does not end
+// the session; pg_cancel_backend is ignored; statement_timeout counts the
+// pause and fails the stream after it, keeping the session.
+func TestPortalWhilePaused(t *testing.T) {
+	needRowsTable(t)
+	pause := func(t *testing.T, setting string, during func(monitor *sql.DB, pid int)) (n, pid2 int, err error) {
+		db := openPG(t, DriverName, portalDSN)
+		monitor := openPG(t, "postgres", "")
+		conn, pid := backend(t, db)
+		ctx := context.Background()
+		if setting != "" {
+			_, err := conn.ExecContext(ctx, "SET "+setting)
+			require.NoError(t, err)
+		}
+		s := mustStream(t)
+		rows, err := conn.QueryContext(ctx, bigQuery, 20_000, s)
+		require.NoError(t, err)
+		read, _ := inOrder(t, rows)
+		read(100)
+		require.NoError(t, s.Pause())
+		require.Eventually(t, func() bool {
+			state, we, _ := activity(t, monitor, pid)
+			return state == "active" && we == "ClientRead"
+		}, 5*time.Second, 10*time.Millisecond)
+		during(monitor, pid)
+		require.NoError(t, s.Resume())
+		n = 100
+		for rows.Next() {
+			n++
+		}
+		err = rows.Err()
+		_ = rows.Close()
+		return n, pidOf(t, conn), err
+	}
+	t.Run("idle_in_transaction_session_timeout", func(t *testing.T) {
+		n, _, err := pause(t, "idle_in_transaction_session_timeout = '100ms'", func(*sql.DB, int) {
+			time.Sleep(400 * time.Millisecond)
+		})
+		require.NoError(t, err)
+		assert.Equal(t, 20_000, n)
+	})
+	t.Run("pg_cancel_backend", func(t *testing.T) {
+		n, _, err := pause(t, "", func(monitor *sql.DB, pid int) {
+			var ok bool
+			require.NoError(t, monitor.QueryRow("SELECT pg_cancel_backend($1)", pid).Scan(&ok))
+			require.True(t, ok)
+			time.Sleep(100 * time.Millisecond)
+		})
+		require.NoError(t, err)
+		assert.Equal(t, 20_000, n)
+	})
+	t.Run("statement_timeout", func(t *testing.T) {
+		var before int
+		n, after, err := pause(t, "statement_timeout = '200ms'", func(_ *sql.DB, pid int) {
+			before = pid
+			time.Sleep(500 * time.Millisecond)
+		})
+		var pe *pq.Error
+		require.True(t, errors.As(err, &pe), "%v", err)
+		assert.Equal(t, "57014", string(pe.Code))
+		assert.Less(t, n, 20_000)
+		assert.Equal(t, before, after, "the session survives")
+	})
+}
+
+// TestPortalFailedWriteAsLibPQ: a statement that writes whose stream fails
+// (the context ends after its first row) leaves what lib/pq leaves when
+// the same context ends: lib/pq's cancel request stops it, and the portal
+// stream rolls it back.
+func TestPortalFailedWriteAsLibPQ(t *testing.T) {
+	q := writeStatements[0]
+	failed := func(t *testing.T, db *sql.DB, args ...any) [2]int64 {
+		setup := openPG(t, "postgres", "")
+		_, err := setup.Exec(`CREATE TABLE IF NOT EXISTS close_writes (x bigint);
+			TRUNCATE close_writes; INSERT INTO close_writes SELECT g FROM generate_series(1, 200000) g`)
+		require.NoError(t, err)
+		ctx, cancel := context.WithCancel(context.Background())
+		rows, err := db.QueryContext(ctx, q, args...)
+		require.NoError(t, err)
+		require.True(t, rows.Next())
+		cancel()
+		for rows.Next() {
+		}
+		assert.ErrorIs(t, rows.Err(), context.Canceled)
+		_ = rows.Close()
+		var st [2]int64
+		require.NoError(t, setup.QueryRow("SELECT count(*), coalesce(sum(x), 0) FROM close_writes").Scan(&st[0], &st[1]))
+		return st
+	}
+	want := failed(t, openPG(t, "postgres", ""))
+	got := failed(t, openPG(t, DriverName, portalDSN))
+	assert.Equal(t, want, got)
+	canceled := func(t *testing.T, db *sql.DB) [2]int64 {
+		s := mustStream(t)
+		setup := openPG(t, "postgres", "")
+		_, err := setup.Exec(`TRUNCATE close_writes; INSERT INTO close_writes SELECT g FROM generate_series(1, 200000) g`)
+		require.NoError(t, err)
+		rows, err := db.Query(q, s)
+		require.NoError(t, err)
+		require.True(t, rows.Next())
+		require.NoError(t, s.Cancel())
+		_ = rows.Close()
+		var st [2]int64
+		require.NoError(t, setup.QueryRow("SELECT count(*), coalesce(sum(x), 0) FROM close_writes").Scan(&st[0], &st[1]))
+		return st
+	}
+	assert.Equal(t, want, canceled(t, openPG(t, DriverName, portalDSN)), "Cancel: as the context")
+}
