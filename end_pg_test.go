@@ -57,7 +57,7 @@ func TestEarlyCloseModes(t *testing.T) {
 		{"jsonstream_close=auto", false},
 	} {
 		t.Run(tc.dsn, func(t *testing.T) {
-			db := openPG(t, DriverName, tc.dsn)
+			db := openPG(t, DriverName, singleDSN+" "+tc.dsn)
 			db.SetMaxOpenConns(1)
 			var pid1, pid2 int
 			require.NoError(t, db.QueryRow("SELECT pg_backend_pid()").Scan(&pid1))
@@ -315,7 +315,7 @@ func TestNetworkStall(t *testing.T) {
 	srv := pgtest.Shared(t)
 	// In cursor mode the stall meets a FETCH in flight, whose read the
 	// failure bounds by the drain timeout before it cuts.
-	for _, mode := range []string{"", "jsonstream_fetch_size=100"} {
+	for _, mode := range []string{singleDSN, "jsonstream_fetch_size=100", ""} {
 		t.Run("mode="+mode, func(t *testing.T) { networkStall(t, srv, mode) })
 	}
 }
@@ -362,9 +362,9 @@ func networkStall(t *testing.T, srv *pgtest.Server, mode string) {
 		assert.False(t, rows.Next())
 		assert.ErrorIs(t, rows.Err(), ErrPauseTimeout)
 		bound := 200*time.Millisecond + wake
-		if mode != "" {
+		if mode != singleDSN {
 			// database/sql closes the failed rows inside Next: the
-			// cursor's end statement then waits for the dead network as
+			// cursor's or portal's end then waits for the dead network as
 			// long as failedEndTimeout.
 			bound += failedEndTimeout
 		}
@@ -602,7 +602,7 @@ func TestEarlyCloseNeverCutsAWrite(t *testing.T) {
 // connection's server process is replaced), so the rule above is not a
 // drain of everything.
 func TestEarlyCloseCutsARead(t *testing.T) {
-	db := openPG(t, DriverName, "")
+	db := openPG(t, DriverName, singleDSN)
 	db.SetMaxOpenConns(1)
 	before := pidOf(t, db)
 	tableAfter(t, db, "SELECT x FROM close_writes, generate_series(1, 10)")
@@ -689,7 +689,7 @@ func TestNetworkStallInTransaction(t *testing.T) {
 const errorAfterRows = `SELECT CASE WHEN g = 1000 THEN 1/(g - g) ELSE g END FROM generate_series(1, 2000) g`
 
 func TestEarlyCloseDrainReportsServerError(t *testing.T) {
-	db := openPG(t, DriverName, "")
+	db := openPG(t, DriverName, singleDSN)
 	// CloseAuto with a drain timeout that a loaded machine cannot exceed:
 	// the drain, not the cut, must meet the error.
 	s := mustStream(t, WithCloseMode(CloseAuto), WithDrainTimeout(time.Minute))
@@ -801,7 +801,7 @@ var endByCut = []struct {
 // after Next fails.
 func TestCloseAfterCutReturnsNil(t *testing.T) {
 	needRowsTable(t)
-	connector, err := (&Driver{inner: pq.Driver{}, settings: defaultSettings()}).OpenConnector(pgtest.DSN(t))
+	connector, err := (&Driver{inner: pq.Driver{}, settings: defaultSettings()}).OpenConnector(pgtest.DSN(t) + " " + singleDSN)
 	require.NoError(t, err)
 	for _, tc := range endByCut {
 		t.Run(tc.name, func(t *testing.T) {
@@ -827,7 +827,7 @@ func TestCloseAfterCutReturnsNil(t *testing.T) {
 // driver's Close returns.
 func TestCloseRightAfterCutReturnsNil(t *testing.T) {
 	needRowsTable(t)
-	db := openPG(t, DriverName, "")
+	db := openPG(t, DriverName, singleDSN)
 	for _, tc := range endByCut {
 		t.Run(tc.name, func(t *testing.T) {
 			s := mustStream(t)
@@ -924,7 +924,7 @@ func TestCloseKeepsABufferedResult(t *testing.T) {
 	for _, closeMode := range []string{"jsonstream_close=cut", "jsonstream_close=auto"} {
 		for _, tlsMode := range []string{"sslmode=disable", "sslmode=require"} {
 			t.Run(closeMode+"/"+tlsMode, func(t *testing.T) {
-				db := openPG(t, DriverName, closeMode+" "+tlsMode)
+				db := openPG(t, DriverName, singleDSN+" "+closeMode+" "+tlsMode)
 				db.SetMaxOpenConns(1)
 				before := pidOf(t, db)
 				rows, err := db.Query("SELECT g FROM generate_series(1, 20) g")

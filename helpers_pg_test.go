@@ -107,9 +107,14 @@ func openPG(t testing.TB, driverName, extra string) *sql.DB {
 }
 
 // streamModes are the DSN fragments of jsonstream's stream modes: the
-// single statement, and cursor-backed with FetchAuto and with a fixed
-// batch size (TestCursorStreamsEveryRow crosses batches of 1 and 7 rows).
-var streamModes = []string{"", "jsonstream_fetch_size=auto", "jsonstream_fetch_size=100", "jsonstream_mode=portal"}
+// single statement, cursor-backed with FetchAuto and with a fixed batch
+// size (TestCursorStreamsEveryRow crosses batches of 1 and 7 rows), and
+// the default, under which reads are portal streams.
+var streamModes = []string{singleDSN, "jsonstream_fetch_size=auto", "jsonstream_fetch_size=100", ""}
+
+// singleDSN pins the single-statement mode; the default ("") runs reads
+// as portal streams.
+const singleDSN = "jsonstream_mode=single"
 
 // both runs f once through lib/pq and once through jsonstream in each
 // stream mode, and requires the same observable result.
@@ -118,12 +123,13 @@ func both[T any](t *testing.T, f func(t *testing.T, db *sql.DB) T) {
 	bothIn(t, streamModes, f)
 }
 
-// bothSingle is both for what only the single-statement mode takes:
-// SHOW, several statements in one query (cursor mode refuses them with
-// ErrCursorQuery, see TestCursorRejectsWhatDeclareCannotTake).
+// bothSingle is both for what cursor mode refuses with ErrCursorQuery
+// (SHOW, several statements in one query; see
+// TestCursorRejectsWhatDeclareCannotTake): the single-statement mode and
+// the default.
 func bothSingle[T any](t *testing.T, f func(t *testing.T, db *sql.DB) T) {
 	t.Helper()
-	bothIn(t, streamModes[:1], f)
+	bothIn(t, []string{singleDSN, ""}, f)
 }
 
 func bothIn[T any](t *testing.T, modes []string, f func(t *testing.T, db *sql.DB) T) {

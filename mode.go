@@ -20,8 +20,13 @@ import "fmt"
 //     EXPLAIN); any other query fails with an error wrapping
 //     ErrPortalQuery, and nothing of it runs.
 //
-// Without WithStreamMode, a query with a batch size (WithFetchSize) is
-// cursor-backed, and any other runs in a single statement.
+// Without WithStreamMode (or with the DSN's jsonstream_mode=auto), a query
+// with a batch size (WithFetchSize) is cursor-backed; a read that portal
+// mode takes, on a connection whose wire jsonstream owns, is a portal
+// stream; any other query runs in a single statement, as lib/pq runs it:
+// a statement that writes (whose every ending must leave what lib/pq
+// leaves, a cancel request included), several statements, a statement
+// without rows, a query on a connection of another driver.
 func WithStreamMode(m StreamMode) Option {
 	return func(s *settings) error {
 		if m > ModePortal {
@@ -52,6 +57,9 @@ func (c *conn) chooseMode(set *settings, owner any, query string, nargs int) (St
 	}
 	if set.fetchSize != 0 {
 		return ModeCursor, nil
+	}
+	if c.wireOK && !scanQuery(query).writes && c.portalRefusal(owner, query, nargs) == "" {
+		return ModePortal, nil
 	}
 	return ModeSingle, nil
 }

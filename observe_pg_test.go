@@ -21,23 +21,26 @@ func TestObserverOutcomesPG(t *testing.T) {
 		cancel  bool
 		outcome Outcome
 		cut     bool
-		fetch   int
+		mode    StreamMode
 	}{
-		{"cut", bigQuery, 1_000_000, false, OutcomeCut, true, 0},
-		{"drained", bigQuery, 3, false, OutcomeDrained, false, 0},
+		{"cut", bigQuery, 1_000_000, false, OutcomeCut, true, ModeSingle},
+		{"drained", bigQuery, 3, false, OutcomeDrained, false, ModeSingle},
 		// Whether the connection is cut depends on who sees the context's
 		// end first: jsonstream's watch cuts, lib/pq's cancel request
 		// ends the query without a cut.
-		{"context", bigQuery, 1_000_000, true, OutcomeContext, false, 0},
-		{"cursor closed", bigQuery, 1_000_000, false, OutcomeCursorClosed, false, FetchAuto},
-		{"cursor context", bigQuery, 1_000_000, true, OutcomeContext, false, FetchAuto},
+		{"context", bigQuery, 1_000_000, true, OutcomeContext, false, ModeSingle},
+		{"cursor closed", bigQuery, 1_000_000, false, OutcomeCursorClosed, false, ModeCursor},
+		{"cursor context", bigQuery, 1_000_000, true, OutcomeContext, false, ModeCursor},
+		{"portal closed", bigQuery, 1_000_000, false, OutcomePortalClosed, false, ModePortal},
+		{"portal complete", bigQuery, 1, false, OutcomeComplete, false, ModePortal},
+		{"portal context", bigQuery, 1_000_000, true, OutcomeContext, false, ModePortal},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			db := openPG(t, DriverName, "")
 			monitor := openPG(t, "postgres", "")
 			conn, pid := backend(t, db)
 			rec := &recorder{}
-			s := mustStream(t, WithObserver(rec), WithFetchSize(tc.fetch))
+			s := mustStream(t, WithObserver(rec), WithStreamMode(tc.mode))
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			rows, err := conn.QueryContext(ctx, tc.query, tc.rows, s)
@@ -53,7 +56,7 @@ func TestObserverOutcomesPG(t *testing.T) {
 
 			end := rec.ended(t)
 			assert.Equal(t, tc.outcome, end.Outcome)
-			assert.Equal(t, map[bool]StreamMode{false: ModeSingle, true: ModeCursor}[tc.fetch != 0], end.Mode)
+			assert.Equal(t, tc.mode, end.Mode)
 			if !tc.cancel {
 				assert.Equal(t, tc.cut, end.ConnCut)
 			}
@@ -61,10 +64,10 @@ func TestObserverOutcomesPG(t *testing.T) {
 				assert.ErrorIs(t, end.Err, context.Canceled)
 			} else {
 				assert.Equal(t, int64(1), end.Stats.Rows)
-				assert.Equal(t, Closed, end.Stats.State)
+				assert.Equal(t, map[bool]State{false: Closed, true: Complete}[tc.outcome == OutcomeComplete], end.Stats.State)
 				assert.NoError(t, end.Err)
 			}
-			if tc.outcome != OutcomeDrained {
+			if tc.outcome != OutcomeDrained && tc.outcome != OutcomeComplete {
 				requireBackendStops(t, monitor, pid)
 			}
 			assert.Equal(t, []EventKind{EventStarted, EventFirstRow, EventEnded}, rec.kinds())
@@ -77,23 +80,27 @@ func TestObserverOutcomesPG(t *testing.T) {
 
 func TestObserverPauseTimeoutPG(t *testing.T) {
 	needRowsTable(t)
-	rec := &recorder{}
-	db := openPG(t, DriverName, "")
-	s := mustStream(t, WithObserver(rec), WithPauseTimeout(100*time.Millisecond))
-	rows, err := db.Query(bigQuery, 1_000_000, s)
-	require.NoError(t, err)
-	require.True(t, rows.Next())
-	require.NoError(t, s.Pause())
-	assert.False(t, rows.Next())
-	require.NoError(t, rows.Close())
+	for _, mode := range []StreamMode{ModeSingle, ModePortal} {
+		t.Run(mode.String(), func(t *testing.T) {
+			rec := &recorder{}
+			db := openPG(t, DriverName, "")
+			s := mustStream(t, WithObserver(rec), WithPauseTimeout(100*time.Millisecond), WithStreamMode(mode))
+			rows, err := db.Query(bigQuery, 1_000_000, s)
+			require.NoError(t, err)
+			require.True(t, rows.Next())
+			require.NoError(t, s.Pause())
+			assert.False(t, rows.Next())
+			require.NoError(t, rows.Close())
 
-	assert.Equal(t, []EventKind{EventStarted, EventFirstRow, EventPaused, EventPauseTimeout, EventEnded}, rec.kinds())
-	end := rec.last(t, EventEnded)
-	assert.Equal(t, OutcomePauseTimeout, end.Outcome)
-	assert.ErrorIs(t, end.Err, ErrPauseTimeout)
-	assert.True(t, end.ConnCut)
-	assert.True(t, end.EndedPaused)
-	assert.GreaterOrEqual(t, end.Paused, 100*time.Millisecond)
+			assert.Equal(t, []EventKind{EventStarted, EventFirstRow, EventPaused, EventPauseTimeout, EventEnded}, rec.kinds())
+			end := rec.last(t, EventEnded)
+			assert.Equal(t, OutcomePauseTimeout, end.Outcome)
+			assert.ErrorIs(t, end.Err, ErrPauseTimeout)
+			assert.Equal(t, mode == ModeSingle, end.ConnCut, "only the single statement is cut")
+			assert.True(t, end.EndedPaused)
+			assert.GreaterOrEqual(t, end.Paused, 100*time.Millisecond)
+		})
+	}
 }
 
 // TestServerErrorSameEventsInEveryMode: one rule in every mode, lib/pq's.

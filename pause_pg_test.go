@@ -51,7 +51,7 @@ func TestPausedServerWaitsOnClient(t *testing.T) {
 			// Enough rows to fill the socket buffers of the single
 			// statement; a cursor's server waits after each batch.
 			n := 200_000
-			if mode != "" {
+			if mode != singleDSN {
 				n = 5_000
 			}
 			db := openPG(t, DriverName, mode)
@@ -69,9 +69,9 @@ func TestPausedServerWaitsOnClient(t *testing.T) {
 			waiting := func() bool {
 				state, we, _ := activity(t, monitor, pid)
 				switch mode {
-				case "":
+				case singleDSN:
 					return we == "ClientWrite"
-				case "jsonstream_mode=portal":
+				case "":
 					// Its Executes done, the server waits for the next.
 					return state == "active" && we == "ClientRead"
 				}
@@ -125,8 +125,8 @@ func failWhilePaused(t *testing.T, opts []Option, ctx func() context.Context, en
 			require.NoError(t, rows.Close())
 			requireBackendStops(t, monitor, pid)
 
-			if mode != "" {
-				assert.Equal(t, pid, pidOf(t, conn), "cursor mode keeps the connection")
+			if mode != singleDSN {
+				assert.Equal(t, pid, pidOf(t, conn), "cursor and portal modes keep the connection")
 				sessionClean(t, conn)
 				return
 			}

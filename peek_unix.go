@@ -3,6 +3,7 @@
 package jsonstream
 
 import (
+	"net"
 	"syscall"
 
 	"github.com/lib/pq"
@@ -78,4 +79,24 @@ func (s *sock) peek() (int, bool) {
 		return 0, false
 	}
 	return s.peekN, true
+}
+
+// unixBuffer returns the receive buffer's size (SO_RCVBUF) of a Unix
+// socket, or 0 for any other: what a Unix socket holds of what the server
+// sent, which no autotuning grows (TCP's grows with the traffic, and the
+// server's send buffer adds to it).
+func (s *sock) unixBuffer() int {
+	if _, ok := s.under().(*net.UnixConn); !ok {
+		return 0
+	}
+	if s.peekRaw == nil {
+		if s.peek(); s.peekRaw == nil {
+			return 0
+		}
+	}
+	n := 0
+	_ = s.peekRaw.Control(func(fd uintptr) {
+		n, _ = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF)
+	})
+	return n
 }

@@ -604,7 +604,8 @@ func (p *portal) grant() error {
 // one, so that an early close after a few rows has little to read off,
 // up to the bytes the link holds in a round trip at the rate the stream
 // is read (so that the server never waits for the next Execute), and at
-// least autoBatchBytes, within portalMaxRows and portalMaxBytes.
+// least autoBatchBytes, within portalMaxRows and portalMaxBytes, and
+// within what a Unix socket buffers.
 func (p *portal) grow() {
 	n := min(int64(p.batch)*4, portalMaxRows)
 	if p.rowsIn == 0 {
@@ -615,6 +616,13 @@ func (p *portal) grow() {
 	if elapsed := time.Since(p.sent) - p.rtt; elapsed > 0 {
 		inFlight := p.bytesIn * int64(p.rtt) / int64(elapsed)
 		target = min(max(target, inFlight), portalMaxBytes)
+	}
+	// A paused stream's server must finish what it was asked for and wait
+	// for the next Execute (ClientRead), not wait to write (where it cannot
+	// act on a recovery conflict's cancel): on a Unix socket, whose
+	// buffers stay small, the window stays within half of them.
+	if buf := int64(p.conn.sock.unixBuffer()); buf > 0 {
+		target = max(min(target, buf/(2*portalWindow)), 8<<10)
 	}
 	if perRow := p.bytesIn / p.rowsIn; perRow > 0 {
 		n = min(n, max(portalFirstRows, target/perRow))
@@ -849,16 +857,19 @@ func (p *portal) close(_ []driver.Value) error {
 	plan := planEnd(p.r.endFacts(failed), p.r.settings.drainTimeout)
 	// The bound past which a connection that stopped answering is cut;
 	// none for an end that must read everything.
+	// A failed stream's end is bounded even where a cut would end the
+	// caller's transaction: it only meets the bound on a connection that
+	// stopped answering.
 	var bound time.Duration
-	if plan.read != readToEnd {
+	switch {
+	case failed:
+		bound = max(failedEndTimeout, p.r.settings.drainTimeout)
+	case plan.read != readToEnd:
 		bound = max(cursorEndTimeout, p.r.settings.drainTimeout)
-		if failed {
-			bound = max(failedEndTimeout, p.r.settings.drainTimeout)
-		}
 	}
 	var first time.Time // zero: no bound
 	switch {
-	case plan.read == readLook:
+	case plan.read == readLook && !failed:
 		first = time.Now() // only what has arrived, within drainGrace
 	case bound > 0:
 		first = time.Now().Add(bound)

@@ -176,7 +176,7 @@ func TestPortalByteaArguments(t *testing.T) {
 		"", "abc", "é€", `a\b`, `\x4142`, "\\\\", "a\x00b", string([]byte{0xff, 0xfe}),
 		[]byte(nil), []byte{}, []byte("abc"), []byte{0, 1, 2}, []byte{0xff}, []byte(`\x41`), []byte("é"),
 	}
-	bothIn(t, []string{portalDSN}, func(t *testing.T, db *sql.DB) []string {
+	bothIn(t, []string{portalDSN}, func(_ *testing.T, db *sql.DB) []string {
 		var out []string
 		for _, v := range values {
 			for _, q := range []string{
@@ -196,7 +196,7 @@ func TestPortalByteaArguments(t *testing.T) {
 
 // TestPortalTextArguments: other arguments as lib/pq encodes them.
 func TestPortalTextArguments(t *testing.T) {
-	bothIn(t, []string{portalDSN}, func(t *testing.T, db *sql.DB) []string {
+	bothIn(t, []string{portalDSN}, func(_ *testing.T, db *sql.DB) []string {
 		var out []string
 		for _, v := range []any{int64(-5), 1.5, float64(1) / 3, true, "x", nil, sql.NullInt64{}, pq.Array([]int{1, 2})} {
 			var s sql.NullString

@@ -70,7 +70,7 @@ func TestReadmeSnippetsRun(t *testing.T) {
 	log.SetOutput(&logs)
 	t.Cleanup(func() { log.SetOutput(prev) })
 	require.NoError(t, readmeObserver(ctx, db))
-	assert.Regexp(t, `single stream: (drained|cut), 0 rows`, logs.String())
+	assert.Regexp(t, `portal stream: portal_closed, 0 rows`, logs.String())
 }
 
 // TestReadmeHandlerWithDisconnectingClients runs the README's NDJSON

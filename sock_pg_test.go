@@ -63,7 +63,7 @@ func TestQueryRowArmsNoDeadline(t *testing.T) {
 // sent, and keeps the connection; a large remainder is cut.
 func TestDrainPastDeadlineKeepsSmallRemainder(t *testing.T) {
 	needRowsTable(t)
-	db := openPG(t, DriverName, "jsonstream_drain_timeout=1ns")
+	db := openPG(t, DriverName, singleDSN+" jsonstream_drain_timeout=1ns")
 	db.SetMaxOpenConns(1)
 	first := pidOf(t, db)
 	for i := 0; i < 20; i++ {

@@ -21,14 +21,15 @@ import (
 // topologyModes are the stream modes every topology runs in, each a
 // fragment added to the DSN.
 var topologyModes = []topologyMode{
-	{"single-statement", "", false},
-	{"cursor", "jsonstream_fetch_size=auto", true},
+	{"single-statement", singleDSN, ModeSingle},
+	{"cursor", "jsonstream_fetch_size=auto", ModeCursor},
+	{"portal", portalDSN, ModePortal},
 }
 
 // topologyMode is one stream mode of the topology tests.
 type topologyMode struct {
 	name, dsn string
-	cursor    bool
+	mode      StreamMode
 }
 
 // topology is one way of reaching the server.
@@ -142,7 +143,10 @@ func TestTopologies(t *testing.T) {
 		monitor := monitorDB(t)
 		db := openDSN(t, DriverName, dsn)
 		t.Run("drop-in", func(t *testing.T) { topologyDropIn(t, top.dsn(t), mode.dsn) })
-		t.Run("pause", func(t *testing.T) { topologyPause(t, db, monitor, mode.cursor) })
+		t.Run("pause", func(t *testing.T) { topologyPause(t, db, monitor, mode.mode) })
+		if mode.mode != ModeSingle {
+			t.Run("endings-keep-connection", func(t *testing.T) { topologyKeepsConnection(t, db) })
+		}
 		for _, mode := range []CloseMode{CloseAuto, CloseCut, CloseDrain} {
 			t.Run("early-close-"+mode.String(), func(t *testing.T) { topologyEarlyClose(t, db, monitor, mode) })
 		}
@@ -186,11 +190,11 @@ func topologyDropIn(t *testing.T, dsn, mode string) {
 // topologyPause: while paused the server waits on the client
 // (ClientWrite; in cursor mode idle in the cursor's transaction) and no
 // row arrives; after Resume every row comes once.
-func topologyPause(t *testing.T, db, monitor *sql.DB, cursor bool) {
+func topologyPause(t *testing.T, db, monitor *sql.DB, mode StreamMode) {
 	// Enough rows to fill the socket buffers of the single statement; a
-	// cursor's server waits after each batch.
+	// cursor's or a portal's server waits after each batch.
 	n := 300_000
-	if cursor {
+	if mode != ModeSingle {
 		n = 20_000
 	}
 	query, marker := markedQuery(bigQuery)
@@ -202,7 +206,13 @@ func topologyPause(t *testing.T, db, monitor *sql.DB, cursor bool) {
 	read(1000)
 	require.NoError(t, s.Pause())
 	waiting := func() bool {
-		if cursor {
+		if mode == ModePortal {
+			// The server has sent what it was asked for and waits for
+			// the next Execute.
+			_, state, we, _ := serverQuery(t, monitor, marker)
+			return state == "active" && we == "ClientRead"
+		}
+		if mode == ModeCursor {
 			// The backend's last statement is a FETCH of the cursor.
 			var n int
 			require.NoError(t, monitor.QueryRow(`SELECT count(*) FROM pg_stat_activity
@@ -247,6 +257,37 @@ func topologyEarlyClose(t *testing.T, db, monitor *sql.DB, mode CloseMode) {
 	}
 	stopped := requireServerQueryStops(t, monitor, marker)
 	t.Logf("Close after 1 of %d rows took %v; the server query stopped within %v more", n, took, stopped)
+}
+
+// topologyKeepsConnection: in the modes that stop a stream without
+// cutting its connection, an early Close, Cancel and the end of the
+// context leave the client connection serving the next query.
+func topologyKeepsConnection(t *testing.T, db *sql.DB) {
+	ctx := context.Background()
+	conn, err := db.Conn(ctx)
+	require.NoError(t, err)
+	defer conn.Close()
+	for _, end := range []string{"close", "cancel", "context"} {
+		qctx, cancel := context.WithCancel(ctx)
+		s := mustStream(t)
+		rows, err := conn.QueryContext(qctx, bigQuery, bigRows, s)
+		require.NoError(t, err, end)
+		require.True(t, rows.Next(), end)
+		switch end {
+		case "cancel":
+			require.NoError(t, s.Cancel())
+		case "context":
+			cancel()
+		}
+		if end != "close" {
+			for rows.Next() {
+			}
+		}
+		_ = rows.Close()
+		cancel()
+		var one int
+		require.NoError(t, conn.QueryRowContext(ctx, "SELECT 1").Scan(&one), "after %s", end)
+	}
 }
 
 // topologyCancel: Cancel on a paused stream fails it with ErrCanceled and

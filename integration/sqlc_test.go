@@ -82,7 +82,7 @@ func TestSQLC(t *testing.T) {
 		r := requireReturns(t, ch)
 		assert.ErrorIs(t, r.err, jsonstream.ErrCanceled)
 		assert.Nil(t, r.docs)
-		requireBackendGone(t, pid)
+		requireQueryEnded(t, pid)
 	})
 
 	t.Run("ending the context closes the generated query early; the server ends it", func(t *testing.T) {
@@ -98,7 +98,7 @@ func TestSQLC(t *testing.T) {
 		assert.ErrorIs(t, r.err, context.Canceled)
 		assert.Nil(t, r.docs)
 		assert.Equal(t, jsonstream.Failed, s.State())
-		requireBackendGone(t, pid)
+		requireQueryEnded(t, pid)
 	})
 
 	t.Run("the pause timeout from the context's options", func(t *testing.T) {

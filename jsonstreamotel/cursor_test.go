@@ -103,10 +103,11 @@ func TestCursorStreamComplete(t *testing.T) {
 	}
 }
 
-// TestCursorEarlyCloseIsNotACut closes two streams after 5 of a million
-// rows on one connector, a cursor-backed one and a single-statement one
-// beside it: the cursor's ends as cursor_closed in mode cursor without a
-// connection cut, the single one's as cut in mode single with one, in the
+// TestCursorEarlyCloseIsNotACut closes three streams after 5 of a million
+// rows on one connector, a cursor-backed one, a single-statement one and
+// a portal one beside it: the cursor's ends as cursor_closed in mode
+// cursor without a connection cut, the single one's as cut in mode single
+// with one, the portal's as portal_closed in mode portal without, in the
 // metrics and in each span's early_close event.
 func TestCursorEarlyCloseIsNotACut(t *testing.T) {
 	const read = 5
@@ -130,7 +131,8 @@ func TestCursorEarlyCloseIsNotACut(t *testing.T) {
 				require.Equal(t, int64(read), s.Stats().Rows)
 			}
 			closeEarly("cursor")
-			closeEarly("single", jsonstream.WithFetchSize(0))
+			closeEarly("single", jsonstream.WithStreamMode(jsonstream.ModeSingle))
+			closeEarly("portal", jsonstream.WithStreamMode(jsonstream.ModePortal))
 
 			m := h.collect(t)
 			cursorClosed, cut := outcome(jsonstream.OutcomeCursorClosed), outcome(jsonstream.OutcomeCut)
@@ -145,6 +147,9 @@ func TestCursorEarlyCloseIsNotACut(t *testing.T) {
 			assert.Equal(t, int64(read), sum(t, m, "db.client.jsonstream.rows", single, cut))
 			assert.Equal(t, int64(1), sum(t, m, "db.client.jsonstream.connections.cut", single, cut), "a single stream's early close cuts")
 			assert.Equal(t, int64(1), sum(t, m, "db.client.jsonstream.connections.cut"), "cuts of any mode")
+			portal, portalClosed := jsonstreamotel.ModeKey.String("portal"), outcome(jsonstream.OutcomePortalClosed)
+			assert.Equal(t, int64(1), sum(t, m, "db.client.jsonstream.streams", portal, portalClosed), "portal streams")
+			assert.Equal(t, int64(read), sum(t, m, "db.client.jsonstream.rows", portal, portalClosed))
 
 			assert.Equal(t, int64(0), sum(t, m, "db.client.jsonstream.streams.open"), "all closed")
 
@@ -155,6 +160,7 @@ func TestCursorEarlyCloseIsNotACut(t *testing.T) {
 			}{
 				{"cursor", []attribute.KeyValue{cursorClosed, jsonstreamotel.RowsKey.Int64(read), jsonstreamotel.ConnCutKey.Bool(false)}},
 				{"single", []attribute.KeyValue{cut, jsonstreamotel.RowsKey.Int64(read), jsonstreamotel.ConnCutKey.Bool(true)}},
+				{"portal", []attribute.KeyValue{outcome(jsonstream.OutcomePortalClosed), jsonstreamotel.RowsKey.Int64(read), jsonstreamotel.ConnCutKey.Bool(false)}},
 			} {
 				if assert.Len(t, events[tc.span], 1, tc.span) {
 					e := events[tc.span][0]

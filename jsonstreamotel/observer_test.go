@@ -59,9 +59,11 @@ type harness struct {
 	tracer *sdktrace.TracerProvider
 }
 
+// newHarness runs its streams in the single-statement mode, whose
+// endings the scripted tests name.
 func newHarness(t *testing.T) *harness {
 	t.Helper()
-	return newHarnessDSN(t, pgtest.DSN(t))
+	return newHarnessDSN(t, dsnWith(t, pgtest.DSN(t), "jsonstream_mode", "single"))
 }
 
 // newHarnessDSN is newHarness on a DSN of the caller's, such as one that
