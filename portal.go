@@ -226,13 +226,18 @@ func (c *conn) queryPortal(ctx context.Context, owner any, query string, args []
 			close(fired)
 		})
 	}
+	c.portalOpen.Store(true)
 	err := p.start(args)
+	if err != nil || p.ended {
+		c.portalOpen.Store(false)
+	}
 	if stop != nil && !stop() {
 		<-fired
 		if err != nil || !p.ended {
 			if !p.ended {
 				c.cut()
 				p.ended = true
+				c.portalOpen.Store(false)
 			} else {
 				// The exchange ended within the bound the context's end
 				// armed (interrupt): the connection serves the next query
@@ -756,6 +761,7 @@ func (p *portal) readyForQuery(body []byte) error {
 		return nil
 	}
 	p.ended = true
+	p.conn.portalOpen.Store(false)
 	p.rollingBack = false
 	status := p.before
 	if len(body) == 1 {

@@ -201,3 +201,52 @@ func TestPortalReviewTimeZoneSetInTransaction(t *testing.T) {
 		return locs
 	})
 }
+
+// TestPortalReviewQueryWhileStreamOpen: database/sql lets a connection run
+// another statement while a query's rows are open. lib/pq refuses it (the
+// connection is in the middle of a query) and the open rows go on. A
+// portal stream leaves lib/pq idle, so lib/pq sends the statement in the
+// middle of the stream and reads the stream's rows as its reply.
+func TestPortalReviewQueryWhileStreamOpen(t *testing.T) {
+	bothIn(t, portalModes, func(t *testing.T, db *sql.DB) []string {
+		ctx := context.Background()
+		conn, err := db.Conn(ctx)
+		require.NoError(t, err)
+		defer conn.Close()
+		rows, err := conn.QueryContext(ctx, "SELECT g FROM generate_series(1, 100000) g")
+		require.NoError(t, err)
+		require.True(t, rows.Next())
+		_, execErr := conn.ExecContext(ctx, "SELECT 1")
+		n, sum := 1, 1
+		for rows.Next() {
+			var g int
+			require.NoError(t, rows.Scan(&g))
+			n++
+			sum += g
+		}
+		return []string{errString(execErr), fmt.Sprint(n, sum), errString(rows.Err()), errString(rows.Close())}
+	})
+}
+
+// TestPortalReviewSecondPortalInTransaction: the same inside a transaction
+// block, with a second query that portal mode itself would run: the first
+// stream's first batch ends with a Sync, whose ReadyForQuery makes the
+// connection look idle (portalReady) while the first portal is still
+// open, so the second stream's Bind replaces it.
+func TestPortalReviewSecondPortalInTransaction(t *testing.T) {
+	bothIn(t, portalModes, func(t *testing.T, db *sql.DB) []string {
+		tx, err := db.Begin()
+		require.NoError(t, err)
+		defer tx.Rollback() //nolint:errcheck
+		rows, err := tx.Query("SELECT g FROM generate_series(1, 100000) g")
+		require.NoError(t, err)
+		require.True(t, rows.Next())
+		var one int
+		second := tx.QueryRow("SELECT 1").Scan(&one)
+		n := 1
+		for rows.Next() {
+			n++
+		}
+		return []string{errString(second), fmt.Sprint(n), errString(rows.Err()), errString(rows.Close())}
+	})
+}
