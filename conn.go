@@ -46,6 +46,10 @@ type conn struct {
 	// the portal streams' reader and writer, made by the first.
 	wireOK, binaryParams bool
 	wire                 *wire
+	// portalOpen is set while a portal stream holds the wire: from its
+	// first message to its last ReadyForQuery. lib/pq, which does not see
+	// it, would otherwise send a statement in the middle of it.
+	portalOpen atomic.Bool
 }
 
 // streamArg holds a Stream taken out of a statement's arguments until the
@@ -118,10 +122,19 @@ func (c *conn) isCut() bool { return c.cutDone.Load() }
 // its next statement and must take a new connection. See CloseMode.
 var ErrConnCut = fmt.Errorf("jsonstream: the connection was cut to end a stream (early Close, Cancel, pause timeout or context) and serves nothing more: %w", driver.ErrBadConn)
 
-// usable returns ErrConnCut once the connection was cut.
+// errQueryInProgress is lib/pq's error for a statement sent while a
+// query's rows are open on the connection.
+var errQueryInProgress = errors.New("pq: there is already a query being processed on this connection")
+
+// usable returns ErrConnCut once the connection was cut, and lib/pq's
+// error for a statement sent while a portal stream holds the wire, where
+// lib/pq would return it for one of its own queries.
 func (c *conn) usable() error {
 	if c.isCut() {
 		return ErrConnCut
+	}
+	if c.portalOpen.Load() {
+		return errQueryInProgress
 	}
 	return nil
 }

@@ -89,6 +89,11 @@ type framer struct {
 	// timeZone is the value of the last TimeZone ParameterStatus; nil
 	// before the first.
 	timeZone atomic.Pointer[string]
+	// notUTF8 is set while the server_encoding or the client_encoding
+	// the server last reported is not UTF8: a text parameter is then
+	// converted between the two, and its bytes may change.
+	notUTF8              atomic.Bool
+	serverEnc, clientEnc string
 }
 
 // wrote notes that lib/pq wrote to the server: the connection is no
@@ -227,10 +232,19 @@ func (f *framer) ended() bool {
 			f.fatal.Store(pe)
 		}
 	case 'S':
-		if name, value, ok := parameterStatus(f.capture); ok && name == "TimeZone" {
+		name, value, ok := parameterStatus(f.capture)
+		switch {
+		case !ok:
+		case name == "TimeZone":
 			if old := f.timeZone.Load(); old == nil || *old != value {
 				f.timeZone.Store(&value)
 			}
+		case name == "server_encoding":
+			f.serverEnc = value
+			f.notUTF8.Store(!isUTF8Name(f.serverEnc) || f.clientEnc != "" && !isUTF8Name(f.clientEnc))
+		case name == "client_encoding":
+			f.clientEnc = value
+			f.notUTF8.Store(!isUTF8Name(f.clientEnc) || f.serverEnc != "" && !isUTF8Name(f.serverEnc))
 		}
 	}
 	return false
@@ -254,6 +268,10 @@ func isStartup(p []byte) bool {
 	return len(p) >= 8 && int(binary.BigEndian.Uint32(p)) == len(p) &&
 		binary.BigEndian.Uint16(p[4:]) == 3
 }
+
+// isUTF8Name reports whether an encoding's name, as the server reports
+// it, is UTF8.
+func isUTF8Name(name string) bool { return name == "UTF8" || name == "UTF-8" }
 
 // parameterStatus splits a ParameterStatus body into its name and value.
 func parameterStatus(b []byte) (name, value string, ok bool) {

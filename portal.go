@@ -73,9 +73,13 @@ type portal struct {
 	// fields and names describe the columns.
 	fields []pgField
 	names  []string
-	// tz is the TimeZone value loc was made for.
-	tz  *string
-	loc *time.Location
+	// tz is the TimeZone value loc was made for. startTZ is the session's
+	// TimeZone when the query went out: lib/pq reads a change the query
+	// makes after the whole result (the server reports it before
+	// ReadyForQuery), so every row is decoded in it, though in a
+	// transaction block the report comes after the first batch.
+	tz, startTZ *string
+	loc         *time.Location
 
 	// outstanding counts the Executes sent whose reply (PortalSuspended or
 	// CommandComplete) was not read yet; window is how many may be, and
@@ -124,6 +128,11 @@ type portal struct {
 	// pending and bounds it, or finds none and leaves the socket alone.
 	mu       sync.Mutex
 	inFlight bool
+	// interrupted is set once a failure came (interrupt): every later
+	// read of the consumer's that waits on the network is bounded too,
+	// though none was pending when the failure came. ending is set while
+	// the end (close) reads, within a bound of its own.
+	interrupted, ending bool
 }
 
 var (
@@ -204,6 +213,7 @@ func (c *conn) queryPortal(ctx context.Context, owner any, query string, args []
 	p := &portal{conn: c, r: r, w: c.wire, query: query, errQuery: query, window: 1, batch: portalFirstRows,
 		simple: owner == c && len(args) == 0}
 	p.before = byte(c.sock.frames.status.Load())
+	p.startTZ = c.sock.frames.timeZone.Load()
 	r.portal = p
 	// The context is watched by the stream once it runs; until then, an
 	// end of it bounds the read the query waits in, as a failure does.
@@ -216,13 +226,23 @@ func (c *conn) queryPortal(ctx context.Context, owner any, query string, args []
 			close(fired)
 		})
 	}
+	c.portalOpen.Store(true)
 	err := p.start(args)
+	if err != nil || p.ended {
+		c.portalOpen.Store(false)
+	}
 	if stop != nil && !stop() {
 		<-fired
 		if err != nil || !p.ended {
 			if !p.ended {
 				c.cut()
 				p.ended = true
+				c.portalOpen.Store(false)
+			} else {
+				// The exchange ended within the bound the context's end
+				// armed (interrupt): the connection serves the next query
+				// without it.
+				c.clearDeadline()
 			}
 			unclaim(st)
 			return nil, ctx.Err()
@@ -249,8 +269,11 @@ func (p *portal) start(args []driver.NamedValue) error {
 	// value's hex form could mean other bytes than its plain form: the
 	// server reads plain text for a bytea in the escape format, which
 	// gives the same bytes unless the value holds a backslash, a NUL or
-	// is not UTF-8 (which the server refuses in plain text).
-	needTypes := !binaryParams && (scanQuery(p.query).params != len(args) || typedArgs(args))
+	// is not UTF-8 (which the server refuses in plain text), or, when the
+	// server's or the client's encoding is not UTF8, a byte beyond ASCII
+	// (plain text is converted to the server's encoding; hex is not).
+	needTypes := !binaryParams && (scanQuery(p.query).params != len(args) ||
+		typedArgs(args, !p.conn.sock.frames.notUTF8.Load()))
 	if len(args) >= 65536 {
 		return fmt.Errorf("pq: got %d parameters but PostgreSQL only supports 65535 parameters", len(args))
 	}
@@ -352,13 +375,15 @@ func (p *portal) start(args []driver.NamedValue) error {
 }
 
 // typedArgs reports whether an argument's encoding depends on its
-// parameter's type (start).
-func typedArgs(args []driver.NamedValue) bool {
+// parameter's type (start); utf8Session is set when the session's server and
+// client encodings are both UTF8, so that plain text is not converted.
+func typedArgs(args []driver.NamedValue, utf8Session bool) bool {
 	for _, a := range args {
 		var b []byte
 		switch v := a.Value.(type) {
 		case string:
-			if strings.IndexByte(v, '\\') >= 0 || strings.IndexByte(v, 0) >= 0 || !utf8.ValidString(v) {
+			if strings.IndexByte(v, '\\') >= 0 || strings.IndexByte(v, 0) >= 0 || !utf8.ValidString(v) ||
+				!utf8Session && !isASCII(v) {
 				return true
 			}
 			continue
@@ -367,11 +392,22 @@ func typedArgs(args []driver.NamedValue) bool {
 		default:
 			continue
 		}
-		if bytes.IndexByte(b, '\\') >= 0 || bytes.IndexByte(b, 0) >= 0 || !utf8.Valid(b) {
+		if bytes.IndexByte(b, '\\') >= 0 || bytes.IndexByte(b, 0) >= 0 || !utf8.Valid(b) ||
+			!utf8Session && !isASCII(b) {
 			return true
 		}
 	}
 	return false
+}
+
+// isASCII reports whether s holds only ASCII bytes.
+func isASCII[T string | []byte](s T) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
 }
 
 // describeStatement reads the reply to Parse and Describe of the
@@ -504,6 +540,9 @@ func (p *portal) read() (byte, []byte, error) {
 func (p *portal) pending(on bool) {
 	p.mu.Lock()
 	p.inFlight = on
+	if on && p.interrupted && !p.ending {
+		p.conn.sock.interrupt(p.r.settings.drainTimeout)
+	}
 	p.mu.Unlock()
 }
 
@@ -516,7 +555,8 @@ func (p *portal) pending(on bool) {
 func (p *portal) interrupt() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.inFlight {
+	p.interrupted = true
+	if p.inFlight && !p.ending {
 		p.conn.sock.interrupt(p.r.settings.drainTimeout)
 	}
 }
@@ -533,6 +573,10 @@ func (p *portal) release() {
 	if p.ended {
 		return
 	}
+	// The consumer may still be scanning the row its last Next returned,
+	// whose values alias the wire's buffer until its next Next: the end
+	// reads into a buffer of its own.
+	p.w.detach()
 	_ = p.close(nil)
 }
 
@@ -725,6 +769,7 @@ func (p *portal) readyForQuery(body []byte) error {
 		return nil
 	}
 	p.ended = true
+	p.conn.portalOpen.Store(false)
 	p.rollingBack = false
 	status := p.before
 	if len(body) == 1 {
@@ -819,9 +864,10 @@ func (p *portal) row(dest []driver.Value, b []byte) error {
 	return nil
 }
 
-// location is the session's TimeZone as lib/pq tracks it, for timestamptz.
+// location is the session's TimeZone as lib/pq tracks it, for timestamptz:
+// the one the query started in.
 func (p *portal) location() *time.Location {
-	tz := p.conn.sock.frames.timeZone.Load()
+	tz := p.startTZ
 	if tz != p.tz {
 		p.tz = tz
 		p.loc = nil
@@ -851,6 +897,9 @@ func (p *portal) close(_ []driver.Value) error {
 		c.clearDeadline() // a failure's bound on the last read
 		return p.takeServerErr()
 	}
+	p.mu.Lock()
+	p.ending = true
+	p.mu.Unlock()
 	// A context that ended is a failure, though database/sql may close
 	// the rows before jsonstream's watch fails the stream.
 	failed := p.r.state.load() == Failed || p.r.contextErr() != nil

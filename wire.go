@@ -100,6 +100,15 @@ func (w *wire) fill(need int) error {
 	return nil
 }
 
+// detach moves what the buffer holds unread to a new buffer, so that the
+// bodies handed out before stay as they are, whatever is read next.
+func (w *wire) detach() {
+	in := make([]byte, max(wireBuffer, w.w-w.r))
+	w.w = copy(in, w.in[w.r:w.w])
+	w.r = 0
+	w.in = in
+}
+
 // leftover returns what the buffer holds past the last message read, and
 // empties it.
 func (w *wire) leftover() []byte {
