@@ -19,6 +19,13 @@
 //     forgotten pause from holding a connection and a server snapshot.
 //   - Closing a stream before its end stops the server-side query instead of
 //     reading the whole rest of the result (CloseMode).
+//   - Portal streams, the default for reads on lib/pq connections from
+//     sql.Open or NewConnectorConfig: jsonstream runs the statement itself
+//     in a portal of the extended protocol, a window of batches at a time,
+//     at the speed of a single statement; stopping early (Close, Cancel,
+//     the pause timeout, the context) ends the portal and keeps the
+//     connection, its session and the caller's transaction. WithStreamMode
+//     (DSN jsonstream_mode) pins a mode.
 //   - Cursor-backed streams (WithFetchSize, DSN jsonstream_fetch_size=auto)
 //     run the query as a cursor and fetch it in batches: stopping early
 //     closes the cursor and keeps the connection and its session, inside
@@ -52,9 +59,11 @@
 //   - Pause, Resume and Cancel on a Complete, Failed or Closed stream return
 //     an error wrapping ErrStreamEnded and change nothing.
 //   - A stream that fails by Cancel, pause timeout or context (the query's,
-//     or the transaction's it runs in) has its connection cut: the server
-//     stops the query and database/sql discards the connection, so it never
-//     returns to the pool in the middle of a result. A cursor-backed stream
+//     or the transaction's it runs in) stops its query on the server. A
+//     portal stream ends its portal and keeps the connection. A
+//     single-statement stream has its connection cut: database/sql discards
+//     the connection, so it never returns to the pool in the middle of a
+//     result. A cursor-backed stream
 //     instead closes its cursor when it is closed and keeps the connection;
 //     only a batch in flight that does not arrive within the drain timeout
 //     is cut.
@@ -86,7 +95,10 @@
 // the connection with TLS established; the socket then follows the
 // backend's messages as they pass to lib/pq (message boundaries, whether
 // the connection is idle, its transaction status, the server's FATAL
-// error). lib/pq does everything else. sslmode=allow, sslmode=prefer with
+// error). Between lib/pq's exchanges, portal streams speak the streaming
+// part of the protocol on the same connection, and hand back to lib/pq
+// what it tracks (ParameterStatus, notifications, the transaction
+// status). lib/pq does everything else. sslmode=allow, sslmode=prefer with
 // connect_timeout and sslmode=pqgo-… keep lib/pq's own TLS, as does a
 // *pq.Connector wrapped with NewConnector. The README's "How it works"
 // has the details.
