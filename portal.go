@@ -115,8 +115,11 @@ type portal struct {
 	// before is the transaction status lib/pq last saw.
 	before byte
 	// giveBack collects the messages lib/pq must read still: ParameterStatus
-	// and NotificationResponse.
+	// and NotificationResponse. notified is set when a notification is
+	// among them: lib/pq's handler must get it now, not at lib/pq's next
+	// read, which the next portal stream would put off again.
 	giveBack []byte
+	notified bool
 	// whole is set when Close found nothing of the result left unread.
 	whole bool
 
@@ -734,6 +737,7 @@ func (p *portal) async(typ byte, body []byte) bool {
 			h(serverError(body, ""))
 		}
 	case 'S', 'A':
+		p.notified = p.notified || typ == 'A'
 		p.giveBack = append(p.giveBack, typ, 0, 0, 0, 0)
 		binary.BigEndian.PutUint32(p.giveBack[len(p.giveBack)-4:], uint32(len(body)+4))
 		p.giveBack = append(p.giveBack, body...)
@@ -782,15 +786,18 @@ func (p *portal) readyForQuery(body []byte) error {
 // handBack leaves the connection to lib/pq as lib/pq would have left it
 // after the same query: what the stream read for lib/pq (ParameterStatus,
 // notifications) is put before whatever the socket holds for its next
-// read, and a transaction status that changed (a failed transaction) is
-// read by lib/pq from a round trip of its own.
+// read, and lib/pq reads it in a round trip of its own (a Ping) when a
+// notification is among it, or when the transaction status changed (a
+// failed transaction): lib/pq's notification handler then hears of it
+// before the stream's end returns, as it would through lib/pq.
 func (p *portal) handBack(status byte) {
 	s := p.conn.sock
 	if left := p.w.leftover(); len(left) > 0 || len(p.giveBack) > 0 {
 		s.giveBack(p.giveBack, left)
 		p.giveBack = p.giveBack[:0]
 	}
-	if status != p.before && p.before != 0 {
+	if status != p.before && p.before != 0 || p.notified {
+		p.notified = false
 		if pinger, ok := p.conn.inner.(driver.Pinger); ok {
 			if pinger.Ping(context.Background()) != nil {
 				p.conn.discard()

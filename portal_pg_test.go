@@ -395,3 +395,42 @@ func TestPortalFailedWriteAsLibPQ(t *testing.T) {
 	}
 	assert.Equal(t, want, canceled(t, openPG(t, DriverName, portalDSN)), "Cancel: as the context")
 }
+
+// TestPortalNotificationsReachLibPQ: a notification the server sends
+// during a portal stream (it delivers them before the stream's final
+// ReadyForQuery) is handed back to lib/pq, whose notification handler gets
+// it by the end of the next statement, as through lib/pq alone.
+func TestPortalNotificationsReachLibPQ(t *testing.T) {
+	notifier := openPG(t, "postgres", "")
+	bothIn(t, portalModes, func(t *testing.T, db *sql.DB) []string {
+		ctx := context.Background()
+		conn, err := db.Conn(ctx)
+		require.NoError(t, err)
+		defer conn.Close()
+		var got []string
+		require.NoError(t, conn.Raw(func(dc any) error {
+			inner := dc.(driver.Conn)
+			if u, ok := dc.(interface{ Unwrap() driver.Conn }); ok {
+				inner = u.Unwrap()
+			}
+			pq.SetNotificationHandler(inner, func(n *pq.Notification) {
+				got = append(got, n.Channel+":"+n.Extra)
+			})
+			return nil
+		}))
+		_, err = conn.ExecContext(ctx, "LISTEN portal_news")
+		require.NoError(t, err)
+		rows, err := conn.QueryContext(ctx, "SELECT g FROM generate_series(1, 3) g")
+		require.NoError(t, err)
+		require.True(t, rows.Next())
+		_, err = notifier.Exec("NOTIFY portal_news, 'during the stream'")
+		require.NoError(t, err)
+		for rows.Next() {
+		}
+		require.NoError(t, rows.Err())
+		require.NoError(t, rows.Close())
+		var one int
+		require.NoError(t, conn.QueryRowContext(ctx, "SELECT 1").Scan(&one))
+		return got
+	})
+}
