@@ -29,7 +29,11 @@ func TestCursorStreamsLeaveNothing(t *testing.T) {
 
 // TestPortalStreamsLeaveNothing is the same for portal streams: no portal
 // left open, no session in a transaction, no goroutine left, and no
-// session beyond the pool's own: no ending cut a connection.
+// session beyond the pool's own but those that replaced a connection an
+// ending cut. A portal stream's ending cuts only past its bound (a failed
+// stream's end gets failedEndTimeout), which a machine loaded beyond
+// reason may reach now and then: the cuts are counted by the observer,
+// and must stay rare.
 func TestPortalStreamsLeaveNothing(t *testing.T) {
 	streamsLeaveNothing(t, "portal_stress", true, func(*rand.Rand) Option { return WithStreamMode(ModePortal) })
 }
@@ -53,6 +57,12 @@ func streamsLeaveNothing(t *testing.T, app string, keepsSessions bool, mode func
 		return n
 	}
 	before := sessions()
+	var streamsCut atomic.Int64
+	counter := WithObserver(ObserverFunc(func(e Event) {
+		if e.Kind == EventEnded && e.ConnCut {
+			streamsCut.Add(1)
+		}
+	}))
 
 	var next atomic.Int64
 	var counts [8]atomic.Int64
@@ -66,7 +76,7 @@ func streamsLeaveNothing(t *testing.T, app string, keepsSessions bool, mode func
 			for next.Add(1) <= int64(total) {
 				kind := rnd.IntN(len(counts))
 				counts[kind].Add(1)
-				if err := cursorStressRound(db, rnd, kind, mode(rnd)); err != nil {
+				if err := cursorStressRound(db, rnd, kind, mode(rnd), counter); err != nil {
 					errs <- fmt.Errorf("kind %d: %w", kind, err)
 					return
 				}
@@ -99,16 +109,17 @@ func streamsLeaveNothing(t *testing.T, app string, keepsSessions bool, mode func
 		per = append(per, counts[i].Load())
 	}
 	opened := sessions() - before
-	t.Logf("%d streams (by kind %v): %d new server sessions, %d failures in a transaction cut", total, per, opened, cuts.Load())
+	t.Logf("%d streams (by kind %v): %d new server sessions, %d streams cut, %d failures in a transaction cut",
+		total, per, opened, streamsCut.Load(), cuts.Load())
 	if keepsSessions {
-		assert.LessOrEqual(t, opened, int64(workers), "sessions beyond the pool's: an ending cut a connection")
+		assert.LessOrEqual(t, opened, int64(workers)+streamsCut.Load(), "a session beyond the pool's and the cuts'")
+		assert.LessOrEqual(t, streamsCut.Load()*100, int64(total), "more than 1%% of the streams cut")
 	}
 }
 
 // cursorStressRound runs one stream of the given kind.
-func cursorStressRound(db *sql.DB, rnd *rand.Rand, kind int, mode Option) error {
+func cursorStressRound(db *sql.DB, rnd *rand.Rand, kind int, opts ...Option) error {
 	ctx := context.Background()
-	opts := []Option{mode}
 	if kind == 4 {
 		opts = append(opts, WithPauseTimeout(time.Millisecond))
 	}
