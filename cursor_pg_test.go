@@ -1113,7 +1113,7 @@ func newSmuggleConn(t testing.TB, db *sql.DB) *smuggleConn {
 // single is a Stream-free way to run the harness's own statements in the
 // single-statement mode whatever the pool's mode.
 func singleMode(t testing.TB) *Stream {
-	s, err := NewStream(WithFetchSize(0))
+	s, err := NewStream(WithStreamMode(ModeSingle))
 	require.NoError(t, err)
 	return s
 }
@@ -1169,8 +1169,15 @@ type smuggleOracle struct {
 
 func newSmuggleOracle(t testing.TB) *smuggleOracle {
 	t.Helper()
+	return newSmuggleOracleIn(t, "jsonstream_fetch_size=auto")
+}
+
+// newSmuggleOracleIn is newSmuggleOracle with jsonstream in the stream
+// mode of the DSN fragment mode.
+func newSmuggleOracleIn(t testing.TB, mode string) *smuggleOracle {
+	t.Helper()
 	pqDB := openPG(t, "postgres", "options='-c statement_timeout=5000'")
-	jsDB := openPG(t, DriverName, "jsonstream_fetch_size=auto options='-c statement_timeout=5000'")
+	jsDB := openPG(t, DriverName, mode+" options='-c statement_timeout=5000'")
 	return &smuggleOracle{pq: newSmuggleConn(t, pqDB), js: newSmuggleConn(t, jsDB)}
 }
 
@@ -1274,6 +1281,31 @@ func TestCursorSyntaxErrorIsTheServers(t *testing.T) {
 
 // FuzzCursorStatements mutates query texts (parentheses, comments,
 // quotes, dollar quotes, semicolons) and asks the server what ran.
+// TestPortalRunsNoSmuggledStatement: the same texts through the default
+// mode, which runs reads as portal streams: a text of several statements
+// goes to lib/pq whole, and one the scan is unsure of too; a portal's
+// Parse takes a single statement.
+func TestPortalRunsNoSmuggledStatement(t *testing.T) {
+	o := newSmuggleOracleIn(t, "")
+	for _, q := range smuggleTexts {
+		t.Run(q, func(t *testing.T) { o.check(t, q) })
+	}
+}
+
+// FuzzPortalStatements is FuzzCursorStatements in the default mode.
+func FuzzPortalStatements(f *testing.F) {
+	for _, q := range smuggleTexts {
+		f.Add(q)
+	}
+	o := newSmuggleOracleIn(f, "")
+	f.Fuzz(func(t *testing.T, query string) {
+		if len(query) > 300 {
+			return
+		}
+		o.check(t, query)
+	})
+}
+
 func FuzzCursorStatements(f *testing.F) {
 	for _, q := range smuggleTexts {
 		f.Add(q)
