@@ -83,7 +83,9 @@ type Conn interface {
 }
 
 // Client names. LibPQ is the baseline every ratio in the report is
-// against: it is what jsonstream wraps.
+// against: it is what jsonstream wraps. Jsonstream is
+// sql.Open("jsonstream", dsn) without options: its reads are portal
+// streams, the default mode.
 const (
 	Jsonstream = "jsonstream"
 	LibPQ      = "libpq"
@@ -100,15 +102,20 @@ var Clients = []Client{
 	{Name: PgxNative, Open: openPgx},
 }
 
-// Clients of the cursor-mode benchmarks beyond Clients: jsonstream with
-// WithFetchSize. The Jsonstream client is the single-statement mode
-// (fetch size 0), whose early Close cuts the connection.
+// Clients of the mode benchmarks beyond Clients. The Jsonstream client,
+// opened with sql.Open and no WithStreamMode, reads in portal mode, the
+// default; these pin the other modes, to set them beside it.
 const (
-	JsonstreamCursorAuto  = "jsonstream-cursor-auto"
+	// JsonstreamSingle is the single-statement mode: the query sent as
+	// lib/pq sends it, whose early Close (CloseAuto) waits a moment for
+	// the rest and then cuts the connection.
+	JsonstreamSingle = "jsonstream-single"
+	// JsonstreamCursorAuto is the cursor mode with batches that grow
+	// (FetchAuto).
+	JsonstreamCursorAuto = "jsonstream-cursor-auto"
+	// JsonstreamCursorFixed is the cursor mode with batches of
+	// FixedFetchSize rows.
 	JsonstreamCursorFixed = "jsonstream-cursor-1000"
-	// JsonstreamPortal is the portal mode: the statement in a portal of
-	// the extended protocol, a window of Executes outstanding.
-	JsonstreamPortal = "jsonstream-portal"
 )
 
 // FixedFetchSize is the batch of JsonstreamCursorFixed: about 280 KB of
@@ -116,18 +123,18 @@ const (
 // millisecond on loopback, and a round trip per thousand rows.
 const FixedFetchSize = 1000
 
-// CursorClients are the cursor-mode clients. They are kept apart from
-// Clients so that the benchmarks of the single-statement mode do not
-// grow by them.
-var CursorClients = []Client{
+// ModeClients are the clients that pin a mode other than the default.
+// They are kept apart from Clients so that the benchmarks comparing the
+// drivers do not grow by them.
+var ModeClients = []Client{
+	{Name: JsonstreamSingle, Open: openJsonstream(jsonstream.WithStreamMode(jsonstream.ModeSingle))},
 	{Name: JsonstreamCursorAuto, Open: openJsonstream(jsonstream.WithFetchSize(jsonstream.FetchAuto))},
 	{Name: JsonstreamCursorFixed, Open: openJsonstream(jsonstream.WithFetchSize(FixedFetchSize))},
-	{Name: JsonstreamPortal, Open: openJsonstream(jsonstream.WithStreamMode(jsonstream.ModePortal))},
 }
 
-// ClientNamed returns the client of Clients or CursorClients called name.
+// ClientNamed returns the client of Clients or ModeClients called name.
 func ClientNamed(name string) (Client, bool) {
-	for _, c := range append(Clients[:len(Clients):len(Clients)], CursorClients...) {
+	for _, c := range append(Clients[:len(Clients):len(Clients)], ModeClients...) {
 		if c.Name == name {
 			return c, true
 		}
@@ -176,7 +183,18 @@ func openSQL(driverName string) func(ctx context.Context, dsn string) (Conn, err
 
 // Stream implements Conn.
 func (c SQLConn) Stream(ctx context.Context, query string, fn func([]byte) bool) error {
-	rows, err := c.DB.QueryContext(ctx, query)
+	return streamSQL(ctx, c.DB, query, fn)
+}
+
+// queryer is where database/sql runs a query: a pool (*sql.DB), one of
+// its connections (*sql.Conn) or a transaction (*sql.Tx).
+type queryer interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+}
+
+// streamSQL is Conn.Stream over database/sql, on q.
+func streamSQL(ctx context.Context, q queryer, query string, fn func([]byte) bool) error {
+	rows, err := q.QueryContext(ctx, query)
 	if err != nil {
 		return err
 	}

@@ -22,6 +22,10 @@ type counter struct {
 	mallocs     uint64
 	start       time.Time
 	cpu         time.Duration
+	// backend, when set, reads the CPU time of the server backend that
+	// runs the benchmark's queries; serverCPU is its reading at begin.
+	backend   *backendCPU
+	serverCPU time.Duration
 }
 
 // begin is called with the timer reset, right before the loop.
@@ -29,6 +33,13 @@ func (c *counter) begin(b *testing.B) {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	c.mallocs = ms.Mallocs
+	if c.backend != nil {
+		if v, ok := c.backend.read(); ok {
+			c.serverCPU = v
+		} else {
+			c.backend = nil
+		}
+	}
 	b.ResetTimer()
 	c.cpu = processCPU()
 	c.start = time.Now()
@@ -36,9 +47,12 @@ func (c *counter) begin(b *testing.B) {
 
 // report ends the loop and reports rows/s, MB/s (of document text, 10^6
 // bytes as testing counts them), allocs/row and cpu-ns/row. The last is
-// the CPU time of the client process per row: the server's work is the
-// same for every client, so what tells clients apart is this, and unlike
-// wall time it hardly moves when other processes load the machine.
+// the CPU time of the client process per row: the server's work is
+// nearly the same for every client, so what tells clients apart is this,
+// and unlike wall time it hardly moves when other processes load the
+// machine. With a backend to read, it adds server-cpu-ns/row, the CPU
+// time of the server backend per row: what is left of the server's work
+// that the client's protocol decides.
 func (c *counter) report(b *testing.B) {
 	elapsed := time.Since(c.start)
 	cpu := processCPU() - c.cpu
@@ -55,6 +69,11 @@ func (c *counter) report(b *testing.B) {
 	b.ReportMetric(float64(ms.Mallocs-c.mallocs)/float64(c.rows), "allocs/row")
 	if cpu > 0 {
 		b.ReportMetric(float64(cpu.Nanoseconds())/float64(c.rows), "cpu-ns/row")
+	}
+	if c.backend != nil {
+		if v, ok := c.backend.read(); ok && v > c.serverCPU {
+			b.ReportMetric(float64((v-c.serverCPU).Nanoseconds())/float64(c.rows), "server-cpu-ns/row")
+		}
 	}
 }
 
@@ -101,10 +120,10 @@ func BenchmarkStream(b *testing.B) {
 }
 
 // BenchmarkEarlyClose protects the cost of giving up on a large result
-// after its first row: ns/op covers the query, the row, the close and, for
-// jsonstream, the new connection that replaces the one the close cut;
+// after its first row: ns/op covers the query, the row and the close;
 // ns/close is the close alone. lib/pq and pgx read the rest of the result
-// to close it; jsonstream's CloseAuto stops the query.
+// to close it; jsonstream's default portal mode reads off the batches in
+// flight, closes the portal and keeps the connection.
 func BenchmarkEarlyClose(b *testing.B) {
 	env := setup(b)
 	ctx := context.Background()

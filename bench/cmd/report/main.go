@@ -12,7 +12,10 @@
 // for one client at a time in a process of its own, rotating the order of
 // the clients from round to round, so that a drift of the machine during
 // the run (another load, a warming cache) is spread over all clients
-// instead of falling on whichever ran last.
+// instead of falling on whichever ran last. The exception is
+// BenchmarkQueryRowPaired, whose point is to run lib/pq and jsonstream in
+// one process, back to back: each of its runs is a round with a ratio of
+// its own, bench.PairedRounds of them per process.
 //
 // Every figure is the median of the rounds with its 95% confidence
 // interval, and every comparison a Mann-Whitney U test, both from
@@ -285,6 +288,11 @@ type job struct {
 	bench string
 	// peak is the client whose peak memory the job measures.
 	peak string
+	// count and benchtime, when set, replace go test's -count 1 and the
+	// report's -benchtime: for a benchmark whose every run is a round of
+	// its own (BenchmarkQueryRowPaired).
+	count     int
+	benchtime string
 }
 
 // Variants of BenchmarkOverhead and BenchmarkDecode and BenchmarkNDJSON
@@ -369,10 +377,17 @@ func jobs(round int) []job {
 	// same round.
 	add("EarlyCloseNext", bench.EarlyCloseNextClients, func(c string) string { return "^BenchmarkEarlyCloseNext$/" + quote("client="+c) })
 	add("EarlyCloseTx", bench.EarlyCloseTxClients, func(c string) string { return "^BenchmarkEarlyCloseTx$/" + quote("client="+c) })
+	add("EarlyCloseBegin", bench.EarlyCloseBeginClients, func(c string) string { return "^BenchmarkEarlyCloseBegin$/" + quote("client="+c) })
 	add("Churn", bench.ChurnClients, func(c string) string { return "^BenchmarkChurn$/" + quote("client="+c) })
 	add("Fetch", bench.FetchClients, func(c string) string { return "^BenchmarkFetch$/^rows=/" + quote("client="+c) })
 	add("QueryRow", bench.FetchClients, func(c string) string { return "^BenchmarkQueryRow$/" + quote("client="+c) })
 	add("SelectOne", bench.SelectOneClients, func(c string) string { return "^BenchmarkSelectOne$/^ctx=/" + quote("client="+c) })
+	// Both clients of a paired query run in one process, each run of it a
+	// round with its own ratio; the order of the queries rotates.
+	for _, q := range rotate(bench.PairedQueries, round) {
+		js = append(js, job{label: "QueryRowPaired " + q, binary: binBench,
+			bench: "^BenchmarkQueryRowPaired$/" + quote("query="+q), count: bench.PairedRounds, benchtime: bench.PairedBenchtime})
+	}
 	// The drains and the early close of one client share a process, and so
 	// its proxy's warm-up; the level between is rows=N or early-close.
 	add("Proxy", bench.ProxyClients, func(c string) string { return "^BenchmarkProxy$//" + quote("client="+c) })
@@ -404,8 +419,15 @@ func (r *runner) run(j job, round int) error {
 		cmd = exec.Command(r.self, "-peak-child", j.peak, "-dsn", r.cfg.dsn, "-rows", strconv.Itoa(r.cfg.rows))
 		cmd.Dir = r.dir
 	} else {
+		count, benchtime := 1, r.cfg.benchtime
+		if j.count > 0 {
+			count = j.count
+		}
+		if j.benchtime != "" {
+			benchtime = j.benchtime
+		}
 		cmd = exec.Command(bin.path, "-test.run", "^$", "-test.bench", j.bench,
-			"-test.benchtime", r.cfg.benchtime, "-test.count", "1", "-test.timeout", "30m")
+			"-test.benchtime", benchtime, "-test.count", strconv.Itoa(count), "-test.timeout", "30m")
 		cmd.Dir = bin.dir
 	}
 	cmd.Env = append(os.Environ(), bench.EnvDSN+"="+r.cfg.dsn, bench.EnvRows+"="+strconv.Itoa(r.cfg.rows))

@@ -25,6 +25,9 @@ type report struct {
 	// slower collects, while the tables are written, every comparison in
 	// which jsonstream's median came out worse.
 	slower []finding
+	// portalGoals collects the verdicts of the portal section, for the
+	// summary.
+	portalGoals []portalOutcome
 }
 
 // finding is one comparison that jsonstream lost.
@@ -76,6 +79,7 @@ func (r *report) markdown() []byte {
 	r.decode(&body)
 	r.ndjson(&body)
 	r.typed(&body)
+	r.portal(&body)
 	r.cursor(&body)
 
 	fmt.Fprintf(&b, "# jsonstream benchmarks\n\n")
@@ -148,7 +152,7 @@ func (r *report) summary(b *strings.Builder, largest int) {
 				parts = append(parts, fmt.Sprintf("%s %s", display(c), duration(v)))
 			}
 		}
-		fmt.Fprintf(b, "- **Closing after 1 row of %s**: jsonstream %s (query, row, close and the reconnect the close costs), %s.\n",
+		fmt.Fprintf(b, "- **Closing after 1 row of %s**: jsonstream %s (query, row and close; the portal keeps the connection), %s.\n",
 			count(r.cfg.rows), duration(js), strings.Join(parts, ", "))
 	}
 	for _, n := range []int{1, 100} {
@@ -170,6 +174,7 @@ func (r *report) summary(b *strings.Builder, largest int) {
 			fmt.Fprintf(b, "- **Peak RSS streaming %s rows**: jsonstream %s, lib/pq %s.\n", count(r.cfg.rows), mib(hp), mib(lp))
 		}
 	}
+	r.portalSummary(b)
 	r.cursorSummary(b)
 	noisy := 0
 	for _, f := range r.slower {
@@ -301,9 +306,11 @@ func (r *report) streaming(b *strings.Builder, sizes []int) {
 	b.WriteString("## Streaming\n\n")
 	b.WriteString("`BenchmarkStream`: `SELECT data FROM v_entity ORDER BY id LIMIT n`, every row read and its " +
 		"document looked at in place (`sql.RawBytes` through database/sql, `RawValues` with pgx native), " +
-		"nothing decoded. *first row* is the time from the query call to the first row; *CPU/row* is the " +
+		"nothing decoded; *jsonstream* reads in its default mode, portal streams ([Portal mode](#portal-mode-the-default)). " +
+		"*first row* is the time from the query call to the first row; *CPU/row* is the " +
 		"client process's CPU time (user and system, all threads) per row, which is what the drivers " +
-		"differ in: the server does the same work for all of them. *of ceiling* is rows/s over the " +
+		"differ in: the server does nearly the same work for all of them (its CPU per row is in " +
+		"[Complete results](#complete-results)). *of ceiling* is rows/s over the " +
 		"faster [ceiling](#ceiling) at that size; above 100% the client's rounds happened to run faster " +
 		"than the ceiling's, which is the machine's noise.\n\n")
 	ratioTable := func(title, unit string, withCeiling bool) {
@@ -398,10 +405,11 @@ func earlyName(client string) string { return "EarlyClose/client=" + client }
 func (r *report) earlyClose(b *strings.Builder) {
 	b.WriteString("## Early close\n\n")
 	fmt.Fprintf(b, "`BenchmarkEarlyClose`: a query for all %s rows, one row read, then Close. lib/pq and pgx "+
-		"read the rest of the result to close it; jsonstream's default CloseAuto waits %s for the rest and "+
-		"then cuts the connection, which stops the query on the server. The connection is lost, so each "+
-		"jsonstream query here also opens a new one: *per query* includes that, *close* is the Close call "+
-		"alone.\n\n", count(r.cfg.rows), jsonstream.DefaultDrainTimeout)
+		"read the rest of the result to close it; jsonstream's default portal mode reads off the batches in "+
+		"flight, closes the portal and keeps the connection. (The single-statement mode's CloseAuto waits %s "+
+		"for the rest and then cuts the connection, which the next query pays for: see "+
+		"[Early close, then the next query](#early-close-then-the-next-query).) *Per query* is all of it, "+
+		"*close* the Close call alone.\n\n", count(r.cfg.rows), jsonstream.DefaultDrainTimeout)
 	b.WriteString("| client | per query | close | per query ÷ lib/pq |\n|---|---:|---:|---:|\n")
 	for _, c := range clientNames() {
 		op, ok := r.res.summary(earlyName(c), "ns/op")
@@ -671,15 +679,16 @@ func (r *report) compare(against, what, ours, theirs, unit string, dir direction
 }
 
 var unitLabels = map[string]string{
-	"rows/s":       "rows/s",
-	"cpu-ns/row":   "client CPU per row",
-	"cpu-ns/op":    "CPU per query",
-	"ns/first-row": "time to first row",
-	"allocs/row":   "allocations per row",
-	"allocs/op":    "allocations per query",
-	"ns/op":        "time",
-	unitHeapPeak:   "peak heap",
-	unitRSSPeak:    "peak RSS",
+	"rows/s":            "rows/s",
+	"cpu-ns/row":        "client CPU per row",
+	"server-cpu-ns/row": "server CPU per row",
+	"cpu-ns/op":         "CPU per query",
+	"ns/first-row":      "time to first row",
+	"allocs/row":        "allocations per row",
+	"allocs/op":         "allocations per query",
+	"ns/op":             "time",
+	unitHeapPeak:        "peak heap",
+	unitRSSPeak:         "peak RSS",
 }
 
 func (r *report) slowerSection(b *strings.Builder) {
@@ -762,7 +771,8 @@ func (r *report) reproduce(b *strings.Builder) {
 	fmt.Fprintf(b, "go test -run '^$' -bench 'BenchmarkStream/rows=%d/' -count %d\n", r.sizes()[len(r.sizes())-1], defaultRounds)
 	fmt.Fprintf(b, "go test -run '^$' -bench 'BenchmarkEarlyClose$|BenchmarkCeiling|BenchmarkDecode|BenchmarkNDJSON|BenchmarkTypedDecode' -count %d\n", defaultRounds)
 	fmt.Fprintf(b, "GOEXPERIMENT=jsonv2 go test -run '^$' -bench 'BenchmarkTypedDecode' -count %d   # adds decoder=json-v2\n", defaultRounds)
-	fmt.Fprintf(b, "go test -run '^$' -bench 'BenchmarkEarlyCloseNext|BenchmarkEarlyCloseTx|BenchmarkChurn|BenchmarkFetch|BenchmarkQueryRow|BenchmarkSelectOne|BenchmarkProxy' -count %d\n", defaultRounds)
+	fmt.Fprintf(b, "go test -run '^$' -bench 'BenchmarkEarlyCloseNext|BenchmarkEarlyCloseTx|BenchmarkEarlyCloseBegin|BenchmarkChurn|BenchmarkFetch|BenchmarkQueryRow$|BenchmarkSelectOne|BenchmarkProxy' -count %d\n", defaultRounds)
+	fmt.Fprintf(b, "go test -run '^$' -bench 'BenchmarkQueryRowPaired' -benchtime %s -count %d   # one ratio per round\n", bench.PairedBenchtime, bench.PairedRounds)
 	fmt.Fprintf(b, "go run ./cmd/report -peak-child jsonstream -dsn \"$JSONSTREAM_BENCH_DSN\" -rows %d\n```\n\n", r.cfg.rows)
 	b.WriteString("Without `JSONSTREAM_BENCH_DSN` the benchmarks start a throwaway server of their own and load the " +
 		"dataset into it (about ten seconds for a million documents); `-short` uses 10,000.\n")

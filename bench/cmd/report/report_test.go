@@ -246,6 +246,12 @@ func TestJobsSelectOneClient(t *testing.T) {
 		"BenchmarkObserveStream/query",
 		"BenchmarkObserveStream/pause",
 		"BenchmarkTypedDecode/decoder=json-v2",
+		"BenchmarkEarlyCloseBegin/client=jsonstream",
+		"BenchmarkEarlyCloseBegin/client=jsonstream-single",
+		"BenchmarkQueryRowPaired/query=select1",
+		"BenchmarkQueryRowPaired/query=select1-tx",
+		"BenchmarkQueryRow/client=jsonstream",
+		"BenchmarkEarlyCloseTx/client=jsonstream-single",
 	}
 	want := map[string][]string{
 		"Stream jsonstream":                        {names[0]},
@@ -272,11 +278,23 @@ func TestJobsSelectOneClient(t *testing.T) {
 		"TypedDecode jsonv2 sonic":                 {names[21]},
 		"TypedDecode jsonv2 json-v2":               {names[26]},
 		"Overhead jsonstream-observed-paused-once": {names[23]},
+		"EarlyCloseBegin jsonstream":               {names[27]},
+		"EarlyCloseBegin jsonstream-single":        {names[28]},
+		"QueryRowPaired select1":                   {names[29]},
+		"QueryRowPaired select1-tx":                {names[30]},
+		"QueryRow jsonstream":                      {names[31]},
+		"EarlyCloseTx jsonstream-single":           {names[32]},
 	}
 	seen := map[string]bool{}
 	for _, j := range jobs(0) {
 		if j.bench == "" {
 			continue
+		}
+		// Only the paired benchmark runs several rounds in a process, and
+		// it must: a round of it is one run.
+		if paired := strings.HasPrefix(j.label, "QueryRowPaired "); paired != (j.count == bench.PairedRounds && j.benchtime == bench.PairedBenchtime) ||
+			!paired && (j.count != 0 || j.benchtime != "") {
+			t.Errorf("%s: count %d, benchtime %q", j.label, j.count, j.benchtime)
 		}
 		var got []string
 		for _, n := range names {
@@ -362,22 +380,25 @@ func TestCursorGoals(t *testing.T) {
 	add(earlyNextName("jsonstream-cursor-auto"), "ns/op", 1.5e6)
 	add(earlyNextName("jsonstream-cursor-auto"), "sessions/op", 0)
 	add(earlyTxName("jsonstream-cursor-auto"), "ns/op", 6e6)
-	add(churnName("jsonstream"), "queries/s", 300)
+	add(churnName("jsonstream-single"), "queries/s", 300)
 	add(churnName("jsonstream-cursor-auto"), "queries/s", 3500)
 	add(churnName("jsonstream-cursor-auto"), "sessions/s", 0)
 	add(churnName("jsonstream-cursor-1000"), "queries/s", 3500)
 	add(churnName("jsonstream-cursor-1000"), "sessions/s", 0.5)
-	add(fetchName(1_000_000, "jsonstream"), "rows/s", 400_000)
+	add(fetchName(1_000_000, "jsonstream-single"), "rows/s", 400_000)
 	add(fetchName(1_000_000, "jsonstream-cursor-auto"), "rows/s", 390_000)
-	add(fetchName(100_000, "jsonstream"), "rows/s", 400_000)
+	add(fetchName(100_000, "jsonstream-single"), "rows/s", 400_000)
 	add(fetchName(100_000, "jsonstream-cursor-auto"), "rows/s", 370_000)
 	for _, kind := range []string{"background", "cancel"} {
 		add(selectOneName(kind, "libpq"), "ns/op", 100)
 		add(selectOneName(kind, "libpq"), "cpu-ns/op", 100)
-		add(selectOneName(kind, "jsonstream"), "ns/op", 101)
+		add(selectOneName(kind, "jsonstream-single"), "ns/op", 101)
+		// The default mode's figures do not decide this goal.
+		add(selectOneName(kind, "jsonstream"), "ns/op", 200)
+		add(selectOneName(kind, "jsonstream"), "cpu-ns/op", 200)
 	}
-	add(selectOneName("background", "jsonstream"), "cpu-ns/op", 101)
-	add(selectOneName("cancel", "jsonstream"), "cpu-ns/op", 110)
+	add(selectOneName("background", "jsonstream-single"), "cpu-ns/op", 101)
+	add(selectOneName("cancel", "jsonstream-single"), "cpu-ns/op", 110)
 	var b strings.Builder
 	r.cursor(&b)
 	out := b.String()
@@ -444,14 +465,20 @@ func TestMarkdownSections(t *testing.T) {
 		add(earlyNextName(c), "ns/op", "ns/close", "ns/next", "sessions/op")
 	}
 	for _, c := range bench.EarlyCloseTxClients {
-		add(earlyTxName(c), "ns/op", "ns/close")
+		add(earlyTxName(c), "ns/op", "ns/close", "sessions/op")
+	}
+	for _, c := range bench.EarlyCloseBeginClients {
+		add(earlyBeginName(c), "ns/op", "ns/close", "sessions/op")
+	}
+	for _, q := range bench.PairedQueries {
+		add(pairedName(q), "time-ratio", "cpu-ratio", "libpq-ns/query", "libpq-cpu-ns/query", "jsonstream-ns/query", "jsonstream-cpu-ns/query")
 	}
 	for _, c := range bench.ChurnClients {
 		add(churnName(c), "queries/s", "sessions/s")
 	}
 	for _, c := range bench.FetchClients {
 		for _, n := range bench.FetchSizes {
-			add(fetchName(n, c), "rows/s", "cpu-ns/row")
+			add(fetchName(n, c), "rows/s", "cpu-ns/row", "server-cpu-ns/row", "allocs/row")
 		}
 		add(queryRowName(c), "ns/op", "cpu-ns/op", "allocs/op")
 	}
@@ -475,8 +502,10 @@ func TestMarkdownSections(t *testing.T) {
 		"## Observer", "| 1 | jsonstream-observed |", "`BenchmarkObserveStream` (jsonstreamotel module)",
 		"## Streaming", "## Ceiling", "## Early close", "## Peak memory", "## Decoding into a Go struct",
 		"## NDJSON", "## Typed decoding", "| Each[T], sonic |", "GOEXPERIMENT=jsonv2", "| Each[T], encoding/json/v2 |",
+		"## Portal mode (the default)", "| figure | goal | measured | ratio | verdict |", "`BenchmarkQueryRowPaired`",
 		"## Cursor mode", "### Early close, then the next query", "### Early close inside a transaction",
-		"### Churn", "### Complete results", "### A one-row query", "### QueryRow(\"SELECT 1\") in the default mode",
+		"### Early close inside a transaction begun with Exec(\"BEGIN\")",
+		"### Churn", "### Complete results", "Server CPU per row", "### A one-row query", "### QueryRow(\"SELECT 1\") in the default mode",
 		"### Through a network with a 2 ms round trip", "## Where jsonstream is slower", "## Statistics",
 		"## How to reproduce",
 	} {
@@ -496,5 +525,136 @@ func TestMarkdownSections(t *testing.T) {
 	// U test's p-value.
 	if !strings.Contains(out, "1.00× ~ (p=1.000)") {
 		t.Error("no ratio with its p-value")
+	}
+}
+
+// TestPortalGoals checks the verdicts of the portal section against
+// results on either side of each goal, and the summary's count of them.
+func TestPortalGoals(t *testing.T) {
+	r := &report{cfg: config{rows: 1_000_000, count: 1}, res: newResults()}
+	add := func(name, unit string, vs ...float64) {
+		for _, v := range vs {
+			r.res.add(name, unit, v)
+		}
+	}
+	const js, lib, auto = bench.Jsonstream, bench.LibPQ, bench.JsonstreamCursorAuto
+	add(fetchName(1_000_000, lib), "rows/s", 400_000)
+	add(fetchName(1_000_000, js), "rows/s", 395_000)
+	add(fetchName(1_000_000, lib), "cpu-ns/row", 1000)
+	add(fetchName(1_000_000, js), "cpu-ns/row", 1030)
+	add(fetchName(1_000_000, lib), "server-cpu-ns/row", 2000)
+	add(fetchName(1_000_000, js), "server-cpu-ns/row", 2000)
+	add(fetchName(1_000_000, lib), "allocs/row", 1)
+	add(fetchName(1_000_000, js), "allocs/row", 0)
+	add(proxyName(1_000_000, lib), "rows/s", 300_000)
+	add(proxyName(1_000_000, js), "rows/s", 280_000)
+	add(earlyNextName(js), "ns/op", 0.25e6)
+	add(earlyNextName(js), "sessions/op", 0)
+	add(earlyTxName(js), "ns/op", 0.35e6)
+	add(earlyTxName(js), "sessions/op", 0)
+	add(earlyBeginName(js), "ns/op", 0.2e6)
+	add(earlyBeginName(js), "sessions/op", 1)
+	add(proxyEarlyName(js), "ns/op", 8.2e6)
+	add(churnName(js), "queries/s", 3000)
+	add(churnName(js), "sessions/s", 0)
+	add(churnName(auto), "queries/s", 2500)
+	// 21 paired rounds each: a spread around the median, which the
+	// interval shows.
+	paired := func(q, unit string, median float64) {
+		for i := range bench.PairedRounds {
+			add(pairedName(q), unit, median+float64(i-bench.PairedRounds/2)*0.01)
+		}
+	}
+	paired(bench.PairedSelectOne, "time-ratio", 1.6)
+	paired(bench.PairedSelectOne, "cpu-ratio", 1.9)
+	paired(bench.PairedArg, "time-ratio", 1.01)
+	paired(bench.PairedArg, "cpu-ratio", 1.02)
+	paired(bench.PairedSelectOneTx, "time-ratio", 0.98)
+	paired(bench.PairedSelectOneTx, "cpu-ratio", 1.08)
+	var b strings.Builder
+	r.portal(&b)
+	out := b.String()
+	verdictOf := func(figure string) string {
+		for _, line := range strings.Split(out, "\n") {
+			if strings.HasPrefix(line, "| "+figure) {
+				cells := strings.Split(strings.Trim(line, "| "), " | ")
+				return cells[len(cells)-1]
+			}
+		}
+		t.Errorf("no row %q in\n%s", figure, out)
+		return ""
+	}
+	for figure, want := range map[string]string{
+		"Draining 1,000,000 rows, loopback":             "met",
+		"… client CPU per row":                          "**not met**",
+		"… server CPU per row":                          "met",
+		"… allocations per row":                         "met",
+		"Draining 1,000,000 rows through the proxy":     "**not met**",
+		"Closing after 1 row of 1,000,000":              "met",
+		"… inside `BeginTx`":                            "**not met**",
+		"… after `Exec(\"BEGIN\")`":                     "**not met**",
+		"… the same through the proxy":                  "met",
+		"4 workers":                                     "met",
+		"`QueryRow(\"SELECT 1\")`, autocommit":          "**not met**",
+		"`QueryRow(\"SELECT $1::int\", n)`, autocommit": "met",
+		"`QueryRow(\"SELECT 1\")` inside `BeginTx`":     "**not met**",
+	} {
+		if got := verdictOf(figure); got != want {
+			t.Errorf("%s: verdict %q, want %q", figure, got, want)
+		}
+	}
+	for _, want := range []string{
+		"4.1 round trips of 2.00 ms",
+		"time 1.60× (95%: 1.55×–1.65×); CPU 1.90× (95%: 1.85×–1.95×)",
+		"medians of 21 rounds",
+		"7 of the 13 goals judged were met on this run.",
+		"cannot reach this goal for a query without arguments in autocommit",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("no %q in\n%s", want, out)
+		}
+	}
+	var sum strings.Builder
+	r.portalSummary(&sum)
+	if want := "7 of 13 goals met; not met: drain client CPU, proxy drain rows/s, early close in BeginTx, " +
+		"early close after Exec(BEGIN), QueryRow(\"SELECT 1\") in autocommit, QueryRow(\"SELECT 1\") in a transaction"; !strings.Contains(sum.String(), want) {
+		t.Errorf("summary %q, want %q", sum.String(), want)
+	}
+	// A paired ratio above 1 is a finding, significant when its interval
+	// lies above 1: the argument's, whose interval holds 1, is noisy.
+	var paired1 int
+	for _, f := range r.slower {
+		if !strings.Contains(f.text, "paired ratios") {
+			continue
+		}
+		if strings.Contains(f.text, "$1::int") {
+			if !f.noisy {
+				t.Errorf("finding %+v: its interval holds 1", f)
+			}
+			continue
+		}
+		paired1++
+		if f.noisy {
+			t.Errorf("finding %+v: its interval lies above 1", f)
+		}
+	}
+	if paired1 != 3 {
+		t.Errorf("%d findings of paired ratios, want 3 (SELECT 1's time and CPU, the transaction's CPU)", paired1)
+	}
+}
+
+// TestPortalWithoutServerCPU checks that a run whose server backends could
+// not be read says so instead of judging the goal.
+func TestPortalWithoutServerCPU(t *testing.T) {
+	r := &report{cfg: config{rows: 100_000, count: 1}, res: newResults()}
+	r.res.add(fetchName(100_000, bench.Jsonstream), "rows/s", 1)
+	r.res.add(fetchName(100_000, bench.LibPQ), "rows/s", 1)
+	var b strings.Builder
+	r.portal(&b)
+	out := b.String()
+	for _, want := range []string{"Draining 100,000 rows, loopback", "not measured: the server's backends are not readable", "1 of the 1 goals judged"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("no %q in\n%s", want, out)
+		}
 	}
 }

@@ -1,0 +1,102 @@
+package bench
+
+import (
+	"context"
+	"database/sql"
+	"runtime"
+	"testing"
+	"time"
+)
+
+// rowQueryer is where a side of BenchmarkQueryRowPaired runs its
+// QueryRows: a pool, or a transaction of it.
+type rowQueryer interface {
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// BenchmarkQueryRowPaired protects what jsonstream's default mode costs
+// the smallest queries against lib/pq, measured so that the machine's
+// drift cannot decide it: both clients run in one process and in one run
+// of the benchmark, taking turns of PairedBlock queries (the side that
+// goes first alternating from turn to turn), b.N queries each. A run is
+// one round; it reports jsonstream's wall time over lib/pq's
+// (time-ratio) and its client CPU time over lib/pq's (cpu-ratio), with
+// each side's ns/query and cpu-ns/query. cmd/report runs PairedRounds
+// rounds per process and takes the median of the ratios; the goal is
+// 1.03 or less for both.
+//
+// query=select1 is QueryRow("SELECT 1") in autocommit, query=arg
+// QueryRow("SELECT $1::int", n), query=select1-tx QueryRow("SELECT 1")
+// inside a BeginTx transaction that lasts the round.
+func BenchmarkQueryRowPaired(b *testing.B) {
+	env := setup(b)
+	ctx := context.Background()
+	// One pool per client for every run: go test -count repeats the runs
+	// of a sub-benchmark inside this function, so that a round costs its
+	// queries and not connecting.
+	var pools [len(PairedClients)]*sql.DB
+	for i, name := range PairedClients {
+		pools[i] = open(b, clientNamed(name), env).(SQLConn).DB
+	}
+	for _, kind := range PairedQueries {
+		b.Run("query="+kind, func(b *testing.B) {
+			var sides [len(PairedClients)]rowQueryer
+			for i, db := range pools {
+				sides[i] = db
+				if kind == PairedSelectOneTx {
+					tx, err := db.BeginTx(ctx, nil)
+					if err != nil {
+						b.Fatal(err)
+					}
+					// Nothing was written: rolling back ends it as well as
+					// Commit would, and cannot fail for a conflict.
+					defer func() { _ = tx.Rollback() }()
+					sides[i] = tx
+				}
+			}
+			var wall, cpu [len(PairedClients)]time.Duration
+			var got int
+			// turn runs k queries on side s, the i-th asking for i where
+			// the query has an argument.
+			turn := func(s, k, from int) {
+				start, c0 := time.Now(), processCPU()
+				for i := from; i < from+k; i++ {
+					var row *sql.Row
+					if kind == PairedArg {
+						row = sides[s].QueryRowContext(ctx, "SELECT $1::int", i)
+					} else {
+						row = sides[s].QueryRowContext(ctx, "SELECT 1")
+					}
+					if err := row.Scan(&got); err != nil {
+						b.Fatalf("%s: %v", PairedClients[s], err)
+					}
+				}
+				cpu[s] += processCPU() - c0
+				wall[s] += time.Since(start)
+			}
+			// The GC of what came before is not this round's.
+			runtime.GC()
+			b.ResetTimer()
+			for done, t := 0, 0; done < b.N; t++ {
+				k := min(PairedBlock, b.N-done)
+				first := t % 2
+				turn(first, k, done)
+				turn(1-first, k, done)
+				done += k
+			}
+			b.StopTimer()
+			for s, name := range PairedClients {
+				b.ReportMetric(float64(wall[s].Nanoseconds())/float64(b.N), name+"-ns/query")
+				if cpu[s] > 0 {
+					b.ReportMetric(float64(cpu[s].Nanoseconds())/float64(b.N), name+"-cpu-ns/query")
+				}
+			}
+			if wall[0] > 0 {
+				b.ReportMetric(float64(wall[1])/float64(wall[0]), "time-ratio")
+			}
+			if cpu[0] > 0 && cpu[1] > 0 {
+				b.ReportMetric(float64(cpu[1])/float64(cpu[0]), "cpu-ratio")
+			}
+		})
+	}
+}
