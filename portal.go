@@ -47,6 +47,15 @@ const (
 	portalMaxBytes = 4 << 20
 )
 
+// A stream is long once it has read portalLongRows rows. Until then it
+// asks for one batch at a time, each twice the last, so that a stream
+// stopped after a few hundred rows (a page, a QueryRow) has at most its
+// current batch to read off; a long one keeps the window full and grows
+// its batches fourfold, so that a slow link is filled fast. (How long the
+// first reply took says little about the link: it includes the server's
+// planning and the executor's start.)
+const portalLongRows = 1024
+
 // portalWindow is how many Executes a long stream keeps outstanding: with
 // two, the next batch is asked for while one is being sent, so the server
 // never waits for the client.
@@ -99,14 +108,8 @@ type portal struct {
 	// whose ReadyForQuery is still to come: in a transaction block the
 	// first batch is asked for with a Sync (the portal outlives it there),
 	// so that a small result takes one round trip, as in lib/pq.
-	// ReadyForQuery was read, or the connection lost: the wire is then
-	// lib/pq's again.
 	complete, finished, ended bool
 	pendingZ                  int
-	// rollingBack is set while the ROLLBACK of an early close is on its
-	// way: its warning that no transaction block is in progress is the
-	// stream's own, not the caller's.
-	rollingBack bool
 	// serverErr is the server's error for the query, reported once its
 	// ReadyForQuery is read. errQuery is the text lib/pq attaches to it:
 	// the query's until the first row, none after.
@@ -647,14 +650,21 @@ func (p *portal) grant() error {
 	return nil
 }
 
-// grow sizes the next batch. Batches grow fourfold from a small first
-// one, so that an early close after a few rows has little to read off,
-// up to the bytes the link holds in a round trip at the rate the stream
+// long reports whether the stream is long (portalLongRows).
+func (p *portal) long() bool { return p.rowsIn >= portalLongRows }
+
+// grow sizes the next batch. Batches grow from a small first one, so that
+// an early close after a few rows has little to read off, twofold and then
+// fourfold once the stream is long, up to the bytes the link holds in a round trip at the rate the stream
 // is read (so that the server never waits for the next Execute), and at
 // least autoBatchBytes, within portalMaxRows and portalMaxBytes, and
 // within what a Unix socket buffers.
 func (p *portal) grow() {
-	n := min(int64(p.batch)*4, portalMaxRows)
+	factor := int64(2)
+	if p.long() {
+		factor = 4
+	}
+	n := min(int64(p.batch)*factor, portalMaxRows)
 	if p.rowsIn == 0 {
 		p.batch = int32(n)
 		return
@@ -684,7 +694,7 @@ func (p *portal) skip(typ byte, body []byte) error {
 	switch typ {
 	case 's':
 		p.outstanding--
-		if p.window < portalWindow {
+		if p.window < portalWindow && p.long() {
 			p.window = portalWindow
 		}
 	case 'C':
@@ -728,11 +738,6 @@ func (p *portal) skip(typ byte, body []byte) error {
 func (p *portal) async(typ byte, body []byte) bool {
 	switch typ {
 	case 'N':
-		if p.rollingBack {
-			if pe := serverError(body, ""); pe.Code == "25P01" {
-				return true // the stream's own ROLLBACK outside a block
-			}
-		}
 		if h := pq.NoticeHandler(p.conn.inner); h != nil {
 			h(serverError(body, ""))
 		}
@@ -774,7 +779,6 @@ func (p *portal) readyForQuery(body []byte) error {
 	}
 	p.ended = true
 	p.conn.portalOpen.Store(false)
-	p.rollingBack = false
 	status := p.before
 	if len(body) == 1 {
 		status = body[0]
@@ -979,10 +983,15 @@ func (p *portal) close(_ []driver.Value) error {
 	if rowsLeft && !p.finished {
 		w := p.w
 		if plan.stmt == stmtRollback {
-			w.parse("ROLLBACK")
-			w.bind(nil, nil)
-			w.execute(0)
-			p.rollingBack = true
+			// The implicit transaction becomes a block (BEGIN inside it
+			// does that, silently) that ROLLBACK ends: a ROLLBACK alone
+			// would end it too, with a WARNING in the server's log at
+			// every early close.
+			for _, stmt := range [...]string{"BEGIN", "ROLLBACK"} {
+				w.parse(stmt)
+				w.bind(nil, nil)
+				w.execute(0)
+			}
 		} else {
 			w.closePortal()
 		}

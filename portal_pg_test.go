@@ -434,3 +434,52 @@ func TestPortalNotificationsReachLibPQ(t *testing.T) {
 		return got
 	})
 }
+
+// TestPortalEarlyCloseIsSilent: ending a read's implicit transaction early
+// raises no notice (which the server would also write to its log at every
+// early close): the notice handler hears nothing, in and out of a
+// transaction block, after a close, a Cancel and a pause timeout.
+func TestPortalEarlyCloseIsSilent(t *testing.T) {
+	needRowsTable(t)
+	db := openPG(t, DriverName, portalDSN)
+	ctx := context.Background()
+	conn, err := db.Conn(ctx)
+	require.NoError(t, err)
+	defer conn.Close()
+	var notices []string
+	require.NoError(t, conn.Raw(func(dc any) error {
+		pq.SetNoticeHandler(dc.(interface{ Unwrap() driver.Conn }).Unwrap(), func(e *pq.Error) {
+			notices = append(notices, string(e.Severity)+" "+string(e.Code)+" "+e.Message)
+		})
+		return nil
+	}))
+	for _, inBlock := range []bool{false, true} {
+		if inBlock {
+			_, err := conn.ExecContext(ctx, "BEGIN")
+			require.NoError(t, err)
+		}
+		for _, end := range []string{"close", "cancel", "pause timeout"} {
+			s := mustStream(t, WithPauseTimeout(20*time.Millisecond))
+			rows, err := conn.QueryContext(ctx, bigQuery, 100_000, s)
+			require.NoError(t, err)
+			require.True(t, rows.Next())
+			switch end {
+			case "cancel":
+				require.NoError(t, s.Cancel())
+			case "pause timeout":
+				require.NoError(t, s.Pause())
+			}
+			if end != "close" {
+				for rows.Next() {
+				}
+			}
+			require.NoError(t, rows.Close())
+		}
+		if inBlock {
+			_, err := conn.ExecContext(ctx, "COMMIT")
+			require.NoError(t, err)
+		}
+	}
+	assert.Empty(t, notices)
+	sessionClean(t, conn)
+}
