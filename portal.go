@@ -348,7 +348,7 @@ func (p *portal) start(args []driver.NamedValue) error {
 		switch typ {
 		case '1', '2':
 		case 'n':
-			p.fields, p.names = nil, []string{}
+			p.fields, p.names = nil, nil
 		case 'T':
 			if err := p.describe(body); err != nil {
 				return p.lost(err)
@@ -443,7 +443,7 @@ func (p *portal) describeStatement() ([]oid.Oid, error) {
 				types[i] = oid.Oid(binary.BigEndian.Uint32(body[2+4*i:]))
 			}
 		case 'n':
-			p.fields, p.names = nil, []string{}
+			p.fields, p.names = nil, nil
 			return types, nil
 		case 'T':
 			if err := p.describe(body); err != nil {

@@ -483,3 +483,30 @@ func TestPortalEarlyCloseIsSilent(t *testing.T) {
 	assert.Empty(t, notices)
 	sessionClean(t, conn)
 }
+
+// TestPortalStatementWithoutRows: a statement that returns no rows, run in
+// a portal (ModePortal), gives what lib/pq gives: no columns, no row, and
+// its effect.
+func TestPortalStatementWithoutRows(t *testing.T) {
+	bothIn(t, portalModes[1:], func(t *testing.T, db *sql.DB) []any {
+		db.SetMaxOpenConns(1)
+		_, err := db.Exec("CREATE TEMP TABLE portal_nodata (a int)")
+		require.NoError(t, err)
+		var out []any
+		for _, args := range [][]any{nil, {7}} {
+			q := "INSERT INTO portal_nodata VALUES (1)"
+			if args != nil {
+				q = "INSERT INTO portal_nodata VALUES ($1)"
+			}
+			rows, err := db.Query(q, args...)
+			require.NoError(t, err)
+			cols, err := rows.Columns()
+			require.NoError(t, err)
+			out = append(out, cols == nil, len(cols), rows.Next(), rows.Err())
+			require.NoError(t, rows.Close())
+		}
+		var sum int
+		require.NoError(t, db.QueryRow("SELECT sum(a) FROM portal_nodata").Scan(&sum))
+		return append(out, sum)
+	})
+}
