@@ -100,6 +100,10 @@ func (w *wire) fill(need int) error {
 	return nil
 }
 
+// holds reports whether the buffer holds anything past the last message
+// read, even part of a message.
+func (w *wire) holds() bool { return w.w > w.r }
+
 // leftover returns what the buffer holds past the last message read, and
 // empties it.
 func (w *wire) leftover() []byte {
