@@ -76,3 +76,50 @@ func sessionEndedKeepsServerError(t *testing.T, mode, tlsMode string) {
 	var one int
 	require.NoError(t, db.QueryRow("SELECT 1").Scan(&one), "the pool recovers")
 }
+
+// TestSessionEndedWhilePortalPaused: the backend of a paused portal stream
+// waits for the next Execute while the rest of its last batches may still
+// sit in the socket buffers, and a FATAL that ends its session queues
+// behind them. Resume reads them before it asks for more: an Execute
+// written to the closed connection is answered by a reset that drops
+// what the server had not sent yet, the FATAL with it.
+func TestSessionEndedWhilePortalPaused(t *testing.T) {
+	db := openPG(t, DriverName, "")
+	monitor := openPG(t, "postgres", "")
+	conn, pid := backend(t, db)
+	s := mustStream(t)
+	const n = 200_000
+	rows, err := conn.QueryContext(context.Background(), bigQuery, n, s)
+	require.NoError(t, err)
+	defer rows.Close()
+	read, next := inOrder(t, rows)
+	read(1000)
+	require.NoError(t, s.Pause())
+	require.Eventually(t, func() bool {
+		state, we, _ := activity(t, monitor, pid)
+		return state == "active" && we == "ClientRead"
+	}, 5*time.Second, 10*time.Millisecond, "the paused backend should wait for the next Execute")
+	var ok bool
+	require.NoError(t, monitor.QueryRow("SELECT pg_terminate_backend($1)", pid).Scan(&ok))
+	require.True(t, ok)
+	require.Eventually(t, func() bool { _, _, alive := activity(t, monitor, pid); return !alive },
+		5*time.Second, 5*time.Millisecond)
+
+	// Paused on, as under a recovery conflict. Resumed at once, the stream
+	// often reads the FATAL before the reset comes; a second later, it
+	// did not before Resume waited for the batches in flight.
+	time.Sleep(time.Second)
+	require.NoError(t, s.Resume())
+	read(n)
+	err = rows.Err()
+	t.Logf("%d rows, then %v", next()-1, err)
+	var pqErr *pq.Error
+	require.ErrorAs(t, err, &pqErr, "the server's FATAL, not the reset that followed it")
+	assert.Equal(t, "57P01", string(pqErr.Code))
+	var ended *SessionEndedError
+	assert.ErrorAs(t, err, &ended)
+	_ = rows.Close()
+	_ = conn.Close()
+	var one int
+	require.NoError(t, db.QueryRow("SELECT 1").Scan(&one), "the pool recovers")
+}

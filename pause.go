@@ -168,6 +168,18 @@ func (r *rows) pauser() *pauser {
 	return r.pause.Load()
 }
 
+// pauseCount returns how many pauses the stream has had; a stream that
+// never paused has no pauser and takes no lock.
+func (r *rows) pauseCount() int64 {
+	p := r.pause.Load()
+	if p == nil {
+		return 0
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.pauses
+}
+
 // Resume implements Controller.
 func (r *rows) Resume() error {
 	p := r.pause.Load()

@@ -125,6 +125,12 @@ type portal struct {
 	notified bool
 	// whole is set when Close found nothing of the result left unread.
 	whole bool
+	// pausesSeen is the stream's pause count at the last grant. A pause
+	// since then leaves the server waiting for the next Execute as long as
+	// it lasts, time in which the server may end the session (a recovery
+	// conflict on a standby); the next grant then waits for the batches
+	// in flight and a look at what follows them (catchUp).
+	pausesSeen int64
 
 	// wireMu is held by whoever talks to the server: the consumer's Next
 	// and Close, or release.
@@ -612,8 +618,14 @@ func (p *portal) Next(dest []driver.Value) error {
 				return p.r.err()
 			}
 			// A Pause that comes now holds the row in rows.Next.
-			if err := p.grant(); err != nil {
+			ready, err := p.catchUp()
+			if err != nil {
 				return err
+			}
+			if ready {
+				if err := p.grant(); err != nil {
+					return err
+				}
 			}
 		}
 		typ, body, err := p.read()
@@ -634,6 +646,29 @@ func (p *portal) Next(dest []driver.Value) error {
 			return err
 		}
 	}
+}
+
+// catchUp reports whether the next Executes may go out now: at once,
+// unless the stream was paused since the last grant. Then only once the
+// batches in flight and whatever the server sent after them were read,
+// and a FATAL that ended the session while the stream was paused is the
+// stream's error. Written to a connection the server closed, an Execute
+// is answered by a reset that drops what the server had not yet sent,
+// which on a paused TCP connection includes the rest of its last batch
+// and the FATAL behind it.
+func (p *portal) catchUp() (bool, error) {
+	n := p.r.pauseCount()
+	if n == p.pausesSeen {
+		return true, nil
+	}
+	if p.outstanding > 0 || p.w.holds() {
+		return false, nil // read on
+	}
+	p.pausesSeen = n
+	if pe := p.conn.sock.peekFatal(); pe != nil {
+		return false, p.lost(p.sessionEnded(pe))
+	}
+	return true, nil
 }
 
 // grant asks for batches until the window is full.

@@ -109,6 +109,10 @@ func (w *wire) detach() {
 	w.in = in
 }
 
+// holds reports whether the buffer holds anything past the last message
+// read, even part of a message.
+func (w *wire) holds() bool { return w.w > w.r }
+
 // leftover returns what the buffer holds past the last message read, and
 // empties it.
 func (w *wire) leftover() []byte {

@@ -239,6 +239,15 @@ func TestHelperProcess(t *testing.T) {
 	if mode == "signal" {
 		defer s.StopOnSignal()()
 	}
+	if mode == "standby" {
+		st, err := s.StartStandby(StandbyOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = os.Stdout.WriteString("READY " + st.dir + " " + strconv.Itoa(st.Port()) + "\n")
+		time.Sleep(time.Minute) // until the parent ends us
+		t.Fatal("not ended by the parent")
+	}
 	if mode == "pgbouncer" {
 		b, err := StartPgBouncer(s, nil)
 		if err != nil {

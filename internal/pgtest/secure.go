@@ -31,15 +31,21 @@ const (
 
 // hbaConf replaces initdb's pg_hba.conf: first match wins, so the two
 // roles above are held to their methods and everything else is trusted.
+// Database "all" does not match replication connections, which
+// StartStandby's pg_basebackup and the standby it makes open; they have
+// lines of their own.
 const hbaConf = `# pgtest: written by the harness
 local   all ` + SCRAMUser + `                 scram-sha-256
 local   all all                              trust
+local   replication all                      trust
 hostssl all ` + CertUser + `  127.0.0.1/32   cert
 hostssl all ` + CertUser + `  ::1/128        cert
 host    all ` + SCRAMUser + ` 127.0.0.1/32   scram-sha-256
 host    all ` + SCRAMUser + ` ::1/128        scram-sha-256
 host    all all               127.0.0.1/32   trust
 host    all all               ::1/128        trust
+host    replication all       127.0.0.1/32   trust
+host    replication all       ::1/128        trust
 `
 
 // The certificate files, in the server's directory.

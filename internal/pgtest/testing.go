@@ -191,6 +191,48 @@ func SharedPgBouncer(t testing.TB) *PgBouncer {
 	return shared.bouncer
 }
 
+// StandbyPair starts a primary and a hot standby of it (StartStandby with
+// opts) for t, both stopped when t ends. A pair of t's own rather than a
+// standby of the shared server, so that what the standby replays, and
+// the recovery conflicts a test provokes, come from t alone. Like Shared,
+// it skips the test when JSONSTREAM_TEST_DSN is set, and without server
+// binaries unless under CI, where it fails.
+func StandbyPair(t testing.TB, opts StandbyOptions) (primary, standby *Server) {
+	t.Helper()
+	if os.Getenv(EnvDSN) != "" && !inCI() {
+		t.Skipf("pgtest: this test needs a throwaway primary and standby; %s points at an external server", EnvDSN)
+	}
+	fail := func(err error) {
+		t.Helper()
+		switch {
+		case errors.Is(err, ErrNoServer) && inCI():
+			t.Fatal(err, "\n", InstallHint)
+		case errors.Is(err, ErrNoServer):
+			t.Skip(err, "\n", InstallHint)
+		default:
+			t.Fatal(err)
+		}
+	}
+	primary, err := Start(Options{Logf: quietLogf})
+	if err != nil {
+		fail(err)
+	}
+	// Stops the standby too.
+	t.Cleanup(func() {
+		if err := primary.Stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	if opts.Logf == nil {
+		opts.Logf = quietLogf
+	}
+	standby, err = primary.StartStandby(opts)
+	if err != nil {
+		fail(err)
+	}
+	return primary, standby
+}
+
 // quietLogf keeps progress out of test output unless tests run verbose.
 func quietLogf(format string, args ...any) {
 	if testing.Verbose() {
