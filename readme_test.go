@@ -81,7 +81,7 @@ func readmeObserver(ctx context.Context, db *sql.DB) error {
 	if err != nil {
 		return err
 	}
-	return rows.Close() // logs "single stream: drained, 0 rows" (or cut)
+	return rows.Close() // logs "portal stream: portal_closed, 0 rows"
 }
 
 func readmeBackpressure(ctx context.Context, dsn string, send func([]byte) error, congested <-chan bool) error {

@@ -20,8 +20,9 @@ const (
 	pauseWatch = time.Second
 	// pauseTimeout is the bound of the stream that is paused and forgotten.
 	pauseTimeout = time.Second
-	// backendGoneWait bounds the wait for the server to notice a cut
-	// connection and end its backend.
+	// backendGoneWait bounds the wait for the server to end the query: a
+	// portal stream's end leaves its backend idle, a cut connection's
+	// backend exits.
 	backendGoneWait = 2 * time.Second
 )
 
@@ -50,6 +51,7 @@ type demo struct {
 		waited      time.Duration
 		err         error
 		backendGone bool
+		backendIdle bool
 		selectOK    bool
 	}
 	early []closeResult
@@ -288,14 +290,17 @@ func (d *demo) pauseTimeout(ctx context.Context) error {
 	_ = rows.Close()
 	_ = conn.Close()
 
-	t.backendGone, err = d.backendGone(ctx, pid)
+	t.backendGone, t.backendIdle, err = d.queryEnded(ctx, pid)
 	if err != nil {
 		return err
 	}
-	if t.backendGone {
+	switch {
+	case t.backendGone:
 		d.out.say("  server backend pid %d is gone: cutting the connection ended it", pid)
-	} else {
-		d.out.say("  server backend pid %d is still there after %s", pid, seconds(backendGoneWait))
+	case t.backendIdle:
+		d.out.say("  server backend pid %d ended the query: the stream ended its portal, and the connection went back to the pool", pid)
+	default:
+		d.out.say("  server backend pid %d still runs the query after %s", pid, seconds(backendGoneWait))
 	}
 	var one int
 	if err := d.db.QueryRowContext(ctx, "SELECT 1").Scan(&one); err != nil {
@@ -306,27 +311,29 @@ func (d *demo) pauseTimeout(ctx context.Context) error {
 	return nil
 }
 
-// backendGone waits a little for the server process pid to exit: the
-// server notices a cut connection on its next write, which is immediate
-// for a backend blocked in one.
-func (d *demo) backendGone(ctx context.Context, pid int) (bool, error) {
+// queryEnded waits a little for the server process pid to end its query:
+// to exit (the server notices a cut connection on its next write, which
+// is immediate for a backend blocked in one) or to go idle (a portal
+// stream ended its portal and kept the connection, which may be the one
+// that asks, back in the pool).
+func (d *demo) queryEnded(ctx context.Context, pid int) (gone, idle bool, err error) {
 	deadline := time.Now().Add(backendGoneWait)
 	for {
-		var n int
-		err := d.db.QueryRowContext(ctx, "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid).Scan(&n)
+		var n, idleN int
+		err := d.db.QueryRowContext(ctx, "SELECT count(*), count(*) FILTER (WHERE state = 'idle' OR pid = pg_backend_pid()) FROM pg_stat_activity WHERE pid = $1", pid).Scan(&n, &idleN)
 		if err != nil {
-			return false, err
+			return false, false, err
 		}
-		if n == 0 {
-			return true, nil
+		if n == 0 || idleN == 1 {
+			return n == 0, idleN == 1, nil
 		}
 		if time.Now().After(deadline) {
-			return false, nil
+			return false, false, nil
 		}
 		select {
 		case <-time.After(20 * time.Millisecond):
 		case <-ctx.Done():
-			return false, ctx.Err()
+			return false, false, ctx.Err()
 		}
 	}
 }
@@ -353,12 +360,15 @@ type closeResult struct {
 func (r closeResult) kept() bool { return r.pidBefore == r.pidAfter }
 
 // earlyClose closes a result of the whole table right after its first
-// row, on a pool of one connection, in jsonstream's cursor mode, in its
-// single-statement mode and with lib/pq alone: how long Close takes, and
-// whether the next query finds the same server backend.
+// row, on a pool of one connection, in jsonstream's default portal mode,
+// its cursor mode, its single-statement mode and with lib/pq alone: how
+// long Close takes, and whether the next query finds the same server
+// backend.
 func (d *demo) earlyClose(ctx context.Context) error {
 	d.out.heading("Closing a %s-row result after its first row, on a pool of one connection", group(int64(d.rows)))
 	ways := []closeWay{
+		{"jsonstream, portal (default)", "reads off what is in flight, ends the portal",
+			func() (*sql.DB, error) { return sql.Open(jsonstream.DriverName, d.dsn) }},
 		{"jsonstream, cursor (FetchAuto)", "reads off the batch in flight, closes the cursor", func() (*sql.DB, error) {
 			inner, err := pq.NewConnector(d.dsn)
 			if err != nil {
@@ -371,7 +381,17 @@ func (d *demo) earlyClose(ctx context.Context) error {
 			return sql.OpenDB(c), nil
 		}},
 		{"jsonstream, single statement", fmt.Sprintf("drains for up to %s, then cuts the connection", seconds(jsonstream.DefaultDrainTimeout)),
-			func() (*sql.DB, error) { return sql.Open(jsonstream.DriverName, d.dsn) }},
+			func() (*sql.DB, error) {
+				inner, err := pq.NewConnector(d.dsn)
+				if err != nil {
+					return nil, err
+				}
+				c, err := jsonstream.NewConnector(inner, jsonstream.WithStreamMode(jsonstream.ModeSingle))
+				if err != nil {
+					return nil, err
+				}
+				return sql.OpenDB(c), nil
+			}},
 		{"lib/pq", fmt.Sprintf("reads the remaining %s", plural(int64(d.rows)-1, "row")),
 			func() (*sql.DB, error) { return sql.Open("postgres", d.dsn) }},
 	}
@@ -444,8 +464,11 @@ func (d *demo) summary() {
 	row("heap while paused", "%s, then %s", megabytes(int64(p.heapBefore)), megabytes(int64(p.heapAfter)))
 	row("server while paused", "state %s, wait event %s", p.backendState, p.waitEvent)
 	timeout := fmt.Sprintf("ErrPauseTimeout after %s", seconds(t.waited))
-	if t.backendGone {
+	switch {
+	case t.backendGone:
 		timeout += ", backend gone"
+	case t.backendIdle:
+		timeout += ", backend idle, connection kept"
 	}
 	if t.selectOK {
 		timeout += ", SELECT 1 ok"
