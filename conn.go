@@ -381,7 +381,7 @@ func (c *conn) query(ctx context.Context, owner any, query string, args []driver
 	}
 	start := time.Now()
 	r := newRows(ctx, c, s)
-	mode, err := c.chooseMode(&r.settings, owner, query, len(args))
+	mode, text, err := c.chooseMode(&r.settings, owner, query, len(args))
 	if err != nil {
 		return nil, err
 	}
@@ -389,7 +389,7 @@ func (c *conn) query(ctx context.Context, owner any, query string, args []driver
 	case ModeCursor:
 		return c.queryCursor(ctx, query, args, s, r, start)
 	case ModePortal:
-		return c.queryPortal(ctx, owner, query, args, s, r, start)
+		return c.queryPortal(ctx, owner, query, text, args, s, r, start)
 	}
 	if send == nil {
 		return nil, driver.ErrSkip

@@ -41,36 +41,41 @@ func WithStreamMode(m StreamMode) Option {
 }
 
 // chooseMode decides the mode of a query of owner (the conn, or a
-// statement of it) with nargs arguments, under the stream's settings.
-func (c *conn) chooseMode(set *settings, owner any, query string, nargs int) (StreamMode, error) {
+// statement of it) with nargs arguments, under the stream's settings. For
+// a portal stream it also returns the scan of the query's text, which the
+// stream reads again.
+func (c *conn) chooseMode(set *settings, owner any, query string, nargs int) (StreamMode, queryText, error) {
 	if set.modeSet {
 		if set.mode == ModeCursor && set.fetchSize == 0 {
 			set.fetchSize = FetchAuto
 		}
 		if set.mode != ModePortal {
-			return set.mode, nil
+			return set.mode, queryText{}, nil
 		}
-		if why := c.portalRefusal(owner, query, nargs); why != "" {
-			return 0, fmt.Errorf("%w (WithStreamMode(ModePortal)): %s", ErrPortalQuery, why)
+		text := scanQuery(query)
+		if why := c.portalRefusal(owner, text, nargs); why != "" {
+			return 0, text, fmt.Errorf("%w (WithStreamMode(ModePortal)): %s", ErrPortalQuery, why)
 		}
-		return ModePortal, nil
+		return ModePortal, text, nil
 	}
 	if set.fetchSize != 0 {
-		return ModeCursor, nil
+		return ModeCursor, queryText{}, nil
 	}
-	if c.wireOK && !scanQuery(query).writes && c.portalRefusal(owner, query, nargs) == "" {
-		return ModePortal, nil
+	if c.wireOK {
+		if text := scanQuery(query); !text.writes && c.portalRefusal(owner, text, nargs) == "" {
+			return ModePortal, text, nil
+		}
 	}
-	return ModeSingle, nil
+	return ModeSingle, queryText{}, nil
 }
 
 // portalRefusal says why a query cannot run as a portal stream, or "".
-func (c *conn) portalRefusal(owner any, query string, nargs int) string {
+func (c *conn) portalRefusal(owner any, text queryText, nargs int) string {
 	switch {
 	case !c.wireOK:
 		return "jsonstream does not own this connection's wire (open it with sql.Open(\"jsonstream\", dsn) or NewConnectorConfig)"
 	case !c.portalReady():
 		return "the connection is not idle"
 	}
-	return portalText(scanQuery(query), owner == c && nargs == 0)
+	return portalText(text, owner == c && nargs == 0)
 }

@@ -76,6 +76,8 @@ type portal struct {
 	r     *rows
 	w     *wire
 	query string
+	// text is the scan of query (sqltext.go).
+	text queryText
 	// simple is set for a query that lib/pq would send in a simple Query
 	// (no arguments, not a prepared statement), whose replies differ.
 	simple bool
@@ -210,7 +212,7 @@ func lower(s string) string {
 // first row (parsing, planning, the first row's execution) from Query,
 // with the query's text in the *pq.Error as lib/pq attaches it; what
 // fails later from Next.
-func (c *conn) queryPortal(ctx context.Context, owner any, query string, args []driver.NamedValue, st *Stream, r *rows, start time.Time) (driver.Rows, error) {
+func (c *conn) queryPortal(ctx context.Context, owner any, query string, text queryText, args []driver.NamedValue, st *Stream, r *rows, start time.Time) (driver.Rows, error) {
 	if err := claim(st); err != nil {
 		return nil, err
 	}
@@ -222,7 +224,7 @@ func (c *conn) queryPortal(ctx context.Context, owner any, query string, args []
 	if c.wire == nil {
 		c.wire = newWire(c.sock)
 	}
-	p := &portal{conn: c, r: r, w: c.wire, query: query, errQuery: query, window: 1, batch: portalFirstRows,
+	p := &portal{conn: c, r: r, w: c.wire, query: query, text: text, errQuery: query, window: 1, batch: portalFirstRows,
 		simple: owner == c && len(args) == 0}
 	p.before = byte(c.sock.frames.status.Load())
 	p.startTZ = c.sock.frames.timeZone.Load()
@@ -284,7 +286,7 @@ func (p *portal) start(args []driver.NamedValue) error {
 	// is not UTF-8 (which the server refuses in plain text), or, when the
 	// server's or the client's encoding is not UTF8, a byte beyond ASCII
 	// (plain text is converted to the server's encoding; hex is not).
-	needTypes := !binaryParams && (scanQuery(p.query).params != len(args) ||
+	needTypes := !binaryParams && (p.text.params != len(args) ||
 		typedArgs(args, !p.conn.sock.frames.notUTF8.Load()))
 	if len(args) >= 65536 {
 		return fmt.Errorf("pq: got %d parameters but PostgreSQL only supports 65535 parameters", len(args))

@@ -367,7 +367,7 @@ func (r *rows) endFacts(failed bool) endFacts {
 	if cur := r.cursor; cur != nil {
 		f.callersTx = !cur.own
 	} else if p := r.portal; p != nil {
-		f.callersTx, f.writes = p.before != txStatusIdle, scanQuery(r.query).writes
+		f.callersTx, f.writes = p.before != txStatusIdle, p.text.writes
 	} else {
 		f.callersTx, f.writes = r.conn.inTx || r.txBlock, scanQuery(r.query).writes
 	}
