@@ -70,6 +70,10 @@ type framer struct {
 	// is idle while no write followed it.
 	writes  atomic.Uint64
 	readyAt atomic.Uint64
+	// owedZ counts the ReadyForQuery messages of an owed end (owed.go)
+	// still to come: they answer no write of lib/pq's, and leave readyAt
+	// alone.
+	owedZ atomic.Int32
 	// status is the transaction status of the last ReadyForQuery, 0
 	// before the first.
 	status atomic.Uint32
@@ -220,7 +224,11 @@ func (f *framer) ended() bool {
 		if f.zlen == 1 {
 			f.status.Store(uint32(f.zlast))
 		}
-		f.readyAt.Store(f.writes.Load() + 1)
+		if f.owedZ.Load() > 0 {
+			f.owedZ.Add(-1)
+		} else {
+			f.readyAt.Store(f.writes.Load() + 1)
+		}
 		return true
 	case !f.capturing:
 		return false

@@ -3,6 +3,7 @@ package jsonstream
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"testing"
@@ -239,4 +240,50 @@ func openDSN(t *testing.T, driverName, dsn string) *sql.DB {
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = db.Close() })
 	return db
+}
+
+// txQueryer is what a test runs statements through: a sql.Conn, or a
+// transaction on it.
+type txQueryer interface {
+	QueryContext(context.Context, string, ...any) (*sql.Rows, error)
+	ExecContext(context.Context, string, ...any) (sql.Result, error)
+}
+
+// enterTx begins, on conn, the transaction a test runs in: where is
+// "BeginTx", "Exec(BEGIN)" (a transaction block lib/pq does not know of),
+// or "autocommit" (none). It returns what to run statements through.
+func enterTx(t *testing.T, conn *sql.Conn, where string) (txQueryer, *sql.Tx) {
+	t.Helper()
+	ctx := context.Background()
+	switch where {
+	case "BeginTx":
+		tx, err := conn.BeginTx(ctx, nil)
+		require.NoError(t, err)
+		return tx, tx
+	case "Exec(BEGIN)":
+		_, err := conn.ExecContext(ctx, "BEGIN")
+		require.NoError(t, err)
+	}
+	return conn, nil
+}
+
+// commitTx commits the transaction enterTx began.
+func commitTx(t *testing.T, conn *sql.Conn, tx *sql.Tx, where string) {
+	t.Helper()
+	switch where {
+	case "BeginTx":
+		require.NoError(t, tx.Commit())
+	case "Exec(BEGIN)":
+		_, err := conn.ExecContext(context.Background(), "COMMIT")
+		require.NoError(t, err)
+	}
+}
+
+// rawInner runs f on lib/pq's connection under conn.
+func rawInner(t *testing.T, conn *sql.Conn, f func(inner driver.Conn)) {
+	t.Helper()
+	require.NoError(t, conn.Raw(func(dc any) error {
+		f(dc.(interface{ Unwrap() driver.Conn }).Unwrap())
+		return nil
+	}))
 }

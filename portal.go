@@ -127,6 +127,9 @@ type portal struct {
 	notified bool
 	// whole is set when Close found nothing of the result left unread.
 	whole bool
+	// owed is set when Close sent the end without reading its replies
+	// (owed.go).
+	owed bool
 	// pausesSeen is the stream's pause count at the last grant. A pause
 	// since then leaves the server waiting for the next Execute as long as
 	// it lasts, time in which the server may end the session (a recovery
@@ -161,7 +164,8 @@ var (
 // now: jsonstream owns its wire (a lib/pq connection from a DSN or a
 // pq.Config, whose messages the framer follows) and lib/pq left it idle.
 func (c *conn) portalReady() bool {
-	return c.wireOK && c.sock != nil && c.sock.frames.following() && c.sock.frames.idle() && !c.isCut()
+	return c.wireOK && c.sock != nil && c.sock.frames.following() &&
+		(c.sock.frames.idle() || c.sock.idleButOwed()) && !c.isCut()
 }
 
 // portalText reports why the text cannot run as a portal stream, or ""
@@ -509,11 +513,14 @@ func (p *portal) syncAndWait() error {
 	return nil
 }
 
+// errBadRowDescription is describe's error, made once: describe runs
+// for every query.
+var errBadRowDescription = fmt.Errorf("%w: malformed RowDescription", errProtocol)
+
 // describe reads a RowDescription.
 func (p *portal) describe(b []byte) error {
-	bad := fmt.Errorf("%w: malformed RowDescription", errProtocol)
 	if len(b) < 2 {
-		return bad
+		return errBadRowDescription
 	}
 	n := int(binary.BigEndian.Uint16(b))
 	b = b[2:]
@@ -525,7 +532,7 @@ func (p *portal) describe(b []byte) error {
 			end++
 		}
 		if end+19 > len(b) {
-			return bad
+			return errBadRowDescription
 		}
 		f := &p.fields[i]
 		f.name = string(b[:end])
@@ -542,6 +549,9 @@ func (p *portal) describe(b []byte) error {
 // read returns the next message, marking a read that has to wait on the
 // network as pending (interrupt).
 func (p *portal) read() (byte, []byte, error) {
+	if p.conn.sock.owed != nil {
+		p.conn.sock.payOwed() // the last stream's end comes first
+	}
 	if p.w.buffered() {
 		return p.w.next()
 	}
@@ -837,6 +847,14 @@ func (p *portal) handBack(status byte) {
 		s.giveBack(p.giveBack, left)
 		p.giveBack = p.giveBack[:0]
 	}
+	if p.owed {
+		// lib/pq reads what was handed back next, in the read that
+		// settled the end; the status cannot have changed (mayOwe).
+		if status != p.before && p.before != 0 {
+			p.conn.discard()
+		}
+		return
+	}
 	if status != p.before && p.before != 0 || p.notified {
 		p.notified = false
 		if pinger, ok := p.conn.inner.(driver.Pinger); ok {
@@ -1017,6 +1035,20 @@ func (p *portal) close(_ []driver.Value) error {
 			return p.cutEnd()
 		}
 	}
+	if rowsLeft && plan.stmt != stmtRollback {
+		// What already arrived of the batches in flight is read on: with
+		// none left in flight, closing the portal cannot fail, and its end
+		// may be owed (owed.go).
+		for p.outstanding > 0 && !p.finished && p.w.buffered() {
+			typ, body, err := p.w.next()
+			if err != nil {
+				return p.endLost(err, failed)
+			}
+			if err := p.skip(typ, body); err != nil {
+				return err
+			}
+		}
+	}
 	if rowsLeft && !p.finished {
 		w := p.w
 		if plan.stmt == stmtRollback {
@@ -1035,9 +1067,13 @@ func (p *portal) close(_ []driver.Value) error {
 		w.sync()
 		p.finished = true
 		p.pendingZ++
+		owe := !failed && p.mayOwe()
 		if err := w.send(); err != nil {
 			_ = p.lost(err)
 			return nil
+		}
+		if owe {
+			return p.owe()
 		}
 	}
 	p.whole = !rowsLeft

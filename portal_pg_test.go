@@ -38,21 +38,7 @@ func TestPortalEarlyCloseKeepsSession(t *testing.T) {
 				ctx := context.Background()
 				_, err := conn.ExecContext(ctx, "CREATE TEMP TABLE portal_kept (a int)")
 				require.NoError(t, err)
-				type queryer interface {
-					QueryContext(context.Context, string, ...any) (*sql.Rows, error)
-					ExecContext(context.Context, string, ...any) (sql.Result, error)
-				}
-				var q queryer = conn
-				var tx *sql.Tx
-				switch where {
-				case "BeginTx":
-					tx, err = conn.BeginTx(ctx, nil)
-					require.NoError(t, err)
-					q = tx
-				case "Exec(BEGIN)":
-					_, err = conn.ExecContext(ctx, "BEGIN")
-					require.NoError(t, err)
-				}
+				q, tx := enterTx(t, conn, where)
 				_, err = q.ExecContext(ctx, "INSERT INTO portal_kept VALUES (1)")
 				require.NoError(t, err)
 				rec := &recorder{}
@@ -72,13 +58,7 @@ func TestPortalEarlyCloseKeepsSession(t *testing.T) {
 				}
 				_, err = q.ExecContext(ctx, "INSERT INTO portal_kept VALUES (2)")
 				require.NoError(t, err, "the transaction must go on")
-				switch where {
-				case "BeginTx":
-					require.NoError(t, tx.Commit())
-				case "Exec(BEGIN)":
-					_, err = conn.ExecContext(ctx, "COMMIT")
-					require.NoError(t, err)
-				}
+				commitTx(t, conn, tx, where)
 				var n int
 				require.NoError(t, conn.QueryRowContext(ctx, "SELECT count(*) FROM portal_kept").Scan(&n))
 				assert.Equal(t, 2, n, "both inserts committed")

@@ -80,6 +80,11 @@ type sock struct {
 	held    []byte
 	heldOff int
 	heldErr error
+	// owed is the portal stream whose end was sent and not yet read
+	// (owed.go); owedWrites is the framer's write count after it was sent.
+	// The reading goroutine's.
+	owed       *portal
+	owedWrites uint64
 }
 
 // Write implements net.Conn. lib/pq's first write tells whether the
@@ -94,10 +99,18 @@ func (s *sock) Write(p []byte) (int, error) {
 	return s.Conn.Write(p)
 }
 
-// Read implements net.Conn. Outside a drain it is the socket's own Read.
-// A read never goes past a ReadyForQuery: what came after it is kept for
-// the next read.
-func (s *sock) Read(p []byte) (n int, err error) {
+// Read implements net.Conn: lib/pq's reads. An owed end is read first
+// (owed.go); then it is read.
+func (s *sock) Read(p []byte) (int, error) {
+	if s.owed != nil {
+		s.payOwed()
+	}
+	return s.read(p)
+}
+
+// read is the socket's own Read outside a drain. A read never goes past
+// a ReadyForQuery: what came after it is kept for the next read.
+func (s *sock) read(p []byte) (n int, err error) {
 	if s.heldOff < len(s.held) {
 		return s.readHeld(p)
 	}

@@ -26,6 +26,7 @@ type fakeSock struct {
 	// onClose runs on the first Close, before closed is closed.
 	onClose func()
 
+	reads     atomic.Int64  // Read calls
 	deadlines atomic.Int64  // SetReadDeadline calls
 	faults    atomic.Int64  // SetReadDeadline calls that onDeadline failed
 	stalled   atomic.Bool   // writes are swallowed from now on
@@ -112,6 +113,7 @@ func (s *fakeSock) readDeadline() time.Time {
 func (s *fakeSock) stall() { s.stalled.Store(true) }
 
 func (s *fakeSock) Read(p []byte) (int, error) {
+	s.reads.Add(1)
 	switch {
 	case s.Conn != nil:
 		return s.Conn.Read(p)

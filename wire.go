@@ -87,7 +87,7 @@ func (w *wire) fill(need int) error {
 		w.r = 0
 	}
 	for w.w-w.r < need {
-		n, err := w.s.Read(w.in[w.w:])
+		n, err := w.s.read(w.in[w.w:])
 		w.w += n
 		if err != nil {
 			if w.w-w.r >= need {
@@ -107,6 +107,23 @@ func (w *wire) detach() {
 	w.w = copy(in, w.in[w.r:w.w])
 	w.r = 0
 	w.in = in
+}
+
+// bufferedReady counts the ReadyForQuery messages in the buffer past the
+// last message read: the framer has seen them already.
+func (w *wire) bufferedReady() int {
+	n := 0
+	for at := w.r; w.w-at >= 5; {
+		end := at + 1 + int(binary.BigEndian.Uint32(w.in[at+1:]))
+		if end > w.w {
+			break // a message not whole: the framer has not ended it
+		}
+		if w.in[at] == 'Z' {
+			n++
+		}
+		at = end
+	}
+	return n
 }
 
 // holds reports whether the buffer holds anything past the last message
