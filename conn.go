@@ -45,7 +45,10 @@ type conn struct {
 	// jsonstream read; binaryParams is lib/pq's binary_parameters. wire is
 	// the portal streams' reader and writer, made by the first.
 	wireOK, binaryParams bool
-	wire                 *wire
+	// connector made the conn; a resumable stream opens another through it
+	// (resume.go).
+	connector *Connector
+	wire      *wire
 	// portalOpen is set while a portal stream holds the wire: from its
 	// first message to its last ReadyForQuery. lib/pq, which does not see
 	// it, would otherwise send a statement in the middle of it.
@@ -344,6 +347,12 @@ func (c *conn) takeStream(owner any, nargs int) *Stream {
 // driver.Queryer as database/sql does, or to driver.ErrSkip (database/sql
 // then prepares the statement) when the inner conn has neither.
 func (c *conn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
+	return c.query(ctx, c, query, args, c.sender(query, args))
+}
+
+// sender returns what sends query to the inner conn, nil when it cannot
+// query.
+func (c *conn) sender(query string, args []driver.NamedValue) func(context.Context) (driver.Rows, error) {
 	var send func(context.Context) (driver.Rows, error)
 	switch q := c.inner.(type) {
 	case driver.QueryerContext:
@@ -362,7 +371,7 @@ func (c *conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 			return q.Query(query, values)
 		}
 	}
-	return c.query(ctx, c, query, args, send)
+	return send
 }
 
 // query is the one way a query runs, for the conn and its statements
@@ -381,6 +390,45 @@ func (c *conn) query(ctx context.Context, owner any, query string, args []driver
 	}
 	start := time.Now()
 	r := newRows(ctx, c, s)
+	if r.settings.resume == nil {
+		return c.run(ctx, owner, query, args, send, s, r, start)
+	}
+	text := scanQuery(query)
+	if why := c.resumeRefusal(text); why != "" {
+		return nil, fmt.Errorf("%w: %s", ErrResumeQuery, why)
+	}
+	if r.settings.resume.key == nil {
+		return nil, fmt.Errorf("%w: WithResumeRetry without WithResumeKey", ErrResumeQuery)
+	}
+	rr := &resumeRows{cur: r, ctx: ctx, query: query[:text.end], stream: s, set: *r.settings.resume, base: c}
+	rr.args = append([]driver.NamedValue(nil), args...)
+	if _, err := c.run(ctx, owner, query, args, send, s, r, start); err != nil {
+		if !retryable(err) {
+			return nil, err
+		}
+		// Failed before its first row: run again, holding the Stream.
+		if err := claim(s); err != nil {
+			return nil, err
+		}
+		if err := rr.resume(err); err != nil {
+			unclaim(s)
+			return nil, err
+		}
+	}
+	if err := rr.bind(); err != nil {
+		return nil, err
+	}
+	return rr, nil
+}
+
+// queryAs runs query for the stream r, made by the caller with its
+// settings, without a Stream: a resumable stream's continuation.
+func (c *conn) queryAs(ctx context.Context, query string, args []driver.NamedValue, r *rows) (driver.Rows, error) {
+	return c.run(ctx, c, query, args, c.sender(query, args), nil, r, time.Now())
+}
+
+// run runs the query for the stream r in the mode chooseMode gives it.
+func (c *conn) run(ctx context.Context, owner any, query string, args []driver.NamedValue, send func(context.Context) (driver.Rows, error), s *Stream, r *rows, start time.Time) (driver.Rows, error) {
 	mode, text, err := c.chooseMode(&r.settings, owner, query, len(args))
 	if err != nil {
 		return nil, err

@@ -113,6 +113,7 @@ func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
 	}
 
 	cn := newConn(ic, &c.settings, sock.conn.Load())
+	cn.connector = c
 	if c.ownWire && cn.sock != nil && isPQConn(ic) {
 		cn.wireOK, cn.binaryParams = true, c.binaryParams
 	}

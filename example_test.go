@@ -215,3 +215,34 @@ func ExampleCloseMode() {
 	// The first row is all we wanted.
 	_ = rows.Close() // milliseconds, whatever is left
 }
+
+// A stream that survives a failover, a restart or a recovery conflict on a
+// standby: resumed from the last id it delivered, on a new connection if
+// need be, without a row twice or one lost.
+func ExampleWithResumeKey() {
+	export := func(ctx context.Context, db *sql.DB) (jsonstream.Stats, error) {
+		s, err := jsonstream.NewStream(jsonstream.WithResumeKey(jsonstream.Asc("id")))
+		if err != nil {
+			return jsonstream.Stats{}, err
+		}
+		rows, err := db.QueryContext(ctx, "SELECT id, doc FROM documents ORDER BY id", s)
+		if err != nil {
+			return jsonstream.Stats{}, err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var id int64
+			var doc []byte
+			if err := rows.Scan(&id, &doc); err != nil {
+				return s.Stats(), err
+			}
+			// write doc out
+		}
+		return s.Stats(), rows.Err() // Stats.Resumes counts the continuations
+	}
+	_ = export
+
+	_, err := jsonstream.NewStream(jsonstream.WithResumeKey())
+	fmt.Println(errors.Is(err, jsonstream.ErrInvalidOption))
+	// Output: true
+}

@@ -80,6 +80,12 @@ const (
 	// goroutine that closed the rows: the consumer's, or database/sql's
 	// own when the query's context ends.
 	EventEnded
+	// EventContinued means a resumable stream (WithResumeKey) got past a
+	// failure: its continuation delivered its first row. Event.Err is the
+	// failure, Event.Continued the time from it to that row, and
+	// Stats.Resumes counts the continuations so far. From the goroutine
+	// that called Next.
+	EventContinued
 )
 
 // String returns the kind's name, as in "paused".
@@ -97,6 +103,8 @@ func (k EventKind) String() string {
 		return "pause_timeout"
 	case EventEnded:
 		return "ended"
+	case EventContinued:
+		return "continued"
 	}
 	return fmt.Sprintf("EventKind(%d)", uint8(k))
 }
@@ -211,6 +219,9 @@ type Event struct {
 	// one that outlived the timeout on EventPauseTimeout, and on
 	// EventEnded the one that ended with the stream (EndedPaused).
 	Paused time.Duration
+	// Continued is, on EventContinued, the time from the failure to the
+	// continuation's first row.
+	Continued time.Duration
 
 	// The fields below are set on EventEnded only.
 
@@ -392,7 +403,7 @@ func (r *rows) event(kind EventKind) Event {
 // eventLocked is event for a caller that holds p.mu.
 func (r *rows) eventLocked(kind EventKind, p *pauser) Event {
 	e := Event{Kind: kind, Context: r.ctx, Query: r.obs.query, Mode: r.mode()}
-	e.Stats = Stats{Rows: r.rowCount.Load(), Bytes: r.byteCount.Load(), FirstRow: time.Duration(r.firstRow.Load())}
+	e.Stats = Stats{Rows: r.rowCount.Load() + r.priorRows, Bytes: r.byteCount.Load(), FirstRow: time.Duration(r.firstRow.Load()), Resumes: r.resumes}
 	p.snapshot(r.state.load, &e.Stats)
 	return e
 }
@@ -406,7 +417,18 @@ func (r *rows) observeStarted(query string) {
 	if r.settings.observeQuery {
 		r.obs.query = query
 	}
-	r.emit(r.event(EventStarted))
+	if !r.continues { // a continuation goes on the stream (resume.go)
+		r.emit(r.event(EventStarted))
+	}
+}
+
+// observeContinued fires EventContinued (resume.go).
+func (r *rows) observeContinued(cause error, took time.Duration) {
+	if r.settings.observer != nil {
+		e := r.event(EventContinued)
+		e.Err, e.Continued = cause, took
+		r.emit(e)
+	}
 }
 
 // observeFirstRow fires EventFirstRow.

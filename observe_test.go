@@ -379,7 +379,7 @@ func TestSlowObserverSlowsOnlyItsCaller(t *testing.T) {
 
 func TestObserverStrings(t *testing.T) {
 	var kinds, outcomes, modes []string
-	for k := EventStarted; k <= EventEnded+1; k++ {
+	for k := EventStarted; k <= EventContinued+1; k++ {
 		kinds = append(kinds, k.String())
 	}
 	for o := OutcomeNone; o <= OutcomeFailed+1; o++ {
@@ -388,7 +388,7 @@ func TestObserverStrings(t *testing.T) {
 	for m := ModeSingle; m <= ModePortal+1; m++ {
 		modes = append(modes, m.String())
 	}
-	assert.Equal(t, "started first_row paused resumed pause_timeout ended EventKind(6)", strings.Join(kinds, " "))
+	assert.Equal(t, "started first_row paused resumed pause_timeout ended continued EventKind(7)", strings.Join(kinds, " "))
 	assert.Equal(t, "none complete drained cut cursor_closed portal_closed canceled context pause_timeout failed Outcome(10)", strings.Join(outcomes, " "))
 	assert.Equal(t, "single cursor portal StreamMode(3)", strings.Join(modes, " "))
 }

@@ -124,6 +124,8 @@ type settings struct {
 	modeSet      bool
 	observer     Observer // nil: no events
 	observeQuery bool
+	// resume is set by WithResumeKey or WithResumeRetry (resume.go).
+	resume *resumeSettings
 }
 
 func defaultSettings() settings {

@@ -13,12 +13,10 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// openOwed is a pool of one connection in the default mode whose socket
-// counts its reads, with the backend's pid.
-func openOwed(t *testing.T) (*sql.DB, *fakeSock, int) {
+// openDialed is a pool of one connection in the default mode whose
+// connections go through d.
+func openDialed(t *testing.T, d *fakeDialer) *sql.DB {
 	t.Helper()
-	needRowsTable(t)
-	d := &fakeDialer{}
 	pc, err := pq.NewConnector(pgtest.DSN(t))
 	require.NoError(t, err)
 	c, err := NewConnector(pc)
@@ -29,6 +27,16 @@ func openOwed(t *testing.T) (*sql.DB, *fakeSock, int) {
 	db := sql.OpenDB(c)
 	t.Cleanup(func() { _ = db.Close() })
 	db.SetMaxOpenConns(1)
+	return db
+}
+
+// openOwed is a pool of one connection in the default mode whose socket
+// counts its reads, with the backend's pid.
+func openOwed(t *testing.T) (*sql.DB, *fakeSock, int) {
+	t.Helper()
+	needRowsTable(t)
+	d := &fakeDialer{}
+	db := openDialed(t, d)
 	var pid int
 	require.NoError(t, db.QueryRow("SELECT pg_backend_pid()").Scan(&pid))
 	return db, d.last(), pid

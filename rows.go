@@ -73,6 +73,13 @@ type rows struct {
 	// (endPlan.outcome); the consumer's.
 	closedAs Outcome
 
+	// priorRows and resumes are, for a resumable stream's continuation,
+	// the rows delivered and the continuations made before it; continues
+	// is set when it goes on a stream that started, whose events it does
+	// not repeat (resume.go).
+	priorRows, resumes int64
+	continues          bool
+
 	start     time.Time
 	firstRow  atomic.Int64 // time.Duration since start; 0 before the first row
 	rowCount  atomic.Int64
@@ -176,7 +183,7 @@ func (r *rows) Next(dest []driver.Value) error {
 	r.byteCount.Add(n)
 	if r.rowCount.Add(1) == 1 {
 		r.firstRow.Store(int64(max(time.Since(r.start), 1)))
-		if r.settings.observer != nil {
+		if r.settings.observer != nil && !r.continues {
 			r.observeFirstRow()
 			if r.state.load() != Running {
 				// A Pause while the observer heard of the row: hold it.
@@ -477,7 +484,8 @@ func (r *rows) State() State { return r.state.load() }
 func (r *rows) Stats() Stats {
 	st := Stats{
 		State:    r.state.load(),
-		Rows:     r.rowCount.Load(),
+		Rows:     r.rowCount.Load() + r.priorRows,
+		Resumes:  r.resumes,
 		Bytes:    r.byteCount.Load(),
 		FirstRow: time.Duration(r.firstRow.Load()),
 	}

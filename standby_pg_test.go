@@ -83,6 +83,25 @@ func TestPausedStreamOnStandby(t *testing.T) {
 		c.requirePoolServes(t)
 	})
 
+	// With a resume key the stream gets past the conflict: the same
+	// replay, then every row once, in order, after Resume.
+	t.Run("mode=portal/resume key", func(t *testing.T) {
+		c := pauseOnStandby(t, pdb, standby, "", n, WithResumeKey(Asc("g")))
+		replayed, gone, err := watchReplay(c.monitor, c.lsn, c.pid, standbyDelay+standbyMargin+5*time.Second)
+		require.NoError(t, err)
+		require.False(t, gone.IsZero(), "backend %d outlived the recovery conflict", c.pid)
+		require.False(t, replayed.IsZero(), "the standby did not replay the VACUUM")
+		held := replayed.Sub(c.vacuumed)
+		err = c.resume(t)
+		t.Logf("standby mode=portal with a resume key: replay held %v after VACUUM; %d rows, %d continuations: %v",
+			held.Round(time.Millisecond), c.read, c.stream.Stats().Resumes, err)
+		assert.Less(t, held, standbyDelay+standbyMargin, "a paused portal stream should not hold replay")
+		require.NoError(t, err)
+		assert.Equal(t, n, c.read, "every row, in order (inOrder), once")
+		assert.Equal(t, int64(1), c.stream.Stats().Resumes)
+		c.requirePoolServes(t)
+	})
+
 	t.Run("mode=single", func(t *testing.T) {
 		c := pauseOnStandby(t, pdb, standby, singleDSN, n)
 		// Blocked writing, the backend acts on the cancel only once the
@@ -148,12 +167,12 @@ type pausedOnStandby struct {
 // jsonstream with the DSN fragment mode, pauses after 1000 rows once the
 // backend waits on the client, and has the primary update rows the
 // stream's snapshot sees and VACUUM them away.
-func pauseOnStandby(t *testing.T, pdb *sql.DB, standby *pgtest.Server, mode string, n int) *pausedOnStandby {
+func pauseOnStandby(t *testing.T, pdb *sql.DB, standby *pgtest.Server, mode string, n int, opts ...Option) *pausedOnStandby {
 	t.Helper()
 	c := &pausedOnStandby{
 		db:      openDSN(t, DriverName, standby.DSN()+" "+mode),
 		monitor: openDSN(t, "postgres", standby.DSN()),
-		stream:  mustStream(t),
+		stream:  mustStream(t, opts...),
 	}
 	var err error
 	c.conn, err = c.db.Conn(context.Background())

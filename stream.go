@@ -107,6 +107,9 @@ type Stats struct {
 	// FirstRow is the time from the start of the query to the first row
 	// Next delivered; 0 before that row.
 	FirstRow time.Duration
+	// Resumes counts the continuations of a resumable stream
+	// (WithResumeKey) after failures; Rows counts across them.
+	Resumes int64
 }
 
 // Stream is a per-query handle on a jsonstream result stream for code that
@@ -140,8 +143,8 @@ type Stream struct {
 // NewStream returns a Stream whose rows use opts on top of the
 // connector's settings (WithPauseTimeout, WithPauseTimeoutAction,
 // WithCloseMode, WithDrainTimeout, WithFetchSize, WithObserver,
-// WithObserverQueryText). A bad option is an error wrapping
-// ErrInvalidOption.
+// WithObserverQueryText, WithResumeKey, WithResumeRetry). A bad option is
+// an error wrapping ErrInvalidOption.
 func NewStream(opts ...Option) (*Stream, error) {
 	s := &Stream{opts: opts}
 	if err := s.checked.apply(opts); err != nil {

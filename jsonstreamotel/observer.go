@@ -82,6 +82,8 @@ type Observer struct {
 	pauseTimeouts metric.Int64Counter
 	connsCut      metric.Int64Counter
 	firstRow      metric.Float64Histogram
+	resumes       metric.Int64Counter
+	resumeTime    metric.Float64Histogram
 
 	// The attribute sets, built once with their option slices: passing an
 	// option by itself would allocate its variadic slice per measurement.
@@ -168,6 +170,8 @@ func NewObserver(opts ...Option) (*Observer, error) {
 	o.pauseTimeouts = counter("db.client.jsonstream.pause.timeouts", "{timeout}", "Pause timeouts that expired.")
 	o.connsCut = counter("db.client.jsonstream.connections.cut", "{connection}", "Connections cut to stop a server-side query.")
 	o.firstRow = histogram("db.client.jsonstream.time_to_first_row", "Time from sending the query to its first row.")
+	o.resumes = counter("db.client.jsonstream.resumes", "{resume}", "Continuations of resumable streams after a failure.")
+	o.resumeTime = histogram("db.client.jsonstream.resume.duration", "Time from a resumable stream's failure to its continuation's first row.")
 	for _, err := range errs {
 		if err != nil {
 			return nil, err
@@ -236,6 +240,13 @@ func (o *Observer) ObserveStream(e jsonstream.Event) {
 		o.pauseTimeouts.Add(ctx, 1, a.add...)
 		if recording {
 			span.AddEvent("jsonstream.pause_timeout", trace.WithAttributes(PauseSecondsKey.Float64(e.Paused.Seconds())))
+		}
+	case jsonstream.EventContinued:
+		o.resumes.Add(ctx, 1, a.add...)
+		o.resumeTime.Record(ctx, e.Continued.Seconds(), a.record...)
+		if recording {
+			span.AddEvent("jsonstream.continued", trace.WithAttributes(
+				RowsKey.Int64(e.Stats.Rows), attribute.String("error", e.Err.Error())))
 		}
 	case jsonstream.EventEnded:
 		o.open.Add(ctx, -1, a.add...)

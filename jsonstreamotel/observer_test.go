@@ -292,3 +292,46 @@ func TestNewObserverRejectsBadOptions(t *testing.T) {
 	_, err = jsonstreamotel.NewObserver(nil)
 	require.ErrorIs(t, err, jsonstream.ErrInvalidOption)
 }
+
+// TestResumeMetrics: a resumable stream that gets past the end of its
+// session counts one resume and records how long it took, and its span
+// gets a jsonstream.continued event; it ends once, complete, with all its
+// rows counted.
+func TestResumeMetrics(t *testing.T) {
+	h := newHarnessDSN(t, pgtest.DSN(t)) // the default mode: portal streams
+	ctx, span := h.tracer.Tracer("test").Start(context.Background(), "resumed")
+	monitor, err := sql.Open("postgres", pgtest.DSN(t))
+	require.NoError(t, err)
+	defer monitor.Close()
+	conn, err := h.db.Conn(ctx)
+	require.NoError(t, err)
+	defer conn.Close()
+	var pid int
+	require.NoError(t, conn.QueryRowContext(ctx, "SELECT pg_backend_pid()").Scan(&pid))
+	s, err := jsonstream.NewStream(jsonstream.WithResumeKey(jsonstream.Asc("g")))
+	require.NoError(t, err)
+	rows, err := conn.QueryContext(ctx, "SELECT g FROM generate_series(1, 100000) g ORDER BY g", s)
+	require.NoError(t, err)
+	n := 0
+	for rows.Next() {
+		if n++; n == 100 {
+			_, err := monitor.Exec("SELECT pg_terminate_backend($1)", pid)
+			require.NoError(t, err)
+		}
+	}
+	require.NoError(t, rows.Err())
+	require.NoError(t, rows.Close())
+	span.End()
+	assert.Equal(t, 100000, n)
+	m := h.collect(t)
+	assert.Equal(t, int64(1), sum(t, m, "db.client.jsonstream.resumes"))
+	assert.Equal(t, uint64(1), histogram(t, m, "db.client.jsonstream.resume.duration").Count)
+	// With the QueryRow that asked for the pid: one stream each.
+	assert.Equal(t, int64(100000+1), sum(t, m, "db.client.jsonstream.rows", outcome(jsonstream.OutcomeComplete)))
+	assert.Equal(t, int64(2), sum(t, m, "db.client.jsonstream.streams", outcome(jsonstream.OutcomeComplete)))
+	var names []string
+	for _, e := range h.spans.Ended()[0].Events() {
+		names = append(names, e.Name)
+	}
+	assert.Contains(t, names, "jsonstream.continued")
+}

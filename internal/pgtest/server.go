@@ -444,6 +444,32 @@ func (s *Server) Stop() error {
 	return s.teardown()
 }
 
+// Crash stops the server at once, as pg_ctl stop -m immediate does: every
+// session ends without a clean shutdown, as in a crash or a failover. The
+// cluster stays on disk until Stop.
+func (s *Server) Crash() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.proc == nil {
+		return nil
+	}
+	p, exited := s.proc.Process, s.exited
+	s.proc, s.exited = nil, nil
+	_ = signalImmediate(p)
+	select {
+	case <-exited:
+		return nil
+	case <-time.After(immediateStopTimeout):
+	}
+	_ = killGroup(p)
+	select {
+	case <-exited:
+		return nil
+	case <-time.After(immediateStopTimeout):
+		return fmt.Errorf("pgtest: postgres (pid %d) did not exit even after SIGKILL", p.Pid)
+	}
+}
+
 // Restart stops the server (fast shutdown, so open connections break) and
 // starts the same cluster again on the same port. Data survives.
 func (s *Server) Restart() error {

@@ -1,0 +1,731 @@
+package jsonstream
+
+import (
+	"bytes"
+	"context"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"reflect"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/lib/pq"
+)
+
+// A stream with a resume key (WithResumeKey) survives the loss of its
+// server-side query: on a failure that a new query can get past (a
+// recovery conflict on a standby, the session ended by an administrator,
+// a crash or a restart, a lost connection), it runs its query again from
+// the last key it delivered, on the same connection when that is still
+// good, or on a new one from the same connector (whose DSN picks the node:
+// several hosts and target_session_attrs), and the rows go on. The key is
+// one or more result columns that the query's ORDER BY sorts by, unique
+// together; jsonstream checks on every row that its key follows the last
+// one strictly in that order, and fails the stream with ErrResumeOrder
+// otherwise, so that a continuation can never repeat or skip a row.
+//
+// The continuation is the query itself, wrapped:
+//
+//	SELECT * FROM (query) AS jsonstream_resume
+//	WHERE (k1, k2) > ($n+1, $n+2) ORDER BY k1, k2
+//
+// with the original arguments and the last key after them. PostgreSQL
+// pushes the condition into the query and starts its index scan at the key
+// (a LIMIT in the query stops that: the continuation is then right but
+// reads the rows before the key again). The result spans several
+// snapshots: a row changed between the parts shows its new values, a row
+// inserted behind the key is not seen.
+
+// KeyColumn is one column of a resume key: a column of the query's
+// result, by the name Columns reports, and the direction the query's
+// ORDER BY sorts it in.
+type KeyColumn struct {
+	Name string
+	Desc bool
+}
+
+// Asc is an ascending key column.
+func Asc(name string) KeyColumn { return KeyColumn{Name: name} }
+
+// Desc is a descending key column.
+func Desc(name string) KeyColumn { return KeyColumn{Name: name, Desc: true} }
+
+// RetryPolicy bounds how a resumable stream retries its continuation:
+// at most Attempts queries after a failure (each on a good connection,
+// a new one if need be), waiting Backoff before the second, twice as long
+// before each next one up to MaxBackoff, and giving up once Total has
+// passed since the failure.
+type RetryPolicy struct {
+	Attempts   int
+	Backoff    time.Duration
+	MaxBackoff time.Duration
+	Total      time.Duration
+}
+
+// DefaultRetryPolicy is the policy of a resumable stream without
+// WithResumeRetry: 10 attempts, from 10 ms to 1 s apart, within 30 s,
+// which outlasts a restart or a failover by a high-availability manager.
+var DefaultRetryPolicy = RetryPolicy{Attempts: 10, Backoff: 10 * time.Millisecond, MaxBackoff: time.Second, Total: 30 * time.Second}
+
+// ErrResumeQuery is wrapped by the error of a query that cannot be
+// resumed by the key it was given, and nothing of it runs, or, when
+// only its columns tell (a key column missing, of a type jsonstream
+// cannot order), by the error Query returns after the query started.
+var ErrResumeQuery = errors.New("jsonstream: the query cannot be resumed by its key")
+
+// ErrResumeOrder is wrapped by the error that fails a resumable stream
+// whose key did not follow the last one strictly in the key's order: the
+// query is not ordered by the key, or the key is not unique, or a key
+// column was NULL. A continuation could repeat or skip rows, so none is
+// made.
+var ErrResumeOrder = errors.New("jsonstream: a row's resume key does not follow the last one")
+
+// ResumeError is the error of a resumable stream that gave up: its
+// continuation failed Attempts times, or the retry policy's Total passed.
+// It wraps the last failure.
+type ResumeError struct {
+	// Attempts is how many continuations were tried.
+	Attempts int
+	// Err is the last failure.
+	Err error
+}
+
+func (e *ResumeError) Error() string {
+	return fmt.Sprintf("jsonstream: the stream could not be resumed after %d attempts: %v", e.Attempts, e.Err)
+}
+
+func (e *ResumeError) Unwrap() error { return e.Err }
+
+// WithResumeKey makes a stream resumable by the given key (see KeyColumn):
+// the columns its query's ORDER BY sorts by, in that order, unique
+// together and never NULL. It takes one statement that reads (SELECT,
+// VALUES, TABLE, WITH), run outside a transaction; otherwise the query
+// fails with an error wrapping ErrResumeQuery. An option for a Stream or
+// a context (ContextWithOptions): on a connector every query would need
+// the key.
+func WithResumeKey(cols ...KeyColumn) Option {
+	return func(s *settings) error {
+		if len(cols) == 0 {
+			return invalid("WithResumeKey", cols, "no column")
+		}
+		seen := map[string]bool{}
+		for _, c := range cols {
+			if c.Name == "" || seen[c.Name] {
+				return invalid("WithResumeKey", cols, "a column without a name, or twice")
+			}
+			seen[c.Name] = true
+		}
+		if s.resume == nil {
+			s.resume = &resumeSettings{policy: DefaultRetryPolicy}
+		}
+		s.resume.key = append([]KeyColumn(nil), cols...)
+		return nil
+	}
+}
+
+// WithResumeRetry sets the retry policy of a resumable stream; the
+// default is DefaultRetryPolicy.
+func WithResumeRetry(p RetryPolicy) Option {
+	return func(s *settings) error {
+		if p.Attempts < 1 || p.Backoff < 0 || p.MaxBackoff < p.Backoff || p.Total <= 0 {
+			return invalid("WithResumeRetry", p, "Attempts must be at least 1, Backoff at most MaxBackoff, Total positive")
+		}
+		if s.resume == nil {
+			s.resume = &resumeSettings{}
+		}
+		s.resume.policy = p
+		return nil
+	}
+}
+
+// resumeSettings are a stream's WithResumeKey and WithResumeRetry.
+type resumeSettings struct {
+	key    []KeyColumn
+	policy RetryPolicy
+}
+
+// resumeRefusal says why the query cannot be resumed, or "".
+func (c *conn) resumeRefusal(text queryText) string {
+	if c.sock == nil || !c.wireOK {
+		return "jsonstream does not own this connection's wire (open it with sql.Open(\"jsonstream\", dsn) or NewConnectorConfig)"
+	}
+	inBlock, _ := c.sock.frames.txBlock()
+	switch {
+	case c.inTx || inBlock:
+		return "it runs inside a transaction, which a continuation on another connection could not continue"
+	case !text.certain || text.malformed || text.statements != 1:
+		return "it must be exactly one statement"
+	case text.writes:
+		return "it may change data"
+	}
+	switch lower(text.first) {
+	case "select", "values", "table", "with", "(":
+		return ""
+	}
+	return "it is not a query"
+}
+
+// keyKind is how a key column's values are ordered and passed back.
+type keyKind int
+
+const (
+	keyInt keyKind = iota
+	keyFloat
+	keyNumeric
+	keyText // byte order: the query must sort it so (COLLATE "C")
+	keyBytes
+	keyTime
+	keyBool
+)
+
+// keyKindOf maps a column's type name to its keyKind.
+func keyKindOf(typ string) (keyKind, bool) {
+	switch typ {
+	case "INT2", "INT4", "INT8", "OID":
+		return keyInt, true
+	case "FLOAT4", "FLOAT8":
+		return keyFloat, true
+	case "NUMERIC":
+		return keyNumeric, true
+	case "TEXT", "VARCHAR", "BPCHAR", "NAME", "UUID":
+		return keyText, true
+	case "BYTEA":
+		return keyBytes, true
+	case "DATE", "TIMESTAMP", "TIMESTAMPTZ":
+		return keyTime, true
+	case "BOOL":
+		return keyBool, true
+	}
+	return 0, false
+}
+
+// resumeRows is the driver.Rows of a resumable stream: the rows of the
+// query, then of each continuation.
+type resumeRows struct {
+	cur    *rows
+	ctx    context.Context
+	query  string // the first statement, without its semicolon
+	args   []driver.NamedValue
+	stream *Stream
+	set    resumeSettings
+	// base is the connection database/sql gave the query; own is one the
+	// stream opened for a continuation, closed with it.
+	base, own *conn
+	// idx, kinds and types describe the key columns; last is the key of
+	// the last row delivered, once have is set.
+	idx   []int
+	kinds []keyKind
+	types []string
+	last  []driver.Value
+	have  bool
+	// since is when the stream failed, until the continuation's first row.
+	since time.Time
+	cause error
+}
+
+var (
+	_ driver.Rows                           = (*resumeRows)(nil)
+	_ driver.RowsColumnTypeScanType         = (*resumeRows)(nil)
+	_ driver.RowsColumnTypeDatabaseTypeName = (*resumeRows)(nil)
+	_ driver.RowsColumnTypeLength           = (*resumeRows)(nil)
+	_ driver.RowsColumnTypeNullable         = (*resumeRows)(nil)
+	_ driver.RowsColumnTypePrecisionScale   = (*resumeRows)(nil)
+	_ Controller                            = (*resumeRows)(nil)
+)
+
+// bind finds the key columns among the columns of the rows being read,
+// and closes them when one is missing or of a type jsonstream cannot
+// order.
+func (rr *resumeRows) bind() error {
+	r := rr.cur
+	cols := r.Columns()
+	for _, k := range rr.set.key {
+		i := indexOf(cols, k.Name)
+		if i < 0 {
+			_ = r.Close()
+			return fmt.Errorf("%w: key column %q is not among the result's columns %q", ErrResumeQuery, k.Name, cols)
+		}
+		typ := r.ColumnTypeDatabaseTypeName(i)
+		kind, ok := keyKindOf(typ)
+		if !ok {
+			_ = r.Close()
+			return fmt.Errorf("%w: key column %q is of type %s, which jsonstream cannot order", ErrResumeQuery, k.Name, typ)
+		}
+		rr.idx = append(rr.idx, i)
+		rr.kinds = append(rr.kinds, kind)
+		rr.types = append(rr.types, strings.ToLower(typ))
+	}
+	rr.last = make([]driver.Value, len(rr.idx))
+	return nil
+}
+
+func indexOf(cols []string, name string) int {
+	for i, c := range cols {
+		if c == name {
+			return i
+		}
+	}
+	return -1
+}
+
+// Columns implements driver.Rows.
+func (rr *resumeRows) Columns() []string { return rr.cur.Columns() }
+
+// Next implements driver.Rows: a row whose key does not follow the last
+// fails the stream; a failure a continuation can get past starts one.
+func (rr *resumeRows) Next(dest []driver.Value) error {
+	for {
+		err := rr.cur.Next(dest)
+		if err == nil {
+			return rr.delivered(dest)
+		}
+		if err == io.EOF || !retryable(err) { //nolint:errorlint // io.EOF itself, as database/sql compares
+			return err
+		}
+		if err := rr.resume(err); err != nil {
+			return err
+		}
+	}
+}
+
+// delivered checks the key of the row in dest and keeps it.
+func (rr *resumeRows) delivered(dest []driver.Value) error {
+	for j, i := range rr.idx {
+		if dest[i] == nil {
+			return rr.disorder(fmt.Errorf("%w: key column %q is NULL", ErrResumeOrder, rr.set.key[j].Name))
+		}
+	}
+	if rr.have {
+		cmp := 0
+		for j, i := range rr.idx {
+			c, err := compareKey(rr.kinds[j], rr.last[j], dest[i])
+			if err != nil {
+				return rr.disorder(fmt.Errorf("%w: key column %q: %w", ErrResumeOrder, rr.set.key[j].Name, err))
+			}
+			if rr.set.key[j].Desc {
+				c = -c
+			}
+			if c != 0 {
+				cmp = c
+				break
+			}
+		}
+		if cmp >= 0 {
+			return rr.disorder(fmt.Errorf("%w: row %d's key %v after %v: the query is not ordered by the key (%v), or the key is not unique",
+				ErrResumeOrder, rr.cur.rowCount.Load()+rr.cur.priorRows, rr.keyOf(dest), rr.last, rr.set.key))
+		}
+	}
+	for j, i := range rr.idx {
+		rr.last[j] = keep(dest[i], rr.last[j])
+	}
+	rr.have = true
+	if !rr.since.IsZero() {
+		rr.cur.observeContinued(rr.cause, time.Since(rr.since))
+		rr.since, rr.cause = time.Time{}, nil
+	}
+	return nil
+}
+
+func (rr *resumeRows) keyOf(dest []driver.Value) []driver.Value {
+	k := make([]driver.Value, len(rr.idx))
+	for j, i := range rr.idx {
+		k[j] = dest[i]
+	}
+	return k
+}
+
+// disorder fails the stream with err.
+func (rr *resumeRows) disorder(err error) error {
+	rr.cur.fail(err, true)
+	return err
+}
+
+// keep copies v, reusing old's bytes: the driver's []byte are only
+// valid until the next Next.
+func keep(v, old driver.Value) driver.Value {
+	if b, ok := v.([]byte); ok {
+		buf, _ := old.([]byte)
+		return append(buf[:0], b...)
+	}
+	return v
+}
+
+// resume runs the continuation after the failure cause, within the retry
+// policy.
+func (rr *resumeRows) resume(cause error) error {
+	if rr.since.IsZero() {
+		rr.since, rr.cause = time.Now(), cause
+	}
+	prior := rr.cur.rowCount.Load() + rr.cur.priorRows
+	resumes := rr.cur.resumes + 1
+	started := rr.cur.inner != nil // not when the query failed at once
+	if started {
+		// To an Observer the stream goes on: the failed part ends
+		// without EventEnded, the continuation starts without
+		// EventStarted.
+		rr.cur.obs.ended.Store(true)
+		_ = rr.cur.Close()
+	}
+	p := rr.set.policy
+	wait := p.Backoff
+	last := cause
+	for attempt := 1; ; attempt++ {
+		r, err := rr.continuation(prior, resumes, started || rr.cur.continues)
+		if err == nil {
+			rr.cur = r
+			if rr.stream != nil {
+				rr.stream.bound.Store(r)
+			}
+			return nil
+		}
+		last = err
+		if !retryable(err) {
+			return err
+		}
+		if attempt >= p.Attempts || time.Since(rr.since)+wait > p.Total {
+			return &ResumeError{Attempts: attempt, Err: last}
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-rr.ctx.Done():
+			t.Stop()
+			return rr.ctx.Err()
+		case <-t.C:
+		}
+		wait = min(2*wait, p.MaxBackoff)
+	}
+}
+
+// continuation runs the query from the last key on a good connection:
+// the last one used while it is, a new one from the connector otherwise.
+func (rr *resumeRows) continuation(prior, resumes int64, continues bool) (*rows, error) {
+	c := rr.own
+	if c == nil {
+		c = rr.base
+	}
+	if c.usable() != nil || !c.portalReady() {
+		if rr.own != nil {
+			_ = rr.own.Close()
+			rr.own = nil
+		}
+		if rr.base.connector == nil {
+			return nil, fmt.Errorf("%w: the connection was lost and it has no connector to open another", driver.ErrBadConn)
+		}
+		dc, err := rr.base.connector.Connect(rr.ctx)
+		if err != nil {
+			return nil, connectError{err}
+		}
+		rr.own = dc.(*conn)
+		c = rr.own
+	}
+	query, args := rr.query, rr.args
+	if rr.have {
+		query, args = rr.continued()
+	}
+	set := rr.cur.settings
+	set.resume = nil
+	r := &rows{settings: set, priorRows: prior, resumes: resumes, continues: continues}
+	dr, err := c.queryAs(rr.ctx, query, args, r)
+	if err != nil {
+		return nil, err
+	}
+	if rr.cur.inner != nil {
+		if got, want := dr.Columns(), rr.cur.Columns(); !equalStrings(got, want) {
+			_ = dr.Close()
+			return nil, fmt.Errorf("%w: the continuation's columns %q are not the query's %q", ErrResumeQuery, got, want)
+		}
+	}
+	return r, nil
+}
+
+func equalStrings(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// continued builds the continuation of the query after the last key
+// (see the top of the file) and its arguments.
+func (rr *resumeRows) continued() (string, []driver.NamedValue) {
+	var b strings.Builder
+	b.WriteString("SELECT * FROM (\n")
+	b.WriteString(rr.query)
+	b.WriteString("\n) AS jsonstream_resume WHERE ")
+	args := append([]driver.NamedValue(nil), rr.args...)
+	param := make([]string, len(rr.idx))
+	for j := range rr.idx {
+		args = append(args, driver.NamedValue{Ordinal: len(args) + 1, Value: keyArg(rr.kinds[j], rr.last[j])})
+		param[j] = "$" + strconv.Itoa(len(args)) + "::" + rr.types[j]
+	}
+	key := rr.set.key
+	same := true
+	for _, k := range key {
+		same = same && k.Desc == key[0].Desc
+	}
+	op := func(k KeyColumn) string {
+		if k.Desc {
+			return " < "
+		}
+		return " > "
+	}
+	if same {
+		b.WriteByte('(')
+		for j, k := range key {
+			if j > 0 {
+				b.WriteString(", ")
+			}
+			b.WriteString(quoteIdent(k.Name))
+		}
+		b.WriteString(")" + op(key[0]) + "(")
+		b.WriteString(strings.Join(param, ", "))
+		b.WriteByte(')')
+	} else {
+		// (k1 > $a) OR (k1 = $a AND k2 < $b) OR …
+		for j := range key {
+			if j > 0 {
+				b.WriteString(" OR ")
+			}
+			b.WriteByte('(')
+			for i := 0; i < j; i++ {
+				b.WriteString(quoteIdent(key[i].Name) + " = " + param[i] + " AND ")
+			}
+			b.WriteString(quoteIdent(key[j].Name) + op(key[j]) + param[j] + ")")
+		}
+	}
+	b.WriteString(" ORDER BY ")
+	for j, k := range key {
+		if j > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(quoteIdent(k.Name))
+		if k.Desc {
+			b.WriteString(" DESC")
+		}
+	}
+	return b.String(), args
+}
+
+func quoteIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
+
+// keyArg is a kept key value as an argument: text for the types lib/pq
+// returns as bytes but a bytea, which it would send as one.
+func keyArg(kind keyKind, v driver.Value) driver.Value {
+	if b, ok := v.([]byte); ok && kind != keyBytes {
+		return string(b)
+	}
+	return v
+}
+
+// compareKey compares two values of a key column.
+func compareKey(kind keyKind, a, b driver.Value) (int, error) {
+	switch kind {
+	case keyInt:
+		x, ok1 := a.(int64)
+		y, ok2 := b.(int64)
+		if ok1 && ok2 {
+			return cmpOrdered(x, y), nil
+		}
+	case keyFloat:
+		x, ok1 := a.(float64)
+		y, ok2 := b.(float64)
+		if ok1 && ok2 && x == x && y == y { // NaN has no order here
+			return cmpOrdered(x, y), nil
+		}
+	case keyNumeric:
+		return compareNumeric(asText(a), asText(b))
+	case keyText, keyBytes:
+		return bytes.Compare([]byte(asText(a)), []byte(asText(b))), nil
+	case keyTime:
+		x, ok1 := a.(time.Time)
+		y, ok2 := b.(time.Time)
+		if ok1 && ok2 {
+			return x.Compare(y), nil
+		}
+	case keyBool:
+		x, ok1 := a.(bool)
+		y, ok2 := b.(bool)
+		if ok1 && ok2 {
+			switch {
+			case x == y:
+				return 0, nil
+			case y:
+				return -1, nil
+			}
+			return 1, nil
+		}
+	}
+	return 0, fmt.Errorf("cannot compare %T %v with %T %v", a, a, b, b)
+}
+
+func cmpOrdered[T int64 | float64](x, y T) int {
+	switch {
+	case x < y:
+		return -1
+	case x > y:
+		return 1
+	}
+	return 0
+}
+
+func asText(v driver.Value) string {
+	switch v := v.(type) {
+	case []byte:
+		return string(v)
+	case string:
+		return v
+	}
+	return fmt.Sprint(v)
+}
+
+// compareNumeric compares two numeric values in PostgreSQL's text form
+// ("-12.50", "NaN", "Infinity"), as PostgreSQL orders them: NaN above
+// everything, then Infinity.
+func compareNumeric(a, b string) (int, error) {
+	ra, err := numericRank(a)
+	if err != nil {
+		return 0, err
+	}
+	rb, err := numericRank(b)
+	if err != nil {
+		return 0, err
+	}
+	if ra != 0 || rb != 0 {
+		return cmpOrdered(int64(ra), int64(rb)), nil
+	}
+	negA, negB := strings.HasPrefix(a, "-"), strings.HasPrefix(b, "-")
+	if negA != negB {
+		if negA {
+			return -1, nil
+		}
+		return 1, nil
+	}
+	c := compareAbs(strings.TrimPrefix(a, "-"), strings.TrimPrefix(b, "-"))
+	if negA {
+		c = -c
+	}
+	return c, nil
+}
+
+// numericRank places the special values: -2 for -Infinity, 2 for
+// Infinity, 3 for NaN, 0 for a number.
+func numericRank(s string) (int, error) {
+	switch s {
+	case "NaN":
+		return 3, nil
+	case "Infinity":
+		return 2, nil
+	case "-Infinity":
+		return -2, nil
+	}
+	t := strings.TrimPrefix(s, "-")
+	if t == "" || strings.Count(t, ".") > 1 || strings.Trim(t, "0123456789.") != "" {
+		return 0, fmt.Errorf("not a numeric value: %q", s)
+	}
+	return 0, nil
+}
+
+// compareAbs compares two unsigned decimals.
+func compareAbs(a, b string) int {
+	ia, fa, _ := strings.Cut(a, ".")
+	ib, fb, _ := strings.Cut(b, ".")
+	ia, ib = strings.TrimLeft(ia, "0"), strings.TrimLeft(ib, "0")
+	if len(ia) != len(ib) {
+		return cmpOrdered(int64(len(ia)), int64(len(ib)))
+	}
+	if c := strings.Compare(ia, ib); c != 0 {
+		return c
+	}
+	fa, fb = strings.TrimRight(fa, "0"), strings.TrimRight(fb, "0")
+	return strings.Compare(fa, fb)
+}
+
+// connectError is a failure to open a connection for a continuation:
+// retried, as a node may be down or not yet promoted, unless the server
+// refused the login itself (a password, a database that is not there).
+type connectError struct{ err error }
+
+func (e connectError) Error() string { return e.err.Error() }
+func (e connectError) Unwrap() error { return e.err }
+
+// retryable reports whether a continuation can get past err: the
+// session or the connection was lost, or the server canceled the query
+// for a conflict with recovery on a standby. Endings of jsonstream's own
+// (Cancel, the pause timeout, a context) and every other server error
+// are not.
+func retryable(err error) bool {
+	if errors.Is(err, ErrCanceled) || errors.Is(err, ErrPauseTimeout) || errors.Is(err, ErrResumeOrder) ||
+		errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return false
+	}
+	var pe *pq.Error
+	var ce connectError
+	if errors.As(err, &ce) {
+		return !errors.As(err, &pe) || pe.Code.Class() != "28" && pe.Code.Class() != "3D"
+	}
+	if errors.As(err, &pe) {
+		switch pe.Code {
+		case "40001", "57P01", "57P02", "57P03", "08000", "08003", "08006":
+			return true
+		}
+		return false
+	}
+	var ended *SessionEndedError
+	var netErr net.Error
+	return errors.As(err, &ended) || errors.Is(err, driver.ErrBadConn) || errors.As(err, &netErr) ||
+		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF)
+}
+
+// Close implements driver.Rows, and closes the connection the stream
+// opened for a continuation.
+func (rr *resumeRows) Close() error {
+	err := rr.cur.Close()
+	if rr.own != nil {
+		err = errors.Join(err, rr.own.Close())
+		rr.own = nil
+	}
+	return err
+}
+
+// The column type methods and the Controller's go to the rows being read.
+
+func (rr *resumeRows) ColumnTypeScanType(i int) reflect.Type { return rr.cur.ColumnTypeScanType(i) }
+
+func (rr *resumeRows) ColumnTypeDatabaseTypeName(i int) string {
+	return rr.cur.ColumnTypeDatabaseTypeName(i)
+}
+
+func (rr *resumeRows) ColumnTypeLength(i int) (int64, bool) { return rr.cur.ColumnTypeLength(i) }
+
+func (rr *resumeRows) ColumnTypeNullable(i int) (bool, bool) { return rr.cur.ColumnTypeNullable(i) }
+
+func (rr *resumeRows) ColumnTypePrecisionScale(i int) (int64, int64, bool) {
+	return rr.cur.ColumnTypePrecisionScale(i)
+}
+
+// Pause implements Controller.
+func (rr *resumeRows) Pause() error { return rr.cur.Pause() }
+
+// Resume implements Controller.
+func (rr *resumeRows) Resume() error { return rr.cur.Resume() }
+
+// Cancel implements Controller.
+func (rr *resumeRows) Cancel() error { return rr.cur.Cancel() }
+
+// SetPauseTimeout implements Controller.
+func (rr *resumeRows) SetPauseTimeout(d time.Duration) error { return rr.cur.SetPauseTimeout(d) }
+
+// State implements Controller.
+func (rr *resumeRows) State() State { return rr.cur.State() }
+
+// Stats implements Controller.
+func (rr *resumeRows) Stats() Stats { return rr.cur.Stats() }

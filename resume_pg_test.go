@@ -1,0 +1,472 @@
+package jsonstream
+
+import (
+	"bufio"
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+
+	"github.com/lib/pq"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// resumeRows is how many rows the resume tests stream.
+const resumeN = 200_000
+
+// checksum is the count, the sum and a running hash of the keys of an
+// ordered result: equal checksums mean the same keys, in the same order,
+// each once.
+type checksum struct{ count, sum, hash int64 }
+
+func (c *checksum) add(k int64) {
+	c.count++
+	c.sum += k
+	c.hash = c.hash*31 + k
+}
+
+// wantChecksum is the checksum of 1..n.
+func wantChecksum(n int) checksum {
+	var c checksum
+	for k := int64(1); k <= int64(n); k++ {
+		c.add(k)
+	}
+	return c
+}
+
+// eventLog keeps the kinds of events and the EventContinued ones.
+type eventLog struct {
+	mu        sync.Mutex
+	kinds     []EventKind
+	continued []Event
+}
+
+func (l *eventLog) ObserveStream(e Event) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.kinds = append(l.kinds, e.Kind)
+	if e.Kind == EventContinued {
+		l.continued = append(l.continued, e)
+	}
+}
+
+func (l *eventLog) count(k EventKind) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, got := range l.kinds {
+		if got == k {
+			n++
+		}
+	}
+	return n
+}
+
+// TestResumeAfterSessionEnded: a resumable stream whose session the
+// server ends in the middle (pg_terminate_backend) goes on from the last
+// key on a new connection, in every stream mode, and delivers every row
+// exactly once, in order. The Stream follows it (Pause and Resume after
+// the continuation act on it), Stats count across it, the Observer sees
+// one stream with one EventContinued, and the pool never hands out the
+// dead connection.
+func TestResumeAfterSessionEnded(t *testing.T) {
+	needRowsTable(t)
+	monitor := openPG(t, "postgres", "")
+	for _, mode := range []string{"", "jsonstream_mode=single", "jsonstream_fetch_size=auto"} {
+		t.Run("mode="+mode, func(t *testing.T) {
+			db := openPG(t, DriverName, mode)
+			db.SetMaxOpenConns(1)
+			ctx := context.Background()
+			var pid int
+			require.NoError(t, db.QueryRow("SELECT pg_backend_pid()").Scan(&pid))
+			log := &eventLog{}
+			s := mustStream(t, WithResumeKey(Asc("g")), WithObserver(log))
+			rows, err := db.QueryContext(ctx, bigQuery, resumeN, s)
+			require.NoError(t, err)
+			var got checksum
+			var g int64
+			var pad string
+			for rows.Next() {
+				require.NoError(t, rows.Scan(&g, &pad))
+				got.add(g)
+				switch got.count {
+				case 1000:
+					_, err := monitor.Exec("SELECT pg_terminate_backend($1)", pid)
+					require.NoError(t, err)
+				case resumeN - 1000:
+					require.NoError(t, s.Pause())
+					require.Equal(t, Paused, s.State())
+					require.NoError(t, s.Resume())
+				}
+			}
+			require.NoError(t, rows.Err())
+			st := s.Stats()
+			require.NoError(t, rows.Close())
+			assert.Equal(t, wantChecksum(resumeN), got)
+			assert.Equal(t, int64(1), st.Resumes)
+			assert.Equal(t, int64(resumeN), st.Rows)
+			assert.Equal(t, 1, log.count(EventStarted))
+			assert.Equal(t, 1, log.count(EventEnded))
+			require.Equal(t, 1, log.count(EventContinued))
+			e := log.continued[0]
+			assert.True(t, retryable(e.Err), "cause %v", e.Err)
+			assert.Positive(t, e.Continued)
+			assert.Equal(t, int64(1), e.Stats.Resumes)
+			var other int
+			require.NoError(t, db.QueryRow("SELECT pg_backend_pid()").Scan(&other))
+			assert.NotEqual(t, pid, other, "the pool handed out the dead connection")
+			sessionClean(t, db)
+		})
+	}
+}
+
+// TestResumeOnSameConnection: a failure that leaves the connection good
+// (here a recovery conflict's SQLSTATE 40001, raised by the query itself
+// on its first run only) is got past on the same connection, whether it
+// comes after 1,000 rows or before the first (the query sorts what the
+// failing function returns), in which case the query is run again whole
+// and Query returns its rows.
+func TestResumeOnSameConnection(t *testing.T) {
+	needRowsTable(t)
+	for name, order := range map[string]string{"mid-stream": "jsonstream_test_rows.g", "before the first row": "1"} {
+		t.Run(name, func(t *testing.T) {
+			db := openPG(t, DriverName, "")
+			db.SetMaxOpenConns(1)
+			ctx := context.Background()
+			// A sequence, which a rollback does not undo, tells the first run.
+			_, err := db.Exec(`CREATE TEMP SEQUENCE conflict_runs;
+				CREATE FUNCTION pg_temp.conflict_once(g int) RETURNS int AS $$
+				BEGIN
+					IF g = 1000 AND nextval('conflict_runs') = 1 THEN
+						RAISE EXCEPTION 'conflict with recovery' USING ERRCODE = '40001';
+					END IF;
+					RETURN g;
+				END $$ LANGUAGE plpgsql VOLATILE`)
+			require.NoError(t, err)
+			var pid int
+			require.NoError(t, db.QueryRow("SELECT pg_backend_pid()").Scan(&pid))
+			log := &eventLog{}
+			s := mustStream(t, WithResumeKey(Asc("g")), WithObserver(log))
+			rows, err := db.QueryContext(ctx, "SELECT pg_temp.conflict_once(g) AS g, pg_backend_pid() AS pid "+
+				"FROM jsonstream_test_rows WHERE g <= $1 ORDER BY "+order, 5000, s)
+			require.NoError(t, err)
+			var got checksum
+			for rows.Next() {
+				var g, p int64
+				require.NoError(t, rows.Scan(&g, &p))
+				got.add(g)
+				assert.Equal(t, int64(pid), p)
+			}
+			require.NoError(t, rows.Err())
+			require.NoError(t, rows.Close())
+			assert.Equal(t, wantChecksum(5000), got)
+			assert.Equal(t, int64(1), s.Stats().Resumes)
+			assert.Equal(t, 1, log.count(EventStarted))
+			assert.Equal(t, 1, log.count(EventContinued))
+			assert.Equal(t, 1, log.count(EventEnded))
+		})
+	}
+}
+
+// TestResumeOrderChecked: a query not ordered by its key, a key that is
+// not unique and a NULL key fail the stream with ErrResumeOrder at the
+// first row that shows it, rather than risk a wrong continuation; a
+// descending key of a query ordered so streams whole.
+func TestResumeOrderChecked(t *testing.T) {
+	db := openPG(t, DriverName, "")
+	ctx := context.Background()
+	fails := map[string]struct {
+		query string
+		key   []KeyColumn
+		at    int
+	}{
+		"unordered":  {"SELECT g FROM generate_series(1, 10) g ORDER BY g % 3, g", []KeyColumn{Asc("g")}, 4},
+		"not unique": {"SELECT g / 2 AS k FROM generate_series(1, 10) g ORDER BY 1", []KeyColumn{Asc("k")}, 3},
+		"wrong way":  {"SELECT g FROM generate_series(1, 10) g ORDER BY g", []KeyColumn{Desc("g")}, 2},
+		"NULL":       {"SELECT nullif(g, 3) AS g FROM generate_series(1, 10) g ORDER BY g NULLS LAST", []KeyColumn{Asc("g")}, 10},
+		"second column": {"SELECT g / 3 AS a, g % 2 AS b FROM generate_series(1, 10) g ORDER BY 1, 2",
+			[]KeyColumn{Asc("a"), Asc("b")}, 5},
+	}
+	for name, c := range fails {
+		t.Run(name, func(t *testing.T) {
+			rows, err := db.QueryContext(ctx, c.query, mustStream(t, WithResumeKey(c.key...)))
+			require.NoError(t, err)
+			n := 0
+			for rows.Next() {
+				n++
+			}
+			require.ErrorIs(t, rows.Err(), ErrResumeOrder)
+			assert.Equal(t, c.at-1, n, "rows delivered before the one that broke the order")
+			require.NoError(t, rows.Close())
+		})
+	}
+	t.Run("descending", func(t *testing.T) {
+		rows, err := db.QueryContext(ctx, "SELECT g, -g AS h FROM generate_series(1, 100) g ORDER BY g DESC",
+			mustStream(t, WithResumeKey(Desc("g"))))
+		require.NoError(t, err)
+		assert.Len(t, scanAll(t, rows), 100)
+	})
+	t.Run("mixed", func(t *testing.T) {
+		rows, err := db.QueryContext(ctx, "SELECT g / 10 AS a, g % 10 AS b FROM generate_series(0, 99) g ORDER BY 1, 2 DESC",
+			mustStream(t, WithResumeKey(Asc("a"), Desc("b"))))
+		require.NoError(t, err)
+		assert.Len(t, scanAll(t, rows), 100)
+	})
+}
+
+// TestResumeRefused: what a resume key cannot serve fails with
+// ErrResumeQuery, naming why, before anything runs (a transaction, several
+// statements, a write, WithResumeRetry alone) or once the columns are
+// known (a key that is not a column, or of a type jsonstream cannot
+// order); bad options fail with ErrInvalidOption.
+func TestResumeRefused(t *testing.T) {
+	db := openPG(t, DriverName, "")
+	ctx := context.Background()
+	_, err := db.Exec("CREATE TEMP TABLE IF NOT EXISTS resume_w (g int)")
+	require.NoError(t, err)
+	key := func() *Stream { return mustStream(t, WithResumeKey(Asc("g"))) }
+	cases := map[string]func() error{
+		"transaction": func() error {
+			tx, err := db.BeginTx(ctx, nil)
+			require.NoError(t, err)
+			defer func() { _ = tx.Rollback() }()
+			_, err = tx.QueryContext(ctx, "SELECT 1 AS g", key())
+			return err
+		},
+		"several statements": func() error {
+			_, err := db.QueryContext(ctx, "SELECT 1 AS g; SELECT 2 AS g", key())
+			return err
+		},
+		"write": func() error {
+			_, err := db.QueryContext(ctx, "INSERT INTO resume_w VALUES (1) RETURNING g", key())
+			return err
+		},
+		"retry without key": func() error {
+			_, err := db.QueryContext(ctx, "SELECT 1 AS g", mustStream(t, WithResumeRetry(DefaultRetryPolicy)))
+			return err
+		},
+		"no such column": func() error {
+			_, err := db.QueryContext(ctx, "SELECT 1 AS h", key())
+			return err
+		},
+		"unordered type": func() error {
+			_, err := db.QueryContext(ctx, `SELECT '{}'::jsonb AS g`, key())
+			return err
+		},
+	}
+	for name, run := range cases {
+		t.Run(name, func(t *testing.T) {
+			err := run()
+			require.ErrorIs(t, err, ErrResumeQuery)
+			t.Log(err)
+		})
+	}
+	var n int
+	require.NoError(t, db.QueryRow("SELECT count(*) FROM resume_w").Scan(&n))
+	assert.Zero(t, n, "the refused write ran")
+	sessionClean(t, db)
+	for name, opt := range map[string]Option{
+		"no column":      WithResumeKey(),
+		"twice":          WithResumeKey(Asc("g"), Desc("g")),
+		"no name":        WithResumeKey(Asc("")),
+		"no attempts":    WithResumeRetry(RetryPolicy{Total: 1}),
+		"backoff > max":  WithResumeRetry(RetryPolicy{Attempts: 1, Backoff: 2, MaxBackoff: 1, Total: 1}),
+		"no total":       WithResumeRetry(RetryPolicy{Attempts: 1}),
+		"negative delay": WithResumeRetry(RetryPolicy{Attempts: 1, Backoff: -1, Total: 1}),
+	} {
+		_, err := NewStream(opt)
+		assert.ErrorIs(t, err, ErrInvalidOption, name)
+	}
+}
+
+// TestResumeGivesUp: a continuation that cannot reach the server fails
+// the stream with a ResumeError after the policy's attempts, wrapping the
+// last failure; an error a continuation cannot get past (a server error
+// of the query itself) is returned as it is.
+func TestResumeGivesUp(t *testing.T) {
+	needRowsTable(t)
+	monitor := openPG(t, "postgres", "")
+	d := &fakeDialer{}
+	db := openDialed(t, d)
+	ctx := context.Background()
+	var pid int
+	require.NoError(t, db.QueryRow("SELECT pg_backend_pid()").Scan(&pid))
+	s := mustStream(t, WithResumeKey(Asc("g")),
+		WithResumeRetry(RetryPolicy{Attempts: 3, Backoff: 1e6, MaxBackoff: 4e6, Total: 1e10}))
+	rows, err := db.QueryContext(ctx, bigQuery, resumeN, s)
+	require.NoError(t, err)
+	require.True(t, rows.Next())
+	d.refuse = &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}
+	_, err = monitor.Exec("SELECT pg_terminate_backend($1)", pid)
+	require.NoError(t, err)
+	for rows.Next() {
+	}
+	var re *ResumeError
+	require.ErrorAs(t, rows.Err(), &re)
+	assert.Equal(t, 3, re.Attempts)
+	assert.ErrorIs(t, re, syscall.ECONNREFUSED)
+	require.NoError(t, rows.Close())
+
+	t.Run("not retryable", func(t *testing.T) {
+		d.refuse = nil
+		rows, err := db.QueryContext(ctx, "SELECT 10 / (10 - g) AS g FROM generate_series(1, 20) g ORDER BY g", mustStream(t, WithResumeKey(Asc("g"))))
+		if err == nil {
+			for rows.Next() {
+			}
+			err = rows.Err()
+			_ = rows.Close()
+		}
+		var pe *pq.Error
+		require.ErrorAs(t, err, &pe)
+		assert.EqualValues(t, "22012", pe.Code)
+	})
+}
+
+// TestResumeContinuationUsesIndex: the continuation of a query ordered by
+// its table's primary key starts an index scan at the key, with no sort,
+// for one and for two key columns (a row comparison), and returns exactly
+// the rows after the key, also for a key of mixed directions.
+func TestResumeContinuationUsesIndex(t *testing.T) {
+	needRowsTable(t)
+	db := openPG(t, "postgres", "")
+	rr := &resumeRows{
+		query: "SELECT g, pad FROM jsonstream_test_rows ORDER BY g",
+		set:   resumeSettings{key: []KeyColumn{Asc("g")}},
+		kinds: []keyKind{keyInt}, types: []string{"int4"}, idx: []int{0},
+		last: []driver.Value{int64(1_500_000)}, have: true,
+	}
+	q, args := rr.continued()
+	plan := explain(t, db, q, args)
+	assert.Contains(t, plan, "Index Scan using jsonstream_test_rows_pkey")
+	assert.Contains(t, plan, "Index Cond: (g > 1500000)")
+	assert.False(t, sortsAll(plan), plan)
+	assert.True(t, sortsAll(explain(t, db, "SELECT * FROM jsonstream_test_rows ORDER BY pad", nil)))
+	var n, first int64
+	require.NoError(t, db.QueryRow("SELECT count(*), min(g) FROM ("+q+") c", values(args)...).Scan(&n, &first))
+	assert.Equal(t, int64(bigRows-1_500_000), n)
+	assert.Equal(t, int64(1_500_001), first)
+
+	rr.query = "SELECT g, g % 7 AS m, pad FROM jsonstream_test_rows ORDER BY g, m"
+	rr.set.key = []KeyColumn{Asc("g"), Asc("m")}
+	rr.kinds, rr.types, rr.idx = []keyKind{keyInt, keyInt}, []string{"int4", "int4"}, []int{0, 1}
+	rr.last = []driver.Value{int64(1_500_000), int64(1_500_000 % 7)}
+	q, args = rr.continued()
+	assert.Contains(t, q, `("g", "m") > ($1::int4, $2::int4)`)
+	plan = explain(t, db, q, args)
+	// The query's own order needs an incremental sort by m within each
+	// g, presorted by the index.
+	assert.Contains(t, plan, "Index Scan using jsonstream_test_rows_pkey")
+	assert.Contains(t, plan, "Index Cond: (g >= 1500000)")
+	assert.False(t, sortsAll(plan), plan)
+
+	rr.query = "SELECT g / 10 AS a, g % 10 AS b FROM generate_series(0, 99) g ORDER BY 1, 2 DESC"
+	rr.set.key = []KeyColumn{Asc("a"), Desc("b")}
+	rr.last = []driver.Value{int64(4), int64(3)}
+	q, args = rr.continued()
+	rows, err := db.Query(q, values(args)...)
+	require.NoError(t, err)
+	got := scanAll(t, rows)
+	require.Len(t, got, 100-47)
+	assert.Equal(t, []any{int64(4), int64(2)}, got[0])
+	assert.Equal(t, []any{int64(5), int64(9)}, got[3])
+}
+
+// sortsAll reports whether a plan sorts its input whole (a Sort node; an
+// Incremental Sort sorts groups of presorted rows).
+func sortsAll(plan string) bool {
+	for _, l := range strings.Split(plan, "\n") {
+		l = strings.TrimLeft(strings.TrimSpace(l), "-> ")
+		if strings.HasPrefix(l, "Sort  (") {
+			return true
+		}
+	}
+	return false
+}
+
+func explain(t *testing.T, db *sql.DB, q string, args []driver.NamedValue) string {
+	t.Helper()
+	rows, err := db.Query("EXPLAIN "+q, values(args)...)
+	require.NoError(t, err)
+	var lines []string
+	for rows.Next() {
+		var l string
+		require.NoError(t, rows.Scan(&l))
+		lines = append(lines, l)
+	}
+	require.NoError(t, rows.Err())
+	return strings.Join(lines, "\n")
+}
+
+func values(args []driver.NamedValue) []any {
+	v := make([]any, len(args))
+	for i, a := range args {
+		v[i] = a.Value
+	}
+	return v
+}
+
+// TestResumeThroughJSON: Each and WriteNDJSON read a resumable stream as
+// they read any: past the end of its session, every document once, in
+// order.
+func TestResumeThroughJSON(t *testing.T) {
+	needRowsTable(t)
+	monitor := openPG(t, "postgres", "")
+	const query = `SELECT g, json_build_object('g', g) AS doc FROM jsonstream_test_rows WHERE g <= $1 ORDER BY g`
+	run := func(t *testing.T, read func(rows *sql.Rows, kill func()) checksum) {
+		db := openPG(t, DriverName, "")
+		db.SetMaxOpenConns(1)
+		var pid int
+		require.NoError(t, db.QueryRow("SELECT pg_backend_pid()").Scan(&pid))
+		s := mustStream(t, WithResumeKey(Asc("g")))
+		rows, err := db.QueryContext(context.Background(), query, 50_000, s)
+		require.NoError(t, err)
+		got := read(rows, func() {
+			_, err := monitor.Exec("SELECT pg_terminate_backend($1)", pid)
+			require.NoError(t, err)
+		})
+		assert.Equal(t, wantChecksum(50_000), got)
+		assert.Equal(t, int64(1), s.Stats().Resumes)
+	}
+	t.Run("Each", func(t *testing.T) {
+		run(t, func(rows *sql.Rows, kill func()) checksum {
+			var got checksum
+			for doc, err := range Each[struct{ G int64 }](rows, WithColumn("doc")) {
+				require.NoError(t, err)
+				if got.add(doc.G); got.count == 1000 {
+					kill()
+				}
+			}
+			return got
+		})
+	})
+	t.Run("WriteNDJSON", func(t *testing.T) {
+		run(t, func(rows *sql.Rows, kill func()) checksum {
+			pr, pw := io.Pipe()
+			done := make(chan error, 1)
+			go func() {
+				_, err := WriteNDJSON(context.Background(), pw, rows, WithColumn("doc"))
+				done <- errors.Join(err, pw.Close())
+			}()
+			var got checksum
+			sc := bufio.NewScanner(pr)
+			for sc.Scan() {
+				var doc struct{ G int64 }
+				require.NoError(t, json.Unmarshal(sc.Bytes(), &doc))
+				if got.add(doc.G); got.count == 1000 {
+					kill()
+				}
+			}
+			require.NoError(t, sc.Err())
+			require.NoError(t, <-done)
+			return got
+		})
+	})
+}
