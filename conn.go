@@ -5,6 +5,7 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"time"
 )
@@ -46,9 +47,11 @@ type conn struct {
 	// the portal streams' reader and writer, made by the first.
 	wireOK, binaryParams bool
 	// connector made the conn; a resumable stream opens another through it
-	// (resume.go).
-	connector *Connector
-	wire      *wire
+	// (resume.go). sessionSet is set once a statement of the conn's began
+	// with SET, RESET or DISCARD: a new session would not have what it set.
+	connector  *Connector
+	sessionSet bool
+	wire       *wire
 	// portalOpen is set while a portal stream holds the wire: from its
 	// first message to its last ReadyForQuery. lib/pq, which does not see
 	// it, would otherwise send a statement in the middle of it.
@@ -164,6 +167,7 @@ func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, e
 		return nil, err
 	}
 	c.ran()
+	c.noteSession(query)
 	var si driver.Stmt
 	var err error
 	if p, ok := c.inner.(driver.ConnPrepareContext); ok {
@@ -402,6 +406,7 @@ func (c *conn) query(ctx context.Context, owner any, query string, args []driver
 	}
 	rr := &resumeRows{cur: r, ctx: ctx, query: query[:text.end], stream: s, set: *r.settings.resume, base: c}
 	rr.args = append([]driver.NamedValue(nil), args...)
+	r.resumer = rr
 	if _, err := c.run(ctx, owner, query, args, send, s, r, start); err != nil {
 		if !retryable(err) {
 			return nil, err
@@ -412,13 +417,54 @@ func (c *conn) query(ctx context.Context, owner any, query string, args []driver
 		}
 		if err := rr.resume(err); err != nil {
 			unclaim(s)
+			rr.closeOwn()
 			return nil, err
 		}
 	}
 	if err := rr.bind(); err != nil {
+		rr.closeOwn()
 		return nil, err
 	}
 	return rr, nil
+}
+
+// noteSession notes a statement of the conn's that sets what a new
+// session would not have (sessionSet): one that begins with SET, RESET
+// or DISCARD. It looks at the first word only.
+func (c *conn) noteSession(query string) {
+	if c.sessionSet {
+		return
+	}
+	w := firstWord(query)
+	c.sessionSet = strings.EqualFold(w, "set") || strings.EqualFold(w, "reset") || strings.EqualFold(w, "discard")
+}
+
+// firstWord returns the first word of query, past spaces and comments.
+func firstWord(q string) string {
+	i := 0
+	for i < len(q) {
+		switch c := q[i]; {
+		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v':
+			i++
+		case c == '-' && i+1 < len(q) && q[i+1] == '-':
+			for i < len(q) && q[i] != '\n' {
+				i++
+			}
+		case c == '/' && i+1 < len(q) && q[i+1] == '*':
+			n, ok := skipComment(q, i)
+			if !ok {
+				return ""
+			}
+			i = n
+		default:
+			j := i
+			for j < len(q) && (q[j] >= 'a' && q[j] <= 'z' || q[j] >= 'A' && q[j] <= 'Z') {
+				j++
+			}
+			return q[i:j]
+		}
+	}
+	return ""
 }
 
 // queryAs runs query for the stream r, made by the caller with its
@@ -446,6 +492,7 @@ func (c *conn) run(ctx context.Context, owner any, query string, args []driver.N
 		return nil, err
 	}
 	c.ran()
+	c.noteSession(query)
 	if c.sock != nil {
 		// Before the query is sent: the status of the ReadyForQuery that
 		// ended the exchange before it.
@@ -507,6 +554,7 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 		return nil, err
 	}
 	c.ran()
+	c.noteSession(query)
 	switch e := c.inner.(type) {
 	case driver.ExecerContext:
 		return e.ExecContext(ctx, query, args)

@@ -30,6 +30,11 @@
 //     run the query as a cursor and fetch it in batches: stopping early
 //     closes the cursor and keeps the connection and its session, inside
 //     and outside transactions.
+//   - Resume keys (WithResumeKey): a stream ordered by a unique key gets
+//     past a recovery conflict on a standby, a session ended, a crash, a
+//     lost connection or a failover by running its query again from the
+//     last key it delivered, on a new connection if need be; every row's
+//     key is checked to follow the last, so no row comes twice or is lost.
 //   - An Observer (WithObserver) hears of every stream's start, first row,
 //     pauses, pause timeouts and end, with how it ended; the
 //     github.com/jsonstream/jsonstream/jsonstreamotel module turns these events into

@@ -403,7 +403,7 @@ func (r *rows) event(kind EventKind) Event {
 // eventLocked is event for a caller that holds p.mu.
 func (r *rows) eventLocked(kind EventKind, p *pauser) Event {
 	e := Event{Kind: kind, Context: r.ctx, Query: r.obs.query, Mode: r.mode()}
-	e.Stats = Stats{Rows: r.rowCount.Load() + r.priorRows, Bytes: r.byteCount.Load(), FirstRow: time.Duration(r.firstRow.Load()), Resumes: r.resumes}
+	e.Stats = Stats{Rows: r.rowCount.Load() + r.priorRows, Bytes: r.byteCount.Load() + r.priorBytes, FirstRow: time.Duration(r.firstRow.Load()), Resumes: r.resumes}
 	p.snapshot(r.state.load, &e.Stats)
 	return e
 }
@@ -419,6 +419,22 @@ func (r *rows) observeStarted(query string) {
 	}
 	if !r.continues { // a continuation goes on the stream (resume.go)
 		r.emit(r.event(EventStarted))
+	}
+}
+
+// observeGaveUp fires the EventEnded of a resumable stream that could not
+// be continued, whose rows were closed already (resume.go).
+func (r *rows) observeGaveUp(err error) {
+	if r.settings.observer != nil {
+		e := r.event(EventEnded)
+		e.Outcome, e.Err = OutcomeFailed, err
+		switch {
+		case errors.Is(err, ErrCanceled):
+			e.Outcome = OutcomeCanceled
+		case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+			e.Outcome = OutcomeContext
+		}
+		r.emit(e)
 	}
 }
 

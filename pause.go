@@ -138,6 +138,14 @@ func (r *rows) endPause() {
 
 // Pause implements Controller.
 func (r *rows) Pause() error {
+	if rr := r.resumer; rr.control(rr.pauseRetry) {
+		return nil
+	}
+	return r.pauseNow()
+}
+
+// pauseNow is Pause of these rows themselves.
+func (r *rows) pauseNow() error {
 	p := r.pauser()
 	var event uint64
 	p.mu.Lock()
@@ -182,6 +190,14 @@ func (r *rows) pauseCount() int64 {
 
 // Resume implements Controller.
 func (r *rows) Resume() error {
+	if rr := r.resumer; rr.control(rr.resumeRetry) {
+		return nil
+	}
+	return r.resumeNow()
+}
+
+// resumeNow is Resume of these rows themselves.
+func (r *rows) resumeNow() error {
 	p := r.pause.Load()
 	if p == nil {
 		if s := r.state.load(); s.final() {

@@ -550,7 +550,11 @@ func (p *portal) describe(b []byte) error {
 // network as pending (interrupt).
 func (p *portal) read() (byte, []byte, error) {
 	if p.conn.sock.owed != nil {
-		p.conn.sock.payOwed() // the last stream's end comes first
+		// The last stream's end comes first, bounded as a read of the
+		// stream's own would be.
+		p.pending(true)
+		p.conn.sock.payOwed()
+		p.pending(false)
 	}
 	if p.w.buffered() {
 		return p.w.next()

@@ -11,6 +11,7 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/lib/pq"
@@ -34,11 +35,12 @@ import (
 //	WHERE (k1, k2) > ($n+1, $n+2) ORDER BY k1, k2
 //
 // with the original arguments and the last key after them. PostgreSQL
-// pushes the condition into the query and starts its index scan at the key
-// (a LIMIT in the query stops that: the continuation is then right but
-// reads the rows before the key again). The result spans several
-// snapshots: a row changed between the parts shows its new values, a row
-// inserted behind the key is not seen.
+// pushes the condition into the query and starts its index scan at the
+// key. The result spans several snapshots: a row changed between the parts
+// shows its new values, a row inserted behind the key is not seen. A
+// LIMIT, OFFSET or FETCH would count over the rows of a new snapshot, so
+// such a query is refused; so is a continuation on a new connection of a
+// session that ran SET, RESET or DISCARD.
 
 // KeyColumn is one column of a resume key: a column of the query's
 // result, by the name Columns reports, and the direction the query's
@@ -98,13 +100,24 @@ func (e *ResumeError) Error() string {
 	return fmt.Sprintf("jsonstream: the stream could not be resumed after %d attempts: %v", e.Attempts, e.Err)
 }
 
-func (e *ResumeError) Unwrap() error { return e.Err }
+// Unwrap returns Err, unless it wraps driver.ErrBadConn: database/sql
+// would then run a query that gave up at its start again, and its retries
+// with it.
+func (e *ResumeError) Unwrap() error {
+	if errors.Is(e.Err, driver.ErrBadConn) {
+		return nil
+	}
+	return e.Err
+}
 
 // WithResumeKey makes a stream resumable by the given key (see KeyColumn):
 // the columns its query's ORDER BY sorts by, in that order, unique
-// together and never NULL. It takes one statement that reads (SELECT,
-// VALUES, TABLE, WITH), run outside a transaction; otherwise the query
-// fails with an error wrapping ErrResumeQuery. An option for a Stream or
+// together and never NULL, of a type whose order jsonstream checks
+// (integers, numeric, floats, uuid, bytea, dates and timestamps, bool; not
+// text, whose order is a collation's). It takes one statement that reads
+// (SELECT, VALUES, TABLE, WITH) without LIMIT, OFFSET or FETCH, run
+// outside a transaction; otherwise the query fails with an error wrapping
+// ErrResumeQuery. An option for a Stream or
 // a context (ContextWithOptions): on a connector every query would need
 // the key.
 func WithResumeKey(cols ...KeyColumn) Option {
@@ -161,6 +174,8 @@ func (c *conn) resumeRefusal(text queryText) string {
 		return "it must be exactly one statement"
 	case text.writes:
 		return "it may change data"
+	case text.limited:
+		return "it has a LIMIT, OFFSET or FETCH, which a continuation in a new snapshot would count over other rows"
 	}
 	switch lower(text.first) {
 	case "select", "values", "table", "with", "(":
@@ -176,7 +191,7 @@ const (
 	keyInt keyKind = iota
 	keyFloat
 	keyNumeric
-	keyText // byte order: the query must sort it so (COLLATE "C")
+	keyUUID // its text form, byte by byte
 	keyBytes
 	keyTime
 	keyBool
@@ -185,14 +200,14 @@ const (
 // keyKindOf maps a column's type name to its keyKind.
 func keyKindOf(typ string) (keyKind, bool) {
 	switch typ {
-	case "INT2", "INT4", "INT8", "OID":
+	case "INT2", "INT4", "INT8":
 		return keyInt, true
 	case "FLOAT4", "FLOAT8":
 		return keyFloat, true
 	case "NUMERIC":
 		return keyNumeric, true
-	case "TEXT", "VARCHAR", "BPCHAR", "NAME", "UUID":
-		return keyText, true
+	case "UUID":
+		return keyUUID, true
 	case "BYTEA":
 		return keyBytes, true
 	case "DATE", "TIMESTAMP", "TIMESTAMPTZ":
@@ -225,6 +240,17 @@ type resumeRows struct {
 	// since is when the stream failed, until the continuation's first row.
 	since time.Time
 	cause error
+
+	// mu guards what the Stream's controls find while a continuation is
+	// being made (retrying): a Cancel sets canceled and closes stop, a
+	// Pause sets pausing, a Resume clears it.
+	mu                          sync.Mutex
+	retrying, canceled, pausing bool
+	stop                        chan struct{}
+	// stopCtx is the query's context, canceled by a Cancel: a connect
+	// waits in it.
+	stopCtx    context.Context
+	stopCancel context.CancelFunc
 }
 
 var (
@@ -253,7 +279,12 @@ func (rr *resumeRows) bind() error {
 		kind, ok := keyKindOf(typ)
 		if !ok {
 			_ = r.Close()
-			return fmt.Errorf("%w: key column %q is of type %s, which jsonstream cannot order", ErrResumeQuery, k.Name, typ)
+			why := "which jsonstream cannot order"
+			switch typ {
+			case "TEXT", "VARCHAR", "BPCHAR", "NAME", "CHAR":
+				why = "whose order is a collation's, which jsonstream cannot check (convert_to(column, 'UTF8') is a bytea key in byte order)"
+			}
+			return fmt.Errorf("%w: key column %q is of type %s, %s", ErrResumeQuery, k.Name, typ, why)
 		}
 		rr.idx = append(rr.idx, i)
 		rr.kinds = append(rr.kinds, kind)
@@ -355,67 +386,148 @@ func keep(v, old driver.Value) driver.Value {
 }
 
 // resume runs the continuation after the failure cause, within the retry
-// policy.
-func (rr *resumeRows) resume(cause error) error {
+// policy. Meanwhile the Stream's Cancel, Pause and Resume come here
+// (control): a Cancel ends the retries with ErrCanceled, a Pause is
+// carried over to the continuation.
+func (rr *resumeRows) resume(cause error) (err error) {
 	if rr.since.IsZero() {
 		rr.since, rr.cause = time.Now(), cause
 	}
-	prior := rr.cur.rowCount.Load() + rr.cur.priorRows
-	resumes := rr.cur.resumes + 1
-	started := rr.cur.inner != nil // not when the query failed at once
+	old := rr.cur
+	prior := old.rowCount.Load() + old.priorRows
+	bytes := old.byteCount.Load() + old.priorBytes
+	resumes := old.resumes + 1
+	started := old.inner != nil // not when the query failed at once
+	rr.mu.Lock()
+	rr.retrying, rr.canceled, rr.pausing = true, false, old.state.load() == Paused
+	rr.stop = make(chan struct{})
+	rr.stopCtx, rr.stopCancel = context.WithCancel(rr.ctx)
+	rr.mu.Unlock()
+	defer rr.stopCancel()
+	defer func() {
+		if err != nil {
+			rr.mu.Lock()
+			rr.retrying = false
+			rr.mu.Unlock()
+			if started {
+				old.observeGaveUp(err)
+			}
+		}
+	}()
 	if started {
 		// To an Observer the stream goes on: the failed part ends
 		// without EventEnded, the continuation starts without
 		// EventStarted.
-		rr.cur.obs.ended.Store(true)
-		_ = rr.cur.Close()
+		old.obs.ended.Store(true)
+		_ = old.Close()
 	}
 	p := rr.set.policy
+	deadline := rr.since.Add(p.Total)
 	wait := p.Backoff
-	last := cause
 	for attempt := 1; ; attempt++ {
-		r, err := rr.continuation(prior, resumes, started || rr.cur.continues)
+		r, err := rr.continuation(prior, resumes, started || old.continues, deadline)
 		if err == nil {
-			rr.cur = r
-			if rr.stream != nil {
-				rr.stream.bound.Store(r)
-			}
+			r.priorBytes = bytes
+			r.pauseTimeout.Store(old.pauseTimeout.Load())
+			rr.takeOver(r)
 			return nil
 		}
-		last = err
+		select {
+		case <-rr.stop:
+			return ErrCanceled
+		default:
+		}
 		if !retryable(err) {
 			return err
 		}
-		if attempt >= p.Attempts || time.Since(rr.since)+wait > p.Total {
-			return &ResumeError{Attempts: attempt, Err: last}
+		if attempt >= p.Attempts || time.Until(deadline) < wait {
+			return &ResumeError{Attempts: attempt, Err: err}
 		}
 		t := time.NewTimer(wait)
 		select {
 		case <-rr.ctx.Done():
 			t.Stop()
 			return rr.ctx.Err()
+		case <-rr.stop:
+			t.Stop()
+			return ErrCanceled
 		case <-t.C:
 		}
 		wait = min(2*wait, p.MaxBackoff)
 	}
 }
 
+// takeOver makes r, a continuation no one else sees yet, the rows being
+// read, paused if the Stream was paused meanwhile and canceled if it was
+// canceled. The pause is applied while the controls still come here, so
+// that a Resume cannot go to r before it.
+func (rr *resumeRows) takeOver(r *rows) {
+	paused := false
+	for {
+		rr.mu.Lock()
+		want, canceled := rr.pausing, rr.canceled
+		if want == paused || canceled {
+			rr.retrying = false
+			rr.cur = r
+			if rr.stream != nil {
+				rr.stream.bound.Store(r)
+			}
+			rr.mu.Unlock()
+			if canceled {
+				_ = r.Cancel()
+			}
+			return
+		}
+		rr.mu.Unlock()
+		// Outside the lock: an Observer may call the Stream.
+		if want {
+			_ = r.pauseNow()
+		} else {
+			_ = r.resumeNow()
+		}
+		paused = want
+	}
+}
+
+// control handles a Controller call that comes while a continuation is
+// being made, and reports whether it did.
+func (rr *resumeRows) control(call func()) bool {
+	if rr == nil {
+		return false
+	}
+	rr.mu.Lock()
+	defer rr.mu.Unlock()
+	if !rr.retrying {
+		return false
+	}
+	call()
+	return true
+}
+
 // continuation runs the query from the last key on a good connection:
-// the last one used while it is, a new one from the connector otherwise.
-func (rr *resumeRows) continuation(prior, resumes int64, continues bool) (*rows, error) {
+// the last one used while it is, a new one from the connector otherwise,
+// connecting until deadline at most.
+func (rr *resumeRows) continuation(prior, resumes int64, continues bool, deadline time.Time) (*rows, error) {
+	select {
+	case <-rr.stop:
+		return nil, ErrCanceled
+	default:
+	}
 	c := rr.own
 	if c == nil {
 		c = rr.base
 	}
 	if c.usable() != nil || !c.portalReady() {
-		if rr.own != nil {
-			_ = rr.own.Close()
-			rr.own = nil
-		}
-		if rr.base.connector == nil {
+		rr.closeOwn()
+		switch {
+		case rr.base.connector == nil:
 			return nil, fmt.Errorf("%w: the connection was lost and it has no connector to open another", driver.ErrBadConn)
+		case rr.base.sessionSet:
+			return nil, fmt.Errorf("%w: the connection was lost, and a new session would not have what this one was set to (SET, RESET or DISCARD ran on it)", ErrResumeQuery)
 		}
-		dc, err := rr.base.connector.Connect(rr.ctx)
+		ctx, cancel := context.WithDeadline(rr.stopCtx, deadline)
+		dc, err := rr.base.connector.Connect(ctx)
+		cancel()
 		if err != nil {
 			return nil, connectError{err}
 		}
@@ -428,18 +540,27 @@ func (rr *resumeRows) continuation(prior, resumes int64, continues bool) (*rows,
 	}
 	set := rr.cur.settings
 	set.resume = nil
-	r := &rows{settings: set, priorRows: prior, resumes: resumes, continues: continues}
+	r := &rows{settings: set, priorRows: prior, resumes: resumes, continues: continues, resumer: rr}
 	dr, err := c.queryAs(rr.ctx, query, args, r)
 	if err != nil {
 		return nil, err
 	}
 	if rr.cur.inner != nil {
 		if got, want := dr.Columns(), rr.cur.Columns(); !equalStrings(got, want) {
+			r.obs.ended.Store(true) // the stream's end is its own
 			_ = dr.Close()
 			return nil, fmt.Errorf("%w: the continuation's columns %q are not the query's %q", ErrResumeQuery, got, want)
 		}
 	}
 	return r, nil
+}
+
+// closeOwn closes the connection the stream opened, if any.
+func (rr *resumeRows) closeOwn() {
+	if rr.own != nil {
+		_ = rr.own.Close()
+		rr.own = nil
+	}
 }
 
 func equalStrings(a, b []string) bool {
@@ -543,7 +664,7 @@ func compareKey(kind keyKind, a, b driver.Value) (int, error) {
 		}
 	case keyNumeric:
 		return compareNumeric(asText(a), asText(b))
-	case keyText, keyBytes:
+	case keyUUID, keyBytes:
 		return bytes.Compare([]byte(asText(a)), []byte(asText(b))), nil
 	case keyTime:
 		x, ok1 := a.(time.Time)
@@ -695,6 +816,19 @@ func (rr *resumeRows) Close() error {
 	}
 	return err
 }
+
+// cancelRetry, pauseRetry and resumeRetry are the Stream's controls while
+// a continuation is being made; called with mu held.
+func (rr *resumeRows) cancelRetry() {
+	if !rr.canceled {
+		rr.canceled = true
+		close(rr.stop)
+		rr.stopCancel()
+	}
+}
+
+func (rr *resumeRows) pauseRetry()  { rr.pausing = true }
+func (rr *resumeRows) resumeRetry() { rr.pausing = false }
 
 // The column type methods and the Controller's go to the rows being read.
 

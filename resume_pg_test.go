@@ -13,6 +13,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/lib/pq"
 	"github.com/stretchr/testify/assert"
@@ -261,6 +262,18 @@ func TestResumeRefused(t *testing.T) {
 			_, err := db.QueryContext(ctx, `SELECT '{}'::jsonb AS g`, key())
 			return err
 		},
+		"text key": func() error {
+			_, err := db.QueryContext(ctx, `SELECT 'a'::text AS g`, key())
+			return err
+		},
+		"limit": func() error {
+			_, err := db.QueryContext(ctx, `SELECT g FROM generate_series(1, 9) g ORDER BY g LIMIT 5`, key())
+			return err
+		},
+		"fetch first": func() error {
+			_, err := db.QueryContext(ctx, `(SELECT g FROM generate_series(1, 9) g ORDER BY g FETCH FIRST 5 ROWS ONLY)`, key())
+			return err
+		},
 	}
 	for name, run := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -304,7 +317,7 @@ func TestResumeGivesUp(t *testing.T) {
 	rows, err := db.QueryContext(ctx, bigQuery, resumeN, s)
 	require.NoError(t, err)
 	require.True(t, rows.Next())
-	d.refuse = &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}
+	d.setRefuse(&net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED})
 	_, err = monitor.Exec("SELECT pg_terminate_backend($1)", pid)
 	require.NoError(t, err)
 	for rows.Next() {
@@ -316,7 +329,7 @@ func TestResumeGivesUp(t *testing.T) {
 	require.NoError(t, rows.Close())
 
 	t.Run("not retryable", func(t *testing.T) {
-		d.refuse = nil
+		d.setRefuse(nil)
 		rows, err := db.QueryContext(ctx, "SELECT 10 / (10 - g) AS g FROM generate_series(1, 20) g ORDER BY g", mustStream(t, WithResumeKey(Asc("g"))))
 		if err == nil {
 			for rows.Next() {
@@ -468,5 +481,103 @@ func TestResumeThroughJSON(t *testing.T) {
 			require.NoError(t, <-done)
 			return got
 		})
+	})
+}
+
+// TestResumeControlsWhileRetrying: while a continuation is being made
+// (here its connections are refused), the Stream's State is Running, a
+// Pause is carried over to the continuation (which then waits for Resume
+// before delivering a row), and a Cancel ends the retries at once with
+// ErrCanceled. A session that ran SET is not continued on a new
+// connection, which would not have what it set.
+func TestResumeControlsWhileRetrying(t *testing.T) {
+	needRowsTable(t)
+	monitor := openPG(t, "postgres", "")
+	ctx := context.Background()
+	refused := &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}
+	slow := WithResumeRetry(RetryPolicy{Attempts: 1000, Backoff: 5 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, Total: time.Minute})
+	// start streams with a key, reads 10 rows, ends the session and has
+	// the continuation's dials refused; it returns once one was.
+	start := func(t *testing.T, d *fakeDialer, db *sql.DB) (*Stream, *sql.Rows) {
+		var pid int
+		require.NoError(t, db.QueryRow("SELECT pg_backend_pid()").Scan(&pid))
+		s := mustStream(t, WithResumeKey(Asc("g")), slow)
+		rows, err := db.QueryContext(ctx, bigQuery, 50_000, s)
+		require.NoError(t, err)
+		for i := 0; i < 10; i++ {
+			require.True(t, rows.Next())
+		}
+		d.setRefuse(refused)
+		_, err = monitor.Exec("SELECT pg_terminate_backend($1)", pid)
+		require.NoError(t, err)
+		return s, rows
+	}
+	// retrying waits until a continuation's dial was refused.
+	retrying := func(t *testing.T, d *fakeDialer, before int64) {
+		require.Eventually(t, func() bool { return d.attempts.Load() > before }, 30*time.Second, time.Millisecond)
+	}
+
+	t.Run("cancel", func(t *testing.T) {
+		d := &fakeDialer{}
+		db := openDialed(t, d)
+		s, rows := start(t, d, db)
+		before := d.attempts.Load()
+		got := make(chan error, 1)
+		go func() {
+			for rows.Next() {
+			}
+			got <- rows.Err()
+		}()
+		retrying(t, d, before)
+		assert.Equal(t, Running, s.State())
+		require.NoError(t, s.Cancel())
+		select {
+		case err := <-got:
+			require.ErrorIs(t, err, ErrCanceled)
+		case <-time.After(10 * time.Second):
+			t.Fatal("Cancel did not end the retries")
+		}
+		require.NoError(t, rows.Close())
+	})
+
+	t.Run("pause", func(t *testing.T) {
+		d := &fakeDialer{}
+		db := openDialed(t, d)
+		s, rows := start(t, d, db)
+		before := d.attempts.Load()
+		read := make(chan int, 1)
+		go func() {
+			n := 10 // read by start
+			for rows.Next() {
+				n++
+			}
+			read <- n
+		}()
+		retrying(t, d, before)
+		require.NoError(t, s.Pause())
+		assert.Equal(t, Paused, s.State())
+		delivered := s.Stats().Rows
+		d.setRefuse(nil)
+		require.Eventually(t, func() bool { return s.Stats().Resumes == 1 }, 30*time.Second, time.Millisecond)
+		assert.Equal(t, Paused, s.State(), "the continuation is paused")
+		time.Sleep(50 * time.Millisecond)
+		assert.Equal(t, delivered, s.Stats().Rows, "no row while paused")
+		require.NoError(t, s.Resume())
+		assert.Equal(t, 50_000, <-read)
+		require.NoError(t, rows.Err())
+		require.NoError(t, rows.Close())
+	})
+
+	t.Run("SET", func(t *testing.T) {
+		d := &fakeDialer{}
+		db := openDialed(t, d)
+		_, err := db.Exec("SET application_name TO 'resume_set'")
+		require.NoError(t, err)
+		_, rows := start(t, d, db)
+		for rows.Next() {
+		}
+		require.ErrorIs(t, rows.Err(), ErrResumeQuery)
+		assert.Contains(t, rows.Err().Error(), "SET, RESET or DISCARD")
+		require.NoError(t, rows.Close())
 	})
 }

@@ -77,8 +77,11 @@ type rows struct {
 	// the rows delivered and the continuations made before it; continues
 	// is set when it goes on a stream that started, whose events it does
 	// not repeat (resume.go).
-	priorRows, resumes int64
-	continues          bool
+	priorRows, priorBytes, resumes int64
+	continues                      bool
+	// resumer is the resumable stream the rows are a part of, if any: it
+	// takes the Stream's controls while a continuation is being made.
+	resumer *resumeRows
 
 	start     time.Time
 	firstRow  atomic.Int64 // time.Duration since start; 0 before the first row
@@ -251,6 +254,9 @@ func (r *rows) fail(err error, cut bool) bool {
 
 // Cancel implements Controller.
 func (r *rows) Cancel() error {
+	if rr := r.resumer; rr.control(rr.cancelRetry) {
+		return nil
+	}
 	if r.failState(ErrCanceled, true) {
 		r.endPause()
 		r.releaseAsync()
@@ -478,15 +484,26 @@ func (r *rows) NextResultSet() error {
 }
 
 // State implements Controller.
-func (r *rows) State() State { return r.state.load() }
+func (r *rows) State() State {
+	st := r.state.load()
+	if rr := r.resumer; st.final() && rr != nil {
+		rr.control(func() {
+			st = Running
+			if rr.pausing {
+				st = Paused
+			}
+		})
+	}
+	return st
+}
 
 // Stats implements Controller.
 func (r *rows) Stats() Stats {
 	st := Stats{
 		State:    r.state.load(),
 		Rows:     r.rowCount.Load() + r.priorRows,
+		Bytes:    r.byteCount.Load() + r.priorBytes,
 		Resumes:  r.resumes,
-		Bytes:    r.byteCount.Load(),
 		FirstRow: time.Duration(r.firstRow.Load()),
 	}
 	// A stream that was not Paused when State was read has no pauser yet,

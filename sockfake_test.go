@@ -227,6 +227,10 @@ func (timeoutError) Temporary() bool { return true }
 // network.
 type fakeDialer struct {
 	refuse error
+	// refusing is refuse for a test that changes it while dials go on
+	// (setRefuse); attempts counts the dials asked for.
+	refusing atomic.Pointer[error]
+	attempts atomic.Int64
 
 	mu    sync.Mutex // guards socks
 	socks []*fakeSock
@@ -237,6 +241,10 @@ func (d *fakeDialer) Dial(network, address string) (net.Conn, error) {
 }
 
 func (d *fakeDialer) DialTimeout(network, address string, timeout time.Duration) (net.Conn, error) {
+	d.attempts.Add(1)
+	if p := d.refusing.Load(); p != nil {
+		return nil, *p
+	}
 	if d.refuse != nil {
 		return nil, d.refuse
 	}
@@ -250,6 +258,16 @@ func (d *fakeDialer) DialTimeout(network, address string, timeout time.Duration)
 	d.socks = append(d.socks, s)
 	d.mu.Unlock()
 	return s, nil
+}
+
+// setRefuse makes the dials from now on fail with err; nil lets them
+// through again.
+func (d *fakeDialer) setRefuse(err error) {
+	if err == nil {
+		d.refusing.Store(nil)
+		return
+	}
+	d.refusing.Store(&err)
 }
 
 // last returns the socket dialed last.

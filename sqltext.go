@@ -40,6 +40,9 @@ type queryText struct {
 	// params is the highest parameter reference ($1) outside quotes and
 	// comments, 0 for none: the count of parameters the server infers.
 	params int
+	// limited is set when the first statement has LIMIT, OFFSET or FETCH
+	// outside parentheses (inside the one pair around a query in them).
+	limited bool
 }
 
 // scanQuery scans a query's text; it never allocates.
@@ -207,6 +210,10 @@ func (t *queryText) keyword(word, prev string, depth int) {
 		}
 	case strings.EqualFold(word, "into") && depth == 0 && strings.EqualFold(t.first, "select"):
 		t.writes = true // SELECT … INTO creates a table
+	case strings.EqualFold(word, "limit"), strings.EqualFold(word, "offset"), strings.EqualFold(word, "fetch"):
+		if depth == 0 || depth == 1 && t.first == "(" {
+			t.limited = true
+		}
 	}
 }
 
