@@ -402,7 +402,7 @@ func (c *conn) query(ctx context.Context, owner any, query string, args []driver
 		return nil, fmt.Errorf("%w: %s", ErrResumeQuery, why)
 	}
 	if r.settings.resume.key == nil {
-		return nil, fmt.Errorf("%w: WithResumeRetry without WithResumeKey", ErrResumeQuery)
+		return nil, fmt.Errorf("%w: WithResumeRetry or WithResumeAfterPause without WithResumeKey", ErrResumeQuery)
 	}
 	rr := &resumeRows{cur: r, ctx: ctx, query: query[:text.end], stream: s, set: *r.settings.resume, base: c}
 	rr.args = append([]driver.NamedValue(nil), args...)

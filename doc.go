@@ -35,6 +35,8 @@
 //     lost connection or a failover by running its query again from the
 //     last key it delivered, on a new connection if need be; every row's
 //     key is checked to follow the last, so no row comes twice or is lost.
+//     With WithResumeAfterPause a long pause lets the server-side query go
+//     (its snapshot, locks and standby conflicts) and continues on Resume.
 //   - An Observer (WithObserver) hears of every stream's start, first row,
 //     pauses, pause timeouts and end, with how it ended; the
 //     github.com/jsonstream/jsonstream/jsonstreamotel module turns these events into

@@ -246,3 +246,15 @@ func ExampleWithResumeKey() {
 	fmt.Println(errors.Is(err, jsonstream.ErrInvalidOption))
 	// Output: true
 }
+
+// A resumable export that lets its server-side query go when its reader
+// stalls for more than a minute, so that VACUUM and a standby's replay
+// never wait on it, and goes on from its last id when the reader is back.
+func ExampleWithResumeAfterPause() {
+	s, err := jsonstream.NewStream(
+		jsonstream.WithResumeKey(jsonstream.Asc("id")),
+		jsonstream.WithResumeAfterPause(time.Minute),
+	)
+	fmt.Println(err == nil, s.State())
+	// Output: true not_started
+}

@@ -438,6 +438,16 @@ func (r *rows) observeGaveUp(err error) {
 	}
 }
 
+// observeReleasedResume fires the EventResumed of a pause that a
+// resumable stream held after ending its server-side query (release.go).
+func (r *rows) observeReleasedResume(paused time.Duration) {
+	if r.settings.observer != nil {
+		e := r.event(EventResumed)
+		e.Paused = max(paused, 1)
+		r.emit(e)
+	}
+}
+
 // observeContinued fires EventContinued (resume.go).
 func (r *rows) observeContinued(cause error, took time.Duration) {
 	if r.settings.observer != nil {

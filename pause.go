@@ -15,8 +15,9 @@ type pauser struct {
 	// made for each pause.
 	resume chan struct{}
 	// timer fires the pause timeout; stopped by Resume and by the end of the
-	// stream.
-	timer *time.Timer
+	// stream. release ends a resumable stream's server-side query after a
+	// long pause (WithResumeAfterPause), and is stopped likewise.
+	timer, release *time.Timer
 	// generation tells a timer of an earlier pause from the current one.
 	generation uint64
 	pausedAt   time.Time
@@ -58,6 +59,10 @@ func (p *pauser) end() {
 	if p.timer != nil {
 		p.timer.Stop()
 		p.timer = nil
+	}
+	if p.release != nil {
+		p.release.Stop()
+		p.release = nil
 	}
 	p.last = time.Since(p.pausedAt)
 	p.total += p.last
@@ -158,6 +163,10 @@ func (r *rows) pauseNow() error {
 		case Running:
 			if r.state.cas(Running, Paused) {
 				p.begin(time.Duration(r.pauseTimeout.Load()), r)
+				if rr := r.resumer; rr != nil && rr.set.afterPause > 0 {
+					generation := p.generation
+					p.release = time.AfterFunc(rr.set.afterPause, func() { r.pauseReleased(generation) })
+				}
 				event = r.queuePause(EventPaused, p, 0)
 				return nil
 			}
@@ -254,6 +263,32 @@ func (r *rows) pauseExpired(generation uint64) {
 	p.mu.Unlock()
 	r.deliverQueued(event)
 	if failed {
+		r.release()
+	}
+}
+
+// pauseReleased ends the server-side query of a resumable stream paused
+// longer than WithResumeAfterPause, if this is still the pause that began
+// the timer: the stream fails with ErrPauseReleased from here, and the
+// pause goes on in its resumeRows (release.go), which continues it from
+// its key on Resume. Under p.mu, a Resume either came first or finds the
+// pause in resumeRows.
+func (r *rows) pauseReleased(generation uint64) {
+	p := r.pause.Load()
+	p.mu.Lock()
+	if p.generation != generation || r.state.load() != Paused {
+		p.mu.Unlock()
+		return // Resume, Close or a later pause came first
+	}
+	r.resumer.holdPause(p.pausedAt)
+	released := r.failState(ErrPauseReleased, true)
+	if released {
+		p.end()
+	} else {
+		r.resumer.dropPause()
+	}
+	p.mu.Unlock()
+	if released {
 		r.release()
 	}
 }

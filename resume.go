@@ -148,17 +148,19 @@ func WithResumeRetry(p RetryPolicy) Option {
 			return invalid("WithResumeRetry", p, "Attempts must be at least 1, Backoff at most MaxBackoff, Total positive")
 		}
 		if s.resume == nil {
-			s.resume = &resumeSettings{}
+			s.resume = &resumeSettings{policy: DefaultRetryPolicy}
 		}
 		s.resume.policy = p
 		return nil
 	}
 }
 
-// resumeSettings are a stream's WithResumeKey and WithResumeRetry.
+// resumeSettings are a stream's WithResumeKey, WithResumeRetry and
+// WithResumeAfterPause.
 type resumeSettings struct {
-	key    []KeyColumn
-	policy RetryPolicy
+	key        []KeyColumn
+	policy     RetryPolicy
+	afterPause time.Duration
 }
 
 // resumeRefusal says why the query cannot be resumed, or "".
@@ -247,6 +249,10 @@ type resumeRows struct {
 	mu                          sync.Mutex
 	retrying, canceled, pausing bool
 	stop                        chan struct{}
+	// wake is closed by the Resume that ends a pause held here; pausedAt
+	// is when that pause began (release.go).
+	wake     chan struct{}
+	pausedAt time.Time
 	// stopCtx is the query's context, canceled by a Cancel: a connect
 	// waits in it.
 	stopCtx    context.Context
@@ -314,7 +320,12 @@ func (rr *resumeRows) Next(dest []driver.Value) error {
 		if err == nil {
 			return rr.delivered(dest)
 		}
-		if err == io.EOF || !retryable(err) { //nolint:errorlint // io.EOF itself, as database/sql compares
+		if errors.Is(err, ErrPauseReleased) {
+			// Paused long enough to let the server go (release.go).
+			if err := rr.waitReleased(); err != nil {
+				return err
+			}
+		} else if err == io.EOF || !retryable(err) { //nolint:errorlint // io.EOF itself, as database/sql compares
 			return err
 		}
 		if err := rr.resume(err); err != nil {
@@ -399,11 +410,12 @@ func (rr *resumeRows) resume(cause error) (err error) {
 	resumes := old.resumes + 1
 	started := old.inner != nil // not when the query failed at once
 	rr.mu.Lock()
-	rr.retrying, rr.canceled, rr.pausing = true, false, old.state.load() == Paused
-	rr.stop = make(chan struct{})
-	rr.stopCtx, rr.stopCancel = context.WithCancel(rr.ctx)
+	if !rr.retrying { // a released pause holds the controls already
+		rr.retry()
+	}
+	stopCancel := rr.stopCancel
 	rr.mu.Unlock()
-	defer rr.stopCancel()
+	defer stopCancel()
 	defer func() {
 		if err != nil {
 			rr.mu.Lock()
@@ -487,6 +499,13 @@ func (rr *resumeRows) takeOver(r *rows) {
 		}
 		paused = want
 	}
+}
+
+// retry starts taking the Stream's controls; called with mu held.
+func (rr *resumeRows) retry() {
+	rr.retrying, rr.canceled, rr.pausing = true, false, false
+	rr.stop = make(chan struct{})
+	rr.stopCtx, rr.stopCancel = context.WithCancel(rr.ctx)
 }
 
 // control handles a Controller call that comes while a continuation is
@@ -827,8 +846,22 @@ func (rr *resumeRows) cancelRetry() {
 	}
 }
 
-func (rr *resumeRows) pauseRetry()  { rr.pausing = true }
-func (rr *resumeRows) resumeRetry() { rr.pausing = false }
+func (rr *resumeRows) pauseRetry() {
+	if !rr.pausing {
+		rr.pausing = true
+		rr.wake = make(chan struct{})
+	}
+}
+
+func (rr *resumeRows) resumeRetry() {
+	if rr.pausing {
+		rr.pausing = false
+		if rr.wake != nil {
+			close(rr.wake)
+			rr.wake = nil
+		}
+	}
+}
 
 // The column type methods and the Controller's go to the rows being read.
 

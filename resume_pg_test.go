@@ -7,6 +7,7 @@ import (
 	"database/sql/driver"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -48,14 +49,18 @@ type eventLog struct {
 	mu        sync.Mutex
 	kinds     []EventKind
 	continued []Event
+	ended     []Event
 }
 
 func (l *eventLog) ObserveStream(e Event) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.kinds = append(l.kinds, e.Kind)
-	if e.Kind == EventContinued {
+	switch e.Kind {
+	case EventContinued:
 		l.continued = append(l.continued, e)
+	case EventEnded:
+		l.ended = append(l.ended, e)
 	}
 }
 
@@ -579,5 +584,133 @@ func TestResumeControlsWhileRetrying(t *testing.T) {
 		require.ErrorIs(t, rows.Err(), ErrResumeQuery)
 		assert.Contains(t, rows.Err().Error(), "SET, RESET or DISCARD")
 		require.NoError(t, rows.Close())
+	})
+}
+
+// TestResumeReleasesAfterPause: a resumable stream paused longer than
+// WithResumeAfterPause ends its server-side query while it stays Paused:
+// the backend goes idle and lets its snapshot go (backend_xmin is NULL),
+// so VACUUM removes the rows updated meanwhile; on Resume the stream
+// continues from its key with every row once, in order, in every mode.
+// A Resume before the threshold keeps the query; a Cancel while the query
+// is released ends the stream with ErrCanceled.
+func TestResumeReleasesAfterPause(t *testing.T) {
+	monitor := openPG(t, "postgres", "")
+	ctx := context.Background()
+	const n = 20_000
+	_, err := monitor.Exec(`DROP TABLE IF EXISTS resume_vac;
+		CREATE TABLE resume_vac (g int PRIMARY KEY, pad text NOT NULL) WITH (autovacuum_enabled = off);
+		INSERT INTO resume_vac SELECT g, repeat('x', 100) FROM generate_series(1, ` + fmt.Sprint(n) + `) g`)
+	require.NoError(t, err)
+	_, err = monitor.Exec("VACUUM ANALYZE resume_vac")
+	require.NoError(t, err)
+	const query = "SELECT g, pad FROM resume_vac ORDER BY g"
+	open := func(t *testing.T, mode string, opts ...Option) (*Stream, *sql.Rows, int, *eventLog) {
+		db := openPG(t, DriverName, mode)
+		db.SetMaxOpenConns(1)
+		var pid int
+		require.NoError(t, db.QueryRow("SELECT pg_backend_pid()").Scan(&pid))
+		log := &eventLog{}
+		s := mustStream(t, append([]Option{WithResumeKey(Asc("g")), WithObserver(log)}, opts...)...)
+		rows, err := db.QueryContext(ctx, query, s)
+		require.NoError(t, err)
+		return s, rows, pid, log
+	}
+	for _, mode := range []string{"", "jsonstream_mode=single", "jsonstream_fetch_size=auto"} {
+		t.Run("mode="+mode, func(t *testing.T) {
+			s, rows, pid, log := open(t, mode, WithResumeAfterPause(100*time.Millisecond))
+			var got checksum
+			var g int64
+			var pad string
+			for got.count < 1000 && rows.Next() {
+				require.NoError(t, rows.Scan(&g, &pad))
+				got.add(g)
+			}
+			require.NoError(t, s.Pause())
+			// The backend lets its query go: idle, without a snapshot, or
+			// gone (a single statement's connection is cut: its server
+			// may have sent the whole result into the socket's buffers and
+			// gone idle before).
+			require.Eventually(t, func() bool {
+				var state sql.NullString
+				var xmin sql.NullString
+				err := monitor.QueryRow("SELECT state, backend_xmin::text FROM pg_stat_activity WHERE pid = $1", pid).Scan(&state, &xmin)
+				if mode == "jsonstream_mode=single" {
+					return errors.Is(err, sql.ErrNoRows)
+				}
+				return err == nil && state.String == "idle" && !xmin.Valid
+			}, 10*time.Second, 5*time.Millisecond, "the paused stream's backend kept its query")
+			assert.Equal(t, Paused, s.State())
+			_, err := monitor.Exec("UPDATE resume_vac SET pad = repeat('y', 100) WHERE g <= 1000")
+			require.NoError(t, err)
+			_, err = monitor.Exec("VACUUM resume_vac")
+			require.NoError(t, err)
+			require.Eventually(t, func() bool {
+				var dead int64
+				require.NoError(t, monitor.QueryRow("SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = 'resume_vac'").Scan(&dead))
+				return dead == 0
+			}, 10*time.Second, 10*time.Millisecond, "VACUUM left dead rows behind the paused stream")
+			require.NoError(t, s.Resume())
+			for rows.Next() {
+				require.NoError(t, rows.Scan(&g, &pad))
+				got.add(g)
+			}
+			require.NoError(t, rows.Err())
+			require.NoError(t, rows.Close())
+			assert.Equal(t, wantChecksum(n), got)
+			assert.Equal(t, int64(1), s.Stats().Resumes)
+			require.Equal(t, 1, log.count(EventContinued))
+			assert.ErrorIs(t, log.continued[0].Err, ErrPauseReleased)
+			assert.Equal(t, log.count(EventPaused), log.count(EventResumed), "every pause ended")
+			assert.Equal(t, 1, log.count(EventEnded))
+		})
+	}
+	t.Run("resumed before", func(t *testing.T) {
+		s, rows, _, _ := open(t, "", WithResumeAfterPause(time.Hour))
+		require.True(t, rows.Next())
+		require.NoError(t, s.Pause())
+		require.NoError(t, s.Resume())
+		n := 1
+		for rows.Next() {
+			n++
+		}
+		require.NoError(t, rows.Err())
+		assert.Equal(t, 20_000, n)
+		assert.Zero(t, s.Stats().Resumes)
+		require.NoError(t, rows.Close())
+	})
+	// released pauses a stream after a row until its query was let go.
+	released := func(t *testing.T) (*Stream, *sql.Rows, *eventLog) {
+		s, rows, pid, log := open(t, "", WithResumeAfterPause(50*time.Millisecond))
+		require.True(t, rows.Next())
+		require.NoError(t, s.Pause())
+		require.Eventually(t, func() bool {
+			var state string
+			require.NoError(t, monitor.QueryRow("SELECT state FROM pg_stat_activity WHERE pid = $1", pid).Scan(&state))
+			return state == "idle"
+		}, 10*time.Second, 5*time.Millisecond)
+		return s, rows, log
+	}
+	t.Run("canceled while released", func(t *testing.T) {
+		s, rows, _ := released(t)
+		require.NoError(t, s.Cancel())
+		for rows.Next() {
+		}
+		require.ErrorIs(t, rows.Err(), ErrCanceled)
+		require.NoError(t, rows.Close())
+	})
+	t.Run("closed while released", func(t *testing.T) {
+		_, rows, log := released(t)
+		require.NoError(t, rows.Close())
+		require.Len(t, log.ended, 1)
+		assert.Equal(t, OutcomeFailed, log.ended[0].Outcome)
+		assert.ErrorIs(t, log.ended[0].Err, ErrPauseReleased)
+	})
+	t.Run("without a key", func(t *testing.T) {
+		db := openPG(t, DriverName, "")
+		_, err := db.QueryContext(ctx, query, mustStream(t, WithResumeAfterPause(time.Second)))
+		require.ErrorIs(t, err, ErrResumeQuery)
+		_, err = NewStream(WithResumeAfterPause(-1))
+		require.ErrorIs(t, err, ErrInvalidOption)
 	})
 }

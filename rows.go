@@ -500,7 +500,7 @@ func (r *rows) State() State {
 // Stats implements Controller.
 func (r *rows) Stats() Stats {
 	st := Stats{
-		State:    r.state.load(),
+		State:    r.State(),
 		Rows:     r.rowCount.Load() + r.priorRows,
 		Bytes:    r.byteCount.Load() + r.priorBytes,
 		Resumes:  r.resumes,
@@ -510,7 +510,7 @@ func (r *rows) Stats() Stats {
 	// or had one already: Pause allocates it before the state changes.
 	if p := r.pause.Load(); p != nil {
 		p.mu.Lock()
-		p.snapshot(r.state.load, &st)
+		p.snapshot(r.State, &st)
 		p.mu.Unlock()
 	}
 	return st

@@ -91,15 +91,18 @@ func TestPausedStreamOnStandby(t *testing.T) {
 		require.NoError(t, err)
 		require.False(t, gone.IsZero(), "backend %d outlived the recovery conflict", c.pid)
 		require.False(t, replayed.IsZero(), "the standby did not replay the VACUUM")
-		held := replayed.Sub(c.vacuumed)
-		err = c.resume(t)
-		t.Logf("standby mode=portal with a resume key: replay held %v after VACUUM; %d rows, %d continuations: %v",
-			held.Round(time.Millisecond), c.read, c.stream.Stats().Resumes, err)
-		assert.Less(t, held, standbyDelay+standbyMargin, "a paused portal stream should not hold replay")
+		c.requireContinued(t, "portal with a resume key", replayed, n)
+	})
+
+	// A single statement blocked writing holds replay (below), unless the
+	// pause lets its query go: with WithResumeAfterPause its connection is
+	// cut 1 s into the pause, and it continues from its key on Resume.
+	t.Run("mode=single/released after a pause", func(t *testing.T) {
+		c := pauseOnStandby(t, pdb, standby, singleDSN, n, WithResumeKey(Asc("g")), WithResumeAfterPause(time.Second))
+		replayed, _, err := watchReplay(c.monitor, c.lsn, 0, standbyDelay+standbyMargin+5*time.Second)
 		require.NoError(t, err)
-		assert.Equal(t, n, c.read, "every row, in order (inOrder), once")
-		assert.Equal(t, int64(1), c.stream.Stats().Resumes)
-		c.requirePoolServes(t)
+		require.False(t, replayed.IsZero(), "the standby did not replay the VACUUM")
+		c.requireContinued(t, "single released after 1s of pause", replayed, n)
 	})
 
 	t.Run("mode=single", func(t *testing.T) {
@@ -201,6 +204,23 @@ func pauseOnStandby(t *testing.T, pdb *sql.DB, standby *pgtest.Server, mode stri
 	c.vacuumed = time.Now()
 	require.NoError(t, pdb.QueryRow(`SELECT pg_current_wal_insert_lsn()::text`).Scan(&c.lsn))
 	return c
+}
+
+// requireContinued resumes a resumable stream whose replay went on at
+// replayed, and requires that replay was not held past the standby's
+// delay and that the stream then delivered its n rows, in order, after one
+// continuation.
+func (c *pausedOnStandby) requireContinued(t *testing.T, what string, replayed time.Time, n int) {
+	t.Helper()
+	held := replayed.Sub(c.vacuumed)
+	err := c.resume(t)
+	t.Logf("standby mode=%s: replay held %v after VACUUM; %d rows, %d continuations: %v",
+		what, held.Round(time.Millisecond), c.read, c.stream.Stats().Resumes, err)
+	assert.Less(t, held, standbyDelay+standbyMargin, "the paused stream should not hold replay")
+	require.NoError(t, err)
+	assert.Equal(t, n, c.read, "every row, in order (inOrder), once")
+	assert.Equal(t, int64(1), c.stream.Stats().Resumes)
+	c.requirePoolServes(t)
 }
 
 // resume resumes the stream, reads it to its end and returns its error.

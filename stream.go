@@ -143,8 +143,9 @@ type Stream struct {
 // NewStream returns a Stream whose rows use opts on top of the
 // connector's settings (WithPauseTimeout, WithPauseTimeoutAction,
 // WithCloseMode, WithDrainTimeout, WithFetchSize, WithObserver,
-// WithObserverQueryText, WithResumeKey, WithResumeRetry). A bad option is
-// an error wrapping ErrInvalidOption.
+// WithObserverQueryText, WithResumeKey, WithResumeRetry,
+// WithResumeAfterPause). A bad option is an error wrapping
+// ErrInvalidOption.
 func NewStream(opts ...Option) (*Stream, error) {
 	s := &Stream{opts: opts}
 	if err := s.checked.apply(opts); err != nil {
