@@ -9,9 +9,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -713,4 +715,115 @@ func TestResumeReleasesAfterPause(t *testing.T) {
 		_, err = NewStream(WithResumeAfterPause(-1))
 		require.ErrorIs(t, err, ErrInvalidOption)
 	})
+}
+
+// TestResumeUnderRandomFailures: 50 resumable streams, 5 at a time, in
+// the three modes, whose sessions are ended at 4 random points each (200
+// tries; about 130 end a session, the others find the stream between
+// sessions until its end): every stream delivers its keys exactly once, in
+// order, and once the pool is closed no session of theirs is left on the
+// server (the connections continuations opened included); the goroutine
+// check of TestMain runs after it.
+func TestResumeUnderRandomFailures(t *testing.T) {
+	needRowsTable(t)
+	monitor := openPG(t, "postgres", "")
+	db := openPG(t, DriverName, "application_name=resume_stress")
+	db.SetMaxOpenConns(5)
+	// Rows of 4 KB, so that no mode has the rest of a result sent (into
+	// the socket's buffers, or a portal's window) before its last end.
+	const streams, perStream, n = 50, 4, 5_000
+	modes := []Option{WithStreamMode(ModePortal), WithStreamMode(ModeSingle), WithFetchSize(FetchAuto)}
+	var resumes, sessionsEnded atomic.Int64
+	run := func(i int, rnd *rand.Rand) error {
+		marker := fmt.Sprintf("resume_stress_%d", i)
+		from := int64(i) * n
+		s, err := NewStream(WithResumeKey(Asc("g")), modes[i%len(modes)])
+		if err != nil {
+			return err
+		}
+		rows, err := db.Query("SELECT g, repeat(pad, 40) FROM jsonstream_test_rows WHERE g > $1 AND g <= $2 ORDER BY g -- "+marker, from, from+n, s)
+		if err != nil {
+			return fmt.Errorf("stream %d (%d): query: %w", i, i%len(modes), err)
+		}
+		defer rows.Close()
+		// Each planned end is tried at its row and, while the stream is
+		// between sessions (a continuation not yet running), 200 rows
+		// later again, until it ended one.
+		kills := make(map[int64]bool)
+		for len(kills) < perStream {
+			kills[1+rnd.Int64N(n*8/10)] = true
+		}
+		var got, want checksum
+		for k := from + 1; k <= from+n; k++ {
+			want.add(k)
+		}
+		pending, retryAt := 0, int64(0)
+		for rows.Next() {
+			var g int64
+			var pad string
+			if err := rows.Scan(&g, &pad); err != nil {
+				return fmt.Errorf("stream %d: scan: %w", i, err)
+			}
+			got.add(g)
+			if kills[got.count] {
+				pending++
+				retryAt = got.count
+			}
+			if pending > 0 && got.count == retryAt {
+				var ended int
+				if err := monitor.QueryRow(`SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity
+					WHERE application_name = 'resume_stress' AND query LIKE '%-- ` + marker + `%'`).Scan(&ended); err != nil {
+					return fmt.Errorf("stream %d: kill: %w", i, err)
+				}
+				if ended > 0 {
+					pending--
+					sessionsEnded.Add(1)
+				}
+				retryAt = got.count + 200
+			}
+		}
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("stream %d: %w", i, err)
+		}
+		if got != want {
+			return fmt.Errorf("stream %d: checksum %+v, want %+v", i, got, want)
+		}
+		resumes.Add(s.Stats().Resumes)
+		return nil
+	}
+	errs := make(chan error, streams)
+	next := make(chan int, streams)
+	for i := 0; i < streams; i++ {
+		next <- i
+	}
+	close(next)
+	var wg sync.WaitGroup
+	for w := 0; w < 5; w++ {
+		wg.Add(1)
+		go func(seed uint64) {
+			defer wg.Done()
+			rnd := rand.New(rand.NewPCG(seed, 1))
+			for i := range next {
+				if err := run(i, rnd); err != nil {
+					errs <- err
+				}
+			}
+		}(uint64(w))
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	t.Logf("%d streams, %d sessions ended, %d continuations", streams, sessionsEnded.Load(), resumes.Load())
+	// The first planned end of each stream finds its first session at
+	// work; a later one may find the stream between sessions to its end.
+	assert.GreaterOrEqual(t, sessionsEnded.Load(), int64(streams), "sessions ended")
+	assert.Positive(t, resumes.Load())
+	require.NoError(t, db.Close())
+	require.Eventually(t, func() bool {
+		var left int
+		require.NoError(t, monitor.QueryRow(`SELECT count(*) FROM pg_stat_activity WHERE application_name = 'resume_stress'`).Scan(&left))
+		return left == 0
+	}, 10*time.Second, 10*time.Millisecond, "sessions of the streams left on the server")
 }
