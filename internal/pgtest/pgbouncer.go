@@ -98,7 +98,7 @@ func StartPgBouncer(s *Server, logf func(format string, args ...any)) (*PgBounce
 			return nil, err
 		}
 	}
-	b.watchdog = startWatchdog(b.dir, filepath.Join(b.dir, "pgbouncer.pid"), logf)
+	b.watchdog = startWatchdog(b.dir, []string{filepath.Join(b.dir, "pgbouncer.pid")}, logf)
 	for attempt := 1; ; attempt++ {
 		if b.port, err = freePort(); err == nil {
 			err = b.start(bin, s)

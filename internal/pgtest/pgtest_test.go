@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"database/sql"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -232,6 +233,15 @@ func TestHelperProcess(t *testing.T) {
 	if mode == "" {
 		t.Skip("helper for other tests")
 	}
+	if mode == "formation" {
+		f, err := StartFormation(FormationOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = fmt.Printf("READY %s %d %d %d\n", f.dir, f.monitorPort, f.nodePorts[0], f.nodePorts[1])
+		time.Sleep(time.Minute) // until the parent ends us
+		t.Fatal("not ended by the parent")
+	}
 	s, err := Start(Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -263,8 +273,8 @@ func TestHelperProcess(t *testing.T) {
 }
 
 // runHelper starts a server in a child process and returns it with the
-// server's directory and port.
-func runHelper(t *testing.T, mode string) (*exec.Cmd, string, int) {
+// server's directory and port(s).
+func runHelper(t *testing.T, mode string) (*exec.Cmd, string, []int) {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperProcess$")
 	cmd.Env = append(os.Environ(), helperEnv+"="+mode)
@@ -278,18 +288,22 @@ func runHelper(t *testing.T, mode string) (*exec.Cmd, string, int) {
 	}
 	line, err := bufio.NewReader(out).ReadString('\n')
 	f := strings.Fields(line)
-	if err != nil || len(f) != 3 || f[0] != "READY" {
+	if err != nil || len(f) < 3 || f[0] != "READY" {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
 		t.Fatalf("helper did not start a server: %q, %v", line, err)
 	}
-	port, _ := strconv.Atoi(f[2])
-	return cmd, f[1], port
+	var ports []int
+	for _, p := range f[2:] {
+		port, _ := strconv.Atoi(p)
+		ports = append(ports, port)
+	}
+	return cmd, f[1], ports
 }
 
 // waitGone polls because cleanup after a hard kill happens in another
 // process, on its own schedule.
-func waitGone(t *testing.T, dir string, port int) {
+func waitGone(t *testing.T, dir string, ports []int) {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	for {
@@ -302,12 +316,14 @@ func waitGone(t *testing.T, dir string, port int) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	assertPortClosed(t, port)
+	for _, port := range ports {
+		assertPortClosed(t, port)
+	}
 }
 
 func TestStopOnSignal(t *testing.T) {
 	needBinaries(t)
-	cmd, dir, port := runHelper(t, "signal")
+	cmd, dir, ports := runHelper(t, "signal")
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -323,7 +339,7 @@ func TestStopOnSignal(t *testing.T) {
 	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("server directory after SIGTERM: %v", err)
 	}
-	assertPortClosed(t, port)
+	assertPortClosed(t, ports[0])
 }
 
 // TestPgBouncerWatchdogAfterKill: a pgbouncer outlives no test process.
@@ -335,22 +351,22 @@ func TestPgBouncerWatchdogAfterKill(t *testing.T) {
 		}
 		t.Skip(err, "\n", PgBouncerInstallHint)
 	}
-	cmd, dir, port := runHelper(t, "pgbouncer")
+	cmd, dir, ports := runHelper(t, "pgbouncer")
 	if err := cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	_ = cmd.Wait()
-	waitGone(t, dir, port)
+	waitGone(t, dir, ports)
 }
 
 func TestWatchdogAfterKill(t *testing.T) {
 	needBinaries(t)
-	cmd, dir, port := runHelper(t, "kill")
+	cmd, dir, ports := runHelper(t, "kill")
 	if err := cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	_ = cmd.Wait() // killed: it can only say so
-	waitGone(t, dir, port)
+	waitGone(t, dir, ports)
 }
 
 func TestSecureTopologies(t *testing.T) {

@@ -22,3 +22,12 @@ func signalTerminate(p *os.Process) error { return p.Kill() }
 
 // killGroup can only reach the postmaster here.
 func killGroup(p *os.Process) error { return p.Kill() }
+
+// quitPid ends the process pid.
+func quitPid(pid int) error {
+	p, err := os.FindProcess(pid)
+	if err != nil {
+		return err
+	}
+	return p.Kill()
+}

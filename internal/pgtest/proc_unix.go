@@ -31,3 +31,7 @@ func signalTerminate(p *os.Process) error { return p.Signal(syscall.SIGTERM) }
 // killGroup kills the postmaster and every backend it left behind; the
 // postmaster leads its own group (see sysProcAttr).
 func killGroup(p *os.Process) error { return syscall.Kill(-p.Pid, syscall.SIGKILL) }
+
+// quitPid requests the immediate shutdown of the postmaster pid, one
+// started by another process (pg_autoctl).
+func quitPid(pid int) error { return syscall.Kill(pid, syscall.SIGQUIT) }

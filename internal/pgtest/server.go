@@ -167,7 +167,7 @@ func (s *Server) makeDir() error {
 			return fmt.Errorf("pgtest: %w", err)
 		}
 	}
-	s.watchdog = startWatchdog(dir, filepath.Join(s.dataDir(), "postmaster.pid"), s.logf)
+	s.watchdog = startWatchdog(dir, []string{filepath.Join(s.dataDir(), "postmaster.pid")}, s.logf)
 	return nil
 }
 

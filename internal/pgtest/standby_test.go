@@ -115,12 +115,12 @@ func TestStandby(t *testing.T) {
 // TestStandbyWatchdogAfterKill: a standby outlives no test process.
 func TestStandbyWatchdogAfterKill(t *testing.T) {
 	needBinaries(t)
-	cmd, dir, port := runHelper(t, "standby")
+	cmd, dir, ports := runHelper(t, "standby")
 	if err := cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	_ = cmd.Wait()
-	waitGone(t, dir, port)
+	waitGone(t, dir, ports)
 }
 
 func TestStartStandbyWithoutPgBasebackup(t *testing.T) {

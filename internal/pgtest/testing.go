@@ -233,6 +233,35 @@ func StandbyPair(t testing.TB, opts StandbyOptions) (primary, standby *Server) {
 	return primary, standby
 }
 
+// AutoFailover starts a pg_auto_failover formation (StartFormation) for
+// t, stopped when t ends. Like StandbyPair, it skips the test when
+// JSONSTREAM_TEST_DSN is set, and without server binaries or
+// pg_auto_failover unless under CI, where it fails.
+func AutoFailover(t testing.TB) *Formation {
+	t.Helper()
+	if os.Getenv(EnvDSN) != "" && !inCI() {
+		t.Skipf("pgtest: this test needs a throwaway pg_auto_failover formation; %s points at an external server", EnvDSN)
+	}
+	f, err := StartFormation(FormationOptions{Logf: quietLogf})
+	if err != nil {
+		missing := errors.Is(err, ErrNoServer) || errors.Is(err, ErrNoAutoFailover)
+		switch {
+		case missing && inCI():
+			t.Fatal(err, "\n", AutoFailoverInstallHint)
+		case missing:
+			t.Skip(err, "\n", AutoFailoverInstallHint)
+		default:
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() {
+		if err := f.Stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	return f
+}
+
 // quietLogf keeps progress out of test output unless tests run verbose.
 func quietLogf(format string, args ...any) {
 	if testing.Verbose() {

@@ -8,25 +8,29 @@ import (
 // watchdogScript runs in a separate process whose stdin is a pipe held
 // only by us. When we exit in any way, including a panic in a test
 // goroutine, a test timeout or SIGKILL, none of which run Stop, the pipe
-// closes; the script then ends the process whose pid file is $2 (the
-// postmaster, or a pgbouncer) and removes $1. After a normal Stop it finds
+// closes; the script then ends, in turn, each process whose pid file
+// follows $1 (a postmaster, a pgbouncer, a pg_autoctl), with its process
+// group, and removes $1. After a normal Stop it finds
 // nothing left to do. The process removes its pid file when it exits;
 // that, not kill -0, is the sign to go on,
 // because the exited postmaster lingers as a zombie until whoever inherits
 // it gets round to reaping it.
 const watchdogScript = `
 cat >/dev/null
-pidfile="$2"
-pid=$(head -n 1 "$pidfile" 2>/dev/null)
-if [ -n "$pid" ] && kill -QUIT "$pid" 2>/dev/null; then
-	i=0
-	while [ -f "$pidfile" ] && kill -0 "$pid" 2>/dev/null && [ "$i" -lt 100 ]; do
-		sleep 0.1
-		i=$((i + 1))
-	done
-	kill -KILL -- "-$pid" 2>/dev/null
-fi
-rm -rf "$1"
+dir="$1"
+shift
+for pidfile in "$@"; do
+	pid=$(head -n 1 "$pidfile" 2>/dev/null)
+	if [ -n "$pid" ] && kill -QUIT "$pid" 2>/dev/null; then
+		i=0
+		while [ -f "$pidfile" ] && kill -0 "$pid" 2>/dev/null && [ "$i" -lt 100 ]; do
+			sleep 0.1
+			i=$((i + 1))
+		done
+		kill -KILL -- "-$pid" 2>/dev/null
+	fi
+done
+rm -rf "$dir"
 `
 
 // watchdog is the running watchdogScript.
@@ -37,8 +41,8 @@ type watchdog struct {
 
 // startWatchdog is best effort: without /bin/sh the server still works,
 // it just is not cleaned up if we die without calling Stop.
-func startWatchdog(dir, pidfile string, logf func(string, ...any)) *watchdog {
-	cmd := exec.Command("/bin/sh", "-c", watchdogScript, "pgtest-watchdog", dir, pidfile)
+func startWatchdog(dir string, pidfiles []string, logf func(string, ...any)) *watchdog {
+	cmd := exec.Command("/bin/sh", append([]string{"-c", watchdogScript, "pgtest-watchdog", dir}, pidfiles...)...)
 	// Its own process group keeps a Ctrl-C aimed at us from killing it
 	// before it has done its job.
 	cmd.SysProcAttr = sysProcAttr(nil)
