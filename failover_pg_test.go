@@ -60,3 +60,60 @@ func TestResumeAcrossFailover(t *testing.T) {
 	require.NoError(t, db.QueryRow("SELECT pg_is_in_recovery()").Scan(&inRecovery))
 	assert.False(t, inRecovery, "the pool reaches the promoted node")
 }
+
+// TestResumeAcrossAutoFailover: the same with a real high-availability
+// manager: a pg_auto_failover formation (monitor, primary, secondary),
+// whose primary the test only kills; the monitor promotes the secondary
+// on its own, and the stream, with the default retry policy, continues
+// there through the formation's multi-host DSN. 1,000,000 rows, checked
+// by count, sum and a running hash of the keys.
+func TestResumeAcrossAutoFailover(t *testing.T) {
+	f := pgtest.AutoFailover(t)
+	const n = 1_000_000
+	ports := f.Ports()
+	pdb := openDSN(t, "postgres", f.NodeDSN(ports[0]))
+	// Committed on the primary only once the secondary has it: the
+	// formation replicates synchronously.
+	_, err := pdb.Exec(`CREATE TABLE jsonstream_test_rows (g int PRIMARY KEY, pad text NOT NULL);
+		INSERT INTO jsonstream_test_rows SELECT g, repeat('x', 100) FROM generate_series(1, ` + fmt.Sprint(n) + `) g`)
+	require.NoError(t, err)
+	require.NoError(t, pdb.Close())
+
+	db := openDSN(t, DriverName, f.DSN())
+	log := &eventLog{}
+	s := mustStream(t, WithResumeKey(Asc("g")), WithObserver(log))
+	rows, err := db.QueryContext(context.Background(), bigQuery, n, s)
+	require.NoError(t, err)
+	defer rows.Close()
+	var got checksum
+	scan := func(k int) {
+		for i := 0; i < k && rows.Next(); i++ {
+			var g int64
+			var pad string
+			require.NoError(t, rows.Scan(&g, &pad))
+			got.add(g)
+		}
+	}
+	scan(1000)
+	killed, err := f.KillPrimary(context.Background())
+	require.NoError(t, err)
+	require.Equal(t, ports[0], killed)
+	scan(n)
+	require.NoError(t, rows.Err())
+	assert.Equal(t, wantChecksum(n), got, "every row once, in order")
+	require.NoError(t, rows.Close())
+	st := s.Stats()
+	assert.Equal(t, int64(n), st.Rows)
+	assert.Equal(t, int64(1), st.Resumes)
+	require.Equal(t, 1, log.count(EventContinued))
+	t.Logf("pg_auto_failover: %d rows, continued %v after the failure (%v)", st.Rows, log.continued[0].Continued, log.continued[0].Err)
+
+	// The pool hands out connections to the promoted node only.
+	for range 5 {
+		var port int
+		var inRecovery bool
+		require.NoError(t, db.QueryRow("SELECT inet_server_port(), pg_is_in_recovery()").Scan(&port, &inRecovery))
+		assert.Equal(t, ports[1], port)
+		assert.False(t, inRecovery)
+	}
+}

@@ -69,9 +69,12 @@ type RetryPolicy struct {
 }
 
 // DefaultRetryPolicy is the policy of a resumable stream without
-// WithResumeRetry: 10 attempts, from 10 ms to 1 s apart, within 30 s,
-// which outlasts a restart or a failover by a high-availability manager.
-var DefaultRetryPolicy = RetryPolicy{Attempts: 10, Backoff: 10 * time.Millisecond, MaxBackoff: time.Second, Total: 30 * time.Second}
+// WithResumeRetry: from 10 ms to 1 s apart, for a minute (its 100
+// attempts outlast that). A minute outlasts a restart, and a failover
+// by pg_auto_failover with its default timings, which promoted the
+// secondary about 50 s after the primary died; a manager that takes
+// longer needs a longer Total.
+var DefaultRetryPolicy = RetryPolicy{Attempts: 100, Backoff: 10 * time.Millisecond, MaxBackoff: time.Second, Total: time.Minute}
 
 // ErrResumeQuery is wrapped by the error of a query that cannot be
 // resumed by the key it was given, and nothing of it runs, or, when
