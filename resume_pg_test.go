@@ -9,11 +9,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -717,113 +715,89 @@ func TestResumeReleasesAfterPause(t *testing.T) {
 	})
 }
 
-// TestResumeUnderRandomFailures: 50 resumable streams, 5 at a time, in
-// the three modes, whose sessions are ended at 4 random points each (200
-// tries; about 130 end a session, the others find the stream between
-// sessions until its end): every stream delivers its keys exactly once, in
-// order, and once the pool is closed no session of theirs is left on the
-// server (the connections continuations opened included); the goroutine
-// check of TestMain runs after it.
-func TestResumeUnderRandomFailures(t *testing.T) {
-	needRowsTable(t)
+// TestResumePausedAMinute: a stream paused for a minute past its
+// WithResumeAfterPause threshold, on a table of 1,000,000 rows, holds
+// back no VACUUM at any point of the pause (rows updated at its start,
+// in its middle and at its end are all removed: n_dead_tup is 0 after
+// each VACUUM), and after Resume it completes with every key once, in
+// order. The same pause without the threshold leaves the updated rows
+// dead, so the check can fail.
+func TestResumePausedAMinute(t *testing.T) {
+	if testing.Short() {
+		t.Skip("pauses for a minute")
+	}
 	monitor := openPG(t, "postgres", "")
-	db := openPG(t, DriverName, "application_name=resume_stress")
-	db.SetMaxOpenConns(5)
-	// Rows of 4 KB, so that no mode has the rest of a result sent (into
-	// the socket's buffers, or a portal's window) before its last end.
-	const streams, perStream, n = 50, 4, 5_000
-	modes := []Option{WithStreamMode(ModePortal), WithStreamMode(ModeSingle), WithFetchSize(FetchAuto)}
-	var resumes, sessionsEnded atomic.Int64
-	run := func(i int, rnd *rand.Rand) error {
-		marker := fmt.Sprintf("resume_stress_%d", i)
-		from := int64(i) * n
-		s, err := NewStream(WithResumeKey(Asc("g")), modes[i%len(modes)])
-		if err != nil {
-			return err
-		}
-		rows, err := db.Query("SELECT g, repeat(pad, 40) FROM jsonstream_test_rows WHERE g > $1 AND g <= $2 ORDER BY g -- "+marker, from, from+n, s)
-		if err != nil {
-			return fmt.Errorf("stream %d (%d): query: %w", i, i%len(modes), err)
-		}
-		defer rows.Close()
-		// Each planned end is tried at its row and, while the stream is
-		// between sessions (a continuation not yet running), 200 rows
-		// later again, until it ended one.
-		kills := make(map[int64]bool)
-		for len(kills) < perStream {
-			kills[1+rnd.Int64N(n*8/10)] = true
-		}
-		var got, want checksum
-		for k := from + 1; k <= from+n; k++ {
-			want.add(k)
-		}
-		pending, retryAt := 0, int64(0)
-		for rows.Next() {
-			var g int64
-			var pad string
-			if err := rows.Scan(&g, &pad); err != nil {
-				return fmt.Errorf("stream %d: scan: %w", i, err)
-			}
+	const n = 1_000_000
+	_, err := monitor.Exec(`DROP TABLE IF EXISTS resume_minute;
+		CREATE TABLE resume_minute (g int PRIMARY KEY, pad text NOT NULL) WITH (autovacuum_enabled = off);
+		INSERT INTO resume_minute SELECT g, repeat('x', 100) FROM generate_series(1, ` + fmt.Sprint(n) + `) g`)
+	require.NoError(t, err)
+	t.Cleanup(func() { _, _ = monitor.Exec("DROP TABLE IF EXISTS resume_minute") })
+	_, err = monitor.Exec("VACUUM ANALYZE resume_minute")
+	require.NoError(t, err)
+	// updateAndVacuum updates 1,000 rows ahead of the stream and returns
+	// the dead rows VACUUM left.
+	batch := 0
+	updateAndVacuum := func() int64 {
+		batch++
+		_, err := monitor.Exec("UPDATE resume_minute SET pad = repeat('y', 100) WHERE g > $1 AND g <= $1 + 1000", 100_000*batch)
+		require.NoError(t, err)
+		_, err = monitor.Exec("VACUUM resume_minute")
+		require.NoError(t, err)
+		var dead int64
+		// The statistics of the VACUUM reach the view at once; a
+		// snapshot held back would keep all 1,000.
+		require.NoError(t, monitor.QueryRow("SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = 'resume_minute'").Scan(&dead))
+		return dead
+	}
+	open := func(opts ...Option) (*Stream, *sql.Rows, *eventLog) {
+		db := openPG(t, DriverName, "")
+		log := &eventLog{}
+		s := mustStream(t, append([]Option{WithResumeKey(Asc("g")), WithObserver(log)}, opts...)...)
+		rows, err := db.Query("SELECT g, pad FROM resume_minute ORDER BY g", s)
+		require.NoError(t, err)
+		return s, rows, log
+	}
+	read := func(rows *sql.Rows, got *checksum, k int64) {
+		var g int64
+		var pad string
+		for got.count < k && rows.Next() {
+			require.NoError(t, rows.Scan(&g, &pad))
 			got.add(g)
-			if kills[got.count] {
-				pending++
-				retryAt = got.count
-			}
-			if pending > 0 && got.count == retryAt {
-				var ended int
-				if err := monitor.QueryRow(`SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity
-					WHERE application_name = 'resume_stress' AND query LIKE '%-- ` + marker + `%'`).Scan(&ended); err != nil {
-					return fmt.Errorf("stream %d: kill: %w", i, err)
-				}
-				if ended > 0 {
-					pending--
-					sessionsEnded.Add(1)
-				}
-				retryAt = got.count + 200
-			}
 		}
-		if err := rows.Err(); err != nil {
-			return fmt.Errorf("stream %d: %w", i, err)
-		}
-		if got != want {
-			return fmt.Errorf("stream %d: checksum %+v, want %+v", i, got, want)
-		}
-		resumes.Add(s.Stats().Resumes)
-		return nil
 	}
-	errs := make(chan error, streams)
-	next := make(chan int, streams)
-	for i := 0; i < streams; i++ {
-		next <- i
+
+	t.Run("without the threshold", func(t *testing.T) {
+		s, rows, _ := open()
+		var got checksum
+		read(rows, &got, 1000)
+		require.NoError(t, s.Pause())
+		time.Sleep(2 * time.Second)
+		assert.EqualValues(t, 1000, updateAndVacuum(), "the paused query's snapshot keeps the updated rows")
+		require.NoError(t, s.Resume())
+		require.NoError(t, rows.Close())
+		_, err := monitor.Exec("VACUUM resume_minute")
+		require.NoError(t, err)
+	})
+
+	const threshold = time.Second
+	s, rows, log := open(WithResumeAfterPause(threshold))
+	var got checksum
+	read(rows, &got, 1000)
+	require.NoError(t, s.Pause())
+	paused := time.Now()
+	for _, at := range []time.Duration{threshold + time.Second, threshold + 30*time.Second, threshold + time.Minute} {
+		time.Sleep(time.Until(paused.Add(at)))
+		assert.Zero(t, updateAndVacuum(), "dead rows after a VACUUM %v into the pause", at)
+		assert.Equal(t, Paused, s.State())
 	}
-	close(next)
-	var wg sync.WaitGroup
-	for w := 0; w < 5; w++ {
-		wg.Add(1)
-		go func(seed uint64) {
-			defer wg.Done()
-			rnd := rand.New(rand.NewPCG(seed, 1))
-			for i := range next {
-				if err := run(i, rnd); err != nil {
-					errs <- err
-				}
-			}
-		}(uint64(w))
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
-	t.Logf("%d streams, %d sessions ended, %d continuations", streams, sessionsEnded.Load(), resumes.Load())
-	// The first planned end of each stream finds its first session at
-	// work; a later one may find the stream between sessions to its end.
-	assert.GreaterOrEqual(t, sessionsEnded.Load(), int64(streams), "sessions ended")
-	assert.Positive(t, resumes.Load())
-	require.NoError(t, db.Close())
-	require.Eventually(t, func() bool {
-		var left int
-		require.NoError(t, monitor.QueryRow(`SELECT count(*) FROM pg_stat_activity WHERE application_name = 'resume_stress'`).Scan(&left))
-		return left == 0
-	}, 10*time.Second, 10*time.Millisecond, "sessions of the streams left on the server")
+	require.NoError(t, s.Resume())
+	t.Logf("paused %v", time.Since(paused).Round(time.Millisecond))
+	read(rows, &got, n+1)
+	require.NoError(t, rows.Err())
+	require.NoError(t, rows.Close())
+	assert.Equal(t, wantChecksum(n), got, "every key once, in order")
+	assert.Equal(t, int64(1), s.Stats().Resumes)
+	require.Equal(t, 1, log.count(EventContinued))
+	assert.ErrorIs(t, log.continued[0].Err, ErrPauseReleased)
 }
