@@ -20,7 +20,7 @@ import (
 // order.
 func TestResumeAcrossFailover(t *testing.T) {
 	primary, standby := pgtest.StandbyPair(t, pgtest.StandbyOptions{})
-	const n = 200_000
+	const n = resumeN
 	pdb := openDSN(t, "postgres", primary.DSN())
 	_, err := pdb.Exec(`CREATE TABLE jsonstream_test_rows (g int PRIMARY KEY, pad text NOT NULL);
 		INSERT INTO jsonstream_test_rows SELECT g, repeat('x', 100) FROM generate_series(1, ` + fmt.Sprint(n) + `) g`)
@@ -65,11 +65,11 @@ func TestResumeAcrossFailover(t *testing.T) {
 // manager: a pg_auto_failover formation (monitor, primary, secondary),
 // whose primary the test only kills; the monitor promotes the secondary
 // on its own, and the stream, with the default retry policy, continues
-// there through the formation's multi-host DSN. 1,000,000 rows, checked
-// by count, sum and a running hash of the keys.
+// there through the formation's multi-host DSN. resumeN rows, checked by
+// count, sum and a running hash of the keys.
 func TestResumeAcrossAutoFailover(t *testing.T) {
 	f := pgtest.AutoFailover(t)
-	const n = 1_000_000
+	const n = resumeN
 	ports := f.Ports()
 	pdb := openDSN(t, "postgres", f.NodeDSN(ports[0]))
 	// Committed on the primary only once the secondary has it: the

@@ -21,8 +21,9 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// resumeRows is how many rows the resume tests stream.
-const resumeN = 200_000
+// resumeN is how many rows the resume tests stream: the 1,000,000 of
+// the proof.
+const resumeN = 1_000_000
 
 // checksum is the count, the sum and a running hash of the keys of an
 // ordered result: equal checksums mean the same keys, in the same order,

@@ -41,8 +41,9 @@ func TestPausedStreamOnStandby(t *testing.T) {
 		"hot_standby_feedback":        "off", // feedback would keep the rows on the primary: no conflict
 	}})
 	// Enough rows that a paused single statement fills the socket buffers,
-	// about 4MB on Linux over loopback, several times over.
-	n := 200_000
+	// about 4MB on Linux over loopback, several times over; resumeN for
+	// the resume subtests' checksums.
+	n := resumeN
 	watch := standbyDelay + 3*time.Second // how long single mode's hold is watched
 	if testing.Short() {
 		n, watch = 100_000, standbyDelay+standbyMargin
