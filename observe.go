@@ -209,7 +209,8 @@ type Event struct {
 	// without one), so an observer finds the query's span in it.
 	Context context.Context
 	// Query is the query text under WithObserverQueryText(true); empty
-	// otherwise.
+	// otherwise. A resumable stream's events carry its own query, also
+	// after a continuation, whose text the stream builds (resume.go).
 	Query string
 	// Mode is how the stream reads its rows.
 	Mode StreamMode
@@ -414,6 +415,9 @@ func (r *rows) observeStarted(query string) {
 		return
 	}
 	r.initObservation()
+	if r.streamQuery != "" {
+		query = r.streamQuery
+	}
 	if r.settings.observeQuery {
 		r.obs.query = query
 	}

@@ -562,7 +562,7 @@ func (rr *resumeRows) continuation(prior, resumes int64, continues bool, deadlin
 	}
 	set := rr.cur.settings
 	set.resume = nil
-	r := &rows{settings: set, priorRows: prior, resumes: resumes, continues: continues, resumer: rr}
+	r := &rows{settings: set, priorRows: prior, resumes: resumes, continues: continues, resumer: rr, streamQuery: rr.query}
 	dr, err := c.queryAs(rr.ctx, query, args, r)
 	if err != nil {
 		return nil, err

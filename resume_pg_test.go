@@ -95,7 +95,7 @@ func TestResumeAfterSessionEnded(t *testing.T) {
 			var pid int
 			require.NoError(t, db.QueryRow("SELECT pg_backend_pid()").Scan(&pid))
 			log := &eventLog{}
-			s := mustStream(t, WithResumeKey(Asc("g")), WithObserver(log))
+			s := mustStream(t, WithResumeKey(Asc("g")), WithObserver(log), WithObserverQueryText(true))
 			rows, err := db.QueryContext(ctx, bigQuery, resumeN, s)
 			require.NoError(t, err)
 			var got checksum
@@ -127,6 +127,11 @@ func TestResumeAfterSessionEnded(t *testing.T) {
 			assert.True(t, retryable(e.Err), "cause %v", e.Err)
 			assert.Positive(t, e.Continued)
 			assert.Equal(t, int64(1), e.Stats.Resumes)
+			// One stream: its events carry its query, not the
+			// continuation's.
+			assert.Equal(t, bigQuery, e.Query)
+			require.Len(t, log.ended, 1)
+			assert.Equal(t, bigQuery, log.ended[0].Query)
 			var other int
 			require.NoError(t, db.QueryRow("SELECT pg_backend_pid()").Scan(&other))
 			assert.NotEqual(t, pid, other, "the pool handed out the dead connection")

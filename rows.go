@@ -79,6 +79,9 @@ type rows struct {
 	// not repeat (resume.go).
 	priorRows, priorBytes, resumes int64
 	continues                      bool
+	// streamQuery is, for a continuation, the text of the stream's own
+	// query, which its events carry instead of the continuation's.
+	streamQuery string
 	// resumer is the resumable stream the rows are a part of, if any: it
 	// takes the Stream's controls while a continuation is being made.
 	resumer *resumeRows
