@@ -555,6 +555,19 @@ func (r *rows) endOutcome(e *Event, closeErr error) {
 	e.Err = closeErr
 	e.ConnCut = r.conn.isCut()
 	switch {
+	case r.closedReleased.Load():
+		// The release ended the query as an early close in the stream's
+		// mode ends it.
+		e.Stats.State = Closed
+		e.Outcome = OutcomePortalClosed
+		switch r.mode() {
+		case ModeCursor:
+			e.Outcome = OutcomeCursorClosed
+		case ModeSingle:
+			e.Outcome = OutcomeCut
+		}
+	case e.Stats.State == Failed && errors.Is(r.err(), ErrPauseReleased) && r.contextErr() != nil:
+		e.Outcome, e.Err = OutcomeContext, r.contextErr()
 	case e.Stats.State == Failed:
 		e.Err = r.err()
 		e.Outcome = failureOutcome(e.Err)

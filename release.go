@@ -14,7 +14,9 @@ import (
 // the cursor, and the connection stays; a single statement's connection
 // is cut), keeps the pause, and on Resume continues from its last key as
 // after a failure (resume.go). To the Stream it stays Paused meanwhile;
-// Cancel, the context and the pause timeout end it as they end a pause.
+// Cancel, the context and the pause timeout end it as they end a pause,
+// and a Close makes it Closed, its query ended by the release as an early
+// close would have ended it (rows.closedReleased).
 
 // ErrPauseReleased is the cause, in EventContinued's Err, of a
 // continuation made after a pause longer than WithResumeAfterPause let

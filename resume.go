@@ -831,6 +831,17 @@ func retryable(err error) bool {
 // Close implements driver.Rows, and closes the connection the stream
 // opened for a continuation.
 func (rr *resumeRows) Close() error {
+	rr.mu.Lock()
+	if rr.retrying {
+		// Closed in a pause that let the query go, before a continuation:
+		// the early close of a paused stream, which the release carried
+		// out already; or, when database/sql closes the rows for it, the
+		// end of the query's context.
+		rr.retrying, rr.pausing, rr.wake = false, false, nil
+		rr.stopCancel()
+		rr.cur.closedReleased.Store(errors.Is(rr.cur.err(), ErrPauseReleased) && rr.cur.contextErr() == nil)
+	}
+	rr.mu.Unlock()
 	err := rr.cur.Close()
 	if rr.own != nil {
 		err = errors.Join(err, rr.own.Close())

@@ -611,7 +611,7 @@ func TestResumeReleasesAfterPause(t *testing.T) {
 	_, err = monitor.Exec("VACUUM ANALYZE resume_vac")
 	require.NoError(t, err)
 	const query = "SELECT g, pad FROM resume_vac ORDER BY g"
-	open := func(t *testing.T, mode string, opts ...Option) (*Stream, *sql.Rows, int, *eventLog) {
+	openCtx := func(t *testing.T, ctx context.Context, mode string, opts ...Option) (*Stream, *sql.Rows, int, *eventLog) {
 		db := openPG(t, DriverName, mode)
 		db.SetMaxOpenConns(1)
 		var pid int
@@ -621,6 +621,9 @@ func TestResumeReleasesAfterPause(t *testing.T) {
 		rows, err := db.QueryContext(ctx, query, s)
 		require.NoError(t, err)
 		return s, rows, pid, log
+	}
+	open := func(t *testing.T, mode string, opts ...Option) (*Stream, *sql.Rows, int, *eventLog) {
+		return openCtx(t, ctx, mode, opts...)
 	}
 	for _, mode := range []string{"", "jsonstream_mode=single", "jsonstream_fetch_size=auto"} {
 		t.Run("mode="+mode, func(t *testing.T) {
@@ -685,17 +688,26 @@ func TestResumeReleasesAfterPause(t *testing.T) {
 		assert.Zero(t, s.Stats().Resumes)
 		require.NoError(t, rows.Close())
 	})
-	// released pauses a stream after a row until its query was let go.
-	released := func(t *testing.T) (*Stream, *sql.Rows, *eventLog) {
-		s, rows, pid, log := open(t, "", WithResumeAfterPause(50*time.Millisecond))
+	// releasedIn pauses a stream of ctx in mode after a row until its
+	// query was let go: its backend idle, or gone with the cut connection
+	// of a single statement.
+	releasedIn := func(t *testing.T, ctx context.Context, mode string) (*Stream, *sql.Rows, *eventLog) {
+		s, rows, pid, log := openCtx(t, ctx, mode, WithResumeAfterPause(50*time.Millisecond))
 		require.True(t, rows.Next())
 		require.NoError(t, s.Pause())
 		require.Eventually(t, func() bool {
 			var state string
-			require.NoError(t, monitor.QueryRow("SELECT state FROM pg_stat_activity WHERE pid = $1", pid).Scan(&state))
+			err := monitor.QueryRow("SELECT state FROM pg_stat_activity WHERE pid = $1", pid).Scan(&state)
+			if mode == singleDSN {
+				return errors.Is(err, sql.ErrNoRows)
+			}
+			require.NoError(t, err)
 			return state == "idle"
 		}, 10*time.Second, 5*time.Millisecond)
 		return s, rows, log
+	}
+	released := func(t *testing.T) (*Stream, *sql.Rows, *eventLog) {
+		return releasedIn(t, context.Background(), "")
 	}
 	t.Run("canceled while released", func(t *testing.T) {
 		s, rows, _ := released(t)
@@ -705,12 +717,38 @@ func TestResumeReleasesAfterPause(t *testing.T) {
 		require.ErrorIs(t, rows.Err(), ErrCanceled)
 		require.NoError(t, rows.Close())
 	})
-	t.Run("closed while released", func(t *testing.T) {
-		_, rows, log := released(t)
+	// Closed while released, the stream was closed early: its query was
+	// let go as an early close in its mode lets it go.
+	for _, c := range []struct {
+		mode string
+		want Outcome
+	}{{"", OutcomePortalClosed}, {singleDSN, OutcomeCut}, {"jsonstream_fetch_size=auto", OutcomeCursorClosed}} {
+		t.Run("closed while released/mode="+c.mode, func(t *testing.T) {
+			s, rows, log := releasedIn(t, context.Background(), c.mode)
+			assert.Equal(t, Paused, s.State())
+			require.NoError(t, rows.Close())
+			assert.Equal(t, Closed, s.State())
+			assert.Equal(t, Closed, s.Stats().State)
+			require.Len(t, log.ended, 1)
+			e := log.ended[0]
+			assert.Equal(t, c.want, e.Outcome)
+			assert.NoError(t, e.Err)
+			assert.Equal(t, Closed, e.Stats.State)
+			assert.Equal(t, c.want == OutcomeCut, e.ConnCut)
+			assert.Zero(t, log.count(EventContinued))
+		})
+	}
+	t.Run("context ended while released", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(context.Background())
+		s, rows, log := releasedIn(t, ctx, "")
+		cancel() // database/sql closes the rows
+		require.Eventually(t, func() bool { return log.count(EventEnded) == 1 }, 10*time.Second, 5*time.Millisecond)
 		require.NoError(t, rows.Close())
-		require.Len(t, log.ended, 1)
-		assert.Equal(t, OutcomeFailed, log.ended[0].Outcome)
-		assert.ErrorIs(t, log.ended[0].Err, ErrPauseReleased)
+		log.mu.Lock()
+		defer log.mu.Unlock()
+		assert.Equal(t, OutcomeContext, log.ended[0].Outcome)
+		assert.ErrorIs(t, log.ended[0].Err, context.Canceled)
+		assert.NotEqual(t, Paused, s.State())
 	})
 	t.Run("without a key", func(t *testing.T) {
 		db := openPG(t, DriverName, "")

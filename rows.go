@@ -82,6 +82,11 @@ type rows struct {
 	// streamQuery is, for a continuation, the text of the stream's own
 	// query, which its events carry instead of the continuation's.
 	streamQuery string
+	// closedReleased is set when the consumer closed the stream in a
+	// pause that had let its query go (release.go): the rows failed with
+	// ErrPauseReleased to end the query, but to the consumer and the
+	// Observer the stream was closed early.
+	closedReleased atomic.Bool
 	// resumer is the resumable stream the rows are a part of, if any: it
 	// takes the Stream's controls while a continuation is being made.
 	resumer *resumeRows
@@ -489,6 +494,9 @@ func (r *rows) NextResultSet() error {
 // State implements Controller.
 func (r *rows) State() State {
 	st := r.state.load()
+	if st == Failed && r.closedReleased.Load() {
+		return Closed
+	}
 	if rr := r.resumer; st.final() && rr != nil {
 		rr.control(func() {
 			st = Running
