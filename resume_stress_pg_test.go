@@ -47,6 +47,10 @@ func TestResumeUnderRandomFailures(t *testing.T) {
 	primary, standby := pgtest.StandbyPair(t, pgtest.StandbyOptions{Settings: map[string]string{
 		"max_standby_streaming_delay": "100ms",
 		"hot_standby_feedback":        "off",
+		// After a restart of the primary the standby reconnects within
+		// 100 ms instead of the default 5 s, during which a conflict
+		// caused on the primary would not reach it.
+		"wal_retrieve_retry_interval": "100ms",
 	}})
 	// Rows of 4 KB. A failure reaches a portal or cursor stream within
 	// its window or batch, but a single statement's only after what the
@@ -74,8 +78,11 @@ func TestResumeUnderRandomFailures(t *testing.T) {
 	// to cause a failure takes the read lock, so that it never meets a
 	// restart halfway.
 	var serverMu [2]sync.RWMutex
+	// One conflict at a time: an UPDATE running while another stream's
+	// VACUUM runs would keep the row version that VACUUM is to remove.
+	var conflictMu sync.Mutex
 	modes := []Option{WithStreamMode(ModePortal), WithStreamMode(ModeSingle), WithFetchSize(FetchAuto)} // mode 1 is the single statement
-	var caused [3]atomic.Int64
+	var caused, missed [3]atomic.Int64
 	var resumes, startRetries atomic.Int64
 
 	// cause causes f for the stream app on server on and reports whether
@@ -104,11 +111,23 @@ func TestResumeUnderRandomFailures(t *testing.T) {
 		}
 		defer db.Close()
 		if f == failConflict {
+			conflictMu.Lock()
+			defer conflictMu.Unlock()
 			if _, err := db.Exec(`UPDATE jsonstream_conflict SET v = v + 1`); err != nil {
 				return false, err
 			}
-			_, err := db.Exec(`VACUUM jsonstream_conflict`)
-			return err == nil, err
+			if _, err := db.Exec(`VACUUM jsonstream_conflict`); err != nil {
+				return false, err
+			}
+			var lsn string
+			if err := db.QueryRow(`SELECT pg_current_wal_insert_lsn()::text`).Scan(&lsn); err != nil {
+				return false, err
+			}
+			// The removal has caused a conflict once the standby has
+			// received it; replay then cancels the stream's query
+			// max_standby_streaming_delay later (a standby restart
+			// running meanwhile ends the stream anyway).
+			return received(standby, lsn, 10*time.Second), nil
 		}
 		var ended int
 		err = db.QueryRow(`SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1`, app).Scan(&ended)
@@ -163,6 +182,7 @@ func TestResumeUnderRandomFailures(t *testing.T) {
 		// tail rows never will (the result had been sent), and another is
 		// caused.
 		nextAt, pendingAt, before, slowUntil := 1+rnd.Int64N(300), int64(0), int64(0), int64(0)
+		var pending stressFailure
 		for rows.Next() {
 			var g int64
 			var pad string
@@ -177,8 +197,11 @@ func TestResumeUnderRandomFailures(t *testing.T) {
 			if resumed >= perStream || got.count > n-tail {
 				continue
 			}
+			if pendingAt > 0 && resumed == before && got.count-pendingAt > tail {
+				missed[pending].Add(1)
+			}
 			if pendingAt > 0 && (resumed > before || got.count-pendingAt > tail) {
-				pendingAt, nextAt = 0, got.count+50+rnd.Int64N(250)
+				pendingAt, nextAt, slowUntil = 0, got.count+50+rnd.Int64N(250), 0
 			}
 			if pendingAt > 0 || got.count < nextAt {
 				continue
@@ -198,14 +221,17 @@ func TestResumeUnderRandomFailures(t *testing.T) {
 			}
 			if ok {
 				caused[f].Add(1)
-				pendingAt = got.count
+				pendingAt, pending = got.count, f
 				if f == failConflict {
 					// The standby cancels the query
 					// max_standby_streaming_delay after the removal
-					// reached it; read at full speed, the stream would be
-					// over by then, and paused, a single statement's
-					// backend blocked writing could not act on it.
-					slowUntil = got.count + 400
+					// reached it, and replay may first wait for other
+					// streams' conflicts; read at full speed, the stream
+					// would be over by then, and paused, a single
+					// statement's backend blocked writing could not act
+					// on it. So the stream reads slowly while the
+					// conflict is pending.
+					slowUntil = got.count + tail
 				}
 			} else {
 				nextAt = got.count + 20
@@ -250,8 +276,9 @@ func TestResumeUnderRandomFailures(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
-	t.Logf("%d streams, %d continuations; caused %d terminations, %d restarts, %d conflicts; %d starts again",
-		streams, resumes.Load(), caused[failTerminate].Load(), caused[failRestart].Load(), caused[failConflict].Load(), startRetries.Load())
+	t.Logf("%d streams, %d continuations; caused %d terminations, %d restarts, %d conflicts, of which %d, %d, %d did not reach their stream in time; %d starts again",
+		streams, resumes.Load(), caused[failTerminate].Load(), caused[failRestart].Load(), caused[failConflict].Load(),
+		missed[failTerminate].Load(), missed[failRestart].Load(), missed[failConflict].Load(), startRetries.Load())
 	assert.GreaterOrEqual(t, resumes.Load(), int64(streams*perStream), "continuations")
 	for _, f := range []stressFailure{failTerminate, failRestart, failConflict} {
 		assert.Positive(t, caused[f].Load(), "%v failures caused", f)
@@ -265,4 +292,21 @@ func TestResumeUnderRandomFailures(t *testing.T) {
 			return left == 0
 		}, 10*time.Second, 10*time.Millisecond, "sessions of the streams left on the %s", []string{"primary", "standby"}[on])
 	}
+}
+
+// received reports whether the standby has received its primary's WAL up
+// to lsn within limit; its errors (a restart running) count as not yet.
+func received(standby *pgtest.Server, lsn string, limit time.Duration) bool {
+	db, err := sql.Open("postgres", standby.DSN())
+	if err != nil {
+		return false
+	}
+	defer db.Close()
+	for deadline := time.Now().Add(limit); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		var ok sql.NullBool
+		if db.QueryRow(`SELECT pg_last_wal_receive_lsn() >= $1::pg_lsn`, lsn).Scan(&ok) == nil && ok.Bool {
+			return true
+		}
+	}
+	return false
 }

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -455,8 +456,9 @@ func (f *Formation) Primary(ctx context.Context) (int, error) {
 
 // KillPrimary kills the primary node as a crash of its machine would: its
 // postgres gets an immediate shutdown and its pg_autoctl a SIGKILL, so
-// nothing restarts it. It returns the dead node's port at once; promoting
-// the secondary is the monitor's business.
+// nothing restarts it. It returns the dead node's port as soon as the port
+// refuses connections (the postmaster exits a moment after the signal);
+// promoting the secondary is the monitor's business.
 func (f *Formation) KillPrimary(ctx context.Context) (int, error) {
 	port, err := f.Primary(ctx)
 	if err != nil {
@@ -483,9 +485,30 @@ func (f *Formation) KillPrimary(ctx context.Context) (int, error) {
 		case <-time.After(immediateStopTimeout):
 			return 0, fmt.Errorf("pgtest: pg_autoctl of %s did not exit after SIGKILL", nodeName(i))
 		}
+		if err := waitPortClosed(port, immediateStopTimeout); err != nil {
+			return 0, fmt.Errorf("pgtest: %s after its immediate shutdown: %w", nodeName(i), err)
+		}
 		return port, nil
 	}
 	return 0, fmt.Errorf("pgtest: the monitor's primary port %d is not a node of the formation", port)
+}
+
+// waitPortClosed waits until nothing accepts connections on port on
+// loopback, for at most limit.
+func waitPortClosed(port int, limit time.Duration) error {
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	deadline := time.Now().Add(limit)
+	for {
+		conn, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			return nil
+		}
+		_ = conn.Close()
+		if time.Now().After(deadline) {
+			return fmt.Errorf("port %d still accepts connections after %v", port, limit)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 func (f *Formation) procByName(name string) *autoctlProc {

@@ -4,7 +4,10 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"net"
 	"os"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -110,4 +113,31 @@ func TestFormationWatchdogAfterKill(t *testing.T) {
 	}
 	_ = cmd.Wait()
 	waitGone(t, dir, ports)
+}
+
+// TestWaitPortClosed: KillPrimary's wait returns once a port refuses
+// connections and fails, naming the port, while something still listens.
+func TestWaitPortClosed(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			_ = c.Close()
+		}
+	}()
+	err = waitPortClosed(port, 100*time.Millisecond)
+	if err == nil || !strings.Contains(err.Error(), strconv.Itoa(port)) {
+		t.Fatalf("waitPortClosed while listening: %v, want an error naming port %d", err, port)
+	}
+	time.AfterFunc(200*time.Millisecond, func() { _ = ln.Close() })
+	if err := waitPortClosed(port, 30*time.Second); err != nil {
+		t.Fatalf("waitPortClosed after the listener closed: %v", err)
+	}
 }
