@@ -56,6 +56,15 @@ const (
 // planning and the executor's start.)
 const portalLongRows = 1024
 
+// portalHeadroom is how many times the bytes a round trip carries at the
+// measured rate a batch holds. The rate is measured through the window,
+// so at 1 a window too small for the link would hold its own estimate
+// down: batches stayed at the least size (autoBatchBytes) through a 2 ms
+// round trip, and the server waited for the next Execute (ClientRead)
+// 15% of the time (BenchmarkProxyWindow). At 2 a batch that the window
+// limits grows with each estimate until the link or the server limits it.
+const portalHeadroom = 2
+
 // portalWindow is how many Executes a long stream keeps outstanding: with
 // two, the next batch is asked for while one is being sent, so the server
 // never waits for the client.
@@ -100,9 +109,15 @@ type portal struct {
 	// rowsIn and bytesIn count the rows and their bytes read, for the
 	// batch size; sent is when the query went out, and rtt how long its
 	// first reply took: about a round trip, with the server's planning.
+	// lastEnd and lastBytes are when the last batch's end was read and
+	// bytesIn then; lastRate is the bytes per nanosecond of the batch
+	// before it (grow).
 	rowsIn, bytesIn int64
 	sent            time.Time
 	rtt             time.Duration
+	lastEnd         time.Time
+	lastBytes       int64
+	lastRate        float64
 	// complete is set once the portal's CommandComplete was read: no row
 	// follows. finished is set once the Sync that ends the stream was
 	// sent, and ended once its ReadyForQuery was read, or the connection
@@ -704,12 +719,28 @@ func (p *portal) grant() error {
 // long reports whether the stream is long (portalLongRows).
 func (p *portal) long() bool { return p.rowsIn >= portalLongRows }
 
+// batchEnded notes the end of a batch (PortalSuspended): the rate at
+// which the batch before it came, for grow.
+func (p *portal) batchEnded() {
+	now := time.Now()
+	if !p.lastEnd.IsZero() {
+		if d := now.Sub(p.lastEnd); d > 0 {
+			p.lastRate = float64(p.bytesIn-p.lastBytes) / float64(d)
+		}
+	}
+	p.lastEnd, p.lastBytes = now, p.bytesIn
+}
+
 // grow sizes the next batch. Batches grow from a small first one, so that
 // an early close after a few rows has little to read off, twofold and then
-// fourfold once the stream is long, up to the bytes the link holds in a round trip at the rate the stream
-// is read (so that the server never waits for the next Execute), and at
-// least autoBatchBytes, within portalMaxRows and portalMaxBytes, and
-// within what a Unix socket buffers.
+// fourfold once the stream is long, up to portalHeadroom times the bytes
+// the link carries in a round trip at the rate the stream is read (so
+// that the server never waits for the next Execute), and at least
+// autoBatchBytes, within portalMaxRows and portalMaxBytes, and within what
+// a Unix socket buffers. The rate is the greater of the whole stream's
+// and the last batch's: the whole stream's lags behind a window that
+// grows, and both are held down by a window too small for the link, which
+// the headroom outgrows.
 func (p *portal) grow() {
 	factor := int64(2)
 	if p.long() {
@@ -722,7 +753,8 @@ func (p *portal) grow() {
 	}
 	target := int64(autoBatchBytes)
 	if elapsed := time.Since(p.sent) - p.rtt; elapsed > 0 {
-		inFlight := p.bytesIn * int64(p.rtt) / int64(elapsed)
+		rate := max(float64(p.bytesIn)/float64(elapsed), p.lastRate)
+		inFlight := int64(min(portalHeadroom*rate*float64(p.rtt), portalMaxBytes))
 		target = min(max(target, inFlight), portalMaxBytes)
 	}
 	// A paused stream's server must finish what it was asked for and wait
@@ -745,6 +777,7 @@ func (p *portal) skip(typ byte, body []byte) error {
 	switch typ {
 	case 's':
 		p.outstanding--
+		p.batchEnded()
 		if p.window < portalWindow && p.long() {
 			p.window = portalWindow
 		}

@@ -27,6 +27,9 @@ var (
 	SelectOneClients = []string{LibPQ, Jsonstream, JsonstreamSingle}
 	// ProxyClients: drains and early closes through a DelayProxy.
 	ProxyClients = []string{LibPQ, Jsonstream, JsonstreamSingle, JsonstreamCursorFixed, JsonstreamCursorAuto}
+	// ProxyWindowClients: how long the server waits for the client while
+	// draining through a DelayProxy.
+	ProxyWindowClients = []string{LibPQ, Jsonstream, JsonstreamCursorAuto}
 )
 
 // The queries of BenchmarkQueryRowPaired, which runs each through lib/pq

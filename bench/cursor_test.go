@@ -459,20 +459,7 @@ func BenchmarkProxy(b *testing.B) {
 	if err != nil {
 		b.Skip(err)
 	}
-	through := func(b *testing.B, name string) Conn {
-		proxy, err := StartDelayProxy(target, ProxyDelay)
-		if err != nil {
-			b.Fatal(err)
-		}
-		// Registered before open's cleanup, so run after it: the clients
-		// close their connections, then the proxy goes.
-		b.Cleanup(func() { _ = proxy.Close() })
-		dsn, err := WithAddr(env.dsn, proxy.Addr())
-		if err != nil {
-			b.Fatal(err)
-		}
-		return open(b, clientNamed(name), &pgEnv{dsn: dsn, table: env.table, rows: env.rows})
-	}
+	through := func(b *testing.B, name string) Conn { return throughProxy(b, env, target, name) }
 	for _, n := range SizesUpTo(FetchSizes[1:], env.rows) {
 		query := dataset.Select(env.table, n)
 		for _, name := range ProxyClients {
@@ -486,4 +473,22 @@ func BenchmarkProxy(b *testing.B) {
 			earlyCloseNext(b, through(b, name), env)
 		})
 	}
+}
+
+// throughProxy opens client name through a DelayProxy of its own to
+// target, the server of env, for b's run.
+func throughProxy(b *testing.B, env *pgEnv, target, name string) Conn {
+	b.Helper()
+	proxy, err := StartDelayProxy(target, ProxyDelay)
+	if err != nil {
+		b.Fatal(err)
+	}
+	// Registered before open's cleanup, so run after it: the clients
+	// close their connections, then the proxy goes.
+	b.Cleanup(func() { _ = proxy.Close() })
+	dsn, err := WithAddr(env.dsn, proxy.Addr())
+	if err != nil {
+		b.Fatal(err)
+	}
+	return open(b, clientNamed(name), &pgEnv{dsn: dsn, table: env.table, rows: env.rows})
 }

@@ -391,6 +391,7 @@ func jobs(round int) []job {
 	// The drains and the early close of one client share a process, and so
 	// its proxy's warm-up; the level between is rows=N or early-close.
 	add("Proxy", bench.ProxyClients, func(c string) string { return "^BenchmarkProxy$//" + quote("client="+c) })
+	add("ProxyWindow", bench.ProxyWindowClients, func(c string) string { return "^BenchmarkProxyWindow$/" + quote("client="+c) })
 	for _, c := range rotate(clientNames(), round) {
 		js = append(js, job{label: "Peak memory " + c, peak: c})
 	}

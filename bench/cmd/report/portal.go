@@ -23,6 +23,10 @@ const (
 	// goalPortalProxyDrain is the least rows/s over lib/pq's through the
 	// DelayProxy.
 	goalPortalProxyDrain = 0.95
+	// goalPortalServerWait is the most time, in percent of samples, the
+	// server may wait for the client (ClientRead) while it streams a
+	// drain through the DelayProxy: what the window is for.
+	goalPortalServerWait = 2.0
 	// goalPortalEarlyClose is the most an early close and the next query
 	// (or the transaction around the close) may take on loopback, in ns.
 	goalPortalEarlyClose = 0.3e6
@@ -58,6 +62,9 @@ type goalRow struct {
 
 func pairedName(query string) string { return "QueryRowPaired/query=" + query }
 
+// windowName names a client's BenchmarkProxyWindow.
+func windowName(client string) string { return "ProxyWindow/client=" + client }
+
 // pairedQueryText is the query of a paired sub-benchmark, as the table
 // shows it.
 func pairedQueryText(query string) string {
@@ -92,6 +99,7 @@ func (r *report) portalMeasured() bool {
 	for _, name := range []string{
 		fetchName(n, bench.Jsonstream), proxyName(r.largestProxy(), bench.Jsonstream), earlyNextName(bench.Jsonstream),
 		earlyTxName(bench.Jsonstream), earlyBeginName(bench.Jsonstream), proxyEarlyName(bench.Jsonstream), churnName(bench.Jsonstream),
+		windowName(bench.Jsonstream),
 	} {
 		if r.measured(name) {
 			return true
@@ -238,6 +246,17 @@ func (r *report) portalRows() []goalRow {
 		fmt.Sprintf("≥ %.2f× lib/pq", goalPortalProxyDrain), "proxy drain rows/s",
 		pjs, plib, "lib/pq", "rows/s", rate, func(v float64) bool { return v >= goalPortalProxyDrain })
 	r.compare("vs lib/pq", fmt.Sprintf("draining %s rows through the proxy", count(pn)), pjs, plib, "rows/s", higherIsBetter, rate)
+	if w, ok := r.res.summary(windowName(js), "server-wait-%"); ok {
+		measured := fmt.Sprintf("%.1f%% of samples", w.Center)
+		for _, c := range []string{lib, bench.JsonstreamCursorAuto} {
+			if v, ok := r.res.median(windowName(c), "server-wait-%"); ok {
+				measured += fmt.Sprintf("; %s %.1f%%", display(c), v)
+			}
+		}
+		rows = append(rows, goalRow{figure: "… the server waiting for the next Execute (ClientRead) during that drain (`BenchmarkProxyWindow`)",
+			goal: fmt.Sprintf("≤ %.0f%% of samples", goalPortalServerWait), measured: measured, ratio: "–",
+			judged: true, met: w.Center <= goalPortalServerWait, short: "server waiting through the proxy"})
+	}
 
 	// closeRow is a row for an early close whose whole cost, ns/op, is
 	// held to limit with no new session.
