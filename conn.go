@@ -52,6 +52,10 @@ type conn struct {
 	connector  *Connector
 	sessionSet bool
 	wire       *wire
+	// linkRTT is the shortest first reply of the conn's portal streams:
+	// the link's round trip, with as little of the server's planning and
+	// of the machine's load as any stream saw (portalSlowRTT).
+	linkRTT time.Duration
 	// portalOpen is set while a portal stream holds the wire: from its
 	// first message to its last ReadyForQuery. lib/pq, which does not see
 	// it, would otherwise send a statement in the middle of it.

@@ -50,11 +50,21 @@ const (
 // A stream is long once it has read portalLongRows rows. Until then it
 // asks for one batch at a time, each twice the last, so that a stream
 // stopped after a few hundred rows (a page, a QueryRow) has at most its
-// current batch to read off; a long one keeps the window full and grows
-// its batches fourfold, so that a slow link is filled fast. (How long the
-// first reply took says little about the link: it includes the server's
-// planning and the executor's start.)
-const portalLongRows = 1024
+// current batch to read off, and the server has made few rows that no one
+// reads; a long one keeps the window full and grows its batches fourfold,
+// so that a slow link is filled fast.
+//
+// On a slow link, where no portal stream of the connection had its first
+// reply sooner than portalSlowRTT, a round trip costs more than the server
+// takes to make a few hundred rows, so the stream does as a long one from
+// its second batch: a result of a few thousand rows then takes a few round
+// trips, not one per doubling. (A first reply takes the link's round trip,
+// the server's planning and executor start, and whatever the machine's
+// load adds; the shortest one the connection saw is the link's.)
+const (
+	portalLongRows = 1024
+	portalSlowRTT  = time.Millisecond
+)
 
 // portalHeadroom is how many times the bytes a round trip carries at the
 // measured rate a batch holds. The rate is measured through the window,
@@ -115,9 +125,12 @@ type portal struct {
 	rowsIn, bytesIn int64
 	sent            time.Time
 	rtt             time.Duration
-	lastEnd         time.Time
-	lastBytes       int64
-	lastRate        float64
+	// slowLink is set when no first reply on the conn came sooner than
+	// portalSlowRTT (long).
+	slowLink  bool
+	lastEnd   time.Time
+	lastBytes int64
+	lastRate  float64
 	// complete is set once the portal's CommandComplete was read: no row
 	// follows. finished is set once the Sync that ends the stream was
 	// sent, and ended once its ReadyForQuery was read, or the connection
@@ -371,6 +384,12 @@ func (p *portal) start(args []driver.NamedValue) error {
 		}
 		if p.rtt == 0 {
 			p.rtt = max(time.Since(p.sent), 1)
+			c := p.conn
+			if c.linkRTT == 0 || p.rtt < c.linkRTT {
+				c.linkRTT = p.rtt
+			}
+			p.slowLink = c.linkRTT >= portalSlowRTT
+			p.grow() // the second batch's size, from the first's
 		}
 		switch typ {
 		case '1', '2':
@@ -716,8 +735,11 @@ func (p *portal) grant() error {
 	return nil
 }
 
-// long reports whether the stream is long (portalLongRows).
-func (p *portal) long() bool { return p.rowsIn >= portalLongRows }
+// long reports whether the stream keeps its window full: it is long
+// (portalLongRows), or on a slow link past its first batch (portalSlowRTT).
+func (p *portal) long() bool {
+	return p.rowsIn >= portalLongRows || p.slowLink && p.rowsIn > 0
+}
 
 // batchEnded notes the end of a batch (PortalSuspended): the rate at
 // which the batch before it came, for grow.
@@ -1066,7 +1088,16 @@ func (p *portal) close(_ []driver.Value) error {
 	if rowsLeft && plan.read == readLook {
 		return p.cutEnd()
 	}
-	if plan.read == readLook && !p.ended {
+	switch {
+	case p.ended:
+	case p.complete && !failed:
+		// The whole result was read: what remains is its Sync's
+		// ReadyForQuery, which lib/pq would wait for without a bound. A
+		// bound here would arm a timer on every small query.
+		if !c.sock.beginDrain(time.Time{}) {
+			return p.cutEnd()
+		}
+	case plan.read == readLook:
 		// The end itself gets the bound of a round trip.
 		if !c.sock.beginDrain(time.Now().Add(bound)) {
 			return p.cutEnd()

@@ -1,10 +1,13 @@
 package jsonstream
 
 import (
+	"context"
+	"database/sql"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 // windowPortal is a long portal stream over TCP that has read bytes of
@@ -105,4 +108,90 @@ func TestPortalBatchEnded(t *testing.T) {
 	// 1 MB in a little over 1 ms: just under 1 byte per nanosecond.
 	assert.InDelta(t, 1.0, p.lastRate, 0.2)
 	assert.Equal(t, int64(1_001_000), p.lastBytes)
+}
+
+// TestPortalRampFollowsTheLink: a stream asks for one batch at a time,
+// each twice the last, until it is long; on a connection whose every first
+// reply took portalSlowRTT or more it keeps two Executes outstanding from
+// its second batch, each four times the last, so that a result of a few
+// thousand rows does not pay a round trip per doubling. The first batch is
+// small on either.
+func TestPortalRampFollowsTheLink(t *testing.T) {
+	needRowsTable(t)
+	for _, tc := range []struct {
+		name  string
+		delay time.Duration
+		want  []int32
+	}{
+		{"fast", 0, []int32{16, 32, 64, 128, 256, 512, 1024}},
+		{"slow", 2 * portalSlowRTT, []int32{16, 32, 128, 512}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := &fakeDialer{delay: tc.delay}
+			db := openDialed(t, d)
+			pidOf(t, db)
+			onConn(t, db, func(c *conn) {
+				if tc.delay > 0 {
+					assert.GreaterOrEqual(t, c.linkRTT, tc.delay, "the shortest first reply")
+				} else {
+					// A new backend's first queries may be slow to
+					// plan, and the machine loaded: the link is what
+					// the shortest first reply of a longer life shows.
+					c.linkRTT = time.Microsecond
+				}
+			})
+			s := d.last()
+			s.recording.Store(true)
+			rows, err := db.Query(bigQuery, 3000)
+			require.NoError(t, err)
+			n := 0
+			for rows.Next() {
+				n++
+			}
+			require.NoError(t, rows.Err())
+			require.Equal(t, 3000, n)
+			got := s.executes()
+			require.GreaterOrEqual(t, len(got), len(tc.want), "Executes: %v", got)
+			assert.Equal(t, tc.want, got[:len(tc.want)], "Executes: %v", got)
+		})
+	}
+}
+
+// TestPortalLinkRTTIsTheShortest: a connection's link round trip is the
+// shortest first reply of its portal streams: a fast reply lowers it, a
+// slow one leaves it.
+func TestPortalLinkRTTIsTheShortest(t *testing.T) {
+	needRowsTable(t)
+	const slow = 4 * portalSlowRTT
+	d := &fakeDialer{delay: slow}
+	db := openDialed(t, d)
+	s := d.last // after the first dial
+	pidOf(t, db)
+	linkRTT := func() (rtt time.Duration) {
+		onConn(t, db, func(c *conn) { rtt = c.linkRTT })
+		return rtt
+	}
+	first := linkRTT()
+	require.GreaterOrEqual(t, first, slow)
+	s().delay.Store(0)
+	for i := 0; i < 20; i++ {
+		pidOf(t, db)
+	}
+	fast := linkRTT()
+	assert.Less(t, fast, first, "a faster first reply lowers it")
+	s().delay.Store(int64(slow))
+	pidOf(t, db)
+	assert.Equal(t, fast, linkRTT(), "a slower first reply leaves it")
+}
+
+// onConn runs f on the jsonstream conn of db's pool of one.
+func onConn(t *testing.T, db *sql.DB, f func(c *conn)) {
+	t.Helper()
+	sc, err := db.Conn(context.Background())
+	require.NoError(t, err)
+	defer func() { require.NoError(t, sc.Close()) }()
+	require.NoError(t, sc.Raw(func(dc any) error {
+		f(dc.(*conn))
+		return nil
+	}))
 }

@@ -57,6 +57,34 @@ func TestQueryRowArmsNoDeadline(t *testing.T) {
 	assert.Greater(t, counter.deadlines(), before, "a drain that waits on the network arms its deadline")
 }
 
+// TestPortalQueryRowArmsNoDeadline: in the default (portal) mode, the end
+// of a result read whole, which is all a one-row QueryRow leaves, waits
+// for its Sync's ReadyForQuery without a read deadline, as lib/pq waits
+// for its own; so a small query starts no timer. A close with rows left
+// (here, an early one) ends the portal within a bound.
+func TestPortalQueryRowArmsNoDeadline(t *testing.T) {
+	needRowsTable(t)
+	d := &fakeDialer{}
+	db := openDialed(t, d)
+	first := pidOf(t, db)
+	before := d.deadlines()
+	for i := 0; i < 200; i++ {
+		var v int
+		require.NoError(t, db.QueryRow("SELECT 1").Scan(&v))
+		require.NoError(t, db.QueryRow("SELECT $1::int", i).Scan(&v))
+		require.Equal(t, i, v)
+	}
+	assert.Equal(t, before, d.deadlines(), "QueryRow set read deadlines")
+	assert.Equal(t, first, pidOf(t, db), "QueryRow kept the connection")
+
+	rows, err := db.Query(bigQuery, bigRows)
+	require.NoError(t, err)
+	require.True(t, rows.Next())
+	require.NoError(t, rows.Close())
+	assert.Greater(t, d.deadlines(), before, "an early close that waits on the network arms its deadline")
+	assert.Equal(t, first, pidOf(t, db), "the early close kept the connection")
+}
+
 // TestDrainPastDeadlineKeepsSmallRemainder: a client that reaches its
 // drain after the drain timeout (descheduled under load; here a timeout
 // of 1 ns) still drains a small remainder that the server has already

@@ -1,6 +1,8 @@
 package jsonstream
 
 import (
+	"bytes"
+	"encoding/binary"
 	"io"
 	"net"
 	"sync"
@@ -26,16 +28,23 @@ type fakeSock struct {
 	// onClose runs on the first Close, before closed is closed.
 	onClose func()
 
+	// delay holds each read of a real connection back by its nanoseconds:
+	// a slow link's round trip.
+	delay atomic.Int64
+	// recording, once set, keeps what is written in written.
+	recording atomic.Bool
+
 	reads     atomic.Int64  // Read calls
 	deadlines atomic.Int64  // SetReadDeadline calls
 	faults    atomic.Int64  // SetReadDeadline calls that onDeadline failed
 	stalled   atomic.Bool   // writes are swallowed from now on
 	swallowed chan struct{} // closed by the first write swallowed
 
-	mu         sync.Mutex // guards the three below
+	mu         sync.Mutex // guards the four below
 	deadline   time.Time  // the read deadline in effect
 	onDeadline func(time.Time) error
 	cleared    chan<- struct{}
+	written    []byte
 
 	closed        chan struct{}
 	closeOnce     sync.Once
@@ -109,6 +118,24 @@ func (s *fakeSock) readDeadline() time.Time {
 	return s.deadline
 }
 
+// executes returns the row limits of the Execute messages written since
+// recording was set, which must have been between two messages.
+func (s *fakeSock) executes() []int32 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var limits []int32
+	for b := s.written; len(b) >= 5; {
+		n := 1 + int(binary.BigEndian.Uint32(b[1:5]))
+		if b[0] == 'E' {
+			body := b[5:n]
+			name := bytes.IndexByte(body, 0)
+			limits = append(limits, int32(binary.BigEndian.Uint32(body[name+1:])))
+		}
+		b = b[n:]
+	}
+	return limits
+}
+
 // stall makes the socket swallow every write from now on.
 func (s *fakeSock) stall() { s.stalled.Store(true) }
 
@@ -116,6 +143,9 @@ func (s *fakeSock) Read(p []byte) (int, error) {
 	s.reads.Add(1)
 	switch {
 	case s.Conn != nil:
+		if d := s.delay.Load(); d > 0 {
+			time.Sleep(time.Duration(d))
+		}
 		return s.Conn.Read(p)
 	case s.onRead != nil:
 		return s.onRead(p)
@@ -129,6 +159,11 @@ func (s *fakeSock) Read(p []byte) (int, error) {
 }
 
 func (s *fakeSock) Write(b []byte) (int, error) {
+	if s.recording.Load() {
+		s.mu.Lock()
+		s.written = append(s.written, b...)
+		s.mu.Unlock()
+	}
 	if s.stalled.Load() {
 		s.swallowedOnce.Do(func() { close(s.swallowed) })
 		return len(b), nil
@@ -227,6 +262,8 @@ func (timeoutError) Temporary() bool { return true }
 // network.
 type fakeDialer struct {
 	refuse error
+	// delay is each new connection's fakeSock.delay.
+	delay time.Duration
 	// refusing is refuse for a test that changes it while dials go on
 	// (setRefuse); attempts counts the dials asked for.
 	refusing atomic.Pointer[error]
@@ -254,6 +291,7 @@ func (d *fakeDialer) DialTimeout(network, address string, timeout time.Duration)
 	}
 	s := newFakeSock()
 	s.Conn = c
+	s.delay.Store(int64(d.delay))
 	d.mu.Lock()
 	d.socks = append(d.socks, s)
 	d.mu.Unlock()

@@ -462,7 +462,7 @@ func (r *report) cursorProxy(b *strings.Builder) {
 		"in the benchmark process (`bench.DelayProxy`) that holds each direction for %v: every round trip "+
 		"costs 2 ms more, a stream pays %v once. The proxy's own CPU is counted in the client's.\n\n",
 		bench.ProxyDelay, bench.ProxyDelay)
-	r.drainTable(b, bench.SizesUpTo(bench.FetchSizes[1:], r.cfg.rows), bench.ProxyClients, proxyName, bench.JsonstreamSingle)
+	r.drainTable(b, bench.SizesUpTo(bench.FetchSizes, r.cfg.rows), bench.ProxyClients, proxyName, bench.JsonstreamSingle)
 	r.earlyCloseTable(b, bench.ProxyClients, proxyEarlyName, bench.JsonstreamSingle)
 }
 
