@@ -126,11 +126,12 @@ type portal struct {
 	sent            time.Time
 	rtt             time.Duration
 	// slowLink is set when no first reply on the conn came sooner than
-	// portalSlowRTT (long).
-	slowLink  bool
-	lastEnd   time.Time
-	lastBytes int64
-	lastRate  float64
+	// portalSlowRTT (long); grown once the first grant sized the second
+	// batch.
+	slowLink, grown bool
+	lastEnd         time.Time
+	lastBytes       int64
+	lastRate        float64
 	// complete is set once the portal's CommandComplete was read: no row
 	// follows. finished is set once the Sync that ends the stream was
 	// sent, and ended once its ReadyForQuery was read, or the connection
@@ -389,7 +390,6 @@ func (p *portal) start(args []driver.NamedValue) error {
 				c.linkRTT = p.rtt
 			}
 			p.slowLink = c.linkRTT >= portalSlowRTT
-			p.grow() // the second batch's size, from the first's
 		}
 		switch typ {
 		case '1', '2':
@@ -723,6 +723,12 @@ func (p *portal) catchUp() (bool, error) {
 
 // grant asks for batches until the window is full.
 func (p *portal) grant() error {
+	if !p.grown {
+		// The second batch is sized from the first's rows, not a copy
+		// of it.
+		p.grown = true
+		p.grow()
+	}
 	for p.outstanding < p.window {
 		p.w.execute(p.batch)
 		p.outstanding++
@@ -1090,10 +1096,13 @@ func (p *portal) close(_ []driver.Value) error {
 	}
 	switch {
 	case p.ended:
-	case p.complete && !failed:
+	case p.complete && !failed && plan.read == readBounded && !p.r.cancellable():
 		// The whole result was read: what remains is its Sync's
-		// ReadyForQuery, which lib/pq would wait for without a bound. A
-		// bound here would arm a timer on every small query.
+		// ReadyForQuery, which lib/pq waits for without a bound when the
+		// query's context cannot end, and so does this: a bound would arm
+		// a timer on every small query. A context that can end keeps the
+		// bound, since nothing listens to it while Close runs (lib/pq's
+		// cancel request does).
 		if !c.sock.beginDrain(time.Time{}) {
 			return p.cutEnd()
 		}

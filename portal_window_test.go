@@ -124,7 +124,7 @@ func TestPortalRampFollowsTheLink(t *testing.T) {
 		want  []int32
 	}{
 		{"fast", 0, []int32{16, 32, 64, 128, 256, 512, 1024}},
-		{"slow", 2 * portalSlowRTT, []int32{16, 32, 128, 512}},
+		{"slow", 2 * portalSlowRTT, []int32{16, 64, 256, 1024}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			d := &fakeDialer{delay: tc.delay}
@@ -157,12 +157,37 @@ func TestPortalRampFollowsTheLink(t *testing.T) {
 	}
 }
 
+// TestPortalWideRowsKeepTheFirstBatch: the second batch is sized from the
+// first's rows: rows of 1 MB stay at the least batch (16 rows, as
+// portalMaxBytes holds fewer), not twice it.
+func TestPortalWideRowsKeepTheFirstBatch(t *testing.T) {
+	needRowsTable(t)
+	d := &fakeDialer{}
+	db := openDialed(t, d)
+	pidOf(t, db)
+	s := d.last()
+	s.recording.Store(true)
+	rows, err := db.Query("SELECT repeat('x', 1000000) FROM generate_series(1, 40)")
+	require.NoError(t, err)
+	n := 0
+	for rows.Next() {
+		n++
+	}
+	require.NoError(t, rows.Err())
+	require.Equal(t, 40, n)
+	got := s.executes()
+	require.NotEmpty(t, got)
+	for _, limit := range got {
+		assert.Equal(t, int32(portalFirstRows), limit, "Executes: %v", got)
+	}
+}
+
 // TestPortalLinkRTTIsTheShortest: a connection's link round trip is the
 // shortest first reply of its portal streams: a fast reply lowers it, a
 // slow one leaves it.
 func TestPortalLinkRTTIsTheShortest(t *testing.T) {
 	needRowsTable(t)
-	const slow = 4 * portalSlowRTT
+	const slow = 20 * portalSlowRTT
 	d := &fakeDialer{delay: slow}
 	db := openDialed(t, d)
 	s := d.last // after the first dial
@@ -179,7 +204,7 @@ func TestPortalLinkRTTIsTheShortest(t *testing.T) {
 	}
 	fast := linkRTT()
 	assert.Less(t, fast, first, "a faster first reply lowers it")
-	s().delay.Store(int64(slow))
+	s().delay.Store(int64(fast + slow)) // every reply slower than fast
 	pidOf(t, db)
 	assert.Equal(t, fast, linkRTT(), "a slower first reply leaves it")
 }

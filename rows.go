@@ -151,6 +151,12 @@ func (r *rows) open(ctx context.Context, c *conn, inner driver.Rows, start time.
 	}
 }
 
+// cancellable reports whether the query's context, or its transaction's,
+// can end.
+func (r *rows) cancellable() bool {
+	return r.ctx != nil && r.ctx.Done() != nil || r.txDone() != nil
+}
+
 // txDone is the Done channel of the transaction's context; nil (never
 // ready) outside a transaction.
 func (r *rows) txDone() <-chan struct{} {

@@ -59,9 +59,10 @@ func TestQueryRowArmsNoDeadline(t *testing.T) {
 
 // TestPortalQueryRowArmsNoDeadline: in the default (portal) mode, the end
 // of a result read whole, which is all a one-row QueryRow leaves, waits
-// for its Sync's ReadyForQuery without a read deadline, as lib/pq waits
-// for its own; so a small query starts no timer. A close with rows left
-// (here, an early one) ends the portal within a bound.
+// for its Sync's ReadyForQuery without a read deadline when the query's
+// context cannot end, as lib/pq waits for its own; so a small query starts
+// no timer. With a context that can end, and for a close with rows left
+// (here, an early one), the end has a bound.
 func TestPortalQueryRowArmsNoDeadline(t *testing.T) {
 	needRowsTable(t)
 	d := &fakeDialer{}
@@ -76,6 +77,17 @@ func TestPortalQueryRowArmsNoDeadline(t *testing.T) {
 	}
 	assert.Equal(t, before, d.deadlines(), "QueryRow set read deadlines")
 	assert.Equal(t, first, pidOf(t, db), "QueryRow kept the connection")
+
+	// A context that can end keeps the bound: nothing listens to it while
+	// Close waits.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	before = d.deadlines()
+	for i := 0; i < 20; i++ {
+		var v int
+		require.NoError(t, db.QueryRowContext(ctx, "SELECT $1::int", i).Scan(&v))
+	}
+	assert.GreaterOrEqual(t, d.deadlines()-before, int64(20), "QueryRow with a context that can end")
 
 	rows, err := db.Query(bigQuery, bigRows)
 	require.NoError(t, err)
