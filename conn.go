@@ -52,10 +52,13 @@ type conn struct {
 	connector  *Connector
 	sessionSet bool
 	wire       *wire
-	// linkRTT is the shortest first reply of the conn's portal streams:
-	// the link's round trip, with as little of the server's planning and
-	// of the machine's load as any stream saw (portalSlowRTT).
-	linkRTT time.Duration
+	// linkRTT is the shortest round trip of a Sync that ended a portal
+	// stream read whole, in nanoseconds; 0 until one did (portalSlowRTT).
+	// Such a Sync has the server commit and answer, nothing more: its
+	// round trip is the link's, with as little of the machine's load as
+	// any saw. Written by whoever reads that ReadyForQuery, which may be a
+	// failure's goroutine.
+	linkRTT atomic.Int64
 	// portalOpen is set while a portal stream holds the wire: from its
 	// first message to its last ReadyForQuery. lib/pq, which does not see
 	// it, would otherwise send a statement in the middle of it.

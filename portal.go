@@ -54,13 +54,14 @@ const (
 // reads; a long one keeps the window full and grows its batches fourfold,
 // so that a slow link is filled fast.
 //
-// On a slow link, where no portal stream of the connection had its first
-// reply sooner than portalSlowRTT, a round trip costs more than the server
-// takes to make a few hundred rows, so the stream does as a long one from
-// its second batch: a result of a few thousand rows then takes a few round
-// trips, not one per doubling. (A first reply takes the link's round trip,
-// the server's planning and executor start, and whatever the machine's
-// load adds; the shortest one the connection saw is the link's.)
+// On a slow link, where no Sync that ended a stream read whole came back
+// sooner than portalSlowRTT (conn.linkRTT), a round trip costs more than
+// the server takes to make a few hundred rows, so the stream does as a
+// long one from its second batch: a result of a few thousand rows then
+// takes a few round trips, not one per doubling. A connection with no
+// such Sync yet counts as fast. (A first reply would not do: it takes the
+// server's planning and executor start too, which on a new backend, with
+// its caches cold, is a millisecond or more on any link.)
 const (
 	portalLongRows = 1024
 	portalSlowRTT  = time.Millisecond
@@ -125,10 +126,11 @@ type portal struct {
 	rowsIn, bytesIn int64
 	sent            time.Time
 	rtt             time.Duration
-	// slowLink is set when no first reply on the conn came sooner than
-	// portalSlowRTT (long); grown once the first grant sized the second
-	// batch.
+	// slowLink is set when the conn's link round trip is portalSlowRTT or
+	// more (long); grown once the first grant sized the second batch.
+	// syncSent is when the Sync after a result read whole went out.
 	slowLink, grown bool
+	syncSent        time.Time
 	lastEnd         time.Time
 	lastBytes       int64
 	lastRate        float64
@@ -385,11 +387,7 @@ func (p *portal) start(args []driver.NamedValue) error {
 		}
 		if p.rtt == 0 {
 			p.rtt = max(time.Since(p.sent), 1)
-			c := p.conn
-			if c.linkRTT == 0 || p.rtt < c.linkRTT {
-				c.linkRTT = p.rtt
-			}
-			p.slowLink = c.linkRTT >= portalSlowRTT
+			p.slowLink = p.conn.linkRTT.Load() >= int64(portalSlowRTT)
 		}
 		switch typ {
 		case '1', '2':
@@ -741,6 +739,18 @@ func (p *portal) grant() error {
 	return nil
 }
 
+// sampleLink takes rtt, the round trip of a Sync that ended a stream read
+// whole, into the conn's link round trip: the shortest so far.
+func (p *portal) sampleLink(rtt time.Duration) {
+	c := p.conn
+	for {
+		cur := c.linkRTT.Load()
+		if cur != 0 && cur <= int64(rtt) || c.linkRTT.CompareAndSwap(cur, max(int64(rtt), 1)) {
+			return
+		}
+	}
+}
+
 // long reports whether the stream keeps its window full: it is long
 // (portalLongRows), or on a slow link past its first batch (portalSlowRTT).
 func (p *portal) long() bool {
@@ -878,6 +888,7 @@ func (p *portal) finish() error {
 	if err := p.w.send(); err != nil {
 		return p.lost(err)
 	}
+	p.syncSent = time.Now()
 	return nil
 }
 
@@ -891,6 +902,9 @@ func (p *portal) readyForQuery(body []byte) error {
 	}
 	p.ended = true
 	p.conn.portalOpen.Store(false)
+	if !p.syncSent.IsZero() {
+		p.sampleLink(time.Since(p.syncSent))
+	}
 	status := p.before
 	if len(body) == 1 {
 		status = body[0]
