@@ -153,12 +153,7 @@ func TestPortalRampFollowsTheLink(t *testing.T) {
 			s.recording.Store(true)
 			rows, err := db.Query(bigQuery, 3000)
 			require.NoError(t, err)
-			n := 0
-			for rows.Next() {
-				n++
-			}
-			require.NoError(t, rows.Err())
-			require.Equal(t, 3000, n)
+			require.Equal(t, 3000, drainRows(t, rows))
 			got := s.executes()
 			require.GreaterOrEqual(t, len(got), len(tc.want), "Executes: %v", got)
 			assert.Equal(t, tc.want, got[:len(tc.want)], "Executes: %v", got)
@@ -178,12 +173,7 @@ func TestPortalWideRowsKeepTheFirstBatch(t *testing.T) {
 	s.recording.Store(true)
 	rows, err := db.Query("SELECT repeat('x', 1000000) FROM generate_series(1, 40)")
 	require.NoError(t, err)
-	n := 0
-	for rows.Next() {
-		n++
-	}
-	require.NoError(t, rows.Err())
-	require.Equal(t, 40, n)
+	require.Equal(t, 40, drainRows(t, rows))
 	got := s.executes()
 	require.NotEmpty(t, got)
 	for _, limit := range got {
