@@ -104,6 +104,8 @@ func newConn(inner driver.Conn, s *settings, sk *sock) *conn {
 // Unwrap returns the inner driver's connection, for sql.Conn.Raw.
 func (c *conn) Unwrap() driver.Conn {
 	c.unwrapped = true
+	// Whoever has lib/pq's connection may use it without a claim.
+	c.sock.settleNow()
 	return c.inner
 }
 
@@ -141,8 +143,11 @@ var errQueryInProgress = errors.New("pq: there is already a query being processe
 
 // usable returns ErrConnCut once the connection was cut, and lib/pq's
 // error for a statement sent while a portal stream holds the wire, where
-// lib/pq would return it for one of its own queries.
+// lib/pq would return it for one of its own queries. It claims the
+// connection from an owed end's Sync timer (owed.go); its callers rearm
+// the timer as they return, for a call that wrote nothing.
 func (c *conn) usable() error {
+	c.sock.claim()
 	if c.isCut() {
 		return ErrConnCut
 	}
@@ -170,6 +175,7 @@ func (c *conn) Prepare(query string) (driver.Stmt, error) {
 // Prepare as database/sql does.
 func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {
 	c.arg = streamArg{}
+	defer c.sock.rearm()
 	if err := c.usable(); err != nil {
 		return nil, err
 	}
@@ -193,7 +199,10 @@ func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, e
 }
 
 // Close implements driver.Conn.
-func (c *conn) Close() error { return c.inner.Close() }
+func (c *conn) Close() error {
+	c.sock.claim()
+	return c.inner.Close()
+}
 
 // Begin implements driver.Conn.
 func (c *conn) Begin() (driver.Tx, error) { //nolint:staticcheck // required by driver.Conn
@@ -204,6 +213,7 @@ func (c *conn) Begin() (driver.Tx, error) { //nolint:staticcheck // required by 
 // the inner conn lacks it.
 func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
 	c.arg = streamArg{}
+	defer c.sock.rearm()
 	if err := c.usable(); err != nil {
 		return nil, err
 	}
@@ -260,6 +270,7 @@ func (c *conn) ended(err error) error {
 // Ping implements driver.Pinger; without it on the inner conn, database/sql
 // treats a ping as successful, and so does this.
 func (c *conn) Ping(ctx context.Context) error {
+	defer c.sock.rearm()
 	if err := c.usable(); err != nil {
 		return err
 	}
@@ -275,7 +286,10 @@ func (c *conn) ResetSession(ctx context.Context) error {
 	if c.isCut() {
 		return driver.ErrBadConn
 	}
-	if c.sock != nil && c.sock.endedWhileIdle() {
+	// An owed end still unread is what the socket holds (owed.go): a FATAL
+	// behind it is met by whoever reads. Its Sync timer keeps running
+	// until the connection is used.
+	if c.sock != nil && !c.sock.owes() && c.sock.endedWhileIdle() {
 		// The server ended the session while it sat in the pool: a new
 		// connection serves the query, which never meets the reset.
 		c.discard()
@@ -289,6 +303,9 @@ func (c *conn) ResetSession(ctx context.Context) error {
 
 // IsValid implements driver.Validator: a cut connection is never reused.
 func (c *conn) IsValid() bool {
+	// database/sql asks as the connection goes back to the pool: an owed
+	// end's Sync timer (owed.go) keeps running, and both checks are safe
+	// beside it.
 	if c.isCut() {
 		return false
 	}
@@ -396,6 +413,7 @@ func (c *conn) query(ctx context.Context, owner any, query string, args []driver
 	if err != nil {
 		return nil, err
 	}
+	defer c.sock.rearm()
 	if err := c.usable(); err != nil {
 		return nil, err
 	}
@@ -557,6 +575,7 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 	if c.takeStream(c, len(args)) != nil {
 		return nil, errStreamOnExec
 	}
+	defer c.sock.rearm()
 	if err := c.usable(); err != nil {
 		return nil, err
 	}

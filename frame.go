@@ -47,6 +47,9 @@ const maxMessage = 1<<30 + 4
 // a longer one is passed on unparsed.
 const maxErrorCapture = 64 << 10
 
+// listenTagLen is the length field of LISTEN's CommandComplete.
+const listenTagLen uint32 = 4 + uint32(len("LISTEN")) + 1
+
 // framer follows the backend's message boundaries. The goroutine that
 // reads the connection runs scan; the fields other goroutines read (a
 // writer during lib/pq's COPY FROM, the query's goroutine deciding an
@@ -74,6 +77,10 @@ type framer struct {
 	// still to come: they answer no write of lib/pq's, and leave readyAt
 	// alone.
 	owedZ atomic.Int32
+	// listening is set once the session ran LISTEN (its CommandComplete
+	// passed) or got a notification: a notification may then come at the
+	// end of any transaction, which an early Close reads (owed.go).
+	listening atomic.Bool
 	// status is the transaction status of the last ReadyForQuery, 0
 	// before the first.
 	status atomic.Uint32
@@ -150,7 +157,8 @@ func (f *framer) scan(b []byte) int {
 		for f.hdrN == 0 && len(b)-i >= 5 {
 			typ := b[i]
 			length := binary.BigEndian.Uint32(b[i+1:])
-			if typ == 'E' || typ == 'Z' || typ == 'S' || length < 4 || length > maxMessage {
+			if typ == 'E' || typ == 'Z' || typ == 'S' || typ == 'A' || typ == 'C' && length == listenTagLen ||
+				length < 4 || length > maxMessage {
 				break
 			}
 			end := i + 1 + int(length)
@@ -185,7 +193,10 @@ func (f *framer) scan(b []byte) int {
 			return len(b)
 		}
 		f.typ, f.body = typ, int(length-4)
-		f.capturing = typ == 'E' || typ == 'S'
+		f.capturing = typ == 'E' || typ == 'S' || typ == 'C' && length == listenTagLen
+		if typ == 'A' {
+			f.listening.Store(true)
+		}
 		if f.capturing {
 			f.capture = f.capture[:0]
 		}
@@ -235,6 +246,10 @@ func (f *framer) ended() bool {
 	}
 	f.capturing = false
 	switch f.typ {
+	case 'C':
+		if string(f.capture) == "LISTEN\x00" {
+			f.listening.Store(true)
+		}
 	case 'E':
 		if pe := endsSession(f.capture); pe != nil {
 			f.fatal.Store(pe)

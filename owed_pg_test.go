@@ -163,22 +163,14 @@ func TestPortalOwedEndThenSingleStream(t *testing.T) {
 	require.NoError(t, err)
 }
 
-// TestPortalEndNotOwed: the end is read before Close returns outside a
-// transaction block (its Sync ends the implicit transaction, where a
-// transaction pooler may let the server go), inside one with a batch in
-// flight (which may fail and leave the transaction failed), and with a
-// notice handler on lib/pq's connection, which must hear what the server
-// sends before Close returns, as through lib/pq.
+// TestPortalEndNotOwed: the end is read before Close returns inside a
+// transaction block with a batch in flight (which may fail and leave the
+// transaction failed), and with a notice handler on lib/pq's connection,
+// inside a transaction or not, which must hear what the server sends
+// before Close returns, as through lib/pq. TestPortalAutocommitEndNotOwed
+// has the other cases outside a transaction.
 func TestPortalEndNotOwed(t *testing.T) {
 	ctx := context.Background()
-	t.Run("autocommit", func(t *testing.T) {
-		db, s, _ := openOwed(t)
-		rows, err := db.QueryContext(ctx, bigQuery, 1_000_000)
-		require.NoError(t, err)
-		require.True(t, rows.Next())
-		assert.NotZero(t, closeReads(t, s, rows))
-		sessionClean(t, db)
-	})
 	t.Run("batch in flight", func(t *testing.T) {
 		db, s, _ := openOwed(t)
 		tx, err := db.BeginTx(ctx, nil)
@@ -203,6 +195,17 @@ func TestPortalEndNotOwed(t *testing.T) {
 		require.True(t, rows.Next())
 		assert.NotZero(t, closeReads(t, s, rows))
 		commitTx(t, conn, nil, "Exec(BEGIN)")
+	})
+	t.Run("notice handler, autocommit", func(t *testing.T) {
+		db, s, _ := openOwed(t)
+		conn, err := db.Conn(ctx)
+		require.NoError(t, err)
+		defer conn.Close()
+		rawInner(t, conn, func(inner driver.Conn) { pq.SetNoticeHandler(inner, func(*pq.Error) {}) })
+		rows, err := conn.QueryContext(ctx, bigQuery, 1_000_000)
+		require.NoError(t, err)
+		require.True(t, rows.Next())
+		assert.NotZero(t, closeReads(t, s, rows))
 	})
 }
 

@@ -3,6 +3,7 @@
 package jsonstream
 
 import (
+	"errors"
 	"net"
 	"syscall"
 
@@ -59,6 +60,7 @@ func (s *sock) endedWhileIdle() bool {
 // byte count (0 once the server closed the connection) and whether the
 // socket could be looked at and held anything.
 func (s *sock) peek() (int, bool) {
+	s.peekErr = nil
 	if s.peekRaw == nil {
 		sc, ok := s.under().(syscall.Conn)
 		if !ok {
@@ -79,6 +81,15 @@ func (s *sock) peek() (int, bool) {
 		return 0, false
 	}
 	return s.peekN, true
+}
+
+// rawQuiet reports whether the socket holds nothing the server sent: a
+// look that does not wait found nothing there.
+func (s *sock) rawQuiet() bool {
+	if _, ok := s.peek(); ok {
+		return false
+	}
+	return s.peekRaw != nil && errors.Is(s.peekErr, syscall.EAGAIN)
 }
 
 // unixBuffer returns the receive buffer's size (SO_RCVBUF) of a Unix

@@ -159,8 +159,13 @@ type portal struct {
 	// whole is set when Close found nothing of the result left unread.
 	whole bool
 	// owed is set when Close sent the end without reading its replies
-	// (owed.go).
-	owed bool
+	// (owed.go); unsynced while that end has no Sync, endLeft counting the
+	// CommandCompletes it still owes; resend is set when what was written
+	// after it must be sent again (recover).
+	// endedFirst is set when the session ended before an end without Sync
+	// was carried out.
+	owed, unsynced, resend, endedFirst bool
+	endLeft                            int
 	// pausesSeen is the stream's pause count at the last grant. A pause
 	// since then leaves the server waiting for the next Execute as long as
 	// it lasts, time in which the server may end the session (a recovery
@@ -1126,10 +1131,10 @@ func (p *portal) close(_ []driver.Value) error {
 			return p.cutEnd()
 		}
 	}
-	if rowsLeft && plan.stmt != stmtRollback {
+	if rowsLeft {
 		// What already arrived of the batches in flight is read on: with
-		// none left in flight, closing the portal cannot fail, and its end
-		// may be owed (owed.go).
+		// none left in flight, the end cannot fail for the query's sake,
+		// and it may be owed (owed.go).
 		for p.outstanding > 0 && !p.finished && p.w.buffered() {
 			typ, body, err := p.w.next()
 			if err != nil {
@@ -1155,15 +1160,21 @@ func (p *portal) close(_ []driver.Value) error {
 		} else {
 			w.closePortal()
 		}
-		w.sync()
+		unsynced := plan.stmt == stmtRollback && !failed && p.mayOweUnsynced()
+		if !unsynced {
+			w.sync()
+			p.pendingZ++
+		}
 		p.finished = true
-		p.pendingZ++
 		owe := !failed && p.mayOwe()
 		if err := w.send(); err != nil {
 			_ = p.lost(err)
 			return nil
 		}
-		if owe {
+		switch {
+		case unsynced:
+			return p.oweUnsynced()
+		case owe:
 			return p.owe()
 		}
 	}
@@ -1236,11 +1247,12 @@ func (p *portal) ColumnTypePrecisionScale(i int) (int64, int64, bool) {
 }
 
 // giveBack puts msgs, then rest, before what the socket holds for lib/pq's
-// next read.
+// next read. Both went past the framer already, as they were read.
 func (s *sock) giveBack(msgs, rest []byte) {
 	held := make([]byte, 0, len(msgs)+len(rest)+len(s.held)-s.heldOff)
 	held = append(held, msgs...)
 	held = append(held, rest...)
+	scanned := len(held) + max(s.heldScanned-s.heldOff, 0)
 	held = append(held, s.held[s.heldOff:]...)
-	s.held, s.heldOff = held, 0
+	s.held, s.heldOff, s.heldScanned = held, 0, scanned
 }

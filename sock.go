@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"io"
 	"net"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -77,33 +79,59 @@ type sock struct {
 	decided bool
 	// held is what a read brought past a ReadyForQuery, handed to lib/pq
 	// by the next reads; heldErr is the error that read returned with it.
-	held    []byte
-	heldOff int
-	heldErr error
+	// Its first heldScanned bytes went past the framer already: what a
+	// portal stream read for lib/pq (giveBack).
+	held        []byte
+	heldOff     int
+	heldScanned int
+	heldErr     error
 	// owed is the portal stream whose end was sent and not yet read
 	// (owed.go); owedWrites is the framer's write count after it was sent.
 	// The reading goroutine's.
 	owed       *portal
 	owedWrites uint64
+	// syncPending is set while an owed end without Sync waits for its
+	// timer (syncTimer) to send the Sync; syncMu is held while the timer
+	// does, or while a claim stops it (owed.go). replay is what was
+	// written after such an end, sent again if the end failed.
+	syncPending atomic.Bool
+	syncMu      sync.Mutex
+	syncTimer   *time.Timer
+	replay      []byte
 }
 
 // Write implements net.Conn. lib/pq's first write tells whether the
 // connection carries protocol messages from here on (a StartupMessage),
 // and every write ends the idle time that a ReadyForQuery began.
 func (s *sock) Write(p []byte) (int, error) {
+	s.claim()
+	return s.write(p)
+}
+
+// write is Write once the connection is claimed: jsonstream's own
+// messages go here.
+func (s *sock) write(p []byte) (int, error) {
 	if !s.decided {
 		s.decided = true
 		s.frames.on = isStartup(p)
 	}
 	s.frames.wrote()
+	if o := s.owed; o != nil && o.unsynced {
+		s.replay = append(s.replay, p...)
+	}
 	return s.Conn.Write(p)
 }
 
 // Read implements net.Conn: lib/pq's reads. An owed end is read first
 // (owed.go); then it is read.
 func (s *sock) Read(p []byte) (int, error) {
-	if s.owed != nil {
-		s.payOwed()
+	s.claim()
+	if s.owed != nil && !s.payOwed() {
+		// The session ended before the owed end was carried out, so
+		// nothing written after it ran: lib/pq reports io.EOF as
+		// driver.ErrBadConn, and database/sql runs the statement on
+		// another connection.
+		return 0, io.EOF
 	}
 	return s.read(p)
 }
@@ -134,14 +162,22 @@ func (s *sock) read(p []byte) (n int, err error) {
 // readHeld hands lib/pq what an earlier read brought past a
 // ReadyForQuery, up to the next ReadyForQuery in it.
 func (s *sock) readHeld(p []byte) (int, error) {
-	n := copy(p, s.held[s.heldOff:])
-	n = s.frames.scan(p[:n])
+	var n int
+	if s.heldOff < s.heldScanned {
+		// Scanned already: they end at a message boundary or inside the
+		// message that the socket's next bytes go on with, never past a
+		// ReadyForQuery.
+		n = copy(p, s.held[s.heldOff:s.heldScanned])
+	} else {
+		n = copy(p, s.held[s.heldOff:])
+		n = s.frames.scan(p[:n])
+	}
 	s.heldOff += n
 	s.last = p[:n]
 	if s.heldOff < len(s.held) {
 		return n, nil
 	}
-	s.held, s.heldOff = s.held[:0], 0
+	s.held, s.heldOff, s.heldScanned = s.held[:0], 0, 0
 	err := s.heldErr
 	s.heldErr = nil
 	return n, err

@@ -3,10 +3,12 @@ package jsonstream
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"io"
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -33,6 +35,11 @@ type fakeSock struct {
 	delay atomic.Int64
 	// recording, once set, keeps what is written in written.
 	recording atomic.Bool
+	// beforeWrite, when set, runs before each write with what is written.
+	beforeWrite atomic.Pointer[func([]byte)]
+	// injected is what the next reads return before the real connection's
+	// bytes: a reply the server did not send.
+	injected []byte
 
 	reads     atomic.Int64  // Read calls
 	deadlines atomic.Int64  // SetReadDeadline calls
@@ -141,6 +148,14 @@ func (s *fakeSock) stall() { s.stalled.Store(true) }
 
 func (s *fakeSock) Read(p []byte) (int, error) {
 	s.reads.Add(1)
+	s.mu.Lock()
+	if len(s.injected) > 0 {
+		n := copy(p, s.injected)
+		s.injected = s.injected[n:]
+		s.mu.Unlock()
+		return n, nil
+	}
+	s.mu.Unlock()
 	switch {
 	case s.Conn != nil:
 		if d := s.delay.Load(); d > 0 {
@@ -159,6 +174,9 @@ func (s *fakeSock) Read(p []byte) (int, error) {
 }
 
 func (s *fakeSock) Write(b []byte) (int, error) {
+	if f := s.beforeWrite.Load(); f != nil {
+		(*f)(b)
+	}
 	if s.recording.Load() {
 		s.mu.Lock()
 		s.written = append(s.written, b...)
@@ -217,6 +235,23 @@ func (s *fakeSock) SetReadDeadline(t time.Time) error {
 		}
 	}
 	return nil
+}
+
+// inject makes the next reads return b before the real connection's bytes.
+func (s *fakeSock) inject(b []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.injected = append(s.injected, b...)
+}
+
+// SyscallConn gives the real connection's descriptor, so that a peek
+// looks at it as at a socket of the net package's; a socket without one
+// cannot be looked at.
+func (s *fakeSock) SyscallConn() (syscall.RawConn, error) {
+	if sc, ok := s.Conn.(syscall.Conn); ok {
+		return sc.SyscallConn()
+	}
+	return nil, errors.New("fakeSock: no descriptor")
 }
 
 // Only read deadlines are played; the others go to the real connection.

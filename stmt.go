@@ -136,6 +136,7 @@ func (s *stmt) ExecContext(ctx context.Context, args []driver.NamedValue) (drive
 	if s.conn.takeStream(s, len(args)) != nil {
 		return nil, errStreamOnExec
 	}
+	defer s.conn.sock.rearm()
 	if err := s.conn.usable(); err != nil {
 		return nil, err
 	}

@@ -204,7 +204,7 @@ func (w *wire) sync() { w.end(w.begin('S')) }
 
 // send writes the messages built and empties out.
 func (w *wire) send() error {
-	_, err := w.s.Write(w.out)
+	_, err := w.s.write(w.out)
 	w.out = w.out[:0]
 	return err
 }
