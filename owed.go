@@ -98,6 +98,9 @@ func (s *sock) quiet() bool {
 		return false
 	}
 	n, err := s.Conn.Read(s.peekBuf[:])
+	// A drain's deadline, if one was set, is set again from its bound by
+	// the drain's next read.
+	s.armed.Store(false)
 	if s.SetReadDeadline(time.Time{}) != nil {
 		s.armed.Store(true) // the end's drain clears it again, or cuts
 		return false
@@ -170,7 +173,7 @@ func (p *portal) settle() {
 				}
 				continue
 			case 'E':
-				if serverError(body, "").Severity == "ERROR" {
+				if endsSession(body) == nil {
 					p.recover()
 					continue
 				}
@@ -226,13 +229,21 @@ func (p *portal) recover() {
 		// ReadyForQuery answers none of lib/pq's writes.
 		s.frames.owedZ.Add(1)
 		if _, err := s.Conn.Write([]byte{'S', 0, 0, 0, 4}); err != nil {
+			// Nothing written ran: the server skipped it.
+			p.endedFirst = true
 			_ = p.lost(err)
 			return
 		}
 	case syncs == 1 && last:
 		// The write ends with a Sync, which ends the skipping: its
-		// ReadyForQuery answers nothing that was run.
-		s.frames.owedZ.Add(1)
+		// ReadyForQuery answers nothing that was run, and lib/pq's reply
+		// is still to come. The framer may have met it already, in the
+		// read that brought the error.
+		if p.w.bufferedReady() > 0 {
+			s.frames.readyAt.Store(0)
+		} else {
+			s.frames.owedZ.Add(1)
+		}
 	default:
 		_ = p.lost(errUnrecoverable)
 		return

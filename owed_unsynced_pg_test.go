@@ -224,30 +224,36 @@ func TestPortalOwedEndRecovers(t *testing.T) {
 // driver.ErrBadConn, and database/sql runs the statement again on a new
 // connection; a portal stream's start reports the SessionEndedError,
 // which wraps driver.ErrBadConn, with the same effect. The FATAL is
-// played before the server's real replies.
+// played before the server's real replies, in English and translated.
 func TestPortalOwedEndSessionEnded(t *testing.T) {
-	fatal := message('E', errorBody("SFATAL", "VFATAL", "C57P01", "Mterminating connection due to administrator command"))
-	for _, name := range []string{"queryrow", "exec with an argument", "portal"} {
-		t.Run(name, func(t *testing.T) {
-			db, s, pid := openOwed(t)
-			db.SetMaxOpenConns(2)
-			_, err := db.Exec("CREATE TABLE IF NOT EXISTS owed_u (a int)")
-			require.NoError(t, err)
-			t.Cleanup(func() { _, _ = openPG(t, "postgres", "").Exec("DROP TABLE IF EXISTS owed_u") })
-			oweEnd(t, db, s)
-			s.inject(fatal)
-			if name == "exec with an argument" {
-				// Run on the old connection too: its reply is read by
-				// nobody. A read, so that running it twice changes nothing.
-				var v int
-				require.NoError(t, db.QueryRow("SELECT count(*) + $1 FROM owed_u", 1).Scan(&v))
-				assert.Equal(t, 1, v)
-			} else {
-				unsyncedNext[name](t, db)
-			}
-			assert.NotEqual(t, pid, pidOf(t, db), "a new connection ran it")
-		})
+	for lang, fatal := range map[string][]byte{
+		"en": message('E', errorBody("SFATAL", "VFATAL", "C57P01", "Mterminating connection due to administrator command")),
+		// A server whose messages are translated: by V, not S.
+		"ru": message('E', errorBody("SВАЖНО", "VFATAL", "C57P01", "Mprekrashchenie")),
+	} {
+		for _, name := range []string{"queryrow", "lib/pq extended", "portal"} {
+			t.Run(lang+"/"+name, func(t *testing.T) { oweAndEnd(t, name, fatal) })
+		}
 	}
+}
+
+// oweAndEnd owes an end without Sync, plays fatal before the server's
+// replies, and runs the next statement name (TestPortalOwedEndSessionEnded).
+func oweAndEnd(t *testing.T, name string, fatal []byte) {
+	db, s, pid := openOwed(t)
+	db.SetMaxOpenConns(2)
+	oweEnd(t, db, s)
+	s.inject(fatal)
+	if name == "lib/pq extended" {
+		// lib/pq's Parse, Describe and Sync reach the server, which runs
+		// them: a read, so that running it twice changes nothing.
+		var v int
+		require.NoError(t, db.QueryRow("SELECT 40 + $1::int", 2, mustStream(t, WithStreamMode(ModeSingle))).Scan(&v))
+		assert.Equal(t, 42, v)
+	} else {
+		unsyncedNext[name](t, db)
+	}
+	assert.NotEqual(t, pid, pidOf(t, db), "a new connection ran it")
 }
 
 // TestPortalAutocommitEndNotOwed: outside a transaction the end is read

@@ -836,7 +836,9 @@ func (p *portal) skip(typ byte, body []byte) error {
 		return p.readyForQuery(body)
 	case 'E':
 		pe := serverError(body, p.errQuery)
-		if pe.Severity == "FATAL" || pe.Severity == "PANIC" {
+		if endsSession(body) != nil {
+			// By the untranslated severity: a server whose messages are
+			// in another language translates the other.
 			return p.lost(p.sessionEnded(pe))
 		}
 		if p.serverErr == nil {

@@ -435,6 +435,39 @@ func TestPgBouncerServerAfterEarlyClose(t *testing.T) {
 	}
 }
 
+// TestPgBouncerServerAfterOwedEnd: under transaction pooling, an early
+// close of a portal stream outside a transaction ends with ROLLBACK and
+// no Sync, so PgBouncer keeps the server connection with the client; the
+// connection sends the Sync itself when nothing follows, and PgBouncer
+// then has its server connection back, idle in the pool. Without that
+// Sync it would stay active, held for the client until its next
+// statement.
+func TestPgBouncerServerAfterOwedEnd(t *testing.T) {
+	b := pgtest.SharedPgBouncer(t)
+	needRowsTable(t)
+	admin := openDSN(t, "postgres", b.DSN("pgbouncer"))
+	db := openDSN(t, DriverName, b.DSN(pgtest.TransactionPool))
+	db.SetMaxOpenConns(1)
+	active := func() []string {
+		var out []string
+		for _, s := range serversOf(t, admin, pgtest.TransactionPool) {
+			if strings.HasPrefix(s, "active ") {
+				out = append(out, s)
+			}
+		}
+		return out
+	}
+	for i := 0; i < 3; i++ {
+		rows, err := db.Query(bigQuery, bigRows)
+		require.NoError(t, err)
+		require.True(t, rows.Next())
+		require.NoError(t, rows.Close())
+		require.Eventually(t, func() bool { return len(active()) == 0 }, 5*time.Second, 5*time.Millisecond,
+			"PgBouncer's server connection is still the client's: %v", active())
+	}
+	hundredQueries(t, db)
+}
+
 // TestPgBouncerTransactionPoolingLibPQ measures lib/pq alone (no
 // jsonstream) under transaction pooling. lib/pq names its prepared
 // statements "1", "2", ... per client connection; PgBouncer before 1.21
