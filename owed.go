@@ -67,18 +67,20 @@ const owedEndStatements = 2
 // mayOwe reports whether the end about to be sent inside a transaction
 // block may be owed (see above).
 func (p *portal) mayOwe() bool {
-	c := p.conn
-	return p.before == txStatusInTx && p.outstanding == 0 && c.sock.owed == nil &&
-		pq.NoticeHandler(c.inner) == nil
+	return p.before == txStatusInTx && p.owable()
 }
 
 // mayOweUnsynced reports whether the end of an early-closed read outside
 // a transaction may go without its Sync (see above).
 func (p *portal) mayOweUnsynced() bool {
-	c := p.conn
-	return p.before == txStatusIdle && p.outstanding == 0 && c.sock.owed == nil &&
-		pq.NoticeHandler(c.inner) == nil && !c.sock.frames.listening.Load() &&
-		time.Since(p.sent) < owedEndMaxAge && !p.w.holds() && c.sock.quiet()
+	return p.before == txStatusIdle && p.owable() && !p.conn.sock.frames.listening.Load() &&
+		time.Since(p.sent) < owedEndMaxAge && !p.w.holds() && p.conn.sock.quiet()
+}
+
+// owable reports what every owed end needs: nothing in flight, no end
+// owed already, and no notice handler to hear of the replies late.
+func (p *portal) owable() bool {
+	return p.outstanding == 0 && p.conn.sock.owed == nil && pq.NoticeHandler(p.conn.inner) == nil
 }
 
 // quiet reports whether nothing the server sent waits to be read, so that

@@ -21,11 +21,14 @@ func withOwedEndMaxAge(t *testing.T, d time.Duration) {
 }
 
 // oweEnd runs a large query on q, reads its first row and closes it,
-// reading nothing: the end is owed without Sync.
+// reading nothing: the end is owed without Sync. The stream's age does not
+// decide it here, however slow the machine (TestPortalAutocommitEndNotOwed
+// has the age).
 func oweEnd(t *testing.T, q interface {
 	QueryContext(context.Context, string, ...any) (*sql.Rows, error)
 }, s *fakeSock, args ...any) {
 	t.Helper()
+	withOwedEndMaxAge(t, time.Minute)
 	rows, err := q.QueryContext(context.Background(), bigQuery, append([]any{1_000_000}, args...)...)
 	require.NoError(t, err)
 	require.True(t, rows.Next())

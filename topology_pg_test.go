@@ -445,6 +445,7 @@ func TestPgBouncerServerAfterEarlyClose(t *testing.T) {
 func TestPgBouncerServerAfterOwedEnd(t *testing.T) {
 	b := pgtest.SharedPgBouncer(t)
 	needRowsTable(t)
+	withOwedEndMaxAge(t, time.Minute) // however slow the machine
 	admin := openDSN(t, "postgres", b.DSN("pgbouncer"))
 	db := openDSN(t, DriverName, b.DSN(pgtest.TransactionPool))
 	db.SetMaxOpenConns(1)
