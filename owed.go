@@ -3,6 +3,7 @@ package jsonstream
 import (
 	"encoding/binary"
 	"errors"
+	"io"
 	"time"
 
 	"github.com/lib/pq"
@@ -247,6 +248,11 @@ func (p *portal) recover() {
 			s.frames.owedZ.Add(1)
 		}
 	default:
+		// More than the statement written after the end reached the
+		// server, and what follows its first Sync ran: no part of it can
+		// be sent again. Nothing lib/pq writes holds two Syncs before it
+		// reads; the connection fails rather than guess.
+		p.unrecoverable = true
 		_ = p.lost(errUnrecoverable)
 		return
 	}
@@ -271,13 +277,17 @@ func clientSyncs(b []byte) (n int, last bool) {
 }
 
 // payOwed reads the owed end, if there is one (settle), and sends again
-// what an end that failed made the server skip (recover). It reports
-// false when the session ended before an end without Sync was carried
-// out: nothing written after it ran.
-func (s *sock) payOwed() bool {
+// what an end that failed made the server skip (recover). It returns
+// io.EOF when the session ended before an end without Sync was carried
+// out: nothing written after it ran, and lib/pq reports io.EOF as
+// driver.ErrBadConn, so that database/sql runs the statement on another
+// connection. It returns errUnrecoverable when what was written after
+// the end could not be sent again (recover); the connection is then
+// discarded.
+func (s *sock) payOwed() error {
 	p := s.owed
 	if p == nil {
-		return true
+		return nil
 	}
 	s.owed = nil
 	p.settle()
@@ -290,7 +300,13 @@ func (s *sock) payOwed() bool {
 		}
 	}
 	s.dropReplay()
-	return !p.endedFirst
+	switch {
+	case p.unrecoverable:
+		return errUnrecoverable
+	case p.endedFirst:
+		return io.EOF
+	}
+	return nil
 }
 
 // owes reports whether an end is owed, waiting for its Sync timer if it is

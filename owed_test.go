@@ -3,6 +3,7 @@ package jsonstream
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"net"
 	"testing"
 	"time"
@@ -50,32 +51,9 @@ func TestClientSyncs(t *testing.T) {
 // what the TLS connection holds of what it read before, and keeps what
 // it reads for the next read.
 func TestSockQuietTLS(t *testing.T) {
-	ca := newTestCA(t, "quiet-ca")
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer ln.Close()
-	served := make(chan *tls.Conn, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			close(served)
-			return
-		}
-		srv := tls.Server(c, &tls.Config{Certificates: []tls.Certificate{ca.serverCert(t, time.Now().Add(time.Hour))}})
-		_ = srv.Handshake()
-		served <- srv
-	}()
-	raw, err := net.Dial("tcp", ln.Addr().String())
-	require.NoError(t, err)
-	defer raw.Close()
-	roots := x509.NewCertPool()
-	roots.AddCert(ca.cert)
-	client := tls.Client(raw, &tls.Config{RootCAs: roots, ServerName: "localhost"})
-	require.NoError(t, client.Handshake())
-	srv := <-served
-	require.NotNil(t, srv)
-	defer srv.Close()
+	client, raw, srv := tlsOver(t, nil)
 	s := &sock{Conn: client, raw: raw}
+	var err error
 
 	assert.True(t, s.quiet(), "nothing sent")
 
@@ -107,4 +85,102 @@ func TestSockQuietTLS(t *testing.T) {
 	_, err = srv.Write([]byte("ef"))
 	require.NoError(t, err)
 	require.Eventually(t, func() bool { return !s.quiet() }, 5*time.Second, time.Millisecond)
+}
+
+// tlsOver connects a TLS client to a TLS server on loopback and returns the
+// client, the socket beneath it and the server's side. With fs, the client
+// runs over fs, whose Conn is set to the socket.
+func tlsOver(t *testing.T, fs *fakeSock) (client *tls.Conn, raw net.Conn, srv *tls.Conn) {
+	t.Helper()
+	ca := newTestCA(t, "quiet-ca")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	served := make(chan *tls.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			close(served)
+			return
+		}
+		srv := tls.Server(c, &tls.Config{Certificates: []tls.Certificate{ca.serverCert(t, time.Now().Add(time.Hour))}})
+		_ = srv.Handshake()
+		served <- srv
+	}()
+	raw, err = net.Dial("tcp", ln.Addr().String())
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = raw.Close() })
+	if fs != nil {
+		fs.Conn = raw
+		raw = fs
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(ca.cert)
+	client = tls.Client(raw, &tls.Config{RootCAs: roots, ServerName: "localhost"})
+	require.NoError(t, client.Handshake())
+	srv = <-served
+	require.NotNil(t, srv)
+	t.Cleanup(func() { _ = srv.Close() })
+	return client, raw, srv
+}
+
+// TestSockQuietTLSDeadlines: quiet's look through TLS sets a deadline in
+// the past and clears it. When setting it fails, nothing is read and the
+// socket counts as not quiet (Close then reads its end); when clearing it
+// fails, the deadline counts as armed, so that the end's drain clears it
+// again or cuts. A drain's deadline that the look replaced is set again
+// by the drain's next read.
+func TestSockQuietTLSDeadlines(t *testing.T) {
+	t.Run("setting fails", func(t *testing.T) {
+		fs := newFakeSock()
+		client, raw, _ := tlsOver(t, fs)
+		s := &sock{Conn: client, raw: raw}
+		require.True(t, s.rawQuiet())
+		reads := fs.reads.Load()
+		fs.setOnDeadline(func(time.Time) error { return errors.New("refused") })
+		assert.False(t, s.quiet())
+		assert.Equal(t, reads, fs.reads.Load(), "nothing was read")
+		assert.False(t, s.armed.Load())
+	})
+	t.Run("clearing fails", func(t *testing.T) {
+		fs := newFakeSock()
+		client, raw, _ := tlsOver(t, fs)
+		s := &sock{Conn: client, raw: raw}
+		fs.setOnDeadline(func(d time.Time) error {
+			if d.IsZero() {
+				return errors.New("refused")
+			}
+			return nil
+		})
+		assert.False(t, s.quiet())
+		assert.True(t, s.armed.Load(), "the deadline counts as armed")
+		assert.False(t, s.endDrain(), "clearing it fails again: the caller cuts")
+		fs.setOnDeadline(nil)
+		s.armed.Store(true)
+		assert.True(t, s.endDrain())
+		assert.True(t, fs.readDeadline().IsZero(), "cleared")
+	})
+	t.Run("a drain's deadline", func(t *testing.T) {
+		fs := newFakeSock()
+		client, raw, srv := tlsOver(t, fs)
+		s := &sock{Conn: client, raw: raw}
+		until := time.Now().Add(time.Hour)
+		require.True(t, s.beginDrain(until))
+		got := make([]byte, 8)
+		_, err := srv.Write([]byte("a"))
+		require.NoError(t, err)
+		n, err := s.read(got)
+		require.NoError(t, err)
+		require.Equal(t, "a", string(got[:n]))
+		require.True(t, fs.readDeadline().Equal(time.Unix(0, until.UnixNano())), "the drain's read set its deadline")
+		require.True(t, s.quiet())
+		require.True(t, fs.readDeadline().IsZero(), "the look cleared it")
+		_, err = srv.Write([]byte("b"))
+		require.NoError(t, err)
+		n, err = s.read(got)
+		require.NoError(t, err)
+		require.Equal(t, "b", string(got[:n]))
+		assert.True(t, fs.readDeadline().Equal(time.Unix(0, until.UnixNano())), "the drain's next read set it again")
+		assert.True(t, s.endDrain())
+	})
 }

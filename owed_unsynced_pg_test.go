@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"database/sql"
+	"encoding/binary"
 	"math/rand/v2"
 	"testing"
 	"time"
@@ -179,29 +180,12 @@ func TestPortalOwedEndBeforeUnwrap(t *testing.T) {
 // the end asked for.
 func TestPortalOwedEndRecovers(t *testing.T) {
 	withOwedEndMaxAge(t, time.Minute)
-	expire := func(t *testing.T, db *sql.DB, s *fakeSock) {
-		t.Helper()
-		_, err := db.Exec("SET statement_timeout = '500ms'")
-		require.NoError(t, err)
-		rows, err := db.Query(bigQuery, 1_000_000)
-		require.NoError(t, err)
-		require.True(t, rows.Next())
-		hold := func(b []byte) {
-			if bytes.Contains(b, []byte("ROLLBACK")) {
-				s.beforeWrite.Store(nil)
-				time.Sleep(1500 * time.Millisecond)
-			}
-		}
-		s.beforeWrite.Store(&hold)
-		assert.Zero(t, closeReads(t, s, rows), "Close read the socket")
-		require.Nil(t, s.beforeWrite.Load(), "the end was written")
-	}
 	for name, run := range unsyncedNext {
 		t.Run(name, func(t *testing.T) {
 			db, s, pid := openOwed(t)
 			_, err := db.Exec("CREATE TEMP TABLE owed_u (a int)")
 			require.NoError(t, err)
-			expire(t, db, s)
+			expireOwedEnd(t, db, s)
 			run(t, db)
 			assert.Equal(t, pid, pidOf(t, db), "the connection was kept")
 			sessionClean(t, db)
@@ -211,7 +195,7 @@ func TestPortalOwedEndRecovers(t *testing.T) {
 	t.Run("idle", func(t *testing.T) {
 		db, s, pid := openOwed(t)
 		monitor := openPG(t, "postgres", "")
-		expire(t, db, s)
+		expireOwedEnd(t, db, s)
 		backendState(t, monitor, pid, "idle")
 		var v int
 		require.NoError(t, db.QueryRow("SELECT 3").Scan(&v))
@@ -219,6 +203,156 @@ func TestPortalOwedEndRecovers(t *testing.T) {
 		assert.Equal(t, pid, pidOf(t, db), "the connection was kept")
 		sessionClean(t, db)
 	})
+}
+
+// sqlQueryer is what expireOwedEnd runs its statements on: a pool, or one
+// connection of it.
+type sqlQueryer interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+}
+
+// expireOwedEnd owes an end without Sync on q whose BEGIN the server
+// refuses: the end is written only after a statement_timeout of 500 ms
+// expired while the server waited for the client (TestPortalOwedEndRecovers).
+func expireOwedEnd(t *testing.T, q sqlQueryer, s *fakeSock) {
+	t.Helper()
+	withOwedEndMaxAge(t, time.Minute)
+	ctx := context.Background()
+	_, err := q.ExecContext(ctx, "SET statement_timeout = '500ms'")
+	require.NoError(t, err)
+	rows, err := q.QueryContext(ctx, bigQuery, 1_000_000)
+	require.NoError(t, err)
+	require.True(t, rows.Next())
+	hold := func(b []byte) {
+		if bytes.Contains(b, []byte("ROLLBACK")) {
+			s.beforeWrite.Store(nil)
+			time.Sleep(1500 * time.Millisecond)
+		}
+	}
+	s.beforeWrite.Store(&hold)
+	assert.Zero(t, closeReads(t, s, rows), "Close read the socket")
+	require.Nil(t, s.beforeWrite.Load(), "the end was written")
+}
+
+// serverMessages returns the complete server messages at the start of b,
+// as type and end offset, and stops at the first that b does not hold
+// whole.
+func serverMessages(b []byte) (types []byte, ends []int) {
+	for at := 0; len(b)-at >= 5; {
+		end := at + 1 + int(binary.BigEndian.Uint32(b[at+1:]))
+		if end > len(b) {
+			break
+		}
+		types, ends = append(types, b[at]), append(ends, end)
+		at = end
+	}
+	return types, ends
+}
+
+// TestPortalOwedEndRecoversAcrossReads: when the statement written after a
+// failed end without Sync ends with a Sync (lib/pq's Parse, Describe and
+// Sync), the server's ReadyForQuery for that Sync answers none of lib/pq's
+// writes, whether it arrives in the read that brought the error or in a
+// later one. Until lib/pq's statement, sent again, has its own reply, the
+// connection never counts as idle (frame.go), and the statement runs once.
+func TestPortalOwedEndRecoversAcrossReads(t *testing.T) {
+	for _, together := range []bool{true, false} {
+		name := map[bool]string{true: "error and ReadyForQuery in one read", false: "in two reads"}[together]
+		t.Run(name, func(t *testing.T) {
+			ctx := context.Background()
+			db, s, pid := openOwed(t)
+			sc, err := db.Conn(ctx)
+			require.NoError(t, err)
+			defer func() { _ = sc.Close() }()
+			var js *sock
+			require.NoError(t, sc.Raw(func(dc any) error {
+				js = dc.(*conn).sock
+				return nil
+			}))
+			_, err = sc.ExecContext(ctx, "CREATE TEMP TABLE owed_u (a int)")
+			require.NoError(t, err)
+			expireOwedEnd(t, sc, s)
+
+			var shaped, idleSeen bool
+			seenError := false
+			shape := func(p []byte, n int) int {
+				if seenError && js.frames.idle() {
+					idleSeen = true
+				}
+				if shaped {
+					return n
+				}
+				types, ends := serverMessages(p[:n])
+				e := bytes.IndexByte(types, 'E')
+				if e < 0 {
+					return n
+				}
+				seenError, shaped = true, true
+				if !together {
+					if ends[e] < n {
+						s.holdBack(p[ends[e]:n])
+					}
+					return ends[e]
+				}
+				// Read on until the ReadyForQuery that follows the error
+				// is in this read too.
+				for bytes.IndexByte(types[e:], 'Z') < 0 && n < len(p) {
+					m, err := s.Conn.Read(p[n:])
+					if err != nil {
+						return n
+					}
+					n += m
+					types, _ = serverMessages(p[:n])
+				}
+				return n
+			}
+			s.shape.Store(&shape)
+			res, err := sc.ExecContext(ctx, "INSERT INTO owed_u VALUES ($1)", 8)
+			s.shape.Store(nil)
+			require.NoError(t, err)
+			require.True(t, shaped, "the end's error was read")
+			assert.False(t, idleSeen, "the connection counted as idle before lib/pq's reply")
+			n, err := res.RowsAffected()
+			require.NoError(t, err)
+			assert.Equal(t, int64(1), n)
+			var count int
+			require.NoError(t, sc.QueryRowContext(ctx, "SELECT count(*) FROM owed_u WHERE a = 8").Scan(&count))
+			assert.Equal(t, 1, count, "the INSERT ran once")
+			var got int
+			require.NoError(t, sc.QueryRowContext(ctx, "SELECT pg_backend_pid()").Scan(&got))
+			assert.Equal(t, pid, got, "the connection was kept")
+		})
+	}
+}
+
+// TestPortalOwedEndUnrecoverable: what was written after a failed end
+// without Sync is sent again only when the server skipped all of it; with
+// two Syncs in it (which lib/pq never writes before it reads), part of it
+// ran, and the read that meets the end's error fails with errUnrecoverable
+// and discards the connection, instead of running anything twice.
+func TestPortalOwedEndUnrecoverable(t *testing.T) {
+	ctx := context.Background()
+	db, s, pid := openOwed(t)
+	sc, err := db.Conn(ctx)
+	require.NoError(t, err)
+	expireOwedEnd(t, sc, s)
+	sync := []byte{'S', 0, 0, 0, 4}
+	require.NoError(t, sc.Raw(func(dc any) error {
+		c := dc.(*conn)
+		_, err := c.sock.Write(append(bytes.Clone(sync), sync...))
+		require.NoError(t, err)
+		n, err := c.sock.Read(make([]byte, 64))
+		assert.Zero(t, n)
+		assert.ErrorIs(t, err, errUnrecoverable)
+		assert.True(t, c.isCut(), "the connection was discarded")
+		return nil
+	}))
+	require.NoError(t, sc.Close())
+	var v int
+	require.NoError(t, db.QueryRow("SELECT 5").Scan(&v))
+	assert.Equal(t, 5, v)
+	assert.NotEqual(t, pid, pidOf(t, db), "a new connection ran it")
 }
 
 // TestPortalOwedEndSessionEnded: a FATAL read before an end without Sync

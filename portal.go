@@ -163,9 +163,10 @@ type portal struct {
 	// CommandCompletes it still owes; resend is set when what was written
 	// after it must be sent again (recover).
 	// endedFirst is set when the session ended before an end without Sync
-	// was carried out.
-	owed, unsynced, resend, endedFirst bool
-	endLeft                            int
+	// was carried out, unrecoverable when what was written after such an
+	// end that failed could not be sent again.
+	owed, unsynced, resend, endedFirst, unrecoverable bool
+	endLeft                                           int
 	// pausesSeen is the stream's pause count at the last grant. A pause
 	// since then leaves the server waiting for the next Execute as long as
 	// it lasts, time in which the server may end the session (a recovery
@@ -589,8 +590,11 @@ func (p *portal) read() (byte, []byte, error) {
 	if p.conn.sock.owed != nil {
 		// The last stream's end comes first, bounded as a read of the
 		// stream's own would be.
+		// A session that ended first left its FATAL to be read next, and
+		// the stream's own write holds no Sync, which an end that could
+		// not be recovered needs (recover).
 		p.pending(true)
-		p.conn.sock.payOwed()
+		_ = p.conn.sock.payOwed()
 		p.pending(false)
 	}
 	if p.w.buffered() {

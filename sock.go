@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -126,12 +125,10 @@ func (s *sock) write(p []byte) (int, error) {
 // (owed.go); then it is read.
 func (s *sock) Read(p []byte) (int, error) {
 	s.claim()
-	if s.owed != nil && !s.payOwed() {
-		// The session ended before the owed end was carried out, so
-		// nothing written after it ran: lib/pq reports io.EOF as
-		// driver.ErrBadConn, and database/sql runs the statement on
-		// another connection.
-		return 0, io.EOF
+	if s.owed != nil {
+		if err := s.payOwed(); err != nil {
+			return 0, err
+		}
 	}
 	return s.read(p)
 }

@@ -40,6 +40,10 @@ type fakeSock struct {
 	// injected is what the next reads return before the real connection's
 	// bytes: a reply the server did not send.
 	injected []byte
+	// shape, when set, runs on each read of a real connection with the
+	// buffer and the byte count read, and returns the count to hand out:
+	// it may read more into p, or hold the rest back (holdBack).
+	shape atomic.Pointer[func(p []byte, n int) int]
 
 	reads     atomic.Int64  // Read calls
 	deadlines atomic.Int64  // SetReadDeadline calls
@@ -143,6 +147,13 @@ func (s *fakeSock) executes() []int32 {
 	return limits
 }
 
+// holdBack keeps b for the next reads, before anything else they return.
+func (s *fakeSock) holdBack(b []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.injected = append(bytes.Clone(b), s.injected...)
+}
+
 // stall makes the socket swallow every write from now on.
 func (s *fakeSock) stall() { s.stalled.Store(true) }
 
@@ -161,7 +172,11 @@ func (s *fakeSock) Read(p []byte) (int, error) {
 		if d := s.delay.Load(); d > 0 {
 			time.Sleep(time.Duration(d))
 		}
-		return s.Conn.Read(p)
+		n, err := s.Conn.Read(p)
+		if f := s.shape.Load(); f != nil && n > 0 && err == nil {
+			n = (*f)(p, n)
+		}
+		return n, err
 	case s.onRead != nil:
 		return s.onRead(p)
 	case s.isClosed():
