@@ -3,10 +3,14 @@ package bench
 import (
 	"context"
 	"database/sql"
+	"flag"
 	"runtime"
 	"testing"
 	"time"
 )
+
+// pairedSide is the client BenchmarkQueryRowPaired sets beside lib/pq.
+var pairedSide = flag.String("paired-side", PairedClients[1], "the client BenchmarkQueryRowPaired runs beside lib/pq")
 
 // rowQueryer is where a side of BenchmarkQueryRowPaired runs its
 // QueryRows: a pool, or a transaction of it.
@@ -28,14 +32,22 @@ type rowQueryer interface {
 // query=select1 is QueryRow("SELECT 1") in autocommit, query=arg
 // QueryRow("SELECT $1::int", n), query=select1-tx QueryRow("SELECT 1")
 // inside a BeginTx transaction that lasts the round.
+//
+// -paired-side sets another client beside lib/pq, such as
+// jsonstream-single: what the wrapping costs without the portal.
 func BenchmarkQueryRowPaired(b *testing.B) {
+	clients := PairedClients
+	if _, ok := ClientNamed(*pairedSide); !ok {
+		b.Fatalf("-paired-side: no client %q", *pairedSide)
+	}
+	clients[1] = *pairedSide
 	env := setup(b)
 	ctx := context.Background()
 	// One pool per client for every run: go test -count repeats the runs
 	// of a sub-benchmark inside this function, so that a round costs its
 	// queries and not connecting.
 	var pools [len(PairedClients)]*sql.DB
-	for i, name := range PairedClients {
+	for i, name := range clients {
 		pools[i] = open(b, clientNamed(name), env).(SQLConn).DB
 	}
 	for _, kind := range PairedQueries {
@@ -68,7 +80,7 @@ func BenchmarkQueryRowPaired(b *testing.B) {
 						row = sides[s].QueryRowContext(ctx, "SELECT 1")
 					}
 					if err := row.Scan(&got); err != nil {
-						b.Fatalf("%s: %v", PairedClients[s], err)
+						b.Fatalf("%s: %v", clients[s], err)
 					}
 				}
 				cpu[s] += processCPU() - c0
@@ -85,7 +97,7 @@ func BenchmarkQueryRowPaired(b *testing.B) {
 				done += k
 			}
 			b.StopTimer()
-			for s, name := range PairedClients {
+			for s, name := range clients {
 				b.ReportMetric(float64(wall[s].Nanoseconds())/float64(b.N), name+"-ns/query")
 				if cpu[s] > 0 {
 					b.ReportMetric(float64(cpu[s].Nanoseconds())/float64(b.N), name+"-cpu-ns/query")
