@@ -589,10 +589,10 @@ func (p *portal) describe(b []byte) error {
 func (p *portal) read() (byte, []byte, error) {
 	if p.conn.sock.owed != nil {
 		// The last stream's end comes first, bounded as a read of the
-		// stream's own would be.
-		// A session that ended first left its FATAL to be read next, and
-		// the stream's own write holds no Sync, which an end that could
-		// not be recovered needs (recover).
+		// stream's own would be. Its error is not the stream's: a session
+		// that ended first left its FATAL to be read next, and an end
+		// fails unrecoverably only behind a write with two Syncs, which a
+		// stream's write never holds (recover).
 		p.pending(true)
 		_ = p.conn.sock.payOwed()
 		p.pending(false)
