@@ -63,6 +63,10 @@ type conn struct {
 	// first message to its last ReadyForQuery. lib/pq, which does not see
 	// it, would otherwise send a statement in the middle of it.
 	portalOpen atomic.Bool
+	// pooledAt is when database/sql last put the conn back in its pool
+	// (IsValid); zero before. ResetSession looks at the socket only when
+	// the conn rested there at least peekAfterIdle (idlepeek.go).
+	pooledAt time.Time
 }
 
 // streamArg holds a Stream taken out of a statement's arguments until the
@@ -289,7 +293,7 @@ func (c *conn) ResetSession(ctx context.Context) error {
 	// An owed end still unread is what the socket holds (owed.go): a FATAL
 	// behind it is met by whoever reads. Its Sync timer keeps running
 	// until the connection is used.
-	if c.sock != nil && !c.sock.owes() && c.sock.endedWhileIdle() {
+	if c.sock != nil && !c.sock.owes() && c.restedInPool() && c.sock.endedWhileIdle() {
 		// The server ended the session while it sat in the pool: a new
 		// connection serves the query, which never meets the reset.
 		c.discard()
@@ -309,6 +313,7 @@ func (c *conn) IsValid() bool {
 	if c.isCut() {
 		return false
 	}
+	c.pooledAt = time.Now()
 	if v, ok := c.inner.(driver.Validator); ok {
 		return v.IsValid()
 	}

@@ -53,7 +53,8 @@ func tlsPair(t *testing.T) (*sock, net.Conn) {
 // sent a FATAL error or closed it while it sat idle, and kept when the
 // server sent nothing or something else (a notification of LISTEN); on
 // a plaintext socket and on TLS that jsonstream's dialer established,
-// where what the server sent is read through TLS and held for lib/pq.
+// where what the server sent is read through TLS and held for lib/pq. A
+// conn taken back within peekAfterIdle is not looked at.
 func TestEndedWhileIdle(t *testing.T) {
 	for name, pair := range map[string]func(*testing.T) (*sock, net.Conn){"plaintext": tcpPair, "TLS": tlsPair} {
 		t.Run(name, func(t *testing.T) { endedWhileIdle(t, pair) })
@@ -118,6 +119,27 @@ func endedWhileIdle(t *testing.T, tcpPair func(*testing.T) (*sock, net.Conn)) {
 		require.NoError(t, server.Close())
 		require.True(t, settled(s, true))
 		assert.ErrorIs(t, c.ResetSession(context.Background()), driver.ErrBadConn)
+		assert.False(t, c.IsValid())
+	})
+	t.Run("reused at once", func(t *testing.T) {
+		// A conn database/sql takes back sooner than peekAfterIdle after
+		// putting it in the pool (IsValid) is not looked at: the query
+		// meets what the server did. One that rested longer is.
+		s, server := tcpPair(t)
+		st := defaultSettings()
+		ic, err := (&fakeDriver{}).Open("")
+		require.NoError(t, err)
+		c := newConn(ic, &st, s)
+		defer func(was time.Duration) { peekAfterIdle = was }(peekAfterIdle)
+		peekAfterIdle = time.Hour
+		require.NoError(t, server.Close())
+		require.True(t, settled(s, true))
+		require.True(t, c.IsValid(), "back in the pool")
+		assert.False(t, c.pooledAt.IsZero(), "IsValid notes when the conn went back")
+		assert.NoError(t, c.ResetSession(context.Background()), "taken back at once: no look")
+		assert.True(t, c.IsValid(), "nothing was discarded")
+		c.pooledAt = c.pooledAt.Add(-peekAfterIdle)
+		assert.ErrorIs(t, c.ResetSession(context.Background()), driver.ErrBadConn, "rested: looked at")
 		assert.False(t, c.IsValid())
 	})
 	t.Run("no allocation", func(t *testing.T) {
