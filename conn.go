@@ -313,7 +313,9 @@ func (c *conn) IsValid() bool {
 	if c.isCut() {
 		return false
 	}
-	c.pooledAt = time.Now()
+	if c.sock != nil {
+		c.pooledAt = time.Now() // for ResetSession's look (idlepeek.go)
+	}
 	if v, ok := c.inner.(driver.Validator); ok {
 		return v.IsValid()
 	}

@@ -61,6 +61,15 @@ func TestEndedWhileIdle(t *testing.T) {
 	}
 }
 
+// sockConn is a conn over s, with an in-memory inner conn.
+func sockConn(t *testing.T, s *sock) *conn {
+	t.Helper()
+	st := defaultSettings()
+	ic, err := (&fakeDriver{}).Open("")
+	require.NoError(t, err)
+	return newConn(ic, &st, s)
+}
+
 func endedWhileIdle(t *testing.T, tcpPair func(*testing.T) (*sock, net.Conn)) {
 	fatal := message('E', errorBody("SFATAL", "VFATAL", "C57P01", "Mterminating connection due to administrator command"))
 	notify := message('A', append([]byte{0, 0, 0, 1}, "chan\x00payload\x00"...))
@@ -111,10 +120,7 @@ func endedWhileIdle(t *testing.T, tcpPair func(*testing.T) (*sock, net.Conn)) {
 	})
 	t.Run("ResetSession", func(t *testing.T) {
 		s, server := tcpPair(t)
-		st := defaultSettings()
-		ic, err := (&fakeDriver{}).Open("")
-		require.NoError(t, err)
-		c := newConn(ic, &st, s)
+		c := sockConn(t, s)
 		require.NoError(t, c.ResetSession(context.Background()))
 		require.NoError(t, server.Close())
 		require.True(t, settled(s, true))
@@ -126,10 +132,7 @@ func endedWhileIdle(t *testing.T, tcpPair func(*testing.T) (*sock, net.Conn)) {
 		// putting it in the pool (IsValid) is not looked at: the query
 		// meets what the server did. One that rested longer is.
 		s, server := tcpPair(t)
-		st := defaultSettings()
-		ic, err := (&fakeDriver{}).Open("")
-		require.NoError(t, err)
-		c := newConn(ic, &st, s)
+		c := sockConn(t, s)
 		defer func(was time.Duration) { peekAfterIdle = was }(peekAfterIdle)
 		peekAfterIdle = time.Hour
 		require.NoError(t, server.Close())
