@@ -284,8 +284,8 @@ func (e *ObserverPanicError) Error() string {
 // Unwrap returns ErrObserverPanic.
 func (e *ObserverPanicError) Unwrap() error { return ErrObserverPanic }
 
-// observation is what a stream keeps for its observer; it lives inside
-// rows, so a stream without an observer pays no allocation for it.
+// observation is what a stream keeps for its observer. Only a stream
+// with an observer has one (allocRows): the rest pay nothing for it.
 type observation struct {
 	query string
 	// ended is set by the Close that fires EventEnded, so it fires once
@@ -308,18 +308,44 @@ type observation struct {
 	panicked *ObserverPanicError
 }
 
-// initObservation readies the delivery of events; called when the
-// stream has an observer.
-func (r *rows) initObservation() {
-	r.obs.idle.L = &r.obs.mu
-	r.obs.queue = r.obs.buf[:0]
+// observedRows is a stream with an observer laid out with its
+// observation, so that it costs one allocation, as a stream without one.
+type observedRows struct {
+	rows
+	obs observation
+}
+
+// allocRows allocates a stream with its final settings, and what its
+// observer needs when they name one.
+func allocRows(set settings) *rows {
+	if set.observer == nil {
+		return &rows{settings: set}
+	}
+	o := &observedRows{rows: rows{settings: set}}
+	o.observe()
+	return &o.rows
+}
+
+// observe readies the delivery of events: the stream has an observer.
+func (o *observedRows) observe() {
+	o.obs.idle.L = &o.obs.mu
+	o.obs.queue = o.obs.buf[:0]
+	o.rows.obs = &o.obs
+}
+
+// endUnobserved marks the stream's end as one that fires no EventEnded
+// (resume.go): a continuation takes its place.
+func (r *rows) endUnobserved() {
+	if r.obs != nil {
+		r.obs.ended.Store(true)
+	}
 }
 
 // enqueue adds e to the events waiting for delivery and returns its
 // number. Callers that order events by a lock of their own (the pauser's)
 // call it under that lock.
 func (r *rows) enqueue(e Event) uint64 {
-	o := &r.obs
+	o := r.obs
 	o.mu.Lock()
 	o.queue = append(o.queue, e)
 	o.queued++
@@ -332,7 +358,7 @@ func (r *rows) enqueue(e Event) uint64 {
 // order, unless another goroutine is doing so already (it delivers them
 // then).
 func (r *rows) deliver() {
-	o := &r.obs
+	o := r.obs
 	o.mu.Lock()
 	if o.delivering {
 		o.mu.Unlock()
@@ -363,7 +389,7 @@ func (r *rows) emit(e Event) {
 
 // waitDelivered returns once event number n was delivered.
 func (r *rows) waitDelivered(n uint64) {
-	o := &r.obs
+	o := r.obs
 	o.mu.Lock()
 	for o.delivered < n {
 		o.idle.Wait()
@@ -414,7 +440,6 @@ func (r *rows) observeStarted(query string) {
 	if r.settings.observer == nil {
 		return
 	}
-	r.initObservation()
 	if r.streamQuery != "" {
 		query = r.streamQuery
 	}
@@ -534,7 +559,7 @@ func (r *rows) observeEnd(closeErr error) error {
 		r.enqueue(e)
 	}
 	r.deliver()
-	o := &r.obs
+	o := r.obs
 	o.mu.Lock()
 	for o.delivering || len(o.queue) > 0 {
 		o.idle.Wait()

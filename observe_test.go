@@ -6,10 +6,12 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -405,6 +407,31 @@ func TestObserverQueryAllocs(t *testing.T) {
 	got := testing.AllocsPerRun(200, func() { queryAll(t, observed) })
 	t.Logf("without an observer %.0f allocs/query, with one %.0f", base, got)
 	assert.Equal(t, base, got)
+}
+
+// TestObservationOnlyWithObserver: what a stream keeps for an observer
+// (its event queue) is allocated only for a stream that has one; a query
+// without an observer allocates that much less.
+func TestObservationOnlyWithObserver(t *testing.T) {
+	rowsOf := countRows(1)
+	plain, _ := openFake(t, rowsOf)
+	observed, _ := openFake(t, rowsOf, WithObserver(ObserverFunc(func(Event) {})))
+	bytesPerQuery := func(db *sql.DB) float64 {
+		queryAll(t, db)
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		const n = 200
+		for i := 0; i < n; i++ {
+			queryAll(t, db)
+		}
+		runtime.ReadMemStats(&after)
+		return float64(after.TotalAlloc-before.TotalAlloc) / n
+	}
+	without, with := bytesPerQuery(plain), bytesPerQuery(observed)
+	t.Logf("without an observer %.0f B/query, with one %.0f", without, with)
+	// The observation's size, less what the size classes of the two
+	// layouts may round away.
+	assert.GreaterOrEqual(t, with-without, float64(unsafe.Sizeof(observation{}))-64)
 }
 
 // TestOutcomeOfOtherEventsIsNone: only EventEnded carries an Outcome;

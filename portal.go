@@ -134,6 +134,8 @@ type portal struct {
 	lastEnd         time.Time
 	lastBytes       int64
 	lastRate        float64
+	// before is the transaction status lib/pq last saw.
+	before byte
 	// complete is set once the portal's CommandComplete was read: no row
 	// follows. finished is set once the Sync that ends the stream was
 	// sent, and ended once its ReadyForQuery was read, or the connection
@@ -148,8 +150,6 @@ type portal struct {
 	// the query's until the first row, none after.
 	serverErr error
 	errQuery  string
-	// before is the transaction status lib/pq last saw.
-	before byte
 	// giveBack collects the messages lib/pq must read still: ParameterStatus
 	// and NotificationResponse. notified is set when a notification is
 	// among them: lib/pq's handler must get it now, not at lib/pq's next

@@ -433,7 +433,7 @@ func (rr *resumeRows) resume(cause error) (err error) {
 		// To an Observer the stream goes on: the failed part ends
 		// without EventEnded, the continuation starts without
 		// EventStarted.
-		old.obs.ended.Store(true)
+		old.endUnobserved()
 		_ = old.Close()
 	}
 	p := rr.set.policy
@@ -563,14 +563,15 @@ func (rr *resumeRows) continuation(prior, resumes int64, continues bool, deadlin
 	}
 	set := rr.cur.settings
 	set.resume = nil
-	r := &rows{settings: set, priorRows: prior, resumes: resumes, continues: continues, resumer: rr, streamQuery: rr.query}
+	r := allocRows(set)
+	r.priorRows, r.resumes, r.continues, r.resumer, r.streamQuery = prior, resumes, continues, rr, rr.query
 	dr, err := c.queryAs(rr.ctx, query, args, r)
 	if err != nil {
 		return nil, err
 	}
 	if rr.cur.inner != nil {
 		if got, want := dr.Columns(), rr.cur.Columns(); !equalStrings(got, want) {
-			r.obs.ended.Store(true) // the stream's end is its own
+			r.endUnobserved() // the stream's end is its own
 			_ = dr.Close()
 			return nil, fmt.Errorf("%w: the continuation's columns %q are not the query's %q", ErrResumeQuery, got, want)
 		}

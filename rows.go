@@ -95,7 +95,9 @@ type rows struct {
 	firstRow  atomic.Int64 // time.Duration since start; 0 before the first row
 	rowCount  atomic.Int64
 	byteCount atomic.Int64
-	obs       observation
+	// obs is what the stream keeps for its observer; nil without one
+	// (allocRows).
+	obs *observation
 }
 
 var (
@@ -113,14 +115,23 @@ var (
 // the connection's, then the options of its context (ContextWithOptions),
 // then those of its Stream, if any (checked when they were made). They
 // are applied here, to the stream itself, so that no copy of them
-// escapes; open completes the stream once the query runs.
+// escapes; open completes the stream once the query runs. A stream with
+// options is laid out for an observer, which they may name.
 func newRows(ctx context.Context, c *conn, s *Stream) *rows {
-	r := &rows{settings: *c.settings}
-	if v := fromContext(ctx); v != nil {
+	v := fromContext(ctx)
+	if v == nil && s == nil {
+		return allocRows(*c.settings)
+	}
+	o := &observedRows{rows: rows{settings: *c.settings}}
+	r := &o.rows
+	if v != nil {
 		_ = r.settings.apply(v.opts)
 	}
 	if s != nil {
 		_ = r.settings.apply(s.opts)
+	}
+	if r.settings.observer != nil {
+		o.observe()
 	}
 	return r
 }
