@@ -43,9 +43,10 @@ type conn struct {
 	cursorSeq uint64
 	// wireOK is set when portal streams can run on the connection: a
 	// lib/pq connection on a socket of jsonstream's dialer, from settings
-	// jsonstream read; binaryParams is lib/pq's binary_parameters. wire is
-	// the portal streams' reader and writer, made by the first.
-	wireOK, binaryParams bool
+	// jsonstream read; binaryParams is lib/pq's binary_parameters, and
+	// textResults its disable_prepared_binary_result. wire is the portal
+	// streams' reader and writer, made by the first.
+	wireOK, binaryParams, textResults bool
 	// connector made the conn; a resumable stream opens another through it
 	// (resume.go). sessionSet is set once a statement of the conn's began
 	// with SET, RESET or DISCARD: a new session would not have what it set.
@@ -187,6 +188,9 @@ func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, e
 	c.noteSession(query)
 	var si driver.Stmt
 	var err error
+	if c.sock != nil {
+		c.sock.naming, c.sock.prepared = true, ""
+	}
 	if p, ok := c.inner.(driver.ConnPrepareContext); ok {
 		si, err = p.PrepareContext(ctx, query)
 	} else {
@@ -196,10 +200,15 @@ func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, e
 			return nil, ctx.Err()
 		}
 	}
+	var name string
+	if c.sock != nil {
+		name = c.sock.prepared
+		c.sock.naming, c.sock.prepared = false, ""
+	}
 	if err != nil {
 		return nil, err
 	}
-	return newStmt(c, si, query), nil
+	return newStmt(c, si, query, name), nil
 }
 
 // Close implements driver.Conn.

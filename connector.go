@@ -29,8 +29,9 @@ type Connector struct {
 	outer driver.Connector
 	// ownWire is set when inner is lib/pq with jsonstream's dialer and
 	// settings jsonstream read (a DSN, a pq.Config): portal streams can
-	// run on its connections. binaryParams is its binary_parameters.
-	ownWire, binaryParams bool
+	// run on its connections. binaryParams is its binary_parameters, and
+	// textResults its disable_prepared_binary_result.
+	ownWire, binaryParams, textResults bool
 }
 
 var (
@@ -86,7 +87,7 @@ func newPQConnector(cfg pq.Config, s settings) *Connector {
 	pc.Dialer(dialer{base: netDialer{}, tls: plan})
 	c := newConnector(pc, s)
 	c.tls = plan
-	c.ownWire, c.binaryParams = true, cfg.BinaryParameters
+	c.ownWire, c.binaryParams, c.textResults = true, cfg.BinaryParameters, cfg.DisablePreparedBinaryResult
 	if plan != nil {
 		outer, _ := pq.NewConnectorConfig(cfg)
 		outer.Dialer(NewDialer(nil))
@@ -115,7 +116,7 @@ func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
 	cn := newConn(ic, &c.settings, sock.conn.Load())
 	cn.connector = c
 	if c.ownWire && cn.sock != nil && isPQConn(ic) {
-		cn.wireOK, cn.binaryParams = true, c.binaryParams
+		cn.wireOK, cn.binaryParams, cn.textResults = true, c.binaryParams, c.textResults
 	}
 	return cn, nil
 }

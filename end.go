@@ -79,7 +79,18 @@ type endPlan struct {
 	// finish runs a portal's statement to its end before Sync, as lib/pq's
 	// Close reads a result to its end: the CloseDrain of a portal stream.
 	finish bool
+	// writeRest reads on the result of a failed statement that writes,
+	// outside the caller's transaction, up to writeRestBytes: a rest
+	// within it is read and the statement commits, a longer one is rolled
+	// back (see planEnd).
+	writeRest bool
 }
+
+// writeRestBytes is the most of a failed write's result that its end
+// reads to commit it (planEnd): about what the socket's buffers hold, in
+// which lib/pq's server has sent a result whole before a cancel request
+// can reach it.
+const writeRestBytes = 1 << 20
 
 // planEnd decides how a stream ends, given the facts and its drain
 // timeout.
@@ -109,12 +120,17 @@ func planEnd(f endFacts, drainTimeout time.Duration) endPlan {
 	}
 	// A portal whose statement writes has run it whole at its first
 	// Execute: an early Close commits it by closing the portal, as lib/pq's
-	// drain would; a failure (Cancel, pause timeout, context) rolls it
-	// back, as lib/pq's cancel request does.
+	// drain would. A failure (Cancel, pause timeout, context) meets lib/pq's
+	// cancel request: the server rolls the statement back while it still
+	// has its result to send, which through lib/pq is while the rest does
+	// not fit in the socket's buffers; once it sent it all, the statement
+	// committed. The end reads on up to writeRestBytes: a rest that ends
+	// within them commits, a longer one is rolled back.
 	if f.callersTx || f.portal && f.writes && !f.failed {
 		p.stmt = stmtClose
 	} else {
 		p.stmt = stmtRollback
+		p.writeRest = f.portal && f.writes && f.failed
 	}
 	if f.canCut && p.read == readBounded {
 		// The end statement is one round trip, which a network slower

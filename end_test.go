@@ -140,3 +140,24 @@ func TestEndOutcome(t *testing.T) {
 		assert.Equal(t, tc.want, tc.plan.outcome(tc.whole, tc.cut, tc.ctxErr), "%+v", tc)
 	}
 }
+
+// TestPlanEndWriteRest: only a failed portal stream of a statement that
+// writes, outside the caller's transaction, reads on the rest of its
+// result to commit a small one (writeRestBytes); every other ending
+// does as before.
+func TestPlanEndWriteRest(t *testing.T) {
+	bools := []bool{false, true}
+	for _, callersTx := range bools {
+		for _, writes := range bools {
+			for _, failed := range bools {
+				f := endFacts{portal: true, callersTx: callersTx, writes: writes, failed: failed, canCut: true}
+				p := planEnd(f, DefaultDrainTimeout)
+				name := fmt.Sprintf("%+v", f)
+				assert.Equal(t, writes && failed && !callersTx, p.writeRest, name)
+				if p.writeRest {
+					assert.Equal(t, stmtRollback, p.stmt, "%s: a longer rest is rolled back", name)
+				}
+			}
+		}
+	}
+}

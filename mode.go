@@ -77,5 +77,8 @@ func (c *conn) portalRefusal(owner any, text queryText, nargs int) string {
 	case !c.portalReady():
 		return "the connection is not idle"
 	}
+	if st, ok := owner.(*stmt); ok && st.name == "" {
+		return "jsonstream did not see the prepared statement's name on the server"
+	}
 	return portalText(text, owner == c && nargs == 0)
 }

@@ -23,13 +23,19 @@ import (
 // (nor a notification handler: outside a transaction, not on a session
 // that ran LISTEN):
 //
-//   - Inside a transaction block (mayOwe) the end is Close and Sync: the
-//     close of the portal cannot fail, and the transaction status it
-//     leaves is the one it found. A pooler keeps the server inside a
-//     transaction block.
-//   - Outside a transaction (mayOweUnsynced) the early close of a read
-//     rolls back its implicit transaction with BEGIN and ROLLBACK, and the
-//     end goes without its Sync. A Sync would end the implicit transaction
+//   - Inside a transaction block (mayOwe) the end is Close and Sync, and
+//     the transaction status it leaves is the one it found. A pooler keeps
+//     the server inside a transaction block. The close of the portal fails
+//     only for a statement_timeout that expired while the server waited
+//     for the next Execute, which aborts the transaction: only a stream
+//     younger than owedEndMaxAge owes its end, and the statement that
+//     reads such an end fails with its error (payOwed), on a connection
+//     then discarded, so that no COMMIT after it seems to succeed.
+//   - Outside a transaction (mayOweUnsynced), on a connection whose inner
+//     conn the caller never took (Unwrap: lib/pq does not tell of a
+//     notification handler set there), the early close of a read rolls
+//     back its implicit transaction with BEGIN and ROLLBACK, and the end
+//     goes without its Sync. A Sync would end the implicit transaction
 //     with a ReadyForQuery at which a transaction pooler may hand the
 //     server to another client, with the next statement already sent
 //     behind it. Without one, the next statement follows the ROLLBACK on
@@ -57,8 +63,8 @@ import (
 // nothing is written after it. A variable for the tests.
 var owedSyncDelay = 2 * time.Millisecond
 
-// owedEndMaxAge is the age past which a stream's early close outside a
-// transaction waits for its end (above). A variable for the tests.
+// owedEndMaxAge is the age past which a stream's early close waits for
+// its end (above). A variable for the tests.
 var owedEndMaxAge = 100 * time.Millisecond
 
 // owedEndStatements is how many statements an end without Sync runs (BEGIN
@@ -68,14 +74,14 @@ const owedEndStatements = 2
 // mayOwe reports whether the end about to be sent inside a transaction
 // block may be owed (see above).
 func (p *portal) mayOwe() bool {
-	return p.before == txStatusInTx && p.owable()
+	return p.before == txStatusInTx && p.owable() && time.Since(p.sent) < owedEndMaxAge
 }
 
 // mayOweUnsynced reports whether the end of an early-closed read outside
 // a transaction may go without its Sync (see above).
 func (p *portal) mayOweUnsynced() bool {
 	return p.before == txStatusIdle && p.owable() && !p.conn.sock.frames.listening.Load() &&
-		time.Since(p.sent) < owedEndMaxAge && !p.w.holds() && p.conn.sock.quiet()
+		!p.conn.unwrapped && time.Since(p.sent) < owedEndMaxAge && !p.w.holds() && p.conn.sock.quiet()
 }
 
 // owable reports what every owed end needs: nothing in flight, no end
@@ -282,8 +288,9 @@ func clientSyncs(b []byte) (n int, last bool) {
 // out: nothing written after it ran, and lib/pq reports io.EOF as
 // driver.ErrBadConn, so that database/sql runs the statement on another
 // connection. It returns errUnrecoverable when what was written after
-// the end could not be sent again (recover); the connection is then
-// discarded.
+// the end could not be sent again (recover), and the server's error when
+// the end inside a transaction block failed (mayOwe): the transaction is
+// aborted. The connection is then discarded.
 func (s *sock) payOwed() error {
 	p := s.owed
 	if p == nil {
@@ -305,6 +312,10 @@ func (s *sock) payOwed() error {
 		return errUnrecoverable
 	case p.endedFirst:
 		return io.EOF
+	}
+	if err := p.takeServerErr(); err != nil {
+		p.conn.discard()
+		return err
 	}
 	return nil
 }

@@ -212,32 +212,38 @@ func TestPortalEndNotOwed(t *testing.T) {
 // TestPortalEarlyCloseNotification: a notification that arrives among the
 // replies of an early close (it is delivered once the stream's implicit
 // transaction ends) reaches lib/pq's handler before Close returns, as it
-// would through lib/pq, whose Close reads the rest.
+// would through lib/pq, whose Close reads the rest. A LISTEN in a DO block
+// passes unseen by the framer; the handler, set on the inner conn
+// (Unwrap), keeps the end from being owed without its Sync.
 func TestPortalEarlyCloseNotification(t *testing.T) {
-	db, _, _ := openOwed(t)
-	notifier := openPG(t, "postgres", "")
-	ctx := context.Background()
-	conn, err := db.Conn(ctx)
-	require.NoError(t, err)
-	defer conn.Close()
-	got := make(chan string, 1)
-	rawInner(t, conn, func(inner driver.Conn) {
-		pq.SetNotificationHandler(inner, func(n *pq.Notification) { got <- n.Extra })
-	})
-	_, err = conn.ExecContext(ctx, "LISTEN owed_news")
-	require.NoError(t, err)
-	rows, err := conn.QueryContext(ctx, bigQuery, 1_000_000)
-	require.NoError(t, err)
-	require.True(t, rows.Next())
-	// Delivered once the stream's transaction ends: in its end.
-	_, err = notifier.Exec("NOTIFY owed_news, 'at the end'")
-	require.NoError(t, err)
-	require.NoError(t, rows.Close())
-	select {
-	case extra := <-got:
-		assert.Equal(t, "at the end", extra)
-	default:
-		t.Fatal("the notification had not reached the handler when Close returned")
+	for _, listen := range []string{"LISTEN owed_news", "DO $$ BEGIN LISTEN owed_news; END $$"} {
+		t.Run(listen, func(t *testing.T) {
+			db, _, _ := openOwed(t)
+			notifier := openPG(t, "postgres", "")
+			ctx := context.Background()
+			conn, err := db.Conn(ctx)
+			require.NoError(t, err)
+			defer conn.Close()
+			got := make(chan string, 1)
+			rawInner(t, conn, func(inner driver.Conn) {
+				pq.SetNotificationHandler(inner, func(n *pq.Notification) { got <- n.Extra })
+			})
+			_, err = conn.ExecContext(ctx, listen)
+			require.NoError(t, err)
+			rows, err := conn.QueryContext(ctx, bigQuery, 1_000_000)
+			require.NoError(t, err)
+			require.True(t, rows.Next())
+			// Delivered once the stream's transaction ends: in its end.
+			_, err = notifier.Exec("NOTIFY owed_news, 'at the end'")
+			require.NoError(t, err)
+			require.NoError(t, rows.Close())
+			select {
+			case extra := <-got:
+				assert.Equal(t, "at the end", extra)
+			default:
+				t.Fatal("the notification had not reached the handler when Close returned")
+			}
+		})
 	}
 }
 
@@ -263,4 +269,111 @@ func TestPortalOwedEndOnEndedSession(t *testing.T) {
 	var other int
 	require.NoError(t, db.QueryRowContext(ctx, "SELECT pg_backend_pid()").Scan(&other))
 	assert.NotEqual(t, pid, other)
+}
+
+// timedOutTx is a transaction whose stream outlived its
+// statement_timeout (timeoutInTx).
+type timedOutTx struct {
+	db   *sql.DB
+	s    *fakeSock
+	pid  int
+	conn *sql.Conn
+	rows *sql.Rows
+	tx   *sql.Tx // nil for Exec(BEGIN)
+}
+
+// timeoutInTx begins a transaction on a pool of one connection (where:
+// "BeginTx" or "Exec(BEGIN)") with a statement_timeout of 100 ms, writes
+// a row into owed_tx_timeout, and streams past the first batch (whose
+// Sync stops the timeout; the next Executes start it again), then waits
+// out the timeout while the server waits for the client.
+func timeoutInTx(t *testing.T, where string) timedOutTx {
+	t.Helper()
+	ctx := context.Background()
+	var x timedOutTx
+	x.db, x.s, x.pid = openOwed(t)
+	_, err := x.db.Exec("CREATE TABLE IF NOT EXISTS owed_tx_timeout (a int); TRUNCATE owed_tx_timeout")
+	require.NoError(t, err)
+	x.conn, err = x.db.Conn(ctx)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = x.conn.Close() }) // closed already when the transaction found it discarded
+	var q txQueryer
+	q, x.tx = enterTx(t, x.conn, where)
+	if x.tx != nil {
+		t.Cleanup(func() { _ = x.tx.Rollback() }) // before conn.Close
+	}
+	_, err = q.ExecContext(ctx, "SET LOCAL statement_timeout = '100ms'")
+	require.NoError(t, err)
+	_, err = q.ExecContext(ctx, "INSERT INTO owed_tx_timeout VALUES (1)")
+	require.NoError(t, err)
+	x.rows, err = q.QueryContext(ctx, bigQuery, 1_000_000)
+	require.NoError(t, err)
+	for i := 0; i < 20; i++ {
+		require.True(t, x.rows.Next())
+	}
+	time.Sleep(400 * time.Millisecond)
+	return x
+}
+
+// TestPortalOwedEndInTxTimedOut: inside a transaction block, a
+// statement_timeout that expires while the server waits for the next
+// Execute fails the close of the portal and aborts the transaction. A
+// stream older than owedEndMaxAge reads its end, and Close reports the
+// error, as lib/pq's Close would. A younger one owes it (a timeout shorter
+// than owedEndMaxAge): the statement that reads the end fails with the
+// error, a COMMIT included, and the connection is discarded, so that no
+// COMMIT seems to succeed for a transaction the server rolled back.
+func TestPortalOwedEndInTxTimedOut(t *testing.T) {
+	ctx := context.Background()
+	requireTimedOut := func(t *testing.T, err error, msg string) {
+		t.Helper()
+		var pe *pq.Error
+		require.ErrorAs(t, err, &pe, msg)
+		assert.Equal(t, "57014", string(pe.Code))
+	}
+	for _, where := range []string{"BeginTx", "Exec(BEGIN)"} {
+		t.Run("Close reads the end/"+where, func(t *testing.T) {
+			x := timeoutInTx(t, where)
+			before := x.s.reads.Load()
+			requireTimedOut(t, x.rows.Close(), "Close reports the statement_timeout")
+			assert.NotZero(t, x.s.reads.Load()-before, "Close read its end")
+			if x.tx != nil {
+				assert.ErrorIs(t, x.tx.Commit(), pq.ErrInFailedTransaction)
+			} else {
+				_, err := x.conn.ExecContext(ctx, "ROLLBACK")
+				require.NoError(t, err)
+			}
+			assert.Equal(t, x.pid, pidOf(t, x.conn), "the connection was kept")
+			var n int
+			require.NoError(t, x.conn.QueryRowContext(ctx, "SELECT count(*) FROM owed_tx_timeout").Scan(&n))
+			assert.Zero(t, n)
+		})
+		t.Run("the next statement reads the end/"+where, func(t *testing.T) {
+			withOwedEndMaxAge(t, time.Hour)
+			x := timeoutInTx(t, where)
+			require.Zero(t, closeReads(t, x.s, x.rows), "the end is owed")
+			var err error
+			if x.tx != nil {
+				err = x.tx.Commit()
+			} else {
+				_, err = x.conn.ExecContext(ctx, "COMMIT")
+			}
+			requireTimedOut(t, err, "COMMIT fails with the end's error")
+			_ = x.conn.Close()
+			var n int
+			require.NoError(t, x.db.QueryRow("SELECT count(*) FROM owed_tx_timeout").Scan(&n))
+			assert.Zero(t, n, "rolled back")
+			assert.NotEqual(t, x.pid, pidOf(t, x.db), "the connection was discarded")
+		})
+	}
+	t.Run("a portal stream reads the end", func(t *testing.T) {
+		withOwedEndMaxAge(t, time.Hour)
+		x := timeoutInTx(t, "BeginTx")
+		require.Zero(t, closeReads(t, x.s, x.rows), "the end is owed")
+		var one int
+		requireTimedOut(t, x.tx.QueryRowContext(ctx, "SELECT 1").Scan(&one), "the stream fails with the end's error")
+		assert.Error(t, x.tx.Commit())
+		_ = x.conn.Close()
+		sessionClean(t, x.db)
+	})
 }

@@ -23,7 +23,7 @@ func TestClientSyncs(t *testing.T) {
 		return append([]byte(nil), w.out...)
 	}
 	simple := msgs(func() { at := w.begin('Q'); w.cstring("SELECT 1"); w.end(at) })
-	portal := msgs(func() { w.parse("SELECT 1"); w.bind(nil, nil); w.describe('P'); w.execute(16); w.flush() })
+	portal := msgs(func() { w.parse("SELECT 1"); w.bind("", nil, nil); w.describe('P'); w.execute(16); w.flush() })
 	extended := msgs(func() { w.parse("SELECT $1"); w.describe('S'); w.sync() })
 	twice := append(append([]byte(nil), extended...), extended...)
 	after := append(append([]byte(nil), extended...), simple...)

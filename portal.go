@@ -76,6 +76,10 @@ const (
 // limits grows with each estimate until the link or the server limits it.
 const portalHeadroom = 2
 
+// portalWriteRestRows is the batch in which the end of a failed write
+// reads the rest of its result (writeRestBytes).
+const portalWriteRestRows = 1024
+
 // portalWindow is how many Executes a long stream keeps outstanding: with
 // two, the next batch is asked for while one is being sent, so the server
 // never waits for the client.
@@ -101,6 +105,14 @@ type portal struct {
 	// simple is set for a query that lib/pq would send in a simple Query
 	// (no arguments, not a prepared statement), whose replies differ.
 	simple bool
+	// stmt is the prepared statement whose query this is, nil for a
+	// query of the conn: the stream binds the statement by its name.
+	stmt *stmt
+	// byteaEmpty is set where lib/pq asks for bytea results in binary (a
+	// prepared statement's query, or a query with arguments, unless
+	// binary_parameters or disable_prepared_binary_result say otherwise):
+	// an empty one is then an empty slice, not nil.
+	byteaEmpty bool
 	// fields and names describe the columns.
 	fields []pgField
 	names  []string
@@ -185,8 +197,9 @@ type portal struct {
 	// interrupted is set once a failure came (interrupt): every later
 	// read of the consumer's that waits on the network is bounded too,
 	// though none was pending when the failure came. ending is set while
-	// the end (close) reads, within a bound of its own.
-	interrupted, ending bool
+	// the end (close) reads, within a bound of its own; watched while the
+	// end's reads without a bound watch the contexts (watchEnd).
+	interrupted, ending, watched bool
 }
 
 var (
@@ -211,8 +224,13 @@ func (c *conn) portalReady() bool {
 // EXPLAIN). A query without arguments (simple) lib/pq sends in a simple
 // Query, which runs every statement in it; a text the scan is unsure of is
 // left to lib/pq then. A prepared statement's text is one statement: the
-// server parsed it.
+// server parsed it. A text with a NUL byte is always lib/pq's.
 func portalText(text queryText, simple bool) string {
+	if text.nul {
+		// lib/pq sends it as it is, and the server's error depends on
+		// the message it lands in: a simple Query's is not a Parse's.
+		return "it holds a NUL byte"
+	}
 	if simple {
 		switch {
 		case !text.certain, text.malformed:
@@ -267,6 +285,11 @@ func (c *conn) queryPortal(ctx context.Context, owner any, query string, text qu
 	}
 	p := &portal{conn: c, r: r, w: c.wire, query: query, text: text, errQuery: query, window: 1, batch: portalFirstRows,
 		simple: owner == c && len(args) == 0}
+	if st, ok := owner.(*stmt); ok {
+		// lib/pq attaches no text to a prepared statement's errors.
+		p.stmt, p.errQuery = st, ""
+	}
+	p.byteaEmpty = (p.stmt != nil || !p.simple && !c.binaryParams) && !c.textResults
 	p.before = byte(c.sock.frames.status.Load())
 	p.startTZ = c.sock.frames.timeZone.Load()
 	r.portal = p
@@ -320,33 +343,72 @@ func (p *portal) start(args []driver.NamedValue) error {
 	// lib/pq learns the parameters' count and types from the server
 	// before it binds them (one more round trip), reports a count that
 	// differs itself, and encodes a string or []byte for a bytea parameter
-	// in hex. The stream asks too when the count may differ, or when a
-	// value's hex form could mean other bytes than its plain form: the
-	// server reads plain text for a bytea in the escape format, which
-	// gives the same bytes unless the value holds a backslash, a NUL or
-	// is not UTF-8 (which the server refuses in plain text), or, when the
-	// server's or the client's encoding is not UTF8, a byte beyond ASCII
-	// (plain text is converted to the server's encoding; hex is not).
-	needTypes := !binaryParams && (p.text.params != len(args) ||
-		typedArgs(args, !p.conn.sock.frames.notUTF8.Load()))
-	if len(args) >= 65536 {
+	// in hex. The stream asks too when the count may differ (or the scan
+	// cannot be sure of it: a backslash in a string, whose meaning
+	// standard_conforming_strings decides), or when a value's hex form
+	// could mean other bytes than its plain form: the server reads plain
+	// text for a bytea in the escape format, which gives the same bytes
+	// unless the value holds a backslash, a NUL or is not UTF-8 (which the
+	// server refuses in plain text), or, when the server's or the client's
+	// encoding is not UTF8, a byte beyond ASCII (plain text is converted
+	// to the server's encoding; hex is not). While an end is owed
+	// (owed.go), its replies may yet change the client encoding: it is
+	// not known.
+	//
+	// A prepared statement's query binds the statement lib/pq prepared,
+	// whose parameter types and columns the stream asks for at its first
+	// query (lib/pq has them from the Prepare).
+	st := p.stmt
+	var types []oid.Oid
+	// described is set when the parameters' types are known, and asked
+	// when that took a round trip, whose exchange a failure must end.
+	described, asked := false, false
+	switch {
+	case len(args) >= 65536:
 		return fmt.Errorf("pq: got %d parameters but PostgreSQL only supports 65535 parameters", len(args))
-	}
-	w.parse(p.query)
-	if needTypes {
+	case st != nil && st.described:
+		types, p.fields, p.names = st.types, st.fields, st.names
+		described = true
+	case st != nil:
+		w.describeStmt(st.name)
+		w.flush()
+		var err error
+		if types, err = p.describeStatement(); err != nil {
+			return err
+		}
+		st.types, st.fields, st.names, st.described = types, p.fields, p.names, true
+		described, asked = true, true
+	case binaryParams:
+		w.parse(p.query)
+	case !p.text.certain || p.text.params != len(args) ||
+		typedArgs(args, !p.conn.sock.frames.notUTF8.Load() && p.conn.sock.owed == nil):
+		w.parse(p.query)
 		w.describe('S')
 		w.flush()
-		types, err := p.describeStatement()
-		if err != nil {
+		var err error
+		if types, err = p.describeStatement(); err != nil {
 			return err
 		}
 		if len(types) != len(args) {
 			err := fmt.Errorf("pq: got %d parameters but the statement requires %d", len(args), len(types))
 			return p.abort(err)
 		}
+		described, asked = true, true
+	default:
+		w.parse(p.query)
+	}
+	fail := func(err error) error {
+		if asked {
+			return p.abort(err)
+		}
+		w.out = w.out[:0]
+		return err
+	}
+	if described && !binaryParams {
 		for i, a := range args {
+			var err error
 			if values[i], err = encodeArg(a.Value, types[i]); err != nil {
-				return p.abort(err)
+				return fail(err)
 			}
 		}
 	} else {
@@ -364,13 +426,26 @@ func (p *portal) start(args []driver.NamedValue) error {
 				}
 			}
 			if values[i], err = encodeArg(a.Value, 0); err != nil {
-				w.out = w.out[:0]
-				return err
+				return fail(err)
 			}
 		}
 	}
-	w.bind(formats, values)
-	if !needTypes {
+	// The columns are described as lib/pq describes them: a prepared
+	// statement's from its description, a query's with arguments from
+	// its statement's (lib/pq prepares it), before planning with the
+	// values bound, which may give a column a length, a precision or a
+	// scale; a query without them, or with binary_parameters, from its
+	// portal's.
+	describeStmt := !described && !p.simple && !binaryParams
+	if describeStmt {
+		w.describe('S')
+	}
+	var name string
+	if st != nil {
+		name = st.name
+	}
+	w.bind(name, formats, values)
+	if !described && !describeStmt {
 		w.describe('P')
 	}
 	w.execute(p.batch)
@@ -396,7 +471,9 @@ func (p *portal) start(args []driver.NamedValue) error {
 			p.slowLink = p.conn.linkRTT.Load() >= int64(portalSlowRTT)
 		}
 		switch typ {
-		case '1', '2':
+		case '1', '2', 't':
+			// ParseComplete, BindComplete, and the ParameterDescription of
+			// a statement described in the same exchange.
 		case 'n':
 			p.fields, p.names = nil, nil
 		case 'T':
@@ -589,13 +666,21 @@ func (p *portal) describe(b []byte) error {
 func (p *portal) read() (byte, []byte, error) {
 	if p.conn.sock.owed != nil {
 		// The last stream's end comes first, bounded as a read of the
-		// stream's own would be. Its error is not the stream's: a session
-		// that ended first left its FATAL to be read next, and an end
-		// fails unrecoverably only behind a write with two Syncs, which a
-		// stream's write never holds (recover).
+		// stream's own would be. Its error is the stream's only when the
+		// server refused the end inside a transaction block, which it
+		// aborted (payOwed): a session that ended first left its FATAL to
+		// be read next, and an end fails unrecoverably only behind a write
+		// with two Syncs, which a stream's write never holds (recover).
 		p.pending(true)
-		_ = p.conn.sock.payOwed()
+		err := p.conn.sock.payOwed()
 		p.pending(false)
+		var pe *pq.Error
+		if errors.As(err, &pe) {
+			return 0, nil, err
+		}
+		// The last stream's replies went before this query's: the
+		// TimeZone its rows are decoded in is the one they left.
+		p.startTZ = p.conn.sock.frames.timeZone.Load()
 	}
 	if p.w.buffered() {
 		return p.w.next()
@@ -968,7 +1053,9 @@ func (p *portal) lost(err error) error {
 	if pe := p.conn.sock.frames.fatal.Load(); pe != nil {
 		return &SessionEndedError{Server: pe}
 	}
-	if isTimeout(err) || errors.Is(err, errProtocol) {
+	var pe *pq.Error
+	if isTimeout(err) || errors.Is(err, errProtocol) || errors.As(err, &pe) {
+		// A server's error read on the wire is the server's (payOwed).
 		return err
 	}
 	return fmt.Errorf("%w: %w", driver.ErrBadConn, err)
@@ -1014,6 +1101,11 @@ func (p *portal) row(dest []driver.Value, b []byte) error {
 		if err != nil {
 			return err
 		}
+		if l == 0 && p.byteaEmpty && p.fields[i].oid == oid.T_bytea {
+			// An empty bytea in the escape format decodes to nil, as in
+			// lib/pq's text results; its binary ones give an empty slice.
+			v = []byte{}
+		}
 		dest[i] = v
 		b = b[l:]
 	}
@@ -1047,7 +1139,7 @@ func (p *portal) location() *time.Location {
 // ends the exchange, and the connection keeps its session. Under CloseCut
 // a read with rows left is cut, as its mode says. dest is unused: rows
 // left are skipped, not decoded.
-func (p *portal) close(_ []driver.Value) error {
+func (p *portal) close(_ []driver.Value) (err error) {
 	c := p.conn
 	if p.ended {
 		c.clearDeadline() // a failure's bound on the last read
@@ -1082,6 +1174,31 @@ func (p *portal) close(_ []driver.Value) error {
 	if !c.sock.beginDrain(first) {
 		return p.cutEnd()
 	}
+	if bound == 0 && !p.text.writes && p.r.cancellable() {
+		// An end without a bound (the rest of a read in the caller's
+		// transaction, or under CloseDrain) waits for the server, which
+		// may take as long as the query: a context that ends meanwhile
+		// bounds it then, as a failure does, and Close returns the
+		// context's error, as lib/pq's does once its cancel request went
+		// out. database/sql's own watch of the context waits for Close.
+		// A statement that writes is not bounded: it ran whole, and what
+		// is left is reading its result.
+		if stop := p.watchEnd(); stop != nil {
+			defer func() {
+				if stop() {
+					return
+				}
+				// The bound may have come after the end cleared the
+				// deadline: cleared again, unless the end cut.
+				if !c.isCut() {
+					c.clearDeadline()
+				}
+				if ctxErr := p.r.contextErr(); ctxErr != nil {
+					err = ctxErr
+				}
+			}()
+		}
+	}
 	rowsLeft := false
 	if plan.finish && !p.complete && !p.finished {
 		p.w.execute(0)
@@ -1094,9 +1211,14 @@ func (p *portal) close(_ []driver.Value) error {
 			return nil
 		}
 	}
+	var restBytes int
 	for !p.ended && !p.complete && !p.finished && !rowsLeft {
 		if p.outstanding == 0 {
-			p.w.execute(1)
+			n := int32(1)
+			if plan.writeRest {
+				n = portalWriteRestRows
+			}
+			p.w.execute(n)
 			p.w.flush()
 			p.outstanding++
 			if err := p.w.send(); err != nil {
@@ -1109,6 +1231,9 @@ func (p *portal) close(_ []driver.Value) error {
 			return p.endLost(err, failed)
 		}
 		if typ == 'D' {
+			if restBytes += 5 + len(body); plan.writeRest && restBytes <= writeRestBytes {
+				continue
+			}
 			rowsLeft = true
 			break
 		}
@@ -1126,8 +1251,7 @@ func (p *portal) close(_ []driver.Value) error {
 		// ReadyForQuery, which lib/pq waits for without a bound when the
 		// query's context cannot end, and so does this: a bound would arm
 		// a timer on every small query. A context that can end keeps the
-		// bound, since nothing listens to it while Close runs (lib/pq's
-		// cancel request does).
+		// bound, since only an end without a bound watches it (watchEnd).
 		if !c.sock.beginDrain(time.Time{}) {
 			return p.cutEnd()
 		}
@@ -1160,7 +1284,7 @@ func (p *portal) close(_ []driver.Value) error {
 			// every early close.
 			for _, stmt := range [...]string{"BEGIN", "ROLLBACK"} {
 				w.parse(stmt)
-				w.bind(nil, nil)
+				w.bind("", nil, nil)
 				w.execute(0)
 			}
 		} else {
@@ -1184,7 +1308,7 @@ func (p *portal) close(_ []driver.Value) error {
 			return p.owe()
 		}
 	}
-	p.whole = !rowsLeft
+	p.whole = !rowsLeft && restBytes == 0 // rows the end read on were left by the consumer
 	for !p.ended {
 		typ, body, err := p.read()
 		if err != nil {
@@ -1202,6 +1326,45 @@ func (p *portal) close(_ []driver.Value) error {
 		return nil
 	}
 	return p.takeServerErr()
+}
+
+// watchEnd watches the query's context and its transaction's while the
+// end reads without a bound (close): when one ends, the read gets the
+// failed end's bound, then fails. The returned stop reports whether
+// neither had ended; nil when neither can.
+func (p *portal) watchEnd() (stop func() bool) {
+	bound := max(failedEndTimeout, p.r.settings.drainTimeout)
+	bounded := func() {
+		p.mu.Lock()
+		if p.watched {
+			p.conn.sock.interrupt(bound)
+		}
+		p.mu.Unlock()
+	}
+	var stops []func() bool
+	for _, ctx := range [...]context.Context{p.r.ctx, p.r.txCtx} {
+		if ctx != nil && ctx.Done() != nil {
+			stops = append(stops, context.AfterFunc(ctx, bounded))
+		}
+	}
+	if len(stops) == 0 {
+		return nil
+	}
+	p.mu.Lock()
+	p.watched = true
+	p.mu.Unlock()
+	return func() bool {
+		// A watch that runs from now on leaves the socket alone; one that
+		// ran has set its bound.
+		p.mu.Lock()
+		p.watched = false
+		p.mu.Unlock()
+		quiet := true
+		for _, s := range stops {
+			quiet = s() && quiet
+		}
+		return quiet
+	}
 }
 
 // cutEnd ends the stream by cutting the connection.

@@ -333,9 +333,12 @@ func TestPortalWhilePaused(t *testing.T) {
 }
 
 // TestPortalFailedWriteAsLibPQ: a statement that writes whose stream fails
-// (the context ends after its first row) leaves what lib/pq leaves when
-// the same context ends: lib/pq's cancel request stops it, and the portal
-// stream rolls it back.
+// (the context ends after its first row, or Cancel) leaves what lib/pq
+// leaves when the same context ends. With a large result (20 MB) lib/pq's
+// cancel request reaches its server while it still sends, and stops the
+// statement; the portal stream rolls it back. With a small one
+// (TestPortalFailedSmallWriteCommits) lib/pq's server sent it all first,
+// and the statement committed.
 func TestPortalFailedWriteAsLibPQ(t *testing.T) {
 	q := writeStatements[0]
 	failed := func(t *testing.T, db *sql.DB, args ...any) [2]int64 {
@@ -489,4 +492,123 @@ func TestPortalStatementWithoutRows(t *testing.T) {
 		require.NoError(t, db.QueryRow("SELECT sum(a) FROM portal_nodata").Scan(&sum))
 		return append(out, sum)
 	})
+}
+
+// TestPortalCloseWatchesTheContext: the context ends while Close reads the
+// rest without a bound (the batch in flight of a read in the caller's
+// transaction, or the whole rest under CloseDrain) and the server is busy
+// with it: Close returns within the failed end's bound with the
+// context's error, as lib/pq's Close returns once its cancel request went
+// out, where it would otherwise wait for the query.
+func TestPortalCloseWatchesTheContext(t *testing.T) {
+	const query = `SELECT g, CASE WHEN g = 200 THEN pg_sleep(5)::text ELSE repeat('x', 2000) END FROM generate_series(1, 1000) g`
+	for _, drv := range []string{"postgres", DriverName} {
+		for _, where := range []string{"BeginTx", "CloseDrain", "Exec(BEGIN)"} {
+			t.Run(drv+"/"+where, func(t *testing.T) {
+				db := openPG(t, drv, "")
+				ctx, cancel := context.WithCancel(context.Background())
+				defer cancel()
+				var q interface {
+					QueryContext(context.Context, string, ...any) (*sql.Rows, error)
+				} = db
+				switch where {
+				case "Exec(BEGIN)":
+					conn, err := db.Conn(context.Background())
+					require.NoError(t, err)
+					defer conn.Close()
+					_, err = conn.ExecContext(context.Background(), "BEGIN")
+					require.NoError(t, err)
+					q = conn
+				case "BeginTx":
+					tx, err := db.BeginTx(ctx, nil)
+					require.NoError(t, err)
+					defer func() { _ = tx.Rollback() }()
+					q = tx
+				}
+				var args []any
+				if drv == DriverName && where == "CloseDrain" {
+					args = append(args, mustStream(t, WithCloseMode(CloseDrain)))
+				}
+				rows, err := q.QueryContext(ctx, query, args...)
+				require.NoError(t, err)
+				for i := 0; i < 120; i++ {
+					require.True(t, rows.Next())
+				}
+				time.AfterFunc(100*time.Millisecond, cancel)
+				start := time.Now()
+				err = rows.Close()
+				took := time.Since(start)
+				t.Logf("Close took %v: %v", took.Round(time.Millisecond), err)
+				assert.Less(t, took, 3*time.Second, "Close waited out the query after the context ended")
+				if drv == DriverName && where == "BeginTx" {
+					// lib/pq watches the transaction's context too, and its
+					// cancel request may end the query first.
+					var pe *pq.Error
+					if errors.As(err, &pe) {
+						assert.Equal(t, "57014", string(pe.Code))
+						return
+					}
+				}
+				assert.ErrorIs(t, err, context.Canceled)
+			})
+		}
+	}
+}
+
+// TestPortalFailedSmallWriteCommits: a statement that writes, with a
+// result that fits in the socket's buffers, whose stream fails after a
+// few rows: lib/pq's server sent the result whole and committed before the
+// cancel request came, and the portal stream, which reads the rest
+// (within writeRestBytes), commits it too.
+func TestPortalFailedSmallWriteCommits(t *testing.T) {
+	setup := openPG(t, "postgres", "")
+	_, err := setup.Exec("CREATE TABLE IF NOT EXISTS failed_small_write (round bigint, g int)")
+	require.NoError(t, err)
+	const q = "INSERT INTO failed_small_write SELECT $1::bigint, g FROM generate_series(1, 100) g RETURNING g"
+	// written runs q on db, reads 10 rows, fails the stream (the
+	// context's cancel, or the Stream's Cancel with cancelStream) and
+	// returns how many rows the statement left. On jsonstream it waits for
+	// the stream to fail before it reads on, so that the failure, not the
+	// end of the result, ends it.
+	written := func(t *testing.T, db *sql.DB, cancelStream bool) int {
+		round := time.Now().UnixNano()
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		args := []any{round}
+		var s *Stream
+		if _, libpq := db.Driver().(*pq.Driver); !libpq {
+			s = mustStream(t)
+			args = append(args, s)
+		}
+		rows, err := db.QueryContext(ctx, q, args...)
+		require.NoError(t, err)
+		for i := 0; i < 10; i++ {
+			require.True(t, rows.Next())
+		}
+		time.Sleep(50 * time.Millisecond) // lib/pq's server is done with it
+		if cancelStream {
+			require.NoError(t, s.Cancel())
+		} else {
+			cancel()
+		}
+		if s != nil {
+			// Failed by jsonstream's watch of the context, or closed by
+			// database/sql's, whichever came first: both end it as failed.
+			require.Eventually(t, func() bool { st := s.State(); return st == Failed || st == Closed }, 5*time.Second, time.Millisecond)
+		}
+		for rows.Next() {
+		}
+		if s != nil {
+			assert.Error(t, rows.Err(), "the stream failed")
+		}
+		_ = rows.Close()
+		var n int
+		require.NoError(t, setup.QueryRow("SELECT count(*) FROM failed_small_write WHERE round = $1", round).Scan(&n))
+		return n
+	}
+	want := written(t, openPG(t, "postgres", ""), false)
+	require.Equal(t, 100, want, "lib/pq commits it")
+	portal := openPG(t, DriverName, portalDSN)
+	assert.Equal(t, want, written(t, portal, false), "the context")
+	assert.Equal(t, want, written(t, portal, true), "Cancel")
 }

@@ -97,6 +97,11 @@ type sock struct {
 	syncMu      sync.Mutex
 	syncTimer   *time.Timer
 	replay      []byte
+	// naming is set while lib/pq prepares a statement, and prepared is
+	// the name its Parse gave the statement (stmtName): a portal stream
+	// of the statement binds it by that name.
+	naming   bool
+	prepared string
 }
 
 // Write implements net.Conn. lib/pq's first write tells whether the
@@ -104,6 +109,10 @@ type sock struct {
 // and every write ends the idle time that a ReadyForQuery began.
 func (s *sock) Write(p []byte) (int, error) {
 	s.claim()
+	if s.naming {
+		s.naming = false
+		s.prepared = stmtName(p)
+	}
 	return s.write(p)
 }
 

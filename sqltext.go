@@ -43,6 +43,10 @@ type queryText struct {
 	// limited is set when the first statement has LIMIT, OFFSET or FETCH
 	// outside parentheses (inside the one pair around a query in them).
 	limited bool
+	// nul is set when the text holds a NUL byte, which ends a string in
+	// the protocol's messages: the server reads what follows it as the
+	// rest of the message.
+	nul bool
 }
 
 // scanQuery scans a query's text; it never allocates.
@@ -183,6 +187,7 @@ func (t queryText) done(q string, inFirst bool) queryText {
 	if inFirst {
 		t.end = len(q)
 	}
+	t.nul = strings.IndexByte(q, 0) >= 0
 	switch {
 	case strings.EqualFold(t.first, "select"), strings.EqualFold(t.first, "values"),
 		strings.EqualFold(t.first, "table"), strings.EqualFold(t.first, "with"),

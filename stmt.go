@@ -1,9 +1,13 @@
 package jsonstream
 
 import (
+	"bytes"
 	"context"
 	"database/sql/driver"
+	"encoding/binary"
 	"time"
+
+	"github.com/lib/pq/oid"
 )
 
 // stmt wraps a prepared statement of the inner driver. Its rows are
@@ -15,6 +19,38 @@ type stmt struct {
 	// it instead of running the prepared statement, and the observer may
 	// be given it.
 	query string
+	// name is the statement's name on the server, as lib/pq's Parse gave
+	// it; empty when jsonstream did not see it, and its queries then run
+	// as lib/pq runs them. A portal stream binds the statement itself, so
+	// that it runs what lib/pq would run: the plan and the constants of
+	// the Prepare, and the server's error when the result's columns
+	// changed since. described is set once types, fields and names hold
+	// the statement's description, which a portal stream asks for at the
+	// statement's first query (lib/pq has it from the Prepare).
+	name      string
+	described bool
+	types     []oid.Oid
+	fields    []pgField
+	names     []string
+}
+
+// stmtName returns the statement name of a Parse message at the start of
+// p, lib/pq's write that prepares a statement; "" when p starts with no
+// Parse that names a statement.
+func stmtName(p []byte) string {
+	if len(p) < 6 || p[0] != 'P' {
+		return ""
+	}
+	n := int(binary.BigEndian.Uint32(p[1:]))
+	if n < 4 || 1+n > len(p) {
+		return ""
+	}
+	body := p[5 : 1+n]
+	end := bytes.IndexByte(body, 0)
+	if end <= 0 {
+		return ""
+	}
+	return string(body[:end])
 }
 
 // stmtConverter is a stmt whose inner statement has the deprecated
@@ -33,8 +69,8 @@ var (
 	_ driver.ColumnConverter   = stmtConverter{} //nolint:staticcheck // forwarded: database/sql still consults it
 )
 
-func newStmt(c *conn, si driver.Stmt, query string) driver.Stmt {
-	s := &stmt{inner: si, conn: c, query: query}
+func newStmt(c *conn, si driver.Stmt, query, name string) driver.Stmt {
+	s := &stmt{inner: si, conn: c, query: query, name: name}
 	if cc, ok := si.(driver.ColumnConverter); ok { //nolint:staticcheck // forwarded as database/sql uses it
 		return stmtConverter{s, cc}
 	}

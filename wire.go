@@ -181,6 +181,14 @@ func (w *wire) describe(what byte) {
 	w.end(at)
 }
 
+// describeStmt is Describe of the statement called name.
+func (w *wire) describeStmt(name string) {
+	at := w.begin('D')
+	w.out = append(w.out, 'S')
+	w.cstring(name)
+	w.end(at)
+}
+
 // execute is Execute of the unnamed portal for at most rows rows (0: all).
 func (w *wire) execute(rows int32) {
 	at := w.begin('E')
@@ -209,13 +217,13 @@ func (w *wire) send() error {
 	return err
 }
 
-// bind is Bind of the unnamed statement to the unnamed portal, with the
-// parameters' formats (none: all text) and values (nil: NULL), asking for
-// every result column in text format.
-func (w *wire) bind(formats []int16, values [][]byte) {
+// bind is Bind of the statement called stmt ("": the unnamed one) to
+// the unnamed portal, with the parameters' formats (none: all text) and
+// values (nil: NULL), asking for every result column in text format.
+func (w *wire) bind(stmt string, formats []int16, values [][]byte) {
 	at := w.begin('B')
 	w.cstring("")
-	w.cstring("")
+	w.cstring(stmt)
 	w.int16(len(formats))
 	for _, f := range formats {
 		w.int16(int(f))
