@@ -352,3 +352,27 @@ func TestPortalClientEncodingAfterAnOwedEnd(t *testing.T) {
 		})
 	})
 }
+
+// TestPortalQueryRowStopsBeforeLaterErrors: a QueryRow stops its query
+// after the first row, so an error of a later row never comes: lib/pq's
+// Row.Scan returns the error its Close met reading on, and aborts the
+// transaction it runs in; the portal stream returns the row, and the
+// transaction goes on.
+func TestPortalQueryRowStopsBeforeLaterErrors(t *testing.T) {
+	const q = "SELECT 1/(g-40) FROM generate_series(1, 100) g"
+	run := func(t *testing.T, db *sql.DB) (scanErr, commitErr error) {
+		tx, err := db.Begin()
+		require.NoError(t, err)
+		var n int
+		scanErr = tx.QueryRow(q).Scan(&n)
+		return scanErr, tx.Commit()
+	}
+	scanErr, commitErr := run(t, openPG(t, "postgres", ""))
+	var pe *pq.Error
+	require.ErrorAs(t, scanErr, &pe, "lib/pq")
+	assert.Equal(t, "22012", string(pe.Code))
+	assert.Error(t, commitErr, "lib/pq: the transaction aborted")
+	scanErr, commitErr = run(t, openPG(t, DriverName, ""))
+	assert.NoError(t, scanErr, "jsonstream")
+	assert.NoError(t, commitErr, "jsonstream: the transaction goes on")
+}
