@@ -64,6 +64,11 @@ type conn struct {
 	// first message to its last ReadyForQuery. lib/pq, which does not see
 	// it, would otherwise send a statement in the middle of it.
 	portalOpen atomic.Bool
+	// releasing is set while a failure's goroutine ends the server's side
+	// of a stream whose rows are still open (rows.release): the end runs
+	// outside database/sql's lock of the conn, and a statement sent
+	// meanwhile would share the connection with it.
+	releasing atomic.Bool
 	// pooledAt is when database/sql last put the conn back in its pool
 	// (IsValid); zero before. ResetSession looks at the socket only when
 	// the conn rested there at least peekAfterIdle (idlepeek.go).
@@ -147,8 +152,9 @@ var ErrConnCut = fmt.Errorf("jsonstream: the connection was cut to end a stream 
 var errQueryInProgress = errors.New("pq: there is already a query being processed on this connection")
 
 // usable returns ErrConnCut once the connection was cut, and lib/pq's
-// error for a statement sent while a portal stream holds the wire, where
-// lib/pq would return it for one of its own queries. It claims the
+// error for a statement sent while a portal stream holds the wire, or
+// while a failed stream's end runs from its own goroutine (release),
+// where lib/pq would return it for one of its own queries. It claims the
 // connection from an owed end's Sync timer (owed.go); its callers rearm
 // the timer as they return, for a call that wrote nothing.
 func (c *conn) usable() error {
@@ -156,7 +162,7 @@ func (c *conn) usable() error {
 	if c.isCut() {
 		return ErrConnCut
 	}
-	if c.portalOpen.Load() {
+	if c.portalOpen.Load() || c.releasing.Load() {
 		return errQueryInProgress
 	}
 	return nil

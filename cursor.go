@@ -514,6 +514,9 @@ func (cur *cursor) release() {
 		// stream's may touch it.
 		return
 	}
+	// No statement may start on the connection meanwhile (usable).
+	cur.conn.releasing.Store(true)
+	defer cur.conn.releasing.Store(false)
 	_ = cur.close(nil) // the consumer's values are not this goroutine's
 }
 

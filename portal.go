@@ -727,6 +727,10 @@ func (p *portal) release() {
 	if p.ended {
 		return
 	}
+	// Until the end is over, past the ReadyForQuery that gives the wire
+	// back, no statement may start on the connection (usable).
+	p.conn.releasing.Store(true)
+	defer p.conn.releasing.Store(false)
 	// The consumer may still be scanning the row its last Next returned,
 	// whose values alias the wire's buffer until its next Next: the end
 	// reads into a buffer of its own.
