@@ -69,6 +69,15 @@ type conn struct {
 	// outside database/sql's lock of the conn, and a statement sent
 	// meanwhile would share the connection with it.
 	releasing atomic.Bool
+	// cursorOpen is set while a cursor-backed stream's cursor is open:
+	// from its first batch until it is ended. Its batches are lib/pq's
+	// rows, whose replies lib/pq may have read ahead of its consumer: a
+	// portal stream started meanwhile would not see that the connection
+	// is busy.
+	cursorOpen atomic.Bool
+	// closeLater holds the statements whose Close came while a stream
+	// held the wire (stmt.Close): the next statement closes them first.
+	closeLater []driver.Stmt
 	// pooledAt is when database/sql last put the conn back in its pool
 	// (IsValid); zero before. ResetSession looks at the socket only when
 	// the conn rested there at least peekAfterIdle (idlepeek.go).
@@ -152,9 +161,9 @@ var ErrConnCut = fmt.Errorf("jsonstream: the connection was cut to end a stream 
 var errQueryInProgress = errors.New("pq: there is already a query being processed on this connection")
 
 // usable returns ErrConnCut once the connection was cut, and lib/pq's
-// error for a statement sent while a portal stream holds the wire, or
-// while a failed stream's end runs from its own goroutine (release),
-// where lib/pq would return it for one of its own queries. It claims the
+// error for a statement sent while a portal stream holds the wire, a
+// cursor is open, or a failed stream's end runs from its own goroutine
+// (release), where lib/pq would return it for one of its own queries. It claims the
 // connection from an owed end's Sync timer (owed.go); its callers rearm
 // the timer as they return, for a call that wrote nothing.
 func (c *conn) usable() error {
@@ -162,10 +171,35 @@ func (c *conn) usable() error {
 	if c.isCut() {
 		return ErrConnCut
 	}
-	if c.portalOpen.Load() || c.releasing.Load() {
+	if c.busy() {
 		return errQueryInProgress
 	}
+	c.closeStmts()
 	return nil
+}
+
+// wireHeld reports whether a stream holds the wire: a portal's exchange,
+// or a failed stream's end from its own goroutine (release).
+func (c *conn) wireHeld() bool {
+	return c.portalOpen.Load() || c.releasing.Load()
+}
+
+// busy reports whether a stream holds the connection: the wire
+// (wireHeld), or an open cursor.
+func (c *conn) busy() bool {
+	return c.wireHeld() || c.cursorOpen.Load()
+}
+
+// closeStmts closes the statements whose Close waited for the wire
+// (closeLater). A failure is the connection's, which the statement that
+// follows meets itself.
+func (c *conn) closeStmts() {
+	for len(c.closeLater) > 0 {
+		st := c.closeLater[0]
+		c.closeLater = c.closeLater[1:]
+		_ = st.Close()
+	}
+	c.closeLater = nil
 }
 
 // discard makes sure the connection is never reused: cut when

@@ -82,6 +82,11 @@ type cursor struct {
 	// inFlight is set, under mu, while a reply (a FETCH's batch, a COMMIT,
 	// CLOSE or ROLLBACK) is not fully read.
 	inFlight bool
+	// bounded is set, under mu, when a failure bounded a reply's read
+	// (interrupt), and cleared by the cursor's own end: only then may a
+	// Close of an ended cursor clear the deadline, which a later stream
+	// or an owed end's Sync may otherwise be using.
+	bounded bool
 	// aborted is set when a server error failed the transaction: the
 	// cursor is gone with it.
 	aborted bool
@@ -175,6 +180,7 @@ func (c *conn) queryCursor(ctx context.Context, query string, args []driver.Name
 	}
 	cur.first = cur.batch
 	cur.columnTypes = columnTypes{cur.first}
+	c.cursorOpen.Store(true)
 	return c.bindRows(ctx, cur, st, r, start, cur, query), nil
 }
 
@@ -469,7 +475,7 @@ func (cur *cursor) nextRow(dest []driver.Value) error {
 			if pe := s.peekFatal(); pe != nil {
 				// The server ended the session between batches.
 				cur.conn.discard()
-				cur.ended = true
+				cur.end()
 				return &SessionEndedError{Server: pe}
 			}
 		}
@@ -533,11 +539,18 @@ func (cur *cursor) endStatement(commit bool) string {
 	return "ROLLBACK"
 }
 
+// end marks the cursor ended: the connection takes statements again
+// (usable).
+func (cur *cursor) end() {
+	cur.ended = true
+	cur.conn.cursorOpen.Store(false)
+}
+
 // finish ends a cursor that returned its last row, from Next: the stream
 // is complete once the end statement succeeded. A failure meanwhile
 // bounds its reply like a batch's.
 func (cur *cursor) finish() error {
-	cur.ended = true
+	cur.end()
 	c := cur.conn
 	if !c.clearDeadline() { // a failure's bound on the last batch
 		return driver.ErrBadConn
@@ -560,7 +573,7 @@ func (cur *cursor) finish() error {
 // is rolled back; in the caller's, a declared cursor is closed unless a
 // server error failed the transaction, and the cursor with it.
 func (cur *cursor) abandon(declared bool) {
-	cur.ended = true
+	cur.end()
 	if !cur.own && (!declared || cur.aborted) {
 		return
 	}
@@ -585,6 +598,7 @@ func (cur *cursor) interrupt() {
 	cur.mu.Lock()
 	defer cur.mu.Unlock()
 	if cur.inFlight && cur.conn.sock != nil {
+		cur.bounded = true
 		cur.conn.sock.interrupt(cur.r.settings.drainTimeout)
 	}
 }
@@ -601,11 +615,17 @@ func (cur *cursor) interrupt() {
 // is not the consumer.
 func (cur *cursor) close(dest []driver.Value) error {
 	c := cur.conn
+	cur.mu.Lock()
+	bounded := cur.bounded
+	cur.bounded = false
+	cur.mu.Unlock()
 	if cur.ended {
-		c.clearDeadline() // a failure's bound on the last round trip
+		if bounded {
+			c.clearDeadline() // a failure's bound on the last round trip
+		}
 		return nil
 	}
-	cur.ended = true
+	cur.end()
 	failed := cur.r.state.load() == Failed
 	plan := planEnd(cur.r.endFacts(failed), cur.r.settings.drainTimeout)
 	if plan.read == readLook && cur.batch != nil && !cur.endsHere(dest) {

@@ -200,6 +200,12 @@ type portal struct {
 	// the end (close) reads, within a bound of its own; watched while the
 	// end's reads without a bound watch the contexts (watchEnd).
 	interrupted, ending, watched bool
+	// bounded is set when a failure bounded a read of the consumer's
+	// (interrupt): the deadline may still be on the socket when that read
+	// ended the stream, for Close to clear. The stream's own end clears
+	// it: a Close that comes after such an end (release) leaves the socket
+	// alone, which another stream or an owed end's Sync may be using.
+	bounded bool
 }
 
 var (
@@ -695,6 +701,7 @@ func (p *portal) pending(on bool) {
 	p.mu.Lock()
 	p.inFlight = on
 	if on && p.interrupted && !p.ending {
+		p.bounded = true
 		p.conn.sock.interrupt(p.r.settings.drainTimeout)
 	}
 	p.mu.Unlock()
@@ -711,6 +718,7 @@ func (p *portal) interrupt() {
 	defer p.mu.Unlock()
 	p.interrupted = true
 	if p.inFlight && !p.ending {
+		p.bounded = true
 		p.conn.sock.interrupt(p.r.settings.drainTimeout)
 	}
 }
@@ -1145,13 +1153,20 @@ func (p *portal) location() *time.Location {
 // left are skipped, not decoded.
 func (p *portal) close(_ []driver.Value) (err error) {
 	c := p.conn
+	p.mu.Lock()
+	bounded := p.bounded
+	p.bounded = false
 	if p.ended {
-		c.clearDeadline() // a failure's bound on the last read
+		p.mu.Unlock()
+		if bounded {
+			c.clearDeadline() // a failure's bound on the last read
+		}
 		return p.takeServerErr()
 	}
-	p.mu.Lock()
 	p.ending = true
 	p.mu.Unlock()
+	// What bounded the reads before is cleared by this end, or the
+	// connection is cut.
 	// A context that ended is a failure, though database/sql may close
 	// the rows before jsonstream's watch fails the stream.
 	failed := p.r.state.load() == Failed || p.r.contextErr() != nil

@@ -89,8 +89,18 @@ func (s *stmt) Unwrap() driver.Stmt {
 	return s.inner
 }
 
-// Close implements driver.Stmt.
-func (s *stmt) Close() error { return s.inner.Close() }
+// Close implements driver.Stmt. While a stream holds the connection (a
+// portal stream, an open cursor, or a failed stream's end), lib/pq's
+// Close would read the stream's replies as its own: the statement is
+// closed by the next statement on the connection instead
+// (conn.closeStmts).
+func (s *stmt) Close() error {
+	if s.conn.busy() {
+		s.conn.closeLater = append(s.conn.closeLater, s.inner)
+		return nil
+	}
+	return s.inner.Close()
+}
 
 // NumInput implements driver.Stmt. A Stream argument is not counted: it
 // takes no placeholder.
