@@ -48,14 +48,20 @@ func TestStatementWhileRowsOpen(t *testing.T) {
 
 // TestCallsWhileStreamOpen: on a connection whose reads are portal
 // streams, a stream holds the connection as lib/pq's rows would, whether
-// it is a portal or a cursor that a Stream asked for: a query, an Exec, a
-// Prepare, a Begin and a Ping sent meanwhile get lib/pq's error (a query
-// does not start a portal beside the cursor's batch), a statement's Close
-// waits for the next statement, and the stream reads every row.
+// it is a portal, or a cursor or a single statement that a Stream asked
+// for: a query, an Exec, a Prepare, a Begin and a Ping sent meanwhile get
+// lib/pq's error (a query does not start a portal beside the cursor's
+// batch or lib/pq's result, which lib/pq may have read ahead), a
+// statement's Close waits for the next statement, and the stream reads
+// every row.
 func TestCallsWhileStreamOpen(t *testing.T) {
 	needRowsTable(t)
 	db := openPG(t, DriverName, "")
-	for name, opts := range map[string][]Option{"portal": nil, "cursor": {WithFetchSize(100)}} {
+	for name, opts := range map[string][]Option{
+		"portal": nil,
+		"cursor": {WithFetchSize(100)},
+		"single": {WithStreamMode(ModeSingle)},
+	} {
 		t.Run(name, func(t *testing.T) {
 			ctx := context.Background()
 			conn, err := db.Conn(ctx)

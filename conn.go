@@ -75,6 +75,12 @@ type conn struct {
 	// portal stream started meanwhile would not see that the connection
 	// is busy.
 	cursorOpen atomic.Bool
+	// singleOpen is set while a single-statement stream's rows are open
+	// on a connection whose wire jsonstream owns: lib/pq's rows, whose
+	// replies lib/pq may have read whole, so that the framer sees the
+	// connection idle, and into which lib/pq sends a Prepare or a Ping.
+	// Nothing starts meanwhile (busy).
+	singleOpen bool
 	// closeLater holds the statements whose Close came while a stream
 	// held the wire (stmt.Close): the next statement closes them first.
 	closeLater []driver.Stmt
@@ -161,9 +167,8 @@ var ErrConnCut = fmt.Errorf("jsonstream: the connection was cut to end a stream 
 var errQueryInProgress = errors.New("pq: there is already a query being processed on this connection")
 
 // usable returns ErrConnCut once the connection was cut, and lib/pq's
-// error for a statement sent while a portal stream holds the wire, a
-// cursor is open, or a failed stream's end runs from its own goroutine
-// (release), where lib/pq would return it for one of its own queries. It claims the
+// error for a statement sent while a stream holds the connection (busy),
+// where lib/pq would return it for one of its own queries. It claims the
 // connection from an owed end's Sync timer (owed.go); its callers rearm
 // the timer as they return, for a call that wrote nothing.
 func (c *conn) usable() error {
@@ -185,9 +190,9 @@ func (c *conn) wireHeld() bool {
 }
 
 // busy reports whether a stream holds the connection: the wire
-// (wireHeld), or an open cursor.
+// (wireHeld), an open cursor, or a single statement's open rows.
 func (c *conn) busy() bool {
-	return c.wireHeld() || c.cursorOpen.Load()
+	return c.wireHeld() || c.cursorOpen.Load() || c.singleOpen
 }
 
 // closeStmts closes the statements whose Close waited for the wire

@@ -141,6 +141,7 @@ func newRows(ctx context.Context, c *conn, s *Stream) *rows {
 func (r *rows) open(ctx context.Context, c *conn, inner driver.Rows, start time.Time, cur *cursor) {
 	r.inner, r.conn, r.cursor, r.ctx, r.start = inner, c, cur, ctx, start
 	r.columnTypes = columnTypes{inner}
+	c.singleOpen = c.wireOK && cur == nil && r.portal == nil
 	if cur != nil {
 		cur.r = r
 	}
@@ -351,6 +352,9 @@ func (r *rows) stopServer() {
 // Close implements driver.Rows. A stream with rows left is ended as its
 // CloseMode says.
 func (r *rows) Close() (err error) {
+	if r.conn != nil && r.cursor == nil && r.portal == nil {
+		defer func() { r.conn.singleOpen = false }()
+	}
 	if r.settings.observer != nil {
 		defer func() { err = r.observeEnd(err) }()
 	}
