@@ -89,10 +89,9 @@ func (s *stmt) Unwrap() driver.Stmt {
 	return s.inner
 }
 
-// Close implements driver.Stmt. While a stream holds the connection (a
-// portal stream, an open cursor, or a failed stream's end), lib/pq's
-// Close would read the stream's replies as its own: the statement is
-// closed by the next statement on the connection instead
+// Close implements driver.Stmt. While a stream holds the connection
+// (busy), lib/pq's Close would read the stream's replies as its own: the
+// statement is closed by the next statement on the connection instead
 // (conn.closeStmts).
 func (s *stmt) Close() error {
 	if s.conn.busy() {
