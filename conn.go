@@ -84,6 +84,14 @@ type conn struct {
 	// closeLater holds the statements whose Close came while a stream
 	// held the wire (stmt.Close): the next statement closes them first.
 	closeLater []driver.Stmt
+	// locTZ is the TimeZone value loc was made for (portal.location): the
+	// consumer of the conn's portal stream keeps them.
+	locTZ *string
+	loc   *time.Location
+	// scannedText is the last text chooseMode scanned, and scanned its
+	// scan (scan): a service sends the same few texts again and again.
+	scannedText string
+	scanned     queryText
 	// pooledAt is when database/sql last put the conn back in its pool
 	// (IsValid); zero before. ResetSession looks at the socket only when
 	// the conn rested there at least peekAfterIdle (idlepeek.go).

@@ -52,7 +52,7 @@ func (c *conn) chooseMode(set *settings, owner any, query string, nargs int) (St
 		if set.mode != ModePortal {
 			return set.mode, queryText{}, nil
 		}
-		text := scanQuery(query)
+		text := c.scan(query)
 		if why := c.portalRefusal(owner, text, nargs); why != "" {
 			return 0, text, fmt.Errorf("%w (WithStreamMode(ModePortal)): %s", ErrPortalQuery, why)
 		}
@@ -62,11 +62,20 @@ func (c *conn) chooseMode(set *settings, owner any, query string, nargs int) (St
 		return ModeCursor, queryText{}, nil
 	}
 	if c.wireOK {
-		if text := scanQuery(query); !text.writes && c.portalRefusal(owner, text, nargs) == "" {
+		if text := c.scan(query); !text.writes && c.portalRefusal(owner, text, nargs) == "" {
 			return ModePortal, text, nil
 		}
 	}
 	return ModeSingle, queryText{}, nil
+}
+
+// scan returns scanQuery(query), scanning a text only when it differs
+// from the last one's. The conn's statements call it, one at a time.
+func (c *conn) scan(query string) queryText {
+	if query != c.scannedText || query == "" {
+		c.scannedText, c.scanned = query, scanQuery(query)
+	}
+	return c.scanned
 }
 
 // portalRefusal says why a query cannot run as a portal stream, or "".

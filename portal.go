@@ -116,13 +116,12 @@ type portal struct {
 	// fields and names describe the columns.
 	fields []pgField
 	names  []string
-	// tz is the TimeZone value loc was made for. startTZ is the session's
-	// TimeZone when the query went out: lib/pq reads a change the query
-	// makes after the whole result (the server reports it before
-	// ReadyForQuery), so every row is decoded in it, though in a
-	// transaction block the report comes after the first batch.
-	tz, startTZ *string
-	loc         *time.Location
+	// startTZ is the session's TimeZone when the query went out: lib/pq
+	// reads a change the query makes after the whole result (the server
+	// reports it before ReadyForQuery), so every row is decoded in it,
+	// though in a transaction block the report comes after the first
+	// batch (location).
+	startTZ *string
 
 	// outstanding counts the Executes sent whose reply (PortalSuspended or
 	// CommandComplete) was not read yet; window is how many may be, and
@@ -247,28 +246,25 @@ func portalText(text queryText, simple bool) string {
 			return "it refers to a parameter but has no arguments"
 		}
 	}
-	switch lower(text.first) {
-	case "select", "values", "table", "with", "(", "insert", "update", "delete", "merge", "show", "explain":
+	if oneOf(text.first, portalFirstWords) {
 		return ""
 	}
-	return "a " + lower(text.first) + " statement returns no rows to stream"
+	return "a " + strings.ToLower(text.first) + " statement returns no rows to stream"
 }
 
-// lower returns s in lower case, without allocating for the keywords
-// portalText knows.
-func lower(s string) string {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c >= 'A' && c <= 'Z' {
-			b := []byte(s)
-			for j := i; j < len(b); j++ {
-				if c := b[j]; c >= 'A' && c <= 'Z' {
-					b[j] = c + 'a' - 'A'
-				}
-			}
-			return string(b)
+// portalFirstWords are the first keywords of the statements a portal
+// stream runs.
+var portalFirstWords = []string{"select", "values", "table", "with", "(", "insert", "update", "delete", "merge", "show", "explain"}
+
+// oneOf reports whether s is one of words (lower case), in any case; it
+// never allocates.
+func oneOf(s string, words []string) bool {
+	for _, w := range words {
+		if strings.EqualFold(s, w) {
+			return true
 		}
 	}
-	return s
+	return false
 }
 
 // queryPortal runs query as a portal stream. The Stream st is claimed
@@ -1127,15 +1123,14 @@ func (p *portal) row(dest []driver.Value, b []byte) error {
 // location is the session's TimeZone as lib/pq tracks it, for timestamptz:
 // the one the query started in.
 func (p *portal) location() *time.Location {
-	tz := p.startTZ
-	if tz != p.tz {
-		p.tz = tz
-		p.loc = nil
+	c := p.conn
+	if tz := p.startTZ; tz != c.locTZ {
+		c.locTZ, c.loc = tz, nil
 		if tz != nil {
-			p.loc = timeZoneLocation(*tz)
+			c.loc = timeZoneLocation(*tz)
 		}
 	}
-	return p.loc
+	return c.loc
 }
 
 // close ends the portal when the stream is closed or fails, with the wire

@@ -612,3 +612,41 @@ func TestPortalFailedSmallWriteCommits(t *testing.T) {
 	assert.Equal(t, want, written(t, portal, false), "the context")
 	assert.Equal(t, want, written(t, portal, true), "Cancel")
 }
+
+// TestPortalQueryRowAllocations: a QueryRow that the default mode runs as
+// a portal stream allocates no more than lib/pq's, with and without an
+// argument (allocations per query are one of the figures bench/ holds
+// against lib/pq's).
+func TestPortalQueryRowAllocations(t *testing.T) {
+	for _, q := range []struct {
+		name, query string
+		args        []any
+	}{
+		{"no argument", "SELECT 1", nil},
+		{"argument", "SELECT $1::int", []any{7}},
+	} {
+		t.Run(q.name, func(t *testing.T) {
+			per := map[string]float64{}
+			for _, name := range []string{"postgres", DriverName} {
+				db := openPG(t, name, "")
+				db.SetMaxOpenConns(1)
+				var v int
+				run := func() {
+					if err := db.QueryRow(q.query, q.args...).Scan(&v); err != nil {
+						t.Fatal(err)
+					}
+				}
+				run()
+				per[name] = testing.AllocsPerRun(200, run)
+				if name == DriverName {
+					rec := &recorder{}
+					s := mustStream(t, WithObserver(rec))
+					require.NoError(t, db.QueryRow(q.query, append(q.args, s)...).Scan(&v))
+					require.Equal(t, ModePortal, rec.ended(t).Mode, "the default mode runs it as a portal")
+				}
+			}
+			t.Logf("allocations per query: lib/pq %.0f, jsonstream %.0f", per["postgres"], per[DriverName])
+			assert.LessOrEqual(t, per[DriverName], per["postgres"])
+		})
+	}
+}

@@ -182,12 +182,15 @@ func (c *conn) resumeRefusal(text queryText) string {
 	case text.limited:
 		return "it has a LIMIT, OFFSET or FETCH, which a continuation in a new snapshot would count over other rows"
 	}
-	switch lower(text.first) {
-	case "select", "values", "table", "with", "(":
+	if oneOf(text.first, resumeFirstWords) {
 		return ""
 	}
 	return "it is not a query"
 }
+
+// resumeFirstWords are the first keywords of the queries a resumable
+// stream runs.
+var resumeFirstWords = []string{"select", "values", "table", "with", "("}
 
 // keyKind is how a key column's values are ordered and passed back.
 type keyKind int
