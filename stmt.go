@@ -108,6 +108,10 @@ func (s *stmt) NumInput() int { return s.inner.NumInput() }
 // Exec implements driver.Stmt.
 func (s *stmt) Exec(args []driver.Value) (driver.Result, error) { //nolint:staticcheck // required by driver.Stmt
 	s.conn.arg = streamArg{}
+	defer s.conn.sock.rearm()
+	if err := s.conn.usable(); err != nil {
+		return nil, err
+	}
 	s.conn.ran()
 	return s.inner.Exec(args) //nolint:staticcheck
 }
@@ -115,6 +119,10 @@ func (s *stmt) Exec(args []driver.Value) (driver.Result, error) { //nolint:stati
 // Query implements driver.Stmt.
 func (s *stmt) Query(args []driver.Value) (driver.Rows, error) { //nolint:staticcheck // required by driver.Stmt
 	st := s.conn.takeStream(s, len(args))
+	defer s.conn.sock.rearm()
+	if err := s.conn.usable(); err != nil {
+		return nil, err
+	}
 	start := time.Now()
 	r := newRows(context.Background(), s.conn, st)
 	if r.settings.fetchSize != 0 {
