@@ -3,6 +3,7 @@ package jsonstream
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"runtime"
 	"sync"
 	"testing"
@@ -307,4 +308,37 @@ func TestLateCloseLeavesTheSocketAlone(t *testing.T) {
 			assert.Equal(t, 5, n)
 		})
 	}
+}
+
+// TestLegacyStmtCallsWhileStreamOpen: a driver user who calls a
+// statement's Exec or Query without a context (database/sql calls the
+// context versions) gets the same refusal while a stream holds the
+// connection, and the stream goes on.
+func TestLegacyStmtCallsWhileStreamOpen(t *testing.T) {
+	needRowsTable(t)
+	conn := pinnedConn(t, openPG(t, DriverName, ""))
+	var st driver.Stmt
+	require.NoError(t, conn.Raw(func(dc any) error {
+		var err error
+		st, err = dc.(driver.Conn).Prepare("SELECT 7")
+		return err
+	}))
+	rows, _ := streamOn(t, conn, "SELECT g FROM jsonstream_test_rows WHERE g <= 100000 ORDER BY g")
+	_, err := st.Exec(nil) //nolint:staticcheck // the call under test
+	require.Error(t, err)
+	assert.Equal(t, errQueryInProgress.Error(), err.Error(), "Exec")
+	_, err = st.Query(nil) //nolint:staticcheck // the call under test
+	require.Error(t, err)
+	assert.Equal(t, errQueryInProgress.Error(), err.Error(), "Query")
+	got := 1
+	for rows.Next() {
+		got++
+	}
+	require.NoError(t, rows.Err())
+	assert.Equal(t, 100_000, got)
+	require.NoError(t, rows.Close())
+	r, err := st.Query(nil) //nolint:staticcheck // the call under test
+	require.NoError(t, err, "once the stream is closed")
+	require.NoError(t, r.Close())
+	require.NoError(t, st.Close())
 }

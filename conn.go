@@ -2,6 +2,7 @@ package jsonstream
 
 import (
 	"context"
+	"database/sql"
 	"database/sql/driver"
 	"errors"
 	"fmt"
@@ -81,6 +82,9 @@ type conn struct {
 	// connection idle, and into which lib/pq sends a Prepare or a Ping.
 	// Nothing starts meanwhile (busy).
 	singleOpen bool
+	// open is the stream whose rows are open on the conn, nil once they
+	// are closed (endForTx).
+	open *rows
 	// closeLater holds the statements whose Close came while a stream
 	// held the wire (stmt.Close): the next statement closes them first.
 	closeLater []driver.Stmt
@@ -314,17 +318,64 @@ type tx struct {
 	conn  *conn
 }
 
-// Commit implements driver.Tx.
+// Commit implements driver.Tx. A stream that holds the connection is
+// ended first (endForTx).
 func (t *tx) Commit() error {
+	if t.conn.endForTx() {
+		return ErrCommitCut
+	}
 	t.conn.inTx, t.conn.txCtx = false, nil
 	return t.conn.ended(t.inner.Commit())
 }
 
-// Rollback implements driver.Tx.
+// Rollback implements driver.Tx. A stream that holds the connection is
+// ended first (endForTx).
 func (t *tx) Rollback() error {
+	if t.conn.endForTx() {
+		// The server rolls the transaction back as the session ends.
+		t.conn.inTx, t.conn.txCtx = false, nil
+		return nil
+	}
 	t.conn.inTx, t.conn.txCtx = false, nil
 	return t.conn.ended(t.inner.Rollback())
 }
+
+// endForTx ends the stream that holds the connection as its transaction
+// ends: a stream opened beside the transaction on its sql.Conn, which runs
+// inside that transaction, as database/sql ends the transaction's own
+// rows before its Commit or Rollback. The end of the transaction's
+// context comes to both at once: to the stream's watch and to
+// database/sql's, which rolls the transaction back. The stream fails as
+// it would for a Cancel, with sql.ErrTxDone, or the error of the
+// transaction's context when it ended; a portal or a cursor is closed and
+// the connection stays, an end already under way in another goroutine is
+// waited for, and only then do COMMIT or ROLLBACK go out. A single
+// statement with rows left is cut, as a failure cuts it, and the server
+// rolls the transaction back: endForTx reports true then. Without the
+// end, COMMIT or ROLLBACK would go out in the middle of the stream's
+// exchange, or beside its end.
+func (c *conn) endForTx() (cut bool) {
+	r := c.open
+	if r == nil || !c.busy() {
+		return false
+	}
+	err := sql.ErrTxDone
+	if c.txCtx != nil && c.txCtx.Err() != nil {
+		err = c.txCtx.Err()
+	}
+	r.fail(err, true)
+	r.endNow()
+	return c.isCut()
+}
+
+// ErrCommitCut is the error of a Commit that found a single-statement
+// stream (WithStreamMode(ModeSingle)) with rows left open beside its
+// transaction on a sql.Conn: ending the stream cut the connection, and
+// the server rolled the transaction back. It does not wrap
+// driver.ErrBadConn, with which database/sql would wait for the stream's
+// rows to close before giving the connection up; the next statement on
+// the connection gets ErrConnCut.
+var ErrCommitCut = errors.New("jsonstream: Commit cut the connection to end a single-statement stream open beside the transaction: the server rolled the transaction back")
 
 // ended notes the end of a transaction begun with BeginTx: once it ended
 // without error, the session is outside any transaction block.

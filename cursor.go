@@ -510,11 +510,25 @@ func (cur *cursor) nextRow(dest []driver.Value) error {
 // Close too: reading it off may take as long as the server does, and a
 // cut would end that transaction.
 func (cur *cursor) release() {
-	if !cur.wire.TryLock() {
-		return
+	if cur.wire.TryLock() {
+		cur.releaseLocked(false)
 	}
+}
+
+// endNow is release for a caller that must find the end over when it
+// returns (endForTx): it waits for an end that another goroutine is
+// carrying out, and reads off a batch in flight in the caller's
+// transaction, which that transaction's end cannot wait for otherwise.
+func (cur *cursor) endNow() {
+	cur.wire.Lock()
+	cur.releaseLocked(true)
+}
+
+// releaseLocked is release with cur.wire held, which it unlocks; inFlight
+// ends the cursor though a batch is in flight in the caller's transaction.
+func (cur *cursor) releaseLocked(inFlight bool) {
 	defer cur.wire.Unlock()
-	if cur.ended || !cur.own && cur.batch != nil {
+	if cur.ended || !inFlight && !cur.own && cur.batch != nil {
 		// Ended already: by the consumer's Close, which may have handed
 		// the connection to another query meanwhile; not a thing of this
 		// stream's may touch it.

@@ -287,3 +287,24 @@ func rawInner(t *testing.T, conn *sql.Conn, f func(inner driver.Conn)) {
 		return nil
 	}))
 }
+
+// pinnedConn takes a connection of db for the test, returned when it ends.
+func pinnedConn(t *testing.T, db *sql.DB) *sql.Conn {
+	t.Helper()
+	conn, err := db.Conn(context.Background())
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = conn.Close() })
+	return conn
+}
+
+// streamOn opens a stream of query on conn with a Stream of opts, and
+// reads its first row; the rows are closed when the test ends.
+func streamOn(t *testing.T, conn *sql.Conn, query string, opts ...Option) (*sql.Rows, *Stream) {
+	t.Helper()
+	s := mustStream(t, opts...)
+	rows, err := conn.QueryContext(context.Background(), query, s)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = rows.Close() })
+	require.True(t, rows.Next())
+	return rows, s
+}

@@ -724,9 +724,21 @@ func (p *portal) interrupt() {
 // snapshot and locks at once. When the consumer is on the wire, its read
 // is bounded (interrupt) and its Close ends the portal.
 func (p *portal) release() {
-	if !p.wireMu.TryLock() {
-		return
+	if p.wireMu.TryLock() {
+		p.releaseLocked()
 	}
+}
+
+// endNow is release for a caller that must find the end over when it
+// returns (endForTx): it waits for an end that another goroutine is
+// carrying out.
+func (p *portal) endNow() {
+	p.wireMu.Lock()
+	p.releaseLocked()
+}
+
+// releaseLocked is release with p.wireMu held, which it unlocks.
+func (p *portal) releaseLocked() {
 	defer p.wireMu.Unlock()
 	if p.ended {
 		return

@@ -142,6 +142,7 @@ func (r *rows) open(ctx context.Context, c *conn, inner driver.Rows, start time.
 	r.inner, r.conn, r.cursor, r.ctx, r.start = inner, c, cur, ctx, start
 	r.columnTypes = columnTypes{inner}
 	c.singleOpen = c.wireOK && cur == nil && r.portal == nil
+	c.open = r
 	if cur != nil {
 		cur.r = r
 	}
@@ -304,6 +305,17 @@ func (r *rows) release() {
 	}
 }
 
+// endNow is release for a caller that must find the server's side of
+// the stream ended when it returns (endForTx).
+func (r *rows) endNow() {
+	if r.cursor != nil {
+		r.cursor.endNow()
+	}
+	if r.portal != nil {
+		r.portal.endNow()
+	}
+}
+
 // releaseAsync is release for a caller that must return at once
 // (Cancel): a goroutine of the stream's own ends the cursor; it ends with
 // that round trip, bounded as Close's.
@@ -352,8 +364,15 @@ func (r *rows) stopServer() {
 // Close implements driver.Rows. A stream with rows left is ended as its
 // CloseMode says.
 func (r *rows) Close() (err error) {
-	if r.conn != nil && r.cursor == nil && r.portal == nil {
-		defer func() { r.conn.singleOpen = false }()
+	if c := r.conn; c != nil {
+		defer func() {
+			if c.open == r {
+				c.open = nil
+			}
+		}()
+		if r.cursor == nil && r.portal == nil {
+			defer func() { c.singleOpen = false }()
+		}
 	}
 	if r.settings.observer != nil {
 		defer func() { err = r.observeEnd(err) }()
