@@ -58,22 +58,13 @@ func TestStatementWhileRowsOpen(t *testing.T) {
 func TestCallsWhileStreamOpen(t *testing.T) {
 	needRowsTable(t)
 	db := openPG(t, DriverName, "")
-	for name, opts := range map[string][]Option{
-		"portal": nil,
-		"cursor": {WithFetchSize(100)},
-		"single": {WithStreamMode(ModeSingle)},
-	} {
+	for name, opts := range streamOptions {
 		t.Run(name, func(t *testing.T) {
 			ctx := context.Background()
-			conn, err := db.Conn(ctx)
-			require.NoError(t, err)
-			defer conn.Close()
+			conn := pinnedConn(t, db)
 			st, err := conn.PrepareContext(ctx, "SELECT 7")
 			require.NoError(t, err)
-			rows, err := conn.QueryContext(ctx, "SELECT g FROM jsonstream_test_rows WHERE g <= 100000 ORDER BY g", mustStream(t, opts...))
-			require.NoError(t, err)
-			defer rows.Close()
-			require.True(t, rows.Next())
+			rows, _ := streamOn(t, conn, "SELECT g FROM jsonstream_test_rows WHERE g <= 100000 ORDER BY g", opts...)
 			var n int
 			refused := func(what string, err error) {
 				t.Helper()
@@ -110,18 +101,11 @@ func TestStatementDuringRelease(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			d := &fakeDialer{}
-			db := open(t, d)
 			ctx := context.Background()
-			conn, err := db.Conn(ctx)
-			require.NoError(t, err)
-			defer conn.Close()
+			conn := pinnedConn(t, open(t, d))
 			st, err := conn.PrepareContext(ctx, "SELECT 7")
 			require.NoError(t, err)
-			s := mustStream(t)
-			rows, err := conn.QueryContext(ctx, "SELECT g FROM jsonstream_test_rows ORDER BY g", s)
-			require.NoError(t, err)
-			defer rows.Close()
-			require.True(t, rows.Next())
+			rows, s := streamOn(t, conn, "SELECT g FROM jsonstream_test_rows ORDER BY g")
 
 			held, let := make(chan struct{}), make(chan struct{})
 			var once, letOnce sync.Once
@@ -180,11 +164,8 @@ func TestStatementDuringRelease(t *testing.T) {
 // server.
 func TestStmtCloseWhileStreamHoldsTheWire(t *testing.T) {
 	needRowsTable(t)
-	db := openPG(t, DriverName, "")
 	ctx := context.Background()
-	conn, err := db.Conn(ctx)
-	require.NoError(t, err)
-	defer conn.Close()
+	conn := pinnedConn(t, openPG(t, DriverName, ""))
 	st, err := conn.PrepareContext(ctx, "SELECT g FROM jsonstream_test_rows WHERE g <= $1 ORDER BY g")
 	require.NoError(t, err)
 	rows, err := st.QueryContext(ctx, 100_000)

@@ -308,3 +308,12 @@ func streamOn(t *testing.T, conn *sql.Conn, query string, opts ...Option) (*sql.
 	require.True(t, rows.Next())
 	return rows, s
 }
+
+// streamOptions are the Stream options of each stream mode, by name, for
+// tests that open a stream of each on a connection whose reads are portal
+// streams.
+var streamOptions = map[string][]Option{
+	"portal": nil,
+	"cursor": {WithFetchSize(100)},
+	"single": {WithStreamMode(ModeSingle)},
+}

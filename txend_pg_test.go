@@ -13,14 +13,6 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// txEndModes are the stream modes of the transaction-end tests; opening
-// a stream in each, on a sql.Conn with a transaction open.
-var txEndModes = map[string][]Option{
-	"portal": nil,
-	"cursor": {WithFetchSize(100)},
-	"single": {WithStreamMode(ModeSingle)},
-}
-
 // TestTxEndWhileStreamOpen: on a sql.Conn, a stream opened beside a
 // transaction begun on the same conn runs inside that transaction.
 // database/sql lets the transaction's Commit or Rollback reach the driver
@@ -36,7 +28,7 @@ func TestTxEndWhileStreamOpen(t *testing.T) {
 	_, err := db.Exec("DROP TABLE IF EXISTS jsonstream_txend; CREATE TABLE jsonstream_txend (name text)")
 	require.NoError(t, err)
 	for _, end := range []string{"commit", "rollback"} {
-		for name, opts := range txEndModes {
+		for name, opts := range streamOptions {
 			t.Run(end+"/"+name, func(t *testing.T) {
 				ctx := context.Background()
 				conn := pinnedConn(t, db)
@@ -221,7 +213,7 @@ func assertIdle(t *testing.T, conn *sql.Conn) {
 // not closed), go out at once and do not touch the stream.
 func TestTxEndWithoutStream(t *testing.T) {
 	db := openPG(t, DriverName, "")
-	for name, opts := range txEndModes {
+	for name, opts := range streamOptions {
 		t.Run(name, func(t *testing.T) {
 			ctx := context.Background()
 			conn := pinnedConn(t, db)
