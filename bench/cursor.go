@@ -45,11 +45,14 @@ const (
 	// PairedSelectOneTx is QueryRow("SELECT 1") inside a BeginTx
 	// transaction, where a portal may end its first batch with Sync.
 	PairedSelectOneTx = "select1-tx"
+	// PairedArgCtx is PairedArg with a context that can end, as a
+	// request's: each client then watches it while the query runs.
+	PairedArgCtx = "arg-ctx"
 )
 
 // PairedQueries are the sub-benchmarks of BenchmarkQueryRowPaired, in the
 // report's order.
-var PairedQueries = []string{PairedSelectOne, PairedArg, PairedSelectOneTx}
+var PairedQueries = []string{PairedSelectOne, PairedArg, PairedSelectOneTx, PairedArgCtx}
 
 // PairedClients are the two sides of BenchmarkQueryRowPaired: the
 // baseline first.

@@ -31,7 +31,9 @@ type rowQueryer interface {
 //
 // query=select1 is QueryRow("SELECT 1") in autocommit, query=arg
 // QueryRow("SELECT $1::int", n), query=select1-tx QueryRow("SELECT 1")
-// inside a BeginTx transaction that lasts the round.
+// inside a BeginTx transaction that lasts the round, query=arg-ctx the
+// query of arg with a context that can end (context.WithCancel, as
+// net/http gives a handler), the context of most services' queries.
 //
 // -paired-side sets another client beside lib/pq, such as
 // jsonstream-single: what the wrapping costs without the portal.
@@ -66,6 +68,12 @@ func BenchmarkQueryRowPaired(b *testing.B) {
 					sides[i] = tx
 				}
 			}
+			qctx := ctx
+			if kind == PairedArgCtx {
+				var cancel context.CancelFunc
+				qctx, cancel = context.WithCancel(ctx)
+				defer cancel()
+			}
 			var wall, cpu [len(PairedClients)]time.Duration
 			var got int
 			// turn runs k queries on side s, the i-th asking for i where
@@ -74,10 +82,10 @@ func BenchmarkQueryRowPaired(b *testing.B) {
 				start, c0 := time.Now(), processCPU()
 				for i := from; i < from+k; i++ {
 					var row *sql.Row
-					if kind == PairedArg {
-						row = sides[s].QueryRowContext(ctx, "SELECT $1::int", i)
+					if kind == PairedArg || kind == PairedArgCtx {
+						row = sides[s].QueryRowContext(qctx, "SELECT $1::int", i)
 					} else {
-						row = sides[s].QueryRowContext(ctx, "SELECT 1")
+						row = sides[s].QueryRowContext(qctx, "SELECT 1")
 					}
 					if err := row.Scan(&got); err != nil {
 						b.Fatalf("%s: %v", clients[s], err)

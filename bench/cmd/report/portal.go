@@ -75,6 +75,8 @@ func pairedQueryText(query string) string {
 		return "`QueryRow(\"SELECT $1::int\", n)`, autocommit"
 	case bench.PairedSelectOneTx:
 		return "`QueryRow(\"SELECT 1\")` inside `BeginTx`"
+	case bench.PairedArgCtx:
+		return "`QueryRow(\"SELECT $1::int\", n)`, autocommit, a context that can end"
 	}
 	return query
 }
@@ -88,6 +90,8 @@ func pairedShort(query string) string {
 		return "QueryRow with an argument"
 	case bench.PairedSelectOneTx:
 		return "QueryRow(\"SELECT 1\") in a transaction"
+	case bench.PairedArgCtx:
+		return "QueryRow with an argument and a request's context"
 	}
 	return query
 }
