@@ -61,6 +61,9 @@ type conn struct {
 	// any saw. Written by whoever reads that ReadyForQuery, which may be a
 	// failure's goroutine.
 	linkRTT atomic.Int64
+	// syncs counts the Syncs that ended portal streams read whole, to
+	// sample linkRTT at some of them (portal.finish).
+	syncs atomic.Int64
 	// portalOpen is set while a portal stream holds the wire: from its
 	// first message to its last ReadyForQuery. lib/pq, which does not see
 	// it, would otherwise send a statement in the middle of it.

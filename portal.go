@@ -129,8 +129,10 @@ type portal struct {
 	outstanding, window int
 	batch               int32
 	// rowsIn and bytesIn count the rows and their bytes read, for the
-	// batch size; sent is when the query went out, and rtt how long its
-	// first reply took: about a round trip, with the server's planning.
+	// batch size; sent is when the query went out (when Query was called,
+	// unless a round trip described the statement first), and rtt how
+	// long its first reply took: about a round trip, with the server's
+	// planning.
 	// lastEnd and lastBytes are when the last batch's end was read and
 	// bytesIn then; lastRate is the bytes per nanosecond of the batch
 	// before it (grow).
@@ -205,6 +207,10 @@ type portal struct {
 	// it: a Close that comes after such an end (release) leaves the socket
 	// alone, which another stream or an owed end's Sync may be using.
 	bounded bool
+	// watch is the watch of the query's context, nil when it cannot end;
+	// watchBox holds it, allocated with the portal.
+	watch    *queryWatch
+	watchBox queryWatch
 }
 
 var (
@@ -286,7 +292,7 @@ func (c *conn) queryPortal(ctx context.Context, owner any, query string, text qu
 		c.wire = newWire(c.sock)
 	}
 	p := &portal{conn: c, r: r, w: c.wire, query: query, text: text, errQuery: query, window: 1, batch: portalFirstRows,
-		simple: owner == c && len(args) == 0}
+		simple: owner == c && len(args) == 0, sent: start}
 	if st, ok := owner.(*stmt); ok {
 		// lib/pq attaches no text to a prepared statement's errors.
 		p.stmt, p.errQuery = st, ""
@@ -295,24 +301,19 @@ func (c *conn) queryPortal(ctx context.Context, owner any, query string, text qu
 	p.before = byte(c.sock.frames.status.Load())
 	p.startTZ = c.sock.frames.timeZone.Load()
 	r.portal = p
-	// The context is watched by the stream once it runs; until then, an
-	// end of it bounds the read the query waits in, as a failure does.
-	var stop func() bool
-	var fired chan struct{}
+	// Until the rows are open, an end of the context bounds the read the
+	// query waits in, as a failure does (ctxwatch.go).
+	var w *queryWatch
 	if ctx.Done() != nil {
-		fired = make(chan struct{})
-		stop = context.AfterFunc(ctx, func() {
-			p.interrupt()
-			close(fired)
-		})
+		w = p.watchQuery(ctx)
+		p.watch = w
 	}
 	c.portalOpen.Store(true)
 	err := p.start(args)
 	if err != nil || p.ended {
 		c.portalOpen.Store(false)
 	}
-	if stop != nil && !stop() {
-		<-fired
+	if w != nil && !w.started() {
 		if err != nil || !p.ended {
 			if !p.ended {
 				c.cut()
@@ -329,11 +330,21 @@ func (c *conn) queryPortal(ctx context.Context, owner any, query string, text qu
 		}
 	}
 	if err != nil {
+		if w != nil {
+			w.stop()
+		}
 		unclaim(st)
 		return nil, err
 	}
+	if portalStarted != nil {
+		portalStarted(p)
+	}
 	return c.bindRows(ctx, p, st, r, start, nil, query), nil
 }
+
+// portalStarted, when set, is called by tests between a portal's start
+// and the opening of its rows (queryWatch's binding phase).
+var portalStarted func(*portal)
 
 // start sends the query and reads the reply up to its first row, as
 // lib/pq's Query does.
@@ -458,7 +469,9 @@ func (p *portal) start(args []driver.NamedValue) error {
 		w.flush()
 	}
 	p.outstanding = 1
-	p.sent = time.Now()
+	if asked {
+		p.sent = time.Now() // past the round trip that described the statement
+	}
 	if err := w.send(); err != nil {
 		return p.lost(err)
 	}
@@ -1004,9 +1017,20 @@ func (p *portal) finish() error {
 	if err := p.w.send(); err != nil {
 		return p.lost(err)
 	}
-	p.syncSent = time.Now()
+	if n := p.conn.syncs.Add(1); n <= linkSamplesFirst || n%linkSampleEvery == 0 {
+		p.syncSent = time.Now()
+	}
 	return nil
 }
+
+// A connection samples its link's round trip (sampleLink) at its first
+// linkSamplesFirst Syncs that end a result read whole, then at one in
+// linkSampleEvery: the shortest is soon found, and a clock read costs a
+// small query more than the sample is worth.
+const (
+	linkSamplesFirst = 16
+	linkSampleEvery  = 64
+)
 
 // readyForQuery ends the exchange when it answers the last Sync of a
 // finished stream: the wire is lib/pq's again. Before that, it ends the
@@ -1272,14 +1296,35 @@ func (p *portal) close(_ []driver.Value) (err error) {
 	}
 	switch {
 	case p.ended:
-	case p.complete && !failed && plan.read == readBounded && !p.r.cancellable():
+	case p.complete && !failed && plan.read == readBounded && (!p.r.cancellable() ||
+		p.watch != nil && p.r.txDone() == nil && !p.text.writes):
 		// The whole result was read: what remains is its Sync's
-		// ReadyForQuery, which lib/pq waits for without a bound when the
-		// query's context cannot end, and so does this: a bound would arm
-		// a timer on every small query. A context that can end keeps the
-		// bound, since only an end without a bound watches it (watchEnd).
+		// ReadyForQuery (the implicit transaction's commit), which lib/pq
+		// waits for without a bound, and so does this: a bound would arm
+		// a timer on every small query. An end of the query's context
+		// bounds it, as a failure's would: its watch is in the closing
+		// phase. Past that bound the connection is cut before the commit's
+		// reply came: the result is not whole, and Close returns the
+		// context's error.
 		if !c.sock.beginDrain(time.Time{}) {
 			return p.cutEnd()
+		}
+		if p.watch != nil {
+			p.watchFromNow()
+			defer func() {
+				p.setWatched(false)
+				ctxErr := p.r.contextErr()
+				switch {
+				case ctxErr == nil && !p.watch.ended():
+				case !c.isCut():
+					c.clearDeadline() // the bound may have come after the end cleared it
+				default:
+					p.whole = false
+					if err == nil {
+						err = ctxErr
+					}
+				}
+			}()
 		}
 	case plan.read == readLook:
 		// The end itself gets the bound of a round trip.
@@ -1359,38 +1404,57 @@ func (p *portal) close(_ []driver.Value) (err error) {
 // failed end's bound, then fails. The returned stop reports whether
 // neither had ended; nil when neither can.
 func (p *portal) watchEnd() (stop func() bool) {
-	bound := max(failedEndTimeout, p.r.settings.drainTimeout)
-	bounded := func() {
-		p.mu.Lock()
-		if p.watched {
-			p.conn.sock.interrupt(bound)
-		}
-		p.mu.Unlock()
-	}
 	var stops []func() bool
 	for _, ctx := range [...]context.Context{p.r.ctx, p.r.txCtx} {
-		if ctx != nil && ctx.Done() != nil {
-			stops = append(stops, context.AfterFunc(ctx, bounded))
+		if ctx == nil || ctx.Done() == nil || p.watch != nil && ctx == p.watch.ctx {
+			continue // the query's watch bounds the end (queryWatch.fire)
 		}
+		stops = append(stops, context.AfterFunc(ctx, p.boundEnd))
 	}
-	if len(stops) == 0 {
+	if len(stops) == 0 && p.watch == nil {
 		return nil
 	}
-	p.mu.Lock()
-	p.watched = true
-	p.mu.Unlock()
+	early := p.watchFromNow()
 	return func() bool {
 		// A watch that runs from now on leaves the socket alone; one that
 		// ran has set its bound.
-		p.mu.Lock()
-		p.watched = false
-		p.mu.Unlock()
-		quiet := true
+		p.setWatched(false)
+		quiet := !early && (p.watch == nil || !p.watch.ended())
 		for _, s := range stops {
 			quiet = s() && quiet
 		}
 		return quiet
 	}
+}
+
+// setWatched sets whether the end's reads, which have no bound of their
+// own, are bounded when a context ends (boundEnd).
+func (p *portal) setWatched(on bool) {
+	p.mu.Lock()
+	p.watched = on
+	p.mu.Unlock()
+}
+
+// watchFromNow bounds the end's reads, which have no bound of their own,
+// when a context ends from now on, and at once when one ended before (its
+// watch may have run while they were not watched), which it reports.
+func (p *portal) watchFromNow() bool {
+	p.setWatched(true)
+	if p.r.contextErr() != nil {
+		p.boundEnd()
+		return true
+	}
+	return false
+}
+
+// boundEnd gives the end's read the bound of a failed end, when it has
+// none of its own (watched): a context ended.
+func (p *portal) boundEnd() {
+	p.mu.Lock()
+	if p.watched {
+		p.conn.sock.interrupt(max(failedEndTimeout, p.r.settings.drainTimeout))
+	}
+	p.mu.Unlock()
 }
 
 // cutEnd ends the stream by cutting the connection.

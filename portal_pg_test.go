@@ -615,24 +615,32 @@ func TestPortalFailedSmallWriteCommits(t *testing.T) {
 
 // TestPortalQueryRowAllocations: a QueryRow that the default mode runs as
 // a portal stream allocates no more than lib/pq's, with and without an
-// argument (allocations per query are one of the figures bench/ holds
-// against lib/pq's).
+// argument, and with a context that can end (allocations per query are
+// one of the figures bench/ holds against lib/pq's).
 func TestPortalQueryRowAllocations(t *testing.T) {
 	for _, q := range []struct {
 		name, query string
 		args        []any
+		cancellable bool
 	}{
-		{"no argument", "SELECT 1", nil},
-		{"argument", "SELECT $1::int", []any{7}},
+		{"no argument", "SELECT 1", nil, false},
+		{"argument", "SELECT $1::int", []any{7}, false},
+		{"argument, a context that can end", "SELECT $1::int", []any{7}, true},
 	} {
 		t.Run(q.name, func(t *testing.T) {
+			ctx := context.Background()
+			if q.cancellable {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithCancel(ctx)
+				defer cancel()
+			}
 			per := map[string]float64{}
 			for _, name := range []string{"postgres", DriverName} {
 				db := openPG(t, name, "")
 				db.SetMaxOpenConns(1)
 				var v int
 				run := func() {
-					if err := db.QueryRow(q.query, q.args...).Scan(&v); err != nil {
+					if err := db.QueryRowContext(ctx, q.query, q.args...).Scan(&v); err != nil {
 						t.Fatal(err)
 					}
 				}
@@ -641,7 +649,7 @@ func TestPortalQueryRowAllocations(t *testing.T) {
 				if name == DriverName {
 					rec := &recorder{}
 					s := mustStream(t, WithObserver(rec))
-					require.NoError(t, db.QueryRow(q.query, append(q.args, s)...).Scan(&v))
+					require.NoError(t, db.QueryRowContext(ctx, q.query, append(q.args, s)...).Scan(&v))
 					require.Equal(t, ModePortal, rec.ended(t).Mode, "the default mode runs it as a portal")
 				}
 			}

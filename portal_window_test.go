@@ -203,9 +203,40 @@ func TestPortalLinkRTTIsTheShortest(t *testing.T) {
 	}
 	fast := linkRTT()
 	assert.Less(t, fast, first, "a faster round trip lowers it")
-	s().delay.Store(int64(fast + slow)) // every reply slower than fast
+	onConn(t, db, func(c *conn) { c.syncs.Store(0) }) // the next Sync is sampled
+	s().delay.Store(int64(fast + slow))               // every reply slower than fast
 	pidOf(t, db)
 	assert.Equal(t, fast, linkRTT(), "a slower round trip leaves it")
+}
+
+// TestPortalLinkRTTSampling: a connection samples its link round trip at
+// its first linkSamplesFirst Syncs that end a result read whole, then at
+// one in linkSampleEvery: a faster round trip between those is not seen.
+func TestPortalLinkRTTSampling(t *testing.T) {
+	const slow = 20 * portalSlowRTT
+	d := &fakeDialer{delay: slow}
+	db := openDialed(t, d)
+	s := d.last // after the first dial
+	pidOf(t, db)
+	var first time.Duration
+	onConn(t, db, func(c *conn) {
+		first = time.Duration(c.linkRTT.Load())
+		c.syncs.Store(linkSamplesFirst) // past the first samples
+	})
+	require.GreaterOrEqual(t, first, slow)
+	s().delay.Store(0)
+	for i := 0; i < 5; i++ {
+		pidOf(t, db)
+	}
+	var rtt time.Duration
+	onConn(t, db, func(c *conn) {
+		rtt = time.Duration(c.linkRTT.Load())
+		c.syncs.Store(linkSampleEvery - 1) // the next is sampled
+	})
+	assert.Equal(t, first, rtt, "a Sync between the samples was sampled")
+	pidOf(t, db)
+	onConn(t, db, func(c *conn) { rtt = time.Duration(c.linkRTT.Load()) })
+	assert.Less(t, rtt, first, "the periodic sample")
 }
 
 // onConn runs f on the jsonstream conn of db's pool of one.

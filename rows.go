@@ -42,7 +42,8 @@ type rows struct {
 	ending sync.Mutex
 	// stopWatch and stopTxWatch stop the context watches that cut a
 	// stalled connection; nil when the context cannot end or the
-	// connection cannot be cut.
+	// connection cannot be cut. A portal stream's query context has its
+	// queryWatch instead (ctxwatch.go).
 	stopWatch, stopTxWatch func() bool
 
 	// settings are the query's: the connector's, then the context's
@@ -154,7 +155,9 @@ func (r *rows) open(ctx context.Context, c *conn, inner driver.Rows, start time.
 		// A Next stuck on a stalled network is beyond database/sql's reach
 		// and lib/pq's (its cancel request travels the same network):
 		// cutting the connection is what frees it.
-		if ctx.Done() != nil && !r.innerCtx {
+		if w := r.queryWatch(); w != nil {
+			w.opened()
+		} else if ctx.Done() != nil && !r.innerCtx {
 			r.stopWatch = context.AfterFunc(ctx, func() { r.fail(ctx.Err(), true) })
 		}
 		if r.txCtx != nil && r.txCtx.Done() != nil {
@@ -162,6 +165,15 @@ func (r *rows) open(ctx context.Context, c *conn, inner driver.Rows, start time.
 			r.stopTxWatch = context.AfterFunc(tx, func() { r.fail(tx.Err(), true) })
 		}
 	}
+}
+
+// queryWatch is the watch of a portal stream's query context, nil for
+// another stream or a context that cannot end.
+func (r *rows) queryWatch() *queryWatch {
+	if r.portal == nil {
+		return nil
+	}
+	return r.portal.watch
 }
 
 // cancellable reports whether the query's context, or its transaction's,
@@ -380,6 +392,11 @@ func (r *rows) Close() (err error) {
 	r.ending.Lock()
 	from, live := r.state.finish(Closed)
 	r.ending.Unlock()
+	if w := r.queryWatch(); w != nil {
+		// The portal's end may be bounded by it (portal.watchEnd).
+		w.closing()
+		defer w.stop()
+	}
 	if r.stopWatch != nil {
 		r.stopWatch()
 	}
