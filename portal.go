@@ -314,7 +314,13 @@ func (c *conn) queryPortal(ctx context.Context, owner any, query string, text qu
 		c.portalOpen.Store(false)
 	}
 	if w != nil && !w.started() {
-		if err != nil || !p.ended {
+		whole := err == nil && !p.ended && p.finished && p.w.bufferedReady() > 0
+		if whole {
+			// The exchange ended within the bound (syncWhole): what is
+			// left of it is in the buffer, rows the consumer never gets.
+			p.endBuffered()
+		}
+		if err != nil || !p.ended || whole {
 			if !p.ended {
 				c.cut()
 				p.ended = true
@@ -345,6 +351,10 @@ func (c *conn) queryPortal(ctx context.Context, owner any, query string, text qu
 // portalStarted, when set, is called by tests between a portal's start
 // and the opening of its rows (queryWatch's binding phase).
 var portalStarted func(*portal)
+
+// portalEnding, when set, is called by tests as a portal's end has looked
+// at its context, before it watches it (portal.watchFromNow).
+var portalEnding func(*portal)
 
 // start sends the query and reads the reply up to its first row, as
 // lib/pq's Query does.
@@ -508,6 +518,9 @@ func (p *portal) start(args []driver.NamedValue) error {
 			}
 			w.unread(body)
 			p.errQuery = ""
+			if typ != 's' && p.pendingZ == 0 && w.restBuffered() {
+				p.syncWhole()
+			}
 			return nil
 		case 'E':
 			if err := p.skip(typ, body); err != nil {
@@ -518,6 +531,69 @@ func (p *portal) start(args []driver.NamedValue) error {
 			if !p.async(typ, body) {
 				return p.lost(fmt.Errorf("%w: %q before the first row", errProtocol, typ))
 			}
+		}
+	}
+}
+
+// syncWhole ends the exchange of a result that its first reply held
+// whole, outside a transaction block (the first batch went without a
+// Sync): the Sync goes out at once and its ReadyForQuery is awaited before
+// the rows are handed out, as lib/pq's Query returns once its exchange is
+// over. The implicit transaction commits, as lib/pq's does, before the
+// consumer reads a row; Next and Close then read the rest in order from
+// the buffer, without waiting. Awaited here, the end is never waited for
+// beside database/sql's goroutine that watches a context that can end:
+// that goroutine runs when the query waits, and the end's wait in Close
+// would wake it. Its round trip is an exact sample of the link's
+// (sampleLink).
+//
+// A connection that fails here fails the stream where the rest is read:
+// the rows that came are the consumer's, and Next or Close meets the
+// failure as it would have met it without this wait, on the socket (one
+// that could not be written to is cut, so that a read meets it). Query
+// never reports it: database/sql would run again, on another connection,
+// a query whose commit may have been carried out. A context that ended
+// already gets no Sync: Query returns its error and the cut rolls the
+// query back (queryPortal). One that ends during the wait bounds it
+// (interrupt), and Query returns its error; the connection is kept if
+// the ReadyForQuery came within the bound.
+func (p *portal) syncWhole() {
+	p.mu.Lock()
+	interrupted := p.interrupted
+	p.mu.Unlock()
+	if interrupted || p.watch != nil && p.watch.ctx.Err() != nil {
+		return
+	}
+	p.finished = true
+	p.pendingZ++
+	p.w.sync()
+	if p.w.send() != nil {
+		p.conn.cut()
+		return
+	}
+	var sent time.Time
+	if n := p.conn.syncs.Add(1); n <= linkSamplesFirst || n%linkSampleEvery == 0 {
+		sent = time.Now()
+	}
+	p.pending(true)
+	err := p.w.awaitReady()
+	p.pending(false)
+	if err == nil && !sent.IsZero() {
+		p.sampleLink(time.Since(sent))
+	}
+}
+
+// endBuffered reads the rest of a finished exchange, whose ReadyForQuery
+// the buffer holds, to its end.
+func (p *portal) endBuffered() {
+	for !p.ended {
+		typ, body, err := p.w.next()
+		if err != nil {
+			_ = p.lost(err)
+			return
+		}
+		if p.skip(typ, body) != nil {
+			return
 		}
 	}
 }
@@ -1201,6 +1277,9 @@ func (p *portal) close(_ []driver.Value) (err error) {
 	// A context that ended is a failure, though database/sql may close
 	// the rows before jsonstream's watch fails the stream.
 	failed := p.r.state.load() == Failed || p.r.contextErr() != nil
+	if portalEnding != nil {
+		portalEnding(p)
+	}
 	plan := planEnd(p.r.endFacts(failed), p.r.settings.drainTimeout)
 	// The bound past which a connection that stopped answering is cut;
 	// none for an end that must read everything.
@@ -1214,8 +1293,24 @@ func (p *portal) close(_ []driver.Value) (err error) {
 	case plan.read != readToEnd:
 		bound = max(cursorEndTimeout, p.r.settings.drainTimeout)
 	}
+	// A whole result's end only waits for its Sync's ReadyForQuery (the
+	// implicit transaction's commit), which lib/pq waits for without a
+	// bound, and so does this: a bound would arm a timer on every small
+	// query. An end of the query's context bounds it, as a failure's
+	// would: its watch is in the closing phase. Past that bound the
+	// connection is cut before the commit's reply came: the result is not
+	// whole, and Close returns the context's error. A result found whole
+	// only by the reads below waits so too, from then on.
+	waitsWhole := func() bool {
+		return !p.ended && p.complete && !failed && plan.read == readBounded && (!p.r.cancellable() ||
+			p.watch != nil && p.r.txDone() == nil && !p.text.writes)
+	}
+	wholeAtOnce := waitsWhole()
 	var first time.Time // zero: no bound
 	switch {
+	case wholeAtOnce, p.finished && p.pendingZ == 1 && p.w.bufferedReady() > 0:
+		// Nothing to wait for, or the end's last reply has arrived (a
+		// result its first reply held whole: syncWhole): no bound.
 	case plan.read == readLook && !failed:
 		first = time.Now() // only what has arrived, within drainGrace
 	case bound > 0:
@@ -1296,17 +1391,8 @@ func (p *portal) close(_ []driver.Value) (err error) {
 	}
 	switch {
 	case p.ended:
-	case p.complete && !failed && plan.read == readBounded && (!p.r.cancellable() ||
-		p.watch != nil && p.r.txDone() == nil && !p.text.writes):
-		// The whole result was read: what remains is its Sync's
-		// ReadyForQuery (the implicit transaction's commit), which lib/pq
-		// waits for without a bound, and so does this: a bound would arm
-		// a timer on every small query. An end of the query's context
-		// bounds it, as a failure's would: its watch is in the closing
-		// phase. Past that bound the connection is cut before the commit's
-		// reply came: the result is not whole, and Close returns the
-		// context's error.
-		if !c.sock.beginDrain(time.Time{}) {
+	case waitsWhole():
+		if !wholeAtOnce && !c.sock.beginDrain(time.Time{}) {
 			return p.cutEnd()
 		}
 		if p.watch != nil {

@@ -1,6 +1,7 @@
 package jsonstream
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"database/sql/driver"
@@ -657,4 +658,192 @@ func TestPortalQueryRowAllocations(t *testing.T) {
 			assert.LessOrEqual(t, per[DriverName], per["postgres"])
 		})
 	}
+}
+
+// TestPortalFirstReplyWholeCommitsAtQuery: a result that its first reply
+// holds whole (up to portalFirstRows rows) ends its exchange before Query
+// returns, as lib/pq's: what the query wrote is committed then, whatever
+// the consumer reads of it. A longer result commits at its end, and an
+// early Close rolls it back (TestEarlyCloseOfWritingFunction).
+func TestPortalFirstReplyWholeCommitsAtQuery(t *testing.T) {
+	setup := slowCommitSetup(t)
+	db := openPG(t, DriverName, "")
+	count := func(round int64) int { return slowCommitted(t, setup, round) }
+	const q = "SELECT jsonstream_slow_commit($1, 0) FROM generate_series(1, $2)"
+	for _, n := range []int{1, 3, portalFirstRows - 1} {
+		round := time.Now().UnixNano()
+		rows, err := db.Query(q, round, n)
+		require.NoError(t, err)
+		assert.Equal(t, n, count(round), "%d rows: not committed when Query returned", n)
+		require.NoError(t, rows.Close(), "closed with every row unread")
+		assert.Equal(t, n, count(round))
+	}
+
+	n := 3 * portalFirstRows
+	round := time.Now().UnixNano()
+	rows, err := db.Query(q, round, n)
+	require.NoError(t, err)
+	for i := 0; i < n; i++ {
+		require.True(t, rows.Next())
+	}
+	assert.Zero(t, count(round), "a result past its first batch committed before its end")
+	require.False(t, rows.Next())
+	require.NoError(t, rows.Err())
+	assert.Equal(t, n, count(round), "not committed at its end")
+
+	round = time.Now().UnixNano()
+	rows, err = db.Query(q, round, n)
+	require.NoError(t, err)
+	require.True(t, rows.Next())
+	require.NoError(t, rows.Close())
+	assert.Zero(t, count(round), "an early close of a result past its first batch committed it")
+}
+
+// TestPortalWholeReplyEndLost: when the connection fails as a result that
+// its first reply held whole ends its exchange (the Sync cannot be sent,
+// or its reply does not come), Query still returns the rows, which the
+// consumer reads, and the failure comes where the rest is read, as
+// without that wait: database/sql never runs the query again, on another
+// connection, behind a commit that may have been carried out. Here the
+// server never received the Sync: nothing is committed.
+func TestPortalWholeReplyEndLost(t *testing.T) {
+	setup := slowCommitSetup(t)
+	for _, how := range []string{"the socket is closed", "the Sync's write fails, reads go on", "its reply does not come"} {
+		t.Run(how, func(t *testing.T) {
+			d := &fakeDialer{}
+			db := openDialed(t, d)
+			require.NoError(t, db.Ping())
+			s := d.last()
+			dials := d.attempts.Load()
+			fail := func(b []byte) {
+				if !bytes.Equal(b, []byte{'S', 0, 0, 0, 4}) {
+					return
+				}
+				s.beforeWrite.Store(nil)
+				switch how {
+				case "the socket is closed":
+					_ = s.Conn.Close()
+				case "the Sync's write fails, reads go on":
+					err := errors.New("write refused")
+					s.failWrites.Store(&err)
+				default:
+					s.stall() // swallows the Sync
+					time.AfterFunc(100*time.Millisecond, func() { _ = s.Conn.Close() })
+				}
+			}
+			s.beforeWrite.Store(&fail)
+			// A read that waits for a reply that never comes fails the
+			// test at the context's end, not the package's.
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			round := time.Now().UnixNano()
+			rows, err := db.QueryContext(ctx, "SELECT jsonstream_slow_commit($1, 0) FROM generate_series(1, 2)", round)
+			require.NoError(t, err, "Query reported the end's failure")
+			require.Nil(t, s.beforeWrite.Load(), "no Sync went out before the rows")
+			for i := 0; i < 2; i++ {
+				require.True(t, rows.Next(), "row %d", i)
+				var v int64
+				require.NoError(t, rows.Scan(&v))
+				assert.Equal(t, round, v)
+			}
+			assert.False(t, rows.Next())
+			assert.ErrorIs(t, rows.Err(), driver.ErrBadConn)
+			assert.NoError(t, rows.Close())
+			assert.Equal(t, dials, d.attempts.Load(), "the query ran again on a new connection")
+			assert.Zero(t, slowCommitted(t, setup, round), "committed without its Sync")
+		})
+	}
+}
+
+// TestPortalWholeReplyContextEnded: a query whose context ended before its
+// first reply, which held the whole result, was read sends no Sync: Query
+// returns the context's error and the cut rolls the query back, as lib/pq's
+// cancel request would before the query ended. A context that ends while
+// the Sync's ReadyForQuery is awaited bounds that wait; a ReadyForQuery
+// that comes within the bound keeps the connection, and the commit
+// stands, as lib/pq's does when its cancel request comes too late.
+func TestPortalWholeReplyContextEnded(t *testing.T) {
+	setup := slowCommitSetup(t)
+	count := func(round int64) int { return slowCommitted(t, setup, round) }
+
+	t.Run("before the Sync", func(t *testing.T) {
+		d := &fakeDialer{}
+		db := openDialed(t, d)
+		pid := pidOf(t, db)
+		s := d.last()
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		// The context ends as the query goes out: its reply comes within
+		// the bound that the end arms.
+		end := func(b []byte) {
+			if bytes.Contains(b, []byte("jsonstream_slow_commit")) {
+				s.beforeWrite.Store(nil)
+				cancel()
+			}
+		}
+		s.beforeWrite.Store(&end)
+		round := time.Now().UnixNano()
+		_, err := db.QueryContext(ctx, "SELECT jsonstream_slow_commit($1, 0)", round, mustStream(t, WithDrainTimeout(5*time.Second)))
+		assert.ErrorIs(t, err, context.Canceled)
+		assert.True(t, s.isClosed(), "the connection was kept")
+		require.Eventually(t, func() bool {
+			var n int
+			return setup.QueryRow("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid).Scan(&n) == nil && n == 0
+		}, 10*time.Second, 10*time.Millisecond, "the session outlived its cut")
+		assert.Zero(t, count(round), "committed though the context had ended")
+	})
+
+	t.Run("the commit's reply within the bound", func(t *testing.T) {
+		db := openPG(t, DriverName, "")
+		db.SetMaxOpenConns(1)
+		pid := pidOf(t, db)
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		round := time.Now().UnixNano()
+		const ms = 1500
+		time.AfterFunc(100*time.Millisecond, cancel)
+		_, err := db.QueryContext(ctx, "SELECT jsonstream_slow_commit($1, $2)", round, ms, mustStream(t, WithDrainTimeout(10*time.Second)))
+		assert.ErrorIs(t, err, context.Canceled)
+		assert.Equal(t, 1, count(round), "the commit's reply came, and no commit")
+		assert.Equal(t, pid, pidOf(t, db), "the connection was cut")
+	})
+}
+
+// TestPortalFirstReplySplit: whether a result's exchange ends in Query is
+// decided by what has arrived when its first row is read. A first reply
+// whose end comes in a later read (split by the network) leaves Query
+// without a Sync: nothing is committed yet. Its end, once it has arrived,
+// makes the result received whole, and Close commits it, rows left unread
+// or not, as it would have in Query (TestPortalFirstReplyWholeCommitsAtQuery).
+func TestPortalFirstReplySplit(t *testing.T) {
+	setup := slowCommitSetup(t)
+	d := &fakeDialer{}
+	db := openDialed(t, d)
+	require.NoError(t, db.Ping())
+	s := d.last()
+	split := false
+	shape := func(p []byte, n int) int {
+		types, ends := serverMessages(p[:n])
+		first := bytes.IndexByte(types, 'D')
+		if split || first < 0 {
+			return n
+		}
+		split = true
+		if ends[first] < n {
+			s.holdBack(p[ends[first]:n]) // the next read returns it
+		}
+		return ends[first]
+	}
+	s.shape.Store(&shape)
+	count := func(round int64) int { return slowCommitted(t, setup, round) }
+	round := time.Now().UnixNano()
+	rec := &recorder{}
+	rows, err := db.Query("SELECT jsonstream_slow_commit($1, 0) FROM generate_series(1, 3)", round, mustStream(t, WithObserver(rec)))
+	require.NoError(t, err)
+	require.True(t, split, "the reply was not split")
+	assert.Zero(t, count(round), "committed in Query, before the reply's end had arrived")
+	require.True(t, rows.Next())
+	require.NoError(t, rows.Close())
+	assert.Equal(t, 3, count(round), "a result received whole was not committed")
+	assert.Equal(t, OutcomePortalClosed, rec.ended(t).Outcome, "rows were left unread")
 }

@@ -45,11 +45,13 @@ type fakeSock struct {
 	// it may read more into p, or hold the rest back (holdBack).
 	shape atomic.Pointer[func(p []byte, n int) int]
 
-	reads     atomic.Int64  // Read calls
-	deadlines atomic.Int64  // SetReadDeadline calls
-	faults    atomic.Int64  // SetReadDeadline calls that onDeadline failed
-	stalled   atomic.Bool   // writes are swallowed from now on
-	swallowed chan struct{} // closed by the first write swallowed
+	reads     atomic.Int64 // Read calls
+	deadlines atomic.Int64 // SetReadDeadline calls
+	faults    atomic.Int64 // SetReadDeadline calls that onDeadline failed
+	stalled   atomic.Bool  // writes are swallowed from now on
+	// failWrites, when set, fails the writes from now on; reads go on.
+	failWrites atomic.Pointer[error]
+	swallowed  chan struct{} // closed by the first write swallowed
 
 	mu         sync.Mutex // guards the four below
 	deadline   time.Time  // the read deadline in effect
@@ -196,6 +198,9 @@ func (s *fakeSock) Write(b []byte) (int, error) {
 		s.mu.Lock()
 		s.written = append(s.written, b...)
 		s.mu.Unlock()
+	}
+	if err := s.failWrites.Load(); err != nil {
+		return 0, *err
 	}
 	if s.stalled.Load() {
 		s.swallowedOnce.Do(func() { close(s.swallowed) })

@@ -126,6 +126,39 @@ func (w *wire) bufferedReady() int {
 	return n
 }
 
+// restBuffered reports whether the buffer, from the next message on,
+// holds whole DataRows and then a whole CommandComplete: the rest of a
+// result.
+func (w *wire) restBuffered() bool {
+	for at := w.r; w.w-at >= 5; {
+		end := at + 1 + int(binary.BigEndian.Uint32(w.in[at+1:]))
+		if end > w.w {
+			return false
+		}
+		switch w.in[at] {
+		case 'D':
+		case 'C':
+			return true
+		default:
+			return false
+		}
+		at = end
+	}
+	return false
+}
+
+// awaitReady reads on until the buffer holds a whole ReadyForQuery,
+// taking no message: what is unread stays in order before it. Bodies
+// handed out earlier may move.
+func (w *wire) awaitReady() error {
+	for w.bufferedReady() == 0 {
+		if err := w.fill(w.w - w.r + 1); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // holds reports whether the buffer holds anything past the last message
 // read, even part of a message.
 func (w *wire) holds() bool { return w.w > w.r }
