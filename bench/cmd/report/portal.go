@@ -158,14 +158,14 @@ func (r *report) portal(b *strings.Builder) {
 	if r.has(pairedName(bench.PairedSelectOne)) {
 		b.WriteString("`QueryRow(\"SELECT 1\")` in autocommit is one round trip for lib/pq, whose simple Query " +
 			"protocol carries the statement and its end in one message, and two for a portal stream: Parse, Bind, " +
-			"Describe, Execute and Flush, then Sync once the rows are read. Outside a transaction the portal " +
+			"Describe, Execute and Flush, then Sync once its first reply shows the result whole. Outside a transaction the portal " +
 			"cannot ask for its first batch with Sync, which would end the implicit transaction and the portal " +
 			"with it before the stream knows whether one batch holds the whole result; so the portal mode cannot " +
 			"reach this goal for a query without arguments in autocommit, and the ratio above is what that round " +
 			"trip costs on this machine. With an argument lib/pq takes two round trips as well (Parse, Describe " +
 			"and Sync, then Bind, Execute and Sync); inside a transaction, where the portal outlives a Sync, the " +
-			"first batch is asked for with Sync, one round trip like lib/pq's simple Query. The other two " +
-			"QueryRow rows measure those.\n\n")
+			"first batch is asked for with Sync, one round trip like lib/pq's simple Query. The other " +
+			"QueryRow rows measure those, and a request's context.\n\n")
 	}
 	if r.has("QueryRowPaired/") {
 		fmt.Fprintf(b, "`BenchmarkQueryRowPaired` runs lib/pq and jsonstream in one process and one run of the "+
