@@ -317,8 +317,9 @@ func (c *conn) queryPortal(ctx context.Context, owner any, query string, text qu
 		whole := err == nil && !p.ended && p.finished && p.w.bufferedReady() > 0
 		if whole {
 			// The exchange ended within the bound (syncWhole): what is
-			// left of it is in the buffer, rows the consumer never gets.
-			p.endBuffered()
+			// left of it is in the buffer, rows the consumer never gets,
+			// and is read as an owed end's is.
+			p.settle()
 		}
 		if err != nil || !p.ended || whole {
 			if !p.ended {
@@ -580,21 +581,6 @@ func (p *portal) syncWhole() {
 	p.pending(false)
 	if err == nil && !sent.IsZero() {
 		p.sampleLink(time.Since(sent))
-	}
-}
-
-// endBuffered reads the rest of a finished exchange, whose ReadyForQuery
-// the buffer holds, to its end.
-func (p *portal) endBuffered() {
-	for !p.ended {
-		typ, body, err := p.w.next()
-		if err != nil {
-			_ = p.lost(err)
-			return
-		}
-		if p.skip(typ, body) != nil {
-			return
-		}
 	}
 }
 
