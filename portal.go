@@ -318,7 +318,14 @@ func (c *conn) queryPortal(ctx context.Context, owner any, query string, text qu
 		if whole {
 			// The exchange ended within the bound (syncWhole): what is
 			// left of it is in the buffer, rows the consumer never gets,
-			// and is read as an owed end's is.
+			// and is read as an owed end's is. Handing the connection
+			// back may take lib/pq a round trip (handBack's Ping, for a
+			// notification): it gets a failed end's bound from now, not
+			// what is left of the context's, which a link slower than
+			// that would meet, losing a connection that answered.
+			if !c.sock.beginDrain(time.Now().Add(max(failedEndTimeout, p.r.settings.drainTimeout))) {
+				c.cut()
+			}
 			p.settle()
 		}
 		if err != nil || !p.ended || whole {
@@ -1294,9 +1301,12 @@ func (p *portal) close(_ []driver.Value) (err error) {
 	wholeAtOnce := waitsWhole()
 	var first time.Time // zero: no bound
 	switch {
-	case wholeAtOnce, p.finished && p.pendingZ == 1 && p.w.bufferedReady() > 0:
+	case wholeAtOnce, !failed && p.finished && p.pendingZ == 1 && p.w.bufferedReady() > 0:
 		// Nothing to wait for, or the end's last reply has arrived (a
-		// result its first reply held whole: syncWhole): no bound.
+		// result its first reply held whole: syncWhole): no bound. A
+		// failed stream keeps its bound even so: handing the end back
+		// may take a round trip of lib/pq's (handBack's Ping), which a
+		// network that stopped answering would hold as long as TCP does.
 	case plan.read == readLook && !failed:
 		first = time.Now() // only what has arrived, within drainGrace
 	case bound > 0:

@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -761,7 +762,10 @@ func TestPortalWholeReplyEndLost(t *testing.T) {
 // cancel request would before the query ended. A context that ends while
 // the Sync's ReadyForQuery is awaited bounds that wait; a ReadyForQuery
 // that comes within the bound keeps the connection, and the commit
-// stands, as lib/pq's does when its cancel request comes too late.
+// stands, as lib/pq's does when its cancel request comes too late. A
+// notification the commit brought is then handed to lib/pq within a bound
+// of its own, so that a link slower than what was left of the context's
+// bound keeps the connection too.
 func TestPortalWholeReplyContextEnded(t *testing.T) {
 	setup := slowCommitSetup(t)
 	count := func(round int64) int { return slowCommitted(t, setup, round) }
@@ -807,6 +811,32 @@ func TestPortalWholeReplyContextEnded(t *testing.T) {
 		assert.Equal(t, 1, count(round), "the commit's reply came, and no commit")
 		assert.Equal(t, pid, pidOf(t, db), "the connection was cut")
 	})
+
+	t.Run("a notification handed back after the bound", func(t *testing.T) {
+		// Every read takes a while from the Sync on (a slow link): the
+		// commit's reply comes within the context's bound, and lib/pq's
+		// Ping, which hands it the session's own notification, would not.
+		const lag, bound = time.Second, 1500 * time.Millisecond
+		ctx := context.Background()
+		conn, s, heard := listeningConn(t)
+		pid := pidOf(t, conn)
+		qctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		slow := func(b []byte) {
+			if bytes.Equal(b, []byte{'S', 0, 0, 0, 4}) {
+				s.beforeWrite.Store(nil)
+				s.delay.Store(int64(lag))
+				cancel()
+			}
+		}
+		s.beforeWrite.Store(&slow)
+		_, err := conn.QueryContext(qctx, "SELECT pg_notify('whole_news', 'x')", mustStream(t, WithDrainTimeout(bound)))
+		assert.ErrorIs(t, err, context.Canceled)
+		s.delay.Store(0)
+		assert.Equal(t, int32(1), heard.Load(), "lib/pq's handler did not hear the notification")
+		assert.False(t, s.isClosed(), "the connection was cut")
+		assert.Equal(t, pid, pidOf(t, conn), "the connection was not kept")
+	})
 }
 
 // TestPortalFirstReplySplit: whether a result's exchange ends in Query is
@@ -846,4 +876,65 @@ func TestPortalFirstReplySplit(t *testing.T) {
 	require.NoError(t, rows.Close())
 	assert.Equal(t, 3, count(round), "a result received whole was not committed")
 	assert.Equal(t, OutcomePortalClosed, rec.ended(t).Outcome, "rows were left unread")
+}
+
+// TestPortalWholeReplyFailedEndBounded: a stream that failed keeps the
+// bound on its end when the end's ReadyForQuery is already buffered (a
+// result its first reply held whole). Ending it hands the notification the
+// commit brought back to lib/pq, whose Ping waits for a reply: on a network
+// that stopped answering, the bound cuts the connection instead of Close
+// waiting as long as TCP does.
+func TestPortalWholeReplyFailedEndBounded(t *testing.T) {
+	ctx := context.Background()
+	conn, s, heard := listeningConn(t)
+	qctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	// The session hears its own notification as its implicit transaction
+	// commits: between the CommandComplete and the ReadyForQuery.
+	s.recording.Store(true)
+	rows, err := conn.QueryContext(qctx, "SELECT pg_notify('whole_news', 'x')")
+	require.NoError(t, err)
+	s.mu.Lock()
+	synced := bytes.HasSuffix(s.written, []byte{'S', 0, 0, 0, 4})
+	s.mu.Unlock()
+	require.True(t, synced, "the first reply's exchange did not end in Query")
+	s.stall()
+	cancel() // the stream fails: its end is bounded
+	closed := make(chan error, 1)
+	go func() { closed <- rows.Close() }()
+	select {
+	case err = <-closed:
+	case <-time.After(10 * time.Second):
+		_ = s.Conn.Close() // lets the end return, and the test end
+		t.Fatalf("the failed stream's end waited without a bound (Close then returned %v)", <-closed)
+	}
+	// Close returns what the end found, and its context's error is
+	// database/sql's to report when its watch closed the rows first.
+	if err != nil {
+		assert.ErrorIs(t, err, context.Canceled)
+	}
+	assert.Equal(t, int32(1), heard.Load(), "lib/pq's handler did not hear the notification")
+	assert.True(t, s.isClosed(), "the connection that stopped answering was kept")
+}
+
+// listeningConn is a connection dialed through a fakeSock (returned) that
+// ran LISTEN whole_news, with a lib/pq notification handler that counts
+// what it hears.
+func listeningConn(t *testing.T) (*sql.Conn, *fakeSock, *atomic.Int32) {
+	t.Helper()
+	d := &fakeDialer{}
+	db := openDialed(t, d)
+	conn, err := db.Conn(context.Background())
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = conn.Close() })
+	heard := new(atomic.Int32)
+	require.NoError(t, conn.Raw(func(dc any) error {
+		pq.SetNotificationHandler(dc.(interface{ Unwrap() driver.Conn }).Unwrap(), func(*pq.Notification) {
+			heard.Add(1)
+		})
+		return nil
+	}))
+	_, err = conn.ExecContext(context.Background(), "LISTEN whole_news")
+	require.NoError(t, err)
+	return conn, d.last(), heard
 }
