@@ -143,8 +143,10 @@ func (r *rows) endPause() {
 
 // Pause implements Controller.
 func (r *rows) Pause() error {
-	if rr := r.resumer; rr.control(rr.pauseRetry) {
-		return nil
+	if rr := r.resumer; rr != nil {
+		if held, err := rr.control(rr.pauseRetry); held {
+			return err
+		}
 	}
 	return r.pauseNow()
 }
@@ -199,8 +201,10 @@ func (r *rows) pauseCount() int64 {
 
 // Resume implements Controller.
 func (r *rows) Resume() error {
-	if rr := r.resumer; rr.control(rr.resumeRetry) {
-		return nil
+	if rr := r.resumer; rr != nil {
+		if held, err := rr.control(rr.resumeRetry); held {
+			return err
+		}
 	}
 	return r.resumeNow()
 }
@@ -280,7 +284,7 @@ func (r *rows) pauseReleased(generation uint64) {
 		p.mu.Unlock()
 		return // Resume, Close or a later pause came first
 	}
-	r.resumer.holdPause(p.pausedAt)
+	r.resumer.holdPause(r, p.pausedAt, time.Duration(r.pauseTimeout.Load()))
 	released := r.failState(ErrPauseReleased, true)
 	if released {
 		p.end()

@@ -40,15 +40,21 @@ func WithResumeAfterPause(d time.Duration) Option {
 	}
 }
 
-// holdPause takes over the pause that began at pausedAt, which the rows
+// holdPause takes over the pause that began at pausedAt, which the rows r
 // are about to end with ErrPauseReleased: from now on the Stream's
-// controls come here (control). Called by the pause's timer, with the
-// pauser's lock held.
-func (rr *resumeRows) holdPause(pausedAt time.Time) {
+// controls come here (control), and the pause's timeout d, counted from
+// pausedAt, is timed here (heldPauseExpired), as the rows timed it.
+// Called by the pause's timer, with the pauser's lock held.
+func (rr *resumeRows) holdPause(r *rows, pausedAt time.Time, d time.Duration) {
 	rr.mu.Lock()
 	defer rr.mu.Unlock()
 	rr.retry()
-	rr.pausing, rr.wake, rr.pausedAt = true, make(chan struct{}), pausedAt
+	rr.pausing, rr.wake, rr.pausedAt, rr.heldAt = true, make(chan struct{}), pausedAt, time.Now()
+	rr.holds++
+	if d > 0 {
+		hold := rr.holds
+		rr.expiry = time.AfterFunc(max(time.Until(pausedAt.Add(d)), 0), func() { rr.heldPauseExpired(r, hold) })
+	}
 }
 
 // dropPause gives the controls back when the rows did not fail after all
@@ -56,36 +62,100 @@ func (rr *resumeRows) holdPause(pausedAt time.Time) {
 func (rr *resumeRows) dropPause() {
 	rr.mu.Lock()
 	defer rr.mu.Unlock()
-	rr.retrying, rr.pausing, rr.wake = false, false, nil
+	rr.endControls()
+}
+
+// heldStats sets st's State, and the figures of a pause held here, from
+// one moment while the controls come here; called with the pauser's lock
+// held, after its snapshot.
+func (rr *resumeRows) heldStats(st *Stats) {
+	if rr == nil {
+		return
+	}
+	rr.mu.Lock()
+	defer rr.mu.Unlock()
+	switch {
+	case !rr.retrying:
+	case rr.endErr != nil:
+		st.State = Failed
+	case rr.pausing:
+		st.State = Paused
+		if !rr.heldAt.IsZero() {
+			st.PausedNow = max(time.Since(rr.pausedAt), 1)
+			st.PausedTotal += time.Since(rr.heldAt)
+		}
+	default:
+		st.State = Running
+	}
+}
+
+// endControls gives the Stream's controls back to the rows; called with
+// mu held.
+func (rr *resumeRows) endControls() {
+	rr.retrying, rr.pausing, rr.wake, rr.heldAt = false, false, nil, time.Time{}
 	rr.stopCancel()
+	rr.stopExpiry()
+}
+
+// stopExpiry stops a held pause's timeout; called with mu held.
+func (rr *resumeRows) stopExpiry() {
+	if rr.expiry != nil {
+		rr.expiry.Stop()
+		rr.expiry = nil
+	}
+}
+
+// heldPauseExpired runs on the timeout of hold number hold, a pause that
+// the rows r let go: as the rows' own pause timer would, it counts the
+// timeout, tells the Observer (EventPauseTimeout) and ends the stream with
+// ErrPauseTimeout from here, or resumes it under ResumeOnPauseTimeout, so
+// that a Resume that comes later finds the stream ended, and a Next the
+// continuation.
+func (rr *resumeRows) heldPauseExpired(r *rows, hold uint64) {
+	p := r.pause.Load() // the pause's, which it was released from
+	p.mu.Lock()
+	rr.mu.Lock()
+	if rr.holds != hold || !rr.retrying || !rr.pausing || rr.endErr != nil {
+		rr.mu.Unlock()
+		p.mu.Unlock()
+		return // a Resume, Cancel or Close came first
+	}
+	rr.expiry = nil
+	p.timeouts++
+	event := r.queuePause(EventPauseTimeout, p, max(time.Since(rr.pausedAt), 1))
+	if r.settings.onPauseTimeout == ResumeOnPauseTimeout {
+		rr.resumeRetry() // Next tells of the resume (waitReleased)
+	} else {
+		err := ErrPauseTimeout
+		r.failure.Store(&err)
+		rr.endWith(err)
+	}
+	rr.mu.Unlock()
+	p.mu.Unlock()
+	r.deliverQueued(event)
 }
 
 // waitReleased waits for the Resume that ends a pause held here, and
 // returns nil then; or the error of the Cancel, the context or the pause
-// timeout that ends it first (the timeout counts from the pause's start;
-// ResumeOnPauseTimeout resumes instead). The rows' EventResumed or
-// EventEnded tell the Observer.
+// timeout that ended it first (heldPauseExpired). The rows' EventResumed
+// or EventEnded tell the Observer.
 func (rr *resumeRows) waitReleased() (err error) {
 	old := rr.cur
-	var expired <-chan time.Time
-	if d := time.Duration(old.pauseTimeout.Load()); d > 0 {
-		t := time.NewTimer(max(time.Until(rr.pausedAt.Add(d)), 0))
-		defer t.Stop()
-		expired = t.C
-	}
 	defer func() {
 		if err != nil {
 			rr.mu.Lock()
-			rr.retrying, rr.pausing, rr.wake = false, false, nil
-			rr.stopCancel()
+			rr.endControls()
 			rr.mu.Unlock()
 			old.failure.Store(&err)
 		}
 	}()
 	for {
 		rr.mu.Lock()
-		wake, stop, pausing := rr.wake, rr.stop, rr.pausing
+		wake, stop, pausing, end := rr.wake, rr.stop, rr.pausing, rr.endErr
 		rr.mu.Unlock()
+		if end != nil {
+			return end
+		}
 		if !pausing {
 			old.observeReleasedResume(time.Since(rr.pausedAt))
 			return nil
@@ -93,17 +163,8 @@ func (rr *resumeRows) waitReleased() (err error) {
 		select {
 		case <-wake:
 		case <-stop:
-			return ErrCanceled
 		case <-rr.ctx.Done():
 			return rr.ctx.Err()
-		case <-expired:
-			if old.settings.onPauseTimeout != ResumeOnPauseTimeout {
-				return ErrPauseTimeout
-			}
-			rr.mu.Lock()
-			rr.resumeRetry()
-			rr.mu.Unlock()
-			expired = nil
 		}
 	}
 }

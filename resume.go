@@ -250,15 +250,24 @@ type resumeRows struct {
 	cause error
 
 	// mu guards what the Stream's controls find while a continuation is
-	// being made (retrying): a Cancel sets canceled and closes stop, a
+	// being made (retrying): a Cancel sets endErr and closes stop, a
 	// Pause sets pausing, a Resume clears it.
-	mu                          sync.Mutex
-	retrying, canceled, pausing bool
-	stop                        chan struct{}
+	mu                sync.Mutex
+	retrying, pausing bool
+	stop              chan struct{}
+	// endErr is what ended the stream while the controls came here: a
+	// Cancel (ErrCanceled), or the timeout of a pause held here
+	// (ErrPauseTimeout). The Stream is Failed from then on, though Next
+	// has not seen it yet.
+	endErr error
 	// wake is closed by the Resume that ends a pause held here; pausedAt
-	// is when that pause began (release.go).
+	// is when that pause began, heldAt when it came here, and expiry its
+	// pause timeout's timer, of hold number holds (release.go).
 	wake     chan struct{}
 	pausedAt time.Time
+	heldAt   time.Time
+	expiry   *time.Timer
+	holds    uint64
 	// stopCtx is the query's context, canceled by a Cancel: a connect
 	// waits in it.
 	stopCtx    context.Context
@@ -483,7 +492,7 @@ func (rr *resumeRows) takeOver(r *rows) {
 	paused := false
 	for {
 		rr.mu.Lock()
-		want, canceled := rr.pausing, rr.canceled
+		want, canceled := rr.pausing, rr.endErr != nil
 		if want == paused || canceled {
 			rr.retrying = false
 			rr.cur = r
@@ -509,24 +518,48 @@ func (rr *resumeRows) takeOver(r *rows) {
 
 // retry starts taking the Stream's controls; called with mu held.
 func (rr *resumeRows) retry() {
-	rr.retrying, rr.canceled, rr.pausing = true, false, false
+	rr.retrying, rr.endErr, rr.pausing = true, nil, false
 	rr.stop = make(chan struct{})
 	rr.stopCtx, rr.stopCancel = context.WithCancel(rr.ctx)
 }
 
 // control handles a Controller call that comes while a continuation is
-// being made, and reports whether it did.
-func (rr *resumeRows) control(call func()) bool {
+// being made, and reports whether it did, with the call's error: a stream
+// that a Cancel or a held pause's timeout ended takes no more calls, as a
+// Failed one does not.
+func (rr *resumeRows) control(call func()) (bool, error) {
 	if rr == nil {
-		return false
+		return false, nil
 	}
 	rr.mu.Lock()
 	defer rr.mu.Unlock()
 	if !rr.retrying {
-		return false
+		return false, nil
+	}
+	if rr.endErr != nil {
+		return true, ended(Failed)
 	}
 	call()
-	return true
+	return true, nil
+}
+
+// controlState is the State the Stream shows while the controls come
+// here, and false when they do not.
+func (rr *resumeRows) controlState() (State, bool) {
+	if rr == nil {
+		return 0, false
+	}
+	rr.mu.Lock()
+	defer rr.mu.Unlock()
+	switch {
+	case !rr.retrying:
+		return 0, false
+	case rr.endErr != nil:
+		return Failed, true
+	case rr.pausing:
+		return Paused, true
+	}
+	return Running, true
 }
 
 // continuation runs the query from the last key on a good connection:
@@ -842,9 +875,13 @@ func (rr *resumeRows) Close() error {
 		// the early close of a paused stream, which the release carried
 		// out already; or, when database/sql closes the rows for it, the
 		// end of the query's context.
-		rr.retrying, rr.pausing, rr.wake = false, false, nil
-		rr.stopCancel()
+		if rr.endErr != nil {
+			// A Cancel or the pause timeout ended it first: that is how
+			// it ended.
+			rr.cur.failure.Store(&rr.endErr)
+		}
 		rr.cur.closedReleased.Store(errors.Is(rr.cur.err(), ErrPauseReleased) && rr.cur.contextErr() == nil)
+		rr.endControls()
 	}
 	rr.mu.Unlock()
 	err := rr.cur.Close()
@@ -857,11 +894,16 @@ func (rr *resumeRows) Close() error {
 
 // cancelRetry, pauseRetry and resumeRetry are the Stream's controls while
 // a continuation is being made; called with mu held.
-func (rr *resumeRows) cancelRetry() {
-	if !rr.canceled {
-		rr.canceled = true
+func (rr *resumeRows) cancelRetry() { rr.endWith(ErrCanceled) }
+
+// endWith ends the stream with err while the controls come here (a
+// Cancel, a held pause's timeout): whatever waits in stop stops.
+func (rr *resumeRows) endWith(err error) {
+	if rr.endErr == nil {
+		rr.endErr = err
 		close(rr.stop)
 		rr.stopCancel()
+		rr.stopExpiry()
 	}
 }
 
@@ -874,7 +916,8 @@ func (rr *resumeRows) pauseRetry() {
 
 func (rr *resumeRows) resumeRetry() {
 	if rr.pausing {
-		rr.pausing = false
+		rr.pausing, rr.heldAt = false, time.Time{}
+		rr.stopExpiry()
 		if rr.wake != nil {
 			close(rr.wake)
 			rr.wake = nil

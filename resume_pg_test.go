@@ -685,8 +685,8 @@ func TestResumeReleasesAfterPause(t *testing.T) {
 	// releasedIn pauses a stream of ctx in mode after a row until its
 	// query was let go: its backend idle, or gone with the cut connection
 	// of a single statement.
-	releasedIn := func(t *testing.T, ctx context.Context, mode string) (*Stream, *sql.Rows, *eventLog) {
-		s, rows, pid, log := openCtx(t, ctx, mode, WithResumeAfterPause(50*time.Millisecond))
+	releasedIn := func(t *testing.T, ctx context.Context, mode string, opts ...Option) (*Stream, *sql.Rows, *eventLog) {
+		s, rows, pid, log := openCtx(t, ctx, mode, append([]Option{WithResumeAfterPause(50 * time.Millisecond)}, opts...)...)
 		require.True(t, rows.Next())
 		require.NoError(t, s.Pause())
 		require.Eventually(t, func() bool {
@@ -703,13 +703,72 @@ func TestResumeReleasesAfterPause(t *testing.T) {
 	released := func(t *testing.T) (*Stream, *sql.Rows, *eventLog) {
 		return releasedIn(t, context.Background(), "")
 	}
-	t.Run("canceled while released", func(t *testing.T) {
-		s, rows, _ := released(t)
-		require.NoError(t, s.Cancel())
-		for rows.Next() {
-		}
-		require.ErrorIs(t, rows.Err(), ErrCanceled)
+	// A Cancel while the query is released ends the stream at once, as it
+	// ends a pause: Failed from then on, controls refused, no resume, and
+	// the end tells of the Cancel, read or closed.
+	for _, read := range []bool{true, false} {
+		t.Run(fmt.Sprintf("canceled while released/read=%v", read), func(t *testing.T) {
+			s, rows, log := released(t)
+			require.NoError(t, s.Cancel())
+			assert.Equal(t, Failed, s.State())
+			assert.Equal(t, Failed, s.Stats().State)
+			assert.ErrorIs(t, s.Resume(), ErrStreamEnded)
+			assert.ErrorIs(t, s.Pause(), ErrStreamEnded)
+			assert.ErrorIs(t, s.Cancel(), ErrStreamEnded)
+			if read {
+				assert.False(t, rows.Next())
+				require.ErrorIs(t, rows.Err(), ErrCanceled)
+			}
+			require.NoError(t, rows.Close())
+			assert.Equal(t, Failed, s.State())
+			assert.Equal(t, 1, log.count(EventPaused))
+			assert.Zero(t, log.count(EventResumed), "a canceled pause resumed")
+			require.Len(t, log.ended, 1)
+			assert.Equal(t, OutcomeCanceled, log.ended[0].Outcome)
+			assert.ErrorIs(t, log.ended[0].Err, ErrCanceled)
+		})
+	}
+	// The pause timeout of a released pause acts from its own goroutine,
+	// as a pause's does: with no Next meanwhile, the stream is Failed at
+	// the timeout, the Observer hears of it, and a later Resume finds it
+	// ended; or, under ResumeOnPauseTimeout, it is Running again and goes
+	// on from its key.
+	t.Run("pause timeout while released", func(t *testing.T) {
+		s, rows, log := releasedIn(t, context.Background(), "", WithPauseTimeout(2*time.Second))
+		st := s.Stats()
+		require.Equal(t, Paused, st.State, "the pause timed out before its release")
+		assert.Positive(t, st.PausedNow, "a held pause shows no PausedNow")
+		assert.GreaterOrEqual(t, st.PausedTotal, st.PausedNow)
+		require.Eventually(t, func() bool { return s.State() == Failed }, 10*time.Second, 5*time.Millisecond)
+		st = s.Stats()
+		assert.Equal(t, int64(1), st.PauseTimeouts)
+		assert.Zero(t, st.PausedNow)
+		assert.Equal(t, 1, log.count(EventPauseTimeout))
+		assert.ErrorIs(t, s.Resume(), ErrStreamEnded)
+		assert.False(t, rows.Next())
+		require.ErrorIs(t, rows.Err(), ErrPauseTimeout)
 		require.NoError(t, rows.Close())
+		assert.Zero(t, log.count(EventResumed))
+		assert.Zero(t, log.count(EventContinued))
+		require.Len(t, log.ended, 1)
+		assert.Equal(t, OutcomePauseTimeout, log.ended[0].Outcome)
+	})
+	t.Run("pause timeout resumes while released", func(t *testing.T) {
+		s, rows, log := releasedIn(t, context.Background(), "",
+			WithPauseTimeout(2*time.Second), WithPauseTimeoutAction(ResumeOnPauseTimeout))
+		require.Equal(t, Paused, s.State(), "the pause timed out before its release")
+		require.Eventually(t, func() bool { return s.State() == Running }, 10*time.Second, 5*time.Millisecond)
+		assert.Equal(t, int64(1), s.Stats().PauseTimeouts)
+		assert.Equal(t, 1, log.count(EventPauseTimeout))
+		n := 1
+		for rows.Next() {
+			n++
+		}
+		require.NoError(t, rows.Err())
+		require.NoError(t, rows.Close())
+		assert.Equal(t, 20_000, n, "not every row once")
+		assert.Equal(t, 1, log.count(EventContinued))
+		assert.Equal(t, log.count(EventPaused), log.count(EventResumed), "the pause did not end")
 	})
 	// Closed while released, the stream was closed early: its query was
 	// let go as an early close in its mode lets it go.
@@ -720,6 +779,9 @@ func TestResumeReleasesAfterPause(t *testing.T) {
 		t.Run("closed while released/mode="+c.mode, func(t *testing.T) {
 			s, rows, log := releasedIn(t, context.Background(), c.mode)
 			assert.Equal(t, Paused, s.State())
+			st := s.Stats()
+			assert.Equal(t, Paused, st.State)
+			assert.Positive(t, st.PausedNow, "a held pause shows no PausedNow")
 			require.NoError(t, rows.Close())
 			assert.Equal(t, Closed, s.State())
 			assert.Equal(t, Closed, s.Stats().State)

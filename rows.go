@@ -293,8 +293,10 @@ func (r *rows) fail(err error, cut bool) bool {
 
 // Cancel implements Controller.
 func (r *rows) Cancel() error {
-	if rr := r.resumer; rr.control(rr.cancelRetry) {
-		return nil
+	if rr := r.resumer; rr != nil {
+		if held, err := rr.control(rr.cancelRetry); held {
+			return err
+		}
 	}
 	if r.failState(ErrCanceled, true) {
 		r.endPause()
@@ -554,13 +556,10 @@ func (r *rows) State() State {
 	if st == Failed && r.closedReleased.Load() {
 		return Closed
 	}
-	if rr := r.resumer; st.final() && rr != nil {
-		rr.control(func() {
-			st = Running
-			if rr.pausing {
-				st = Paused
-			}
-		})
+	if st.final() {
+		if held, ok := r.resumer.controlState(); ok {
+			return held
+		}
 	}
 	return st
 }
@@ -579,6 +578,7 @@ func (r *rows) Stats() Stats {
 	if p := r.pause.Load(); p != nil {
 		p.mu.Lock()
 		p.snapshot(r.State, &st)
+		r.resumer.heldStats(&st)
 		p.mu.Unlock()
 	}
 	return st
