@@ -19,9 +19,10 @@ import (
 // statement's instead of adding to it.
 //
 // An end is owed only where its replies cannot change anything a caller
-// sees, with nothing in flight and no notice handler to hear of them late
-// (nor a notification handler: outside a transaction, not on a session
-// that ran LISTEN):
+// sees, with nothing in flight, nothing the server sent waiting unread
+// (quiet: a FATAL, which Close then reports) and no notice handler to
+// hear of them late (nor a notification handler: outside a transaction,
+// not on a session that ran LISTEN):
 //
 //   - Inside a transaction block (mayOwe) the end is Close and Sync, and
 //     the transaction status it leaves is the one it found. A pooler keeps
@@ -72,16 +73,19 @@ var owedEndMaxAge = 100 * time.Millisecond
 const owedEndStatements = 2
 
 // mayOwe reports whether the end about to be sent inside a transaction
-// block may be owed (see above).
+// block may be owed (see above). A stream's age counts from its query's
+// first message, where the server's statement_timeout starts, before any
+// round trip that described the statement.
 func (p *portal) mayOwe() bool {
-	return p.before == txStatusInTx && p.owable() && time.Since(p.sent) < owedEndMaxAge
+	return p.before == txStatusInTx && p.owable() && time.Since(p.r.start) < owedEndMaxAge &&
+		p.conn.sock.quiet()
 }
 
 // mayOweUnsynced reports whether the end of an early-closed read outside
 // a transaction may go without its Sync (see above).
 func (p *portal) mayOweUnsynced() bool {
 	return p.before == txStatusIdle && p.owable() && !p.conn.sock.frames.listening.Load() &&
-		!p.conn.unwrapped && time.Since(p.sent) < owedEndMaxAge && !p.w.holds() && p.conn.sock.quiet()
+		!p.conn.unwrapped && time.Since(p.r.start) < owedEndMaxAge && !p.w.holds() && p.conn.sock.quiet()
 }
 
 // owable reports what every owed end needs: nothing in flight, no end
@@ -164,14 +168,22 @@ func (p *portal) oweUnsynced() error {
 // settle reads an owed end's replies up to its ReadyForQuery, or for an
 // end without Sync up to its last CommandComplete, handing back to lib/pq
 // what it reads for lib/pq (handBack). A connection that fails meanwhile
-// is discarded, and whoever reads next meets the failure; a FATAL before
-// the end without Sync was carried out sets endedFirst.
+// is discarded: a FATAL before the end was carried out sets endedFirst,
+// a failed read keeps its error in lostErr, for payOwed.
 func (p *portal) settle() {
 	for !p.ended {
 		typ, body, err := p.w.next()
 		if err != nil {
+			if p.owed {
+				p.lostErr = err
+			}
 			_ = p.lost(err)
 			return
+		}
+		if typ == 'E' && p.owed && endsSession(body) != nil {
+			// The server ends the session before the end's last reply:
+			// it read nothing sent after the end.
+			p.endedFirst = true
 		}
 		if p.unsynced {
 			switch typ {
@@ -186,7 +198,6 @@ func (p *portal) settle() {
 					p.recover()
 					continue
 				}
-				p.endedFirst = true
 			}
 		}
 		if err := p.skip(typ, body); err != nil {
@@ -284,10 +295,12 @@ func clientSyncs(b []byte) (n int, last bool) {
 
 // payOwed reads the owed end, if there is one (settle), and sends again
 // what an end that failed made the server skip (recover). It returns
-// io.EOF when the session ended before an end without Sync was carried
-// out: nothing written after it ran, and lib/pq reports io.EOF as
-// driver.ErrBadConn, so that database/sql runs the statement on another
-// connection. It returns errUnrecoverable when what was written after
+// io.EOF when the session ended before the end was carried out: nothing
+// written after it ran, and lib/pq reports io.EOF as driver.ErrBadConn,
+// so that database/sql runs the statement on another connection (in a
+// transaction, the statement fails with it). It returns the read's error
+// when the connection was lost while the end was read: what was written
+// after it may have run, and lib/pq reports a network error as it is. It returns errUnrecoverable when what was written after
 // the end could not be sent again (recover), and the server's error when
 // the end inside a transaction block failed (mayOwe): the transaction is
 // aborted. The connection is then discarded.
@@ -312,6 +325,11 @@ func (s *sock) payOwed() error {
 		return errUnrecoverable
 	case p.endedFirst:
 		return io.EOF
+	case p.lostErr != nil:
+		// lib/pq gets the read's own error, as it would have read it.
+		err := p.lostErr
+		p.lostErr = nil
+		return err
 	}
 	if err := p.takeServerErr(); err != nil {
 		p.conn.discard()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"database/sql/driver"
+	"errors"
 	"testing"
 	"time"
 
@@ -40,6 +41,37 @@ func openOwed(t *testing.T) (*sql.DB, *fakeSock, int) {
 	var pid int
 	require.NoError(t, db.QueryRow("SELECT pg_backend_pid()").Scan(&pid))
 	return db, d.last(), pid
+}
+
+// owedTxStream is openOwed's, with a stream of bigQuery in a transaction
+// (rolled back at the test's end) past its first row.
+func owedTxStream(t *testing.T) (*sql.DB, *fakeSock, int, *sql.Tx, *sql.Rows) {
+	t.Helper()
+	db, s, pid := openOwed(t)
+	ctx := context.Background()
+	tx, err := db.BeginTx(ctx, nil)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = tx.Rollback() })
+	rows, err := tx.QueryContext(ctx, bigQuery, 1_000_000)
+	require.NoError(t, err)
+	require.True(t, rows.Next())
+	return db, s, pid, tx, rows
+}
+
+// closeAfterTermination ends the session of backend pid, whose socket
+// is s, waits until it is gone, and closes rows, a stream on it: Close
+// reads the FATAL and reports it.
+func closeAfterTermination(t *testing.T, s *fakeSock, pid int, rows *sql.Rows) {
+	t.Helper()
+	monitor := openPG(t, "postgres", "")
+	_, err := monitor.Exec("SELECT pg_terminate_backend($1)", pid)
+	require.NoError(t, err)
+	requireBackendStops(t, monitor, pid)
+	before := s.reads.Load()
+	var ended *SessionEndedError
+	require.ErrorAs(t, rows.Close(), &ended)
+	assert.Equal(t, "57P01", string(ended.Server.Code))
+	assert.NotZero(t, s.reads.Load()-before)
 }
 
 // closeReads closes rows and returns how many times the socket was read
@@ -183,6 +215,12 @@ func TestPortalEndNotOwed(t *testing.T) {
 		assert.NotZero(t, closeReads(t, s, rows))
 		require.NoError(t, tx.Commit())
 	})
+	t.Run("the session ended first", func(t *testing.T) {
+		// A FATAL already sent, which Close reads and reports, as it does
+		// outside a transaction (TestPortalAutocommitEndNotOwed).
+		_, s, pid, _, rows := owedTxStream(t)
+		closeAfterTermination(t, s, pid, rows)
+	})
 	t.Run("notice handler", func(t *testing.T) {
 		db, s, _ := openOwed(t)
 		conn, err := db.Conn(ctx)
@@ -269,6 +307,62 @@ func TestPortalOwedEndOnEndedSession(t *testing.T) {
 	var other int
 	require.NoError(t, db.QueryRowContext(ctx, "SELECT pg_backend_pid()").Scan(&other))
 	assert.NotEqual(t, pid, other)
+}
+
+// TestPortalOwedEndLostInTx: what ends the connection while the next
+// statement of a transaction reads an owed end is what that statement
+// reports, as lib/pq would have read it. A FATAL before the end's last
+// reply means the server ran nothing after the end: the statement fails
+// with driver.ErrBadConn, as it does when lib/pq reads the FATAL itself.
+// A failed read is the read's error itself,
+// which lib/pq reports as it is: what was written after the end may
+// have run. The pool replaces the connection either way.
+func TestPortalOwedEndLostInTx(t *testing.T) {
+	fatal := message('E', errorBody("SFATAL", "VFATAL", "C57P01", "Mterminating connection due to administrator command"))
+	refused := errors.New("read refused")
+	for _, how := range []string{"a FATAL first", "a failed read"} {
+		t.Run(how, func(t *testing.T) {
+			db, s, pid, tx, rows := owedTxStream(t)
+			require.Zero(t, closeReads(t, s, rows), "the end was not owed")
+			if how == "a FATAL first" {
+				s.inject(fatal)
+			} else {
+				s.failRead.Store(&refused)
+			}
+			_, err := tx.ExecContext(context.Background(), "SELECT 1")
+			if how == "a FATAL first" {
+				require.ErrorIs(t, err, driver.ErrBadConn)
+			} else {
+				require.ErrorIs(t, err, refused)
+				assert.NotErrorIs(t, err, driver.ErrBadConn)
+			}
+			assert.True(t, s.isClosed(), "the connection was kept")
+			_ = tx.Rollback()
+			assert.NotEqual(t, pid, pidOf(t, db), "the pool kept the connection")
+		})
+	}
+}
+
+// TestPortalOwedEndAgeFromTheFirstMessage: a stream's age, past which its
+// end is not owed, counts from its query's first message, where the
+// server's statement_timeout starts, also when the statement took a round
+// trip to be described (an argument with a backslash) before its first
+// batch was asked for.
+func TestPortalOwedEndAgeFromTheFirstMessage(t *testing.T) {
+	const lag = 300 * time.Millisecond // each read: the describe's, then the first batch's
+	withOwedEndMaxAge(t, lag*3/2)
+	db, s, _ := openOwed(t)
+	ctx := context.Background()
+	tx, err := db.BeginTx(ctx, nil)
+	require.NoError(t, err)
+	defer func() { _ = tx.Rollback() }()
+	s.delay.Store(int64(lag))
+	rows, err := tx.QueryContext(ctx, "SELECT g, $1::text FROM generate_series(1, 1000000) g", `a\b`)
+	require.NoError(t, err)
+	require.True(t, rows.Next())
+	s.delay.Store(0)
+	assert.NotZero(t, closeReads(t, s, rows), "an end older than owedEndMaxAge was owed")
+	require.NoError(t, tx.Commit())
 }
 
 // timedOutTx is a transaction whose stream outlived its

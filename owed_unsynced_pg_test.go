@@ -438,18 +438,10 @@ func TestPortalAutocommitEndNotOwed(t *testing.T) {
 		// A FATAL already sent, which Close reads and reports, and the
 		// pool replaces the connection, as before the end was owed.
 		db, s, pid := openOwed(t)
-		monitor := openPG(t, "postgres", "")
 		rows, err := db.Query(bigQuery, 1_000_000)
 		require.NoError(t, err)
 		require.True(t, rows.Next())
-		_, err = monitor.Exec("SELECT pg_terminate_backend($1)", pid)
-		require.NoError(t, err)
-		requireBackendStops(t, monitor, pid)
-		before := s.reads.Load()
-		var ended *SessionEndedError
-		require.ErrorAs(t, rows.Close(), &ended)
-		assert.Equal(t, "57P01", string(ended.Server.Code))
-		assert.NotZero(t, s.reads.Load()-before)
+		closeAfterTermination(t, s, pid, rows)
 		assert.NotEqual(t, pid, pidOf(t, db), "a new connection")
 	})
 	t.Run("a statement that writes", func(t *testing.T) {

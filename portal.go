@@ -175,10 +175,12 @@ type portal struct {
 	// (owed.go); unsynced while that end has no Sync, endLeft counting the
 	// CommandCompletes it still owes; resend is set when what was written
 	// after it must be sent again (recover).
-	// endedFirst is set when the session ended before an end without Sync
-	// was carried out, unrecoverable when what was written after such an
-	// end that failed could not be sent again.
+	// endedFirst is set when the session ended before an owed end was
+	// carried out, unrecoverable when what was written after an end
+	// without Sync that failed could not be sent again; lostErr is the
+	// read error that lost the connection while an owed end was read.
 	owed, unsynced, resend, endedFirst, unrecoverable bool
+	lostErr                                           error
 	endLeft                                           int
 	// pausesSeen is the stream's pause count at the last grant. A pause
 	// since then leaves the server waiting for the next Execute as long as

@@ -51,7 +51,9 @@ type fakeSock struct {
 	stalled   atomic.Bool  // writes are swallowed from now on
 	// failWrites, when set, fails the writes from now on; reads go on.
 	failWrites atomic.Pointer[error]
-	swallowed  chan struct{} // closed by the first write swallowed
+	// failRead, when set, fails the next read, once.
+	failRead  atomic.Pointer[error]
+	swallowed chan struct{} // closed by the first write swallowed
 
 	mu         sync.Mutex // guards the four below
 	deadline   time.Time  // the read deadline in effect
@@ -161,6 +163,9 @@ func (s *fakeSock) stall() { s.stalled.Store(true) }
 
 func (s *fakeSock) Read(p []byte) (int, error) {
 	s.reads.Add(1)
+	if err := s.failRead.Swap(nil); err != nil {
+		return 0, *err
+	}
 	s.mu.Lock()
 	if len(s.injected) > 0 {
 		n := copy(p, s.injected)
