@@ -578,13 +578,20 @@ func (c *conn) query(ctx context.Context, owner any, query string, args []driver
 
 // noteSession notes a statement of the conn's that sets what a new
 // session would not have (sessionSet): one that begins with SET, RESET
-// or DISCARD. It looks at the first word only.
+// or DISCARD, first in the text or after a semicolon. A text whose
+// statements the scan is not sure of counts as one that sets.
 func (c *conn) noteSession(query string) {
 	if c.sessionSet {
 		return
 	}
-	w := firstWord(query)
-	c.sessionSet = strings.EqualFold(w, "set") || strings.EqualFold(w, "reset") || strings.EqualFold(w, "discard")
+	if oneOf(firstWord(query), sessionFirstWords) {
+		c.sessionSet = true
+		return
+	}
+	if strings.IndexByte(query, ';') >= 0 {
+		t := scanQuery(query)
+		c.sessionSet = t.sets || !t.certain && t.statements > 1
+	}
 }
 
 // firstWord returns the first word of query, past spaces and comments.
@@ -595,7 +602,7 @@ func firstWord(q string) string {
 		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v':
 			i++
 		case c == '-' && i+1 < len(q) && q[i+1] == '-':
-			for i < len(q) && q[i] != '\n' {
+			for i < len(q) && q[i] != '\n' && q[i] != '\r' {
 				i++
 			}
 		case c == '/' && i+1 < len(q) && q[i+1] == '*':

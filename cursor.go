@@ -139,13 +139,19 @@ func (c *conn) queryCursor(ctx context.Context, query string, args []driver.Name
 	if cur.size == FetchAuto {
 		cur.size, cur.next = 0, autoFirstRows
 	}
-	declare, offset := declareCursor(cur.name, query[:text.end])
 	// The simple protocol runs every statement of a string, so it may
 	// carry the DECLARE only when the scan is certain that the query is
 	// one statement whose parentheses close where the server's do. Any
 	// other text goes in a Parse message, which the server refuses when
-	// it holds a second statement: nothing runs.
+	// it holds a second statement: nothing runs. It goes whole: where
+	// the scan is not sure, its end of the first statement is a guess,
+	// and a text cut there would run without what follows.
 	simple := text.certain && !text.malformed
+	body := query
+	if simple {
+		body = query[:text.end]
+	}
+	declare, offset := declareCursor(cur.name, body)
 	var err error
 	c.txIdle = false
 	switch {

@@ -285,6 +285,14 @@ func TestResumeRefused(t *testing.T) {
 			_, err := db.QueryContext(ctx, `(SELECT g FROM generate_series(1, 9) g ORDER BY g FETCH FIRST 5 ROWS ONLY)`, key())
 			return err
 		},
+		"limit in a subquery": func() error {
+			_, err := db.QueryContext(ctx, `SELECT g FROM (SELECT g FROM generate_series(1, 9) g ORDER BY g LIMIT 5) s ORDER BY g`, key())
+			return err
+		},
+		"select into in a with": func() error {
+			_, err := db.QueryContext(ctx, `WITH a AS (SELECT 1 AS g) SELECT g INTO resume_into FROM a`, key())
+			return err
+		},
 	}
 	for name, run := range cases {
 		t.Run(name, func(t *testing.T) {

@@ -106,11 +106,31 @@ func TestFirstWord(t *testing.T) {
 		"SET search_path TO x":              "SET",
 		"  -- c\n /* a /* b */ */reset all": "reset",
 		"discard ALL":                       "discard",
+		"-- c\rSET x TO 1":                  "SET",
 		"SELECT 1":                          "SELECT",
 		"/* open":                           "",
 		"":                                  "",
 	} {
 		assert.Equal(t, want, firstWord(q), q)
+	}
+}
+
+// TestNoteSession: a statement that sets what a new session would not
+// have is seen first in the text or after a semicolon, and a text whose
+// statements the scan is not sure of counts as one.
+func TestNoteSession(t *testing.T) {
+	for q, want := range map[string]bool{
+		"SET search_path TO x":            true,
+		"SELECT 1":                        false,
+		"SELECT 1; SELECT 2":              false,
+		"SELECT 1; SET search_path TO x":  true,
+		"SELECT ';SET x'":                 false,
+		"SELECT '\\'; SELECT 2; SELECT 3": true,
+		"SELECT '\\' || 'x'":              false,
+	} {
+		c := &conn{}
+		c.noteSession(q)
+		assert.Equal(t, want, c.sessionSet, q)
 	}
 }
 

@@ -33,15 +33,19 @@ type queryText struct {
 	// first is the first statement's first keyword as written, or "(" for
 	// a query in parentheses; empty when there is none.
 	first string
-	// writes is set when the first statement may change data: it is not
-	// a SELECT, VALUES, TABLE, WITH or SHOW, or it holds INSERT, UPDATE
-	// (but FOR [NO KEY] UPDATE), DELETE or MERGE, or SELECT … INTO.
+	// writes is set when a statement of the text may change data: one
+	// that is not a SELECT, VALUES, TABLE, WITH or SHOW, or that holds
+	// INSERT, UPDATE (but FOR [NO KEY] UPDATE), DELETE or MERGE, or INTO
+	// (SELECT … INTO creates a table, also in a WITH or in parentheses).
 	writes bool
+	// sets is set when a statement of the text begins with SET, RESET or
+	// DISCARD: it changes what a new session would not have.
+	sets bool
 	// params is the highest parameter reference ($1) outside quotes and
 	// comments, 0 for none: the count of parameters the server infers.
 	params int
-	// limited is set when the first statement has LIMIT, OFFSET or FETCH
-	// outside parentheses (inside the one pair around a query in them).
+	// limited is set when the first statement has LIMIT, OFFSET or FETCH,
+	// at any depth: a subquery's counts its rows too.
 	limited bool
 	// nul is set when the text holds a NUL byte, which ends a string in
 	// the protocol's messages: the server reads what follows it as the
@@ -53,8 +57,9 @@ type queryText struct {
 func scanQuery(q string) queryText {
 	t := queryText{certain: true}
 	depth := 0
-	tokens := 0     // in the current statement
-	var prev string // the previous keyword of the first statement
+	tokens := 0          // in the current statement
+	var prev string      // the current statement's previous keyword
+	var stmtFirst string // the current statement's first keyword, or "("
 	inFirst := true
 	for i := 0; i < len(q); {
 		c := q[i]
@@ -127,10 +132,12 @@ func scanQuery(q string) queryText {
 				i = n
 				break
 			}
-			if inFirst {
-				t.keyword(word, prev, depth)
-				prev = word
+			if stmtFirst == "" {
+				stmtFirst = word
+				t.sets = t.sets || oneOf(word, sessionFirstWords)
 			}
+			t.keyword(word, prev, inFirst)
+			prev = word
 			i = j
 		case c >= '0' && c <= '9' || c == '.' && i+1 < len(q) && q[i+1] >= '0' && q[i+1] <= '9':
 			j := i + 1
@@ -144,6 +151,9 @@ func scanQuery(q string) queryText {
 		case c == '(':
 			if inFirst && t.first == "" {
 				t.first = "("
+			}
+			if stmtFirst == "" {
+				stmtFirst = "("
 			}
 			depth++
 			i++
@@ -163,10 +173,13 @@ func scanQuery(q string) queryText {
 				t.malformed = true
 				return t.done(q, inFirst)
 			}
+			if tokens > 0 && !readsOnly(stmtFirst) {
+				t.writes = true
+			}
 			if inFirst && t.statements > 0 {
 				t.end, inFirst = i, false
 			}
-			tokens = 0
+			tokens, prev, stmtFirst = 0, "", ""
 			i++
 		case c == '\\':
 			t.certain = false // no PostgreSQL token starts with a backslash
@@ -178,8 +191,24 @@ func scanQuery(q string) queryText {
 	if depth != 0 {
 		t.malformed = true
 	}
+	if tokens > 0 && !readsOnly(stmtFirst) {
+		t.writes = true
+	}
 	return t.done(q, inFirst)
 }
+
+// sessionFirstWords are the first keywords of the statements that set
+// what a new session would not have.
+var sessionFirstWords = []string{"set", "reset", "discard"}
+
+// readsOnly reports whether a statement whose first keyword is first (or
+// "(") reads, as far as its first keyword tells.
+func readsOnly(first string) bool {
+	return oneOf(first, readFirstWords)
+}
+
+// readFirstWords are the first keywords of the statements that read.
+var readFirstWords = []string{"select", "values", "table", "with", "show", "("}
 
 // done completes t once the scan stopped; inFirst says the first
 // statement ran to the text's end.
@@ -188,20 +217,16 @@ func (t queryText) done(q string, inFirst bool) queryText {
 		t.end = len(q)
 	}
 	t.nul = strings.IndexByte(q, 0) >= 0
-	switch {
-	case strings.EqualFold(t.first, "select"), strings.EqualFold(t.first, "values"),
-		strings.EqualFold(t.first, "table"), strings.EqualFold(t.first, "with"),
-		strings.EqualFold(t.first, "show"), t.first == "(":
-	default:
+	if !readsOnly(t.first) {
 		t.writes = true
 	}
 	return t
 }
 
-// keyword notes word, a keyword or identifier of the first statement
-// that follows prev, at parenthesis depth depth.
-func (t *queryText) keyword(word, prev string, depth int) {
-	if t.first == "" {
+// keyword notes word, a keyword or identifier of a statement that
+// follows prev in it; inFirst says the statement is the text's first.
+func (t *queryText) keyword(word, prev string, inFirst bool) {
+	if inFirst && t.first == "" {
 		t.first = word
 	}
 	switch {
@@ -213,10 +238,12 @@ func (t *queryText) keyword(word, prev string, depth int) {
 		if !strings.EqualFold(prev, "for") && !strings.EqualFold(prev, "key") {
 			t.writes = true
 		}
-	case strings.EqualFold(word, "into") && depth == 0 && strings.EqualFold(t.first, "select"):
-		t.writes = true // SELECT … INTO creates a table
+	case strings.EqualFold(word, "into"):
+		// SELECT … INTO creates a table, wherever the server finds it (in
+		// a WITH's query, in parentheses); INSERT and MERGE write anyway.
+		t.writes = true
 	case strings.EqualFold(word, "limit"), strings.EqualFold(word, "offset"), strings.EqualFold(word, "fetch"):
-		if depth == 0 || depth == 1 && t.first == "(" {
+		if inFirst {
 			t.limited = true
 		}
 	}

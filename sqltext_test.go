@@ -16,7 +16,10 @@ func TestScanQuery(t *testing.T) {
 	}{
 		{"SELECT 1", true, false, false, 1, "SELECT", -1},
 		{"  select 1 ; ", true, false, false, 1, "select", 11},
-		{"SELECT 1; DELETE FROM victim", true, false, false, 2, "SELECT", 8},
+		// A write in any statement of the text is a write.
+		{"SELECT 1; DELETE FROM victim", true, false, true, 2, "SELECT", 8},
+		{"SELECT 1; SET search_path TO x", true, false, true, 2, "SELECT", 8},
+		{"SELECT 1; (SELECT 2); VALUES (3)", true, false, false, 3, "SELECT", 8},
 		{"SELECT 1) ; DELETE FROM victim; SELECT (1", true, true, false, 1, "SELECT", -1},
 		{"WITH d AS (DELETE FROM victim RETURNING 1) SELECT (1", true, true, true, 1, "WITH", -1},
 		{"WITH d AS (DELETE FROM victim RETURNING 1) SELECT 1", true, false, true, 1, "WITH", -1},
@@ -38,7 +41,11 @@ func TestScanQuery(t *testing.T) {
 		{"SELECT x FROM t FOR UPDATE", true, false, false, 1, "SELECT", -1},
 		{"SELECT x FROM t FOR NO KEY UPDATE", true, false, false, 1, "SELECT", -1},
 		{"SELECT x INTO new_t FROM t", true, false, true, 1, "SELECT", -1},
-		{"SELECT (SELECT x INTO y) FROM t", true, false, false, 1, "SELECT", -1},
+		// SELECT … INTO wherever the server looks for it (it refuses it in
+		// a subquery, where counting it as a write changes nothing).
+		{"WITH a AS (SELECT 1 AS x) SELECT x INTO new_t FROM a", true, false, true, 1, "WITH", -1},
+		{"(SELECT 1 INTO new_t) UNION SELECT 2", true, false, true, 1, "(", -1},
+		{"SELECT (SELECT x INTO y) FROM t", true, false, true, 1, "SELECT", -1},
 		{"UPDATE t SET x = 1 RETURNING x", true, false, true, 1, "UPDATE", -1},
 		{"insert into t values (1) returning *", true, false, true, 1, "insert", -1},
 		{"MERGE INTO t USING s ON true WHEN MATCHED THEN DELETE", true, false, true, 1, "MERGE", -1},
@@ -82,6 +89,35 @@ func TestScanQuery(t *testing.T) {
 			if !tc.malformed {
 				assert.Equal(t, end, got.end, "end")
 			}
+		})
+	}
+}
+
+// TestScanQueryLimitedAndSets: a LIMIT, OFFSET or FETCH anywhere in the
+// first statement counts (a subquery's rows are counted again in a new
+// snapshot too); a SET, RESET or DISCARD begins any statement of the text.
+func TestScanQueryLimitedAndSets(t *testing.T) {
+	for _, tc := range []struct {
+		query         string
+		limited, sets bool
+	}{
+		{"SELECT * FROM t ORDER BY id", false, false},
+		{"SELECT * FROM t ORDER BY id LIMIT 10", true, false},
+		{"SELECT * FROM (SELECT * FROM t ORDER BY id LIMIT 100) s", true, false},
+		{"WITH a AS (SELECT * FROM t OFFSET 5) SELECT * FROM a", true, false},
+		{"(SELECT * FROM t FETCH FIRST 3 ROWS ONLY)", true, false},
+		{"SELECT 'limit', \"offset\" FROM t -- limit", false, false},
+		{"SELECT 1; SELECT 2 LIMIT 1", false, false},
+		{"SET search_path TO x", false, true},
+		{"SELECT 1; set role r", false, true},
+		{"SELECT 1; /* c */ DISCARD ALL", false, true},
+		{"SELECT 1; RESET ALL", false, true},
+		{"SELECT 'set'; SELECT reset FROM t", false, false},
+	} {
+		t.Run(tc.query, func(t *testing.T) {
+			got := scanQuery(tc.query)
+			assert.Equal(t, tc.limited, got.limited, "limited")
+			assert.Equal(t, tc.sets, got.sets, "sets")
 		})
 	}
 }
