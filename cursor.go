@@ -682,7 +682,12 @@ func (cur *cursor) close(dest []driver.Value) error {
 		c.cut()
 		return drainErr
 	}
-	err := cur.exec(cur.endStatement(commit))
+	end := cur.endStatement(commit)
+	if plan.lockRest {
+		// The rest of the rows, locked and not sent.
+		end = "MOVE FORWARD ALL IN " + cur.name + "; " + end
+	}
+	err := cur.exec(end)
 	if err != nil && isTimeout(err) {
 		c.cut() // the connection stopped answering: as a cut stream, nothing to report
 		return drainErr

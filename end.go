@@ -27,6 +27,10 @@ type endFacts struct {
 	// writes is set when the statement may write (scanQuery): ending it
 	// early must not change what it wrote. Cursor mode runs only reads.
 	writes bool
+	// locks is set when the statement locks the rows it reads (FOR
+	// UPDATE, FOR SHARE: scanQuery), which the server does as it runs
+	// past each.
+	locks bool
 	// closeMode is the stream's CloseMode.
 	closeMode CloseMode
 	// failed is set when the stream failed before its end is carried out
@@ -79,6 +83,10 @@ type endPlan struct {
 	// finish runs a portal's statement to its end before Sync, as lib/pq's
 	// Close reads a result to its end: the CloseDrain of a portal stream.
 	finish bool
+	// lockRest runs the rest of a locking read in the caller's transaction
+	// before its end, so that it locks every row lib/pq's drain would
+	// have locked: a portal finishes, a cursor moves past its last row.
+	lockRest bool
 	// writeRest reads on the result of a failed statement that writes,
 	// outside the caller's transaction, up to writeRestBytes: a rest
 	// within it is read and the statement commits, a longer one is rolled
@@ -97,7 +105,12 @@ const writeRestBytes = 1 << 20
 func planEnd(f endFacts, drainTimeout time.Duration) endPlan {
 	p := endPlan{cursor: f.cursor, portal: f.portal}
 	mode := f.closeMode
-	p.finish = f.portal && mode == CloseDrain && !f.failed
+	// A locking read closed early in the caller's transaction: lib/pq's
+	// drain ran it whole, and the transaction holds every row's lock. A
+	// failure (Cancel, pause timeout, context) stops it instead, as
+	// lib/pq's cancel request stops the statement.
+	p.lockRest = f.callersTx && f.locks && !f.failed && (f.portal || f.cursor)
+	p.finish = f.portal && (mode == CloseDrain || p.lockRest) && !f.failed
 	switch {
 	case f.callersTx, f.writes:
 		// A cut would end the caller's transaction, or could undo what

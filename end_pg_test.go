@@ -601,6 +601,58 @@ func TestEarlyCloseNeverCutsAWrite(t *testing.T) {
 	}
 }
 
+// TestEarlyCloseOfLockingReadInTx: a SELECT … FOR UPDATE (or FOR SHARE)
+// closed after one row in the caller's transaction leaves every row it
+// selects locked, as lib/pq's drain does, in every mode and close mode:
+// the server locks a row as it runs past it, so a portal runs the rest
+// of the statement, and a cursor moves past its last row. Another session
+// then finds the last row locked.
+func TestEarlyCloseOfLockingReadInTx(t *testing.T) {
+	setup := openPG(t, "postgres", "")
+	_, err := setup.Exec(`CREATE TABLE IF NOT EXISTS lock_rows (id int PRIMARY KEY);
+		TRUNCATE lock_rows; INSERT INTO lock_rows SELECT g FROM generate_series(1, 1000) g`)
+	require.NoError(t, err)
+	lastLocked := func(t *testing.T, lock string) bool {
+		t.Helper()
+		_, err := setup.Exec("SELECT id FROM lock_rows WHERE id = 1000 FOR " + lock + " NOWAIT")
+		if err == nil {
+			return false
+		}
+		require.Equal(t, "55P03", sqlState(err), "%v", err)
+		return true
+	}
+	ctx := context.Background()
+	for _, c := range []struct{ driver, mode string }{
+		{"postgres", ""}, {DriverName, ""}, {DriverName, singleDSN}, {DriverName, "jsonstream_fetch_size=10"},
+	} {
+		for _, where := range []string{"BeginTx", "Exec(BEGIN)"} {
+			for _, lock := range []string{"UPDATE", "SHARE"} {
+				t.Run(c.driver+"/"+c.mode+"/"+where+"/"+lock, func(t *testing.T) {
+					for _, mode := range []CloseMode{CloseAuto, CloseCut} {
+						db := openPG(t, c.driver, c.mode)
+						conn, err := db.Conn(ctx)
+						require.NoError(t, err)
+						q, tx := enterTx(t, conn, where)
+						args := []any{}
+						if c.driver == DriverName {
+							args = append(args, mustStream(t, WithCloseMode(mode)))
+						}
+						rows, err := q.QueryContext(ctx, "SELECT id FROM lock_rows ORDER BY id FOR "+lock, args...)
+						require.NoError(t, err)
+						require.True(t, rows.Next())
+						require.NoError(t, rows.Close())
+						want := "UPDATE" // a FOR SHARE lock keeps out FOR UPDATE
+						assert.True(t, lastLocked(t, want), "%s: the last row is not locked", mode)
+						commitTx(t, conn, tx, where)
+						assert.False(t, lastLocked(t, want), "the lock outlived the transaction")
+						require.NoError(t, conn.Close())
+					}
+				})
+			}
+		}
+	}
+}
+
 // TestEarlyCloseCutsARead: the same table read with a SELECT is cut (the
 // connection's server process is replaced), so the rule above is not a
 // drain of everything.

@@ -104,6 +104,21 @@ func TestPlanEndCases(t *testing.T) {
 		{"a stream over another driver's connection under CloseCut",
 			endFacts{closeMode: CloseCut},
 			endPlan{read: readToEnd}},
+		{"a locking read's portal closed early in the caller's transaction",
+			endFacts{portal: true, callersTx: true, locks: true, closeMode: CloseCut, canCut: true},
+			endPlan{read: readToEnd, stmt: stmtClose, portal: true, finish: true, lockRest: true}},
+		{"a locking read's cursor closed early in the caller's transaction",
+			endFacts{cursor: true, callersTx: true, locks: true, closeMode: CloseAuto, canCut: true},
+			endPlan{read: readToEnd, stmt: stmtClose, cursor: true, lockRest: true}},
+		{"a locking read's portal Canceled in the caller's transaction",
+			endFacts{portal: true, callersTx: true, locks: true, closeMode: CloseAuto, failed: true, canCut: true},
+			endPlan{read: readToEnd, stmt: stmtClose, portal: true}},
+		{"a locking read's portal closed early outside a transaction",
+			endFacts{portal: true, locks: true, closeMode: CloseAuto, canCut: true},
+			endPlan{read: readBounded, stmt: stmtRollback, stmtBound: cursorEndTimeout, portal: true}},
+		{"a locking read through lib/pq's protocol in the caller's transaction",
+			endFacts{callersTx: true, locks: true, closeMode: CloseAuto, canCut: true},
+			endPlan{read: readToEnd}},
 	} {
 		t.Run(tc.what, func(t *testing.T) {
 			assert.Equal(t, tc.want, planEnd(tc.f, drain))

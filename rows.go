@@ -446,8 +446,9 @@ func (r *rows) endFacts(failed bool) endFacts {
 	}
 	if cur := r.cursor; cur != nil {
 		f.callersTx = !cur.own
+		f.locks = f.callersTx && !failed && scanQuery(r.query).locks
 	} else if p := r.portal; p != nil {
-		f.callersTx, f.writes = p.before != txStatusIdle, p.text.writes
+		f.callersTx, f.writes, f.locks = p.before != txStatusIdle, p.text.writes, p.text.locks
 	} else {
 		f.callersTx, f.writes = r.conn.inTx || r.txBlock, scanQuery(r.query).writes
 	}

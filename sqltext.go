@@ -41,6 +41,10 @@ type queryText struct {
 	// sets is set when a statement of the text begins with SET, RESET or
 	// DISCARD: it changes what a new session would not have.
 	sets bool
+	// locks is set when a statement of the text locks the rows it reads:
+	// FOR UPDATE, FOR NO KEY UPDATE, FOR SHARE or FOR KEY SHARE. The
+	// server locks each row as it runs past it.
+	locks bool
 	// params is the highest parameter reference ($1) outside quotes and
 	// comments, 0 for none: the count of parameters the server infers.
 	params int
@@ -235,8 +239,14 @@ func (t *queryText) keyword(word, prev string, inFirst bool) {
 	case strings.EqualFold(word, "update"):
 		// SELECT … FOR UPDATE and FOR NO KEY UPDATE lock rows; they write
 		// nothing that a cut would undo.
-		if !strings.EqualFold(prev, "for") && !strings.EqualFold(prev, "key") {
+		if strings.EqualFold(prev, "for") || strings.EqualFold(prev, "key") {
+			t.locks = true
+		} else {
 			t.writes = true
+		}
+	case strings.EqualFold(word, "share"):
+		if strings.EqualFold(prev, "for") || strings.EqualFold(prev, "key") {
+			t.locks = true // FOR SHARE, FOR KEY SHARE
 		}
 	case strings.EqualFold(word, "into"):
 		// SELECT … INTO creates a table, wherever the server finds it (in

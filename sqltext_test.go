@@ -122,6 +122,24 @@ func TestScanQueryLimitedAndSets(t *testing.T) {
 	}
 }
 
+// TestScanQueryLocks: a read that locks the rows it reads, in any
+// statement of the text; FOR UPDATE is a lock, UPDATE a write.
+func TestScanQueryLocks(t *testing.T) {
+	for q, want := range map[string][2]bool{ // locks, writes
+		"SELECT * FROM t FOR UPDATE":                         {true, false},
+		"SELECT * FROM t FOR NO KEY UPDATE SKIP LOCKED":      {true, false},
+		"select * from t for share":                          {true, false},
+		"SELECT * FROM t FOR KEY SHARE OF t NOWAIT":          {true, false},
+		"SELECT 1; SELECT * FROM t FOR UPDATE":               {true, false},
+		"SELECT * FROM t":                                    {false, false},
+		"SELECT share, \"for\" FROM t":                       {false, false},
+		"WITH u AS (UPDATE t SET x = 1 RETURNING x) TABLE u": {false, true},
+	} {
+		got := scanQuery(q)
+		assert.Equal(t, want, [2]bool{got.locks, got.writes}, q)
+	}
+}
+
 // TestScanQueryAllocs: the scan runs on every cursor query and early
 // Close, so it must not allocate.
 func TestScanQueryAllocs(t *testing.T) {
