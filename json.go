@@ -425,10 +425,18 @@ type discardColumn struct{}
 func (discardColumn) Scan(any) error { return nil }
 
 // Each returns the documents of rows, one per row, decoded into T: by
-// json.Unmarshal, or the function given with WithUnmarshal. A T of type
-// json.RawMessage or []byte receives a copy of the document as the driver
-// returned it, neither decoded nor checked (json and jsonb values are
-// valid JSON; text values may not be).
+// json.Unmarshal, or the function given with WithUnmarshal, once the
+// document is checked to be valid UTF-8 (json.Unmarshal would replace
+// invalid bytes with U+FFFD). A T of type json.RawMessage or []byte
+// receives a copy of the document as the driver returned it, neither
+// decoded nor checked (json and jsonb values are valid JSON; text values
+// may not be).
+//
+// A document is decoded as json.Unmarshal decodes it: the JSON null
+// (jsonb's 'null', as '{"a":null}'::jsonb->'a' gives, unlike an SQL NULL)
+// leaves T's zero value, a nil *T for a pointer, so use *T to tell it
+// apart; a number decoded into an interface is a float64, rounded past
+// 2^53: WithUnmarshal with a json.Decoder's UseNumber keeps its digits.
 //
 // Each checks the shape of rows (see ColumnError) before the first row.
 // The first error ends the sequence: it is yielded with the zero T, once
@@ -477,6 +485,12 @@ func Each[T any](rows *sql.Rows, opts ...JSONOption) iter.Seq2[T, error] {
 		default:
 			unmarshal := c.unmarshal
 			use = func(row int64, doc []byte) error {
+				// encoding/json takes invalid UTF-8 in strings and puts
+				// U+FFFD in its place: checked first, so that no byte of a
+				// document changes in silence.
+				if !utf8.Valid(doc) {
+					return newDocumentError(row, doc, errInvalidUTF8)
+				}
 				// A fresh value each row: decoding into the last one would
 				// merge the documents.
 				v = zero

@@ -234,6 +234,40 @@ func TestEachMalformedDocumentStopsWithRowAndExcerpt(t *testing.T) {
 	assert.Equal(t, `jsonstream: row 2: invalid character 'o' looking for beginning of object key string in document "{\"id\":2, oops}"`, errs[0].Error())
 }
 
+// TestEachInvalidUTF8: a document that is not valid UTF-8 stops Each with
+// a *DocumentError, where json.Unmarshal alone would decode it with U+FFFD
+// in place of the bad bytes; a raw T takes it as it is, unchecked.
+func TestEachInvalidUTF8(t *testing.T) {
+	doc := "{\"id\":1,\"name\":\"a\xffb\"}"
+	var direct jsonItem
+	require.NoError(t, json.Unmarshal([]byte(doc), &direct), "json.Unmarshal refuses it: not the case this test is about")
+	for _, typ := range []string{"TEXT", "JSONB"} {
+		_, err := jsonCollect(Each[jsonItem](jsonQuery(t, jsonDocRows(typ, doc))))
+		var de *DocumentError
+		require.ErrorAs(t, err, &de, typ)
+		assert.Equal(t, int64(1), de.Row)
+		assert.ErrorIs(t, err, errInvalidUTF8)
+		_, err = jsonCollect(Each[any](jsonQuery(t, jsonDocRows(typ, doc))))
+		assert.ErrorIs(t, err, errInvalidUTF8)
+	}
+	raw, err := jsonCollect(Each[json.RawMessage](jsonQuery(t, jsonDocRows("TEXT", doc))))
+	require.NoError(t, err)
+	assert.Equal(t, []json.RawMessage{json.RawMessage(doc)}, raw)
+}
+
+// TestEachJSONNull: a JSON null document decodes as json.Unmarshal
+// decodes it: the zero T, a nil pointer for *T, which tells it apart.
+func TestEachJSONNull(t *testing.T) {
+	got, err := jsonCollect(Each[jsonItem](jsonQuery(t, jsonDocRows("JSONB", []byte(`{"id":1}`), []byte("null")))))
+	require.NoError(t, err)
+	assert.Equal(t, []jsonItem{{ID: 1}, {}}, got)
+	ptrs, err := jsonCollect(Each[*jsonItem](jsonQuery(t, jsonDocRows("JSONB", []byte(`{"id":1}`), []byte("null")))))
+	require.NoError(t, err)
+	require.Len(t, ptrs, 2)
+	assert.Equal(t, &jsonItem{ID: 1}, ptrs[0])
+	assert.Nil(t, ptrs[1])
+}
+
 func TestEachDocumentOfTheWrongShape(t *testing.T) {
 	rows := jsonQuery(t, jsonDocRows("JSONB", []byte(`{"id":"one"}`)))
 	_, err := jsonCollect(Each[jsonItem](rows))

@@ -42,7 +42,7 @@ func clientGone(err error) error {
 // a whole response from one cut short, however well-formed its body is:
 //
 //	Jsonstream-Status: complete    every document was written
-//	Jsonstream-Status: failed      the writing stopped on an error
+//	Jsonstream-Status: failed      the writing stopped on an error, or a panic
 //
 // The error itself is not sent: it may say more about the server than a
 // client should read. A client reads trailers after the body (in Go,
@@ -56,7 +56,8 @@ const (
 	TrailerStatus = "Jsonstream-Status"
 	// StatusComplete is its value when every document was written.
 	StatusComplete = "complete"
-	// StatusFailed is its value when the writing stopped on an error.
+	// StatusFailed is its value when the writing stopped on an error, or
+	// on a panic that a recovering handler let the response end after.
 	StatusFailed = "failed"
 )
 
@@ -108,6 +109,10 @@ func WriteJSONArray(ctx context.Context, w io.Writer, rows *sql.Rows, opts ...JS
 	return writeDocuments(ctx, w, rows, opts, true)
 }
 
+// errNilWriter is the writers' error for a nil io.Writer; the rows are
+// closed.
+var errNilWriter = errors.New("jsonstream: nil io.Writer")
+
 // flusherFor returns the Flush of w, if it has one.
 func flusherFor(w io.Writer) func() error {
 	switch f := w.(type) {
@@ -125,16 +130,23 @@ func writeDocuments(ctx context.Context, w io.Writer, rows *sql.Rows, opts []JSO
 	if rows == nil {
 		return 0, errNilRows
 	}
+	if w == nil {
+		_ = rows.Close()
+		return 0, errNilWriter
+	}
 	// began is set once anything may have reached w: from then on an
-	// http.ResponseWriter gets the status trailer.
-	began := false
+	// http.ResponseWriter gets the status trailer, which says complete
+	// only once the last flush returned (finished): not on an error, nor
+	// on a panic (of w, or of a handler's hook), which a recovering
+	// middleware might let the response end after.
+	began, finished := false, false
 	defer func() {
 		if cerr := rows.Close(); err == nil {
 			err = cerr
 		}
 		if hw, ok := w.(interface{ Header() http.Header }); ok && began {
 			status := StatusComplete
-			if err != nil {
+			if err != nil || !finished {
 				status = StatusFailed
 			}
 			hw.Header().Set(http.TrailerPrefix+TrailerStatus, status)
@@ -259,6 +271,7 @@ func writeDocuments(ctx context.Context, w io.Writer, rows *sql.Rows, opts []JSO
 	if err != nil {
 		return n, clientGone(err)
 	}
+	finished = true
 	return n, nil
 }
 

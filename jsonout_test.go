@@ -8,6 +8,7 @@ import (
 	"database/sql/driver"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -495,6 +496,19 @@ func serveDocuments(t *testing.T, write func(http.ResponseWriter) error) (body s
 	return string(b), resp.Trailer, readErr
 }
 
+// panicFlusher is an http.ResponseWriter whose second flush panics.
+type panicFlusher struct {
+	http.ResponseWriter
+	flushes int
+}
+
+func (p *panicFlusher) FlushError() error {
+	if p.flushes++; p.flushes > 1 {
+		panic("flush")
+	}
+	return http.NewResponseController(p.ResponseWriter).Flush()
+}
+
 // TestWriterStatusTrailer: on an http.ResponseWriter the writers end the
 // response with the Jsonstream-Status trailer: complete when every
 // document was written, failed when the writing stopped after the body
@@ -537,6 +551,22 @@ func TestWriterStatusTrailer(t *testing.T) {
 				assert.Equal(t, StatusFailed, trailer.Get(TrailerStatus))
 				assert.NotContains(t, trailer.Get(TrailerStatus), "NULL", "the error reached the client")
 			})
+			t.Run("a panic after the body began", func(t *testing.T) {
+				// A recovering handler lets the response end: the trailer
+				// must not say complete.
+				_, trailer, err := serveDocuments(t, func(w http.ResponseWriter) (err error) {
+					defer func() {
+						if p := recover(); p != nil {
+							err = fmt.Errorf("recovered: %v", p)
+						}
+					}()
+					_, err = write(context.Background(), &panicFlusher{ResponseWriter: w},
+						jsonDocRows("JSONB", []byte(`{"id":1}`), []byte(`{"id":2}`)), WithFlushEvery(1))
+					return err
+				})
+				require.NoError(t, err)
+				assert.Equal(t, StatusFailed, trailer.Get(TrailerStatus))
+			})
 			t.Run("failed before the body", func(t *testing.T) {
 				var status int
 				_, trailer, err := serveDocuments(t, func(w http.ResponseWriter) error {
@@ -552,6 +582,18 @@ func TestWriterStatusTrailer(t *testing.T) {
 				assert.Empty(t, trailer.Get(TrailerStatus), "a trailer on the handler's error response")
 			})
 		})
+	}
+}
+
+// TestWriteNilWriter: a nil io.Writer is an error, not a panic, and the
+// rows are closed.
+func TestWriteNilWriter(t *testing.T) {
+	for _, write := range []func(context.Context, io.Writer, *sql.Rows, ...JSONOption) (int64, error){WriteNDJSON, WriteJSONArray} {
+		rows := jsonQuery(t, jsonDocRows("JSONB", []byte(`{"id":1}`)))
+		n, err := write(context.Background(), nil, rows)
+		require.ErrorIs(t, err, errNilWriter)
+		assert.Zero(t, n)
+		assert.False(t, rows.Next(), "the rows were left open")
 	}
 }
 
