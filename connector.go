@@ -6,7 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"reflect"
+	"strings"
+	"sync"
 
 	"github.com/lib/pq"
 )
@@ -32,6 +35,46 @@ type Connector struct {
 	// run on its connections. binaryParams is its binary_parameters, and
 	// textResults its disable_prepared_binary_result.
 	ownWire, binaryParams, textResults bool
+	// late is set when lib/pq could not read the DSN at sql.Open: Connect
+	// reads it again, and connects through what it makes of it once it
+	// reads.
+	late *lateConfig
+}
+
+// lateConfig is a DSN for lib/pq that did not read at sql.Open, read again
+// at each Connect until it does, as lib/pq reads its DSN for every
+// connection; the Connector it then makes serves every later Connect.
+type lateConfig struct {
+	dsn      string
+	settings settings
+	driver   *Driver
+	redactor *redactor
+	mu       sync.Mutex
+	ready    *Connector
+}
+
+// connector returns the Connector for the DSN, or lib/pq's error for it.
+func (l *lateConfig) connector() (*Connector, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.ready != nil {
+		return l.ready, nil
+	}
+	cfg, err := pq.NewConfig(l.dsn)
+	if err != nil {
+		return nil, l.redactor.redact(err)
+	}
+	c := newPQConnector(cfg, l.settings)
+	c.driver, c.redactor = l.driver, l.redactor
+	l.ready = c
+	return c, nil
+}
+
+// resolved returns the late DSN's Connector, if it has one by now.
+func (l *lateConfig) resolved() *Connector {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.ready
 }
 
 var (
@@ -73,8 +116,14 @@ func NewConnector(inner driver.Connector, opts ...Option) (*Connector, error) {
 // so that jsonstream sees the protocol's messages on TLS connections too,
 // and lib/pq does everything else. See the README's "How it works".
 func NewConnectorConfig(cfg pq.Config, opts ...Option) (*Connector, error) {
+	// pq.NewConfig keeps the DSN's jsonstream_ parameters in Runtime, for
+	// the server: they are jsonstream's, applied before opts.
+	cfg, dsnOpts, err := runtimeOptions(cfg)
+	if err != nil {
+		return nil, err
+	}
 	s := defaultSettings()
-	if err := s.apply(opts); err != nil {
+	if err := s.apply(append(dsnOpts, opts...)); err != nil {
 		return nil, err
 	}
 	return newPQConnector(cfg, s), nil
@@ -107,6 +156,13 @@ func newConnector(inner driver.Connector, s settings) *Connector {
 
 // Connect implements driver.Connector.
 func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
+	if c.late != nil {
+		lc, err := c.late.connector()
+		if err != nil {
+			return nil, err
+		}
+		return lc.Connect(ctx)
+	}
 	var sock socketSlot
 	ic, err := c.inner.Connect(context.WithValue(ctx, socketKey{}, &sock))
 	if err != nil {
@@ -128,6 +184,11 @@ func (c *Connector) Driver() driver.Driver { return c.driver }
 // Close closes the inner connector if it is an io.Closer; sql.DB.Close
 // calls it.
 func (c *Connector) Close() error {
+	if c.late != nil {
+		if lc := c.late.resolved(); lc != nil {
+			return lc.Close()
+		}
+	}
 	if cl, ok := c.inner.(io.Closer); ok {
 		return cl.Close()
 	}
@@ -140,6 +201,11 @@ func (c *Connector) Close() error {
 // connects through is told sslmode=disable, and a dialer installed on it
 // could send a connection unencrypted.
 func (c *Connector) Unwrap() driver.Connector {
+	if c.late != nil {
+		if lc := c.late.resolved(); lc != nil {
+			return lc.Unwrap()
+		}
+	}
 	if c.outer != nil {
 		return c.outer
 	}
@@ -178,4 +244,31 @@ var errNilDriver = errors.New("jsonstream: NewDriver(nil)")
 func isPQConn(c driver.Conn) bool {
 	t := reflect.TypeOf(c)
 	return t.Kind() == reflect.Pointer && t.Elem().PkgPath() == "github.com/lib/pq" && t.Elem().Name() == "conn"
+}
+
+// runtimeOptions takes jsonstream's parameters out of a lib/pq config's
+// Runtime (which holds the parameters lib/pq does not know, to send to
+// the server): it returns the options they stand for and a Runtime
+// without them, leaving cfg's own map as it was.
+func runtimeOptions(cfg pq.Config) (pq.Config, []Option, error) {
+	var opts []Option
+	var rest map[string]string
+	for name, value := range cfg.Runtime {
+		if !strings.HasPrefix(name, DSNPrefix) {
+			continue
+		}
+		opt, err := dsnOption(name, value)
+		if err != nil {
+			return cfg, nil, err
+		}
+		opts = append(opts, opt)
+		if rest == nil {
+			rest = maps.Clone(cfg.Runtime)
+		}
+		delete(rest, name)
+	}
+	if rest != nil {
+		cfg.Runtime = rest
+	}
+	return cfg, opts, nil
 }

@@ -72,10 +72,14 @@ func (d *Driver) OpenConnector(dsn string) (driver.Connector, error) {
 	case pq.Driver, *pq.Driver:
 		cfg, err := pq.NewConfig(rest)
 		if err != nil {
-			// lib/pq reports a bad DSN when connecting, not from sql.Open;
-			// so does jsonstream.
-			inner = errConnector{driver: d.inner, err: rd.redact(err)}
-			break
+			// lib/pq reports a bad DSN when connecting, not from sql.Open,
+			// and reads it again for every connection, until it reads
+			// (a tls.Config registered later, an environment fixed); so
+			// does jsonstream.
+			c := newConnector(errConnector{driver: d.inner, err: rd.redact(err)}, s)
+			c.driver, c.redactor = d, rd
+			c.late = &lateConfig{dsn: rest, settings: s, driver: d, redactor: rd}
+			return c, nil
 		}
 		c := newPQConnector(cfg, s)
 		c.driver = d

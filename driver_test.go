@@ -39,6 +39,10 @@ func TestSplitDSN(t *testing.T) {
 		// url.Parse sees a fragment from the '#' of the password on; its
 		// writer meant the query, and so does jsonstream.
 		{"url password with '#'", "postgres://u:pa#ss@db/x?jsonstream_close=drain&sslmode=disable", "postgres://u:pa#ss@db/x?sslmode=disable", 1},
+		// lib/pq unescapes a URL's parameter names, so does jsonstream:
+		// this one must not reach the server.
+		{"url escaped name", "postgres://u:p@db/x?sslmode=disable&jsonstream%5Fclose=drain", "postgres://u:p@db/x?sslmode=disable", 1},
+		{"url escape elsewhere", "postgres://u:p%40w@db/x?application_name=a%20b", "postgres://u:p%40w@db/x?application_name=a%20b", 0},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -48,6 +52,26 @@ func TestSplitDSN(t *testing.T) {
 			assert.Len(t, opts, tc.opts)
 		})
 	}
+}
+
+// TestNewConnectorConfigRuntimeParameters: pq.NewConfig keeps the DSN's
+// jsonstream_ parameters in Runtime, for the server; NewConnectorConfig
+// takes them as jsonstream's, before its options, and leaves the caller's
+// config as it was. A bad one is an error naming it.
+func TestNewConnectorConfigRuntimeParameters(t *testing.T) {
+	cfg, err := pq.NewConfig("host=db sslmode=disable application_name=x jsonstream_close=drain jsonstream_fetch_size=auto")
+	require.NoError(t, err)
+	require.Contains(t, cfg.Runtime, "jsonstream_close", "lib/pq no longer keeps them in Runtime: not the case this test is about")
+	c, err := NewConnectorConfig(cfg, WithFetchSize(100))
+	require.NoError(t, err)
+	assert.Equal(t, CloseDrain, c.settings.closeMode)
+	assert.Equal(t, 100, c.settings.fetchSize, "the options come after the DSN's parameters")
+	assert.Contains(t, cfg.Runtime, "jsonstream_close", "the caller's config changed")
+	bad, err := pq.NewConfig("host=db jsonstream_close=maybe")
+	require.NoError(t, err)
+	_, err = NewConnectorConfig(bad)
+	require.ErrorIs(t, err, ErrInvalidOption)
+	assert.Contains(t, err.Error(), "jsonstream_close")
 }
 
 func TestDSNParametersApply(t *testing.T) {

@@ -375,12 +375,15 @@ func editDistance(a, b string) int {
 // (host=db jsonstream_close=drain), and returns the rest unchanged byte for
 // byte along with the options the parameters stand for. A DSN that does not
 // mention the prefix is returned as it is, whatever its form, so DSNs of
-// other inner drivers pass through.
+// other inner drivers pass through; a URL's parameter names are read
+// unescaped (jsonstream%5Fclose is jsonstream_close), as lib/pq reads them.
 func splitDSN(dsn string) (string, []Option, error) {
-	if !strings.Contains(dsn, DSNPrefix) {
+	isURL := isURLDSN(dsn)
+	escaped := isURL && strings.Contains(dsn, "%")
+	if !escaped && !strings.Contains(dsn, DSNPrefix) {
 		return dsn, nil, nil
 	}
-	if isURLDSN(dsn) {
+	if isURL {
 		return splitURL(dsn)
 	}
 	return splitKeyValue(dsn)

@@ -200,7 +200,11 @@ func (p *tlsPlan) upgrade(ctx context.Context, conn net.Conn, cfg pq.Config) (ne
 		}
 	}
 	client := tls.Client(conn, conf)
-	if err := client.HandshakeContext(ctx); err != nil {
+	// Handshake, not HandshakeContext: the deadline above bounds it, and
+	// its timeout is the socket's, as lib/pq's handshake reports it; a
+	// context canceled meanwhile sets a past deadline (the AfterFunc).
+	if err := client.Handshake(); err != nil {
+		err = ctxErr(ctx, err)
 		if verifyCAOnly {
 			return nil, err // lib/pq's handshake for verify-ca runs here too
 		}
@@ -214,12 +218,15 @@ func (p *tlsPlan) upgrade(ctx context.Context, conn net.Conn, cfg pq.Config) (ne
 	return client, nil
 }
 
-// ctxErr is err, or the context's error when the context ended it.
+// ctxErr is err, or the context's error when a cancel of the context
+// ended it. A deadline's (connect_timeout's) is the socket's timeout, a
+// *net.OpError, as lib/pq reports it.
 func ctxErr(ctx context.Context, err error) error {
-	if e := ctx.Err(); e != nil {
-		return e
+	e := ctx.Err()
+	if e == nil || errors.Is(e, context.DeadlineExceeded) && isTimeout(err) {
+		return err
 	}
-	return err
+	return e
 }
 
 // verifyCA checks the server's certificate chain against the root

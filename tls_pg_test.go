@@ -43,6 +43,7 @@ type tlsFront struct {
 	backend             string
 	conf                *tls.Config
 	passthrough, silent bool
+	stalled             bool
 	wg                  sync.WaitGroup
 	mu                  sync.Mutex
 	conns               map[net.Conn]bool
@@ -60,6 +61,9 @@ func (f *tlsFront) firstCodes() []uint32 {
 var (
 	passthrough = func(f *tlsFront) { f.passthrough = true }
 	silent      = func(f *tlsFront) { f.silent = true }
+	// stalled answers an SSLRequest with 'S', then never answers the
+	// handshake.
+	stalled = func(f *tlsFront) { f.stalled = true }
 )
 
 func newTLSFront(t *testing.T, conf *tls.Config, opts ...func(*tlsFront)) *tlsFront {
@@ -163,6 +167,11 @@ func (f *tlsFront) handle(c net.Conn) {
 			client = &prefixed{Conn: c, head: first[:]}
 		case isSSLRequest && f.silent:
 			_, _ = io.Copy(io.Discard, c)
+			return
+		case isSSLRequest && f.stalled:
+			if _, err := c.Write([]byte{'S'}); err == nil {
+				_, _ = io.Copy(io.Discard, c)
+			}
 			return
 		case isSSLRequest && f.conf == nil:
 			if _, err := c.Write([]byte{'N'}); err != nil {
@@ -421,6 +430,39 @@ func TestNewConnectorConfig(t *testing.T) {
 
 	_, err = NewConnectorConfig(cfg, WithFetchSize(-2))
 	assert.ErrorIs(t, err, ErrInvalidOption)
+
+	// The DSN's jsonstream_ parameters, which pq.NewConfig keeps for the
+	// server, are jsonstream's: the server would refuse them.
+	withOurs, err := pq.NewConfig(pgtest.Shared(t).DSNAs("user=postgres sslmode=disable jsonstream_close=drain"))
+	require.NoError(t, err)
+	c, err = NewConnectorConfig(withOurs)
+	require.NoError(t, err)
+	ours := sql.OpenDB(c)
+	defer ours.Close()
+	require.NoError(t, ours.Ping())
+	assert.Equal(t, CloseDrain, c.settings.closeMode)
+}
+
+// TestLateTLSConfig: a DSN lib/pq cannot read at sql.Open (an sslmode
+// naming a tls.Config not registered yet) fails each connection with
+// lib/pq's error, and is read again for the next, as lib/pq reads it:
+// once the config is registered, jsonstream connects as lib/pq does.
+func TestLateTLSConfig(t *testing.T) {
+	dsn := pgtest.Shared(t).DSNAs("user=postgres sslmode=pqgo-jsonstream-late")
+	pqDB := openDSN(t, "postgres", dsn)
+	jsDB := openDSN(t, DriverName, dsn)
+	pqErr := pqDB.Ping()
+	require.Error(t, pqErr)
+	jsErr := jsDB.Ping()
+	require.Error(t, jsErr)
+	assert.Equal(t, pqErr.Error(), jsErr.Error())
+	require.NoError(t, pq.RegisterTLSConfig("jsonstream-late", &tls.Config{InsecureSkipVerify: true}))
+	t.Cleanup(func() { _ = pq.RegisterTLSConfig("jsonstream-late", nil) })
+	for name, db := range map[string]*sql.DB{"lib/pq": pqDB, "jsonstream": jsDB} {
+		var ssl bool
+		require.NoError(t, db.QueryRow("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").Scan(&ssl), name)
+		assert.True(t, ssl, name)
+	}
 }
 
 // TestTLSServerNameAndEnvironment: the server name sent (sslsni, on by
@@ -517,6 +559,26 @@ func TestTLSOnEveryConnection(t *testing.T) {
 		assert.True(t, o.Framed)
 		assert.Equal(t, []uint32{sslRequest}, front.firstCodes(), "a login went unencrypted")
 	})
+}
+
+// TestTLSConnectTimeoutError: connect_timeout ends a negotiation that a
+// server stalls (no answer to the SSLRequest, or no handshake after 'S')
+// with the error lib/pq gives: the socket's timeout, a *net.OpError, not
+// the context's.
+func TestTLSConnectTimeoutError(t *testing.T) {
+	for name, opt := range map[string]func(*tlsFront){"no answer": silent, "no handshake": stalled} {
+		front := newTLSFront(t, nil, opt)
+		dsn := "host=127.0.0.1 port=" + front.port() + " user=postgres dbname=postgres sslmode=require connect_timeout=1"
+		for _, driverName := range []string{"postgres", DriverName} {
+			t.Run(name+"/"+driverName, func(t *testing.T) {
+				_, err := connectTLS(t, driverName, dsn)
+				var opErr *net.OpError
+				require.ErrorAs(t, err, &opErr)
+				assert.True(t, opErr.Timeout(), "%v", err)
+				assert.NotErrorIs(t, err, context.DeadlineExceeded)
+			})
+		}
+	}
 }
 
 // TestPreferWithConnectTimeout: sslmode=prefer with connect_timeout, before
