@@ -555,6 +555,9 @@ func (c *conn) query(ctx context.Context, owner any, query string, args []driver
 	rr := &resumeRows{cur: r, ctx: ctx, query: query[:text.end], stream: s, set: *r.settings.resume, base: c}
 	rr.args = append([]driver.NamedValue(nil), args...)
 	r.resumer = rr
+	// The key columns are checked before the stream starts: a query that
+	// fails the check fires no event and leaves its Stream unused.
+	r.holdStart = true
 	if _, err := c.run(ctx, owner, query, args, send, s, r, start); err != nil {
 		if !retryable(err) {
 			return nil, err
@@ -569,9 +572,18 @@ func (c *conn) query(ctx context.Context, owner any, query string, args []driver
 			return nil, err
 		}
 	}
+	// rr.cur is r, or a continuation (which started) when r failed at once.
+	held := rr.cur.holdStart
 	if err := rr.bind(); err != nil {
+		if held { // it never started: ended before anyone saw it
+			unclaim(s)
+		}
 		rr.closeOwn()
 		return nil, err
+	}
+	if held {
+		rr.cur.holdStart = false
+		rr.cur.begin(s)
 	}
 	return rr, nil
 }
@@ -752,11 +764,19 @@ func unclaim(s *Stream) {
 func (c *conn) bindRows(ctx context.Context, ir driver.Rows, s *Stream, r *rows, start time.Time, cur *cursor, query string) *rows {
 	r.open(ctx, c, ir, start, cur)
 	r.query = query
-	r.observeStarted(query) // before the Stream can reach r, so it is the first event
+	if !r.holdStart {
+		r.begin(s)
+	}
+	return r
+}
+
+// begin fires EventStarted and binds s to r: the Stream reaches r after
+// the event, so that it is the first.
+func (r *rows) begin(s *Stream) {
+	r.observeStarted(r.query)
 	if s != nil {
 		s.bound.Store(r)
 	}
-	return r
 }
 
 // namedToValues is database/sql's conversion for drivers without the

@@ -73,9 +73,9 @@ const (
 	// timeout's effect.
 	EventPauseTimeout
 	// EventEnded means the stream was closed; it fires exactly once, with
-	// the final Stats, the Outcome and the error. It is the last event but
-	// for those of a Pause, Resume or pause timeout that raced with Close
-	// on another goroutine. A stream that failed (Cancel, context, pause
+	// the final Stats, the Outcome and the error. It is the last event: a
+	// Pause, Resume or pause timeout that races with Close on another
+	// goroutine is told before it, or not at all. A stream that failed (Cancel, context, pause
 	// timeout, a server error) fires it when it is closed. From the
 	// goroutine that closed the rows: the consumer's, or database/sql's
 	// own when the query's context ends.

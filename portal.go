@@ -437,6 +437,11 @@ func (p *portal) start(args []driver.NamedValue) error {
 		w.out = w.out[:0]
 		return err
 	}
+	if described && len(types) != len(args) {
+		// A prepared statement's count, which database/sql checks first
+		// unless a wrapper's NumInput says -1: lib/pq's error.
+		return fail(fmt.Errorf("pq: got %d parameters but the statement requires %d", len(args), len(types)))
+	}
 	if described && !binaryParams {
 		for i, a := range args {
 			var err error

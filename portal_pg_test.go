@@ -938,3 +938,34 @@ func listeningConn(t *testing.T) (*sql.Conn, *fakeSock, *atomic.Int32) {
 	require.NoError(t, err)
 	return conn, d.last(), heard
 }
+
+// TestPortalStmtArgumentCount: a prepared statement run with another
+// count of arguments than it takes, which database/sql refuses first but
+// a caller of the driver may not, fails with lib/pq's error, never a
+// panic, before and after the statement was described on the connection.
+func TestPortalStmtArgumentCount(t *testing.T) {
+	db := openPG(t, DriverName, portalDSN)
+	conn, err := db.Conn(context.Background())
+	require.NoError(t, err)
+	defer conn.Close()
+	require.NoError(t, conn.Raw(func(dc any) error {
+		st, err := dc.(driver.ConnPrepareContext).PrepareContext(context.Background(), "SELECT $1::int")
+		require.NoError(t, err)
+		defer st.Close()
+		q := st.(driver.StmtQueryContext)
+		run := func(args ...driver.NamedValue) error {
+			rows, err := q.QueryContext(context.Background(), args)
+			if err == nil {
+				err = rows.Close()
+			}
+			return err
+		}
+		one := driver.NamedValue{Ordinal: 1, Value: int64(1)}
+		two := driver.NamedValue{Ordinal: 2, Value: int64(2)}
+		assert.EqualError(t, run(one, two), "pq: got 2 parameters but the statement requires 1", "before its first use")
+		require.NoError(t, run(one))
+		assert.EqualError(t, run(one, two), "pq: got 2 parameters but the statement requires 1", "once described")
+		require.NoError(t, run(one), "the connection after the error")
+		return nil
+	}))
+}

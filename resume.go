@@ -284,6 +284,15 @@ var (
 	_ Controller                            = (*resumeRows)(nil)
 )
 
+// closeUnstarted closes rows that bind refused: rows whose start was held
+// (holdStart) end without an event, as a Query that fails fires none.
+func (r *rows) closeUnstarted() {
+	if r.holdStart {
+		r.endUnobserved()
+	}
+	_ = r.Close()
+}
+
 // bind finds the key columns among the columns of the rows being read,
 // and closes them when one is missing or of a type jsonstream cannot
 // order.
@@ -293,13 +302,13 @@ func (rr *resumeRows) bind() error {
 	for _, k := range rr.set.key {
 		i := indexOf(cols, k.Name)
 		if i < 0 {
-			_ = r.Close()
+			r.closeUnstarted()
 			return fmt.Errorf("%w: key column %q is not among the result's columns %q", ErrResumeQuery, k.Name, cols)
 		}
 		typ := r.ColumnTypeDatabaseTypeName(i)
 		kind, ok := keyKindOf(typ)
 		if !ok {
-			_ = r.Close()
+			r.closeUnstarted()
 			why := "which jsonstream cannot order"
 			switch typ {
 			case "TEXT", "VARCHAR", "BPCHAR", "NAME", "CHAR":

@@ -601,6 +601,32 @@ func TestResumeControlsWhileRetrying(t *testing.T) {
 	})
 }
 
+// TestResumeKeyRefusedFiresNoEvent: a resumable query whose result lacks
+// its key column fails Query with ErrResumeQuery, as a Query that fails
+// does: no event, and its Stream not used up, which the next query then
+// takes.
+func TestResumeKeyRefusedFiresNoEvent(t *testing.T) {
+	db := openPG(t, DriverName, "")
+	ctx := context.Background()
+	log := &eventLog{}
+	s := mustStream(t, WithResumeKey(Asc("k")), WithObserver(log))
+	_, err := db.QueryContext(ctx, "SELECT g FROM generate_series(1, 3) g ORDER BY g", s)
+	require.ErrorIs(t, err, ErrResumeQuery)
+	assert.Zero(t, log.count(EventStarted)+log.count(EventEnded), "events of a Query that failed")
+	assert.Equal(t, NotStarted, s.State())
+	rows, err := db.QueryContext(ctx, "SELECT g AS k FROM generate_series(1, 3) g ORDER BY g", s)
+	require.NoError(t, err, "the Stream was used up")
+	n := 0
+	for rows.Next() {
+		n++
+	}
+	require.NoError(t, rows.Err())
+	require.NoError(t, rows.Close())
+	assert.Equal(t, 3, n)
+	assert.Equal(t, 1, log.count(EventStarted))
+	assert.Equal(t, 1, log.count(EventEnded))
+}
+
 // TestResumeReleasesAfterPause: a resumable stream paused longer than
 // WithResumeAfterPause ends its server-side query while it stays Paused:
 // the backend goes idle and lets its snapshot go (backend_xmin is NULL),

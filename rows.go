@@ -80,6 +80,10 @@ type rows struct {
 	// not repeat (resume.go).
 	priorRows, priorBytes, resumes int64
 	continues                      bool
+	// holdStart makes bindRows leave EventStarted and the Stream's binding
+	// to its caller: a resumable query that checks its key columns first,
+	// and fires no event when they fail it (conn.query).
+	holdStart bool
 	// streamQuery is, for a continuation, the text of the stream's own
 	// query, which its events carry instead of the continuation's.
 	streamQuery string
