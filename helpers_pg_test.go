@@ -267,6 +267,24 @@ func enterTx(t *testing.T, conn *sql.Conn, where string) (txQueryer, *sql.Tx) {
 	return conn, nil
 }
 
+// txGoesOn asserts, after a stream's end, that the transaction enterTx
+// began (where) goes on and commits, with the row of 1 that the test
+// inserted in table before the stream and a row of 2 inserted now, and
+// that the connection, of server process pid, was kept, its session
+// clean.
+func txGoesOn(t *testing.T, conn *sql.Conn, q txQueryer, tx *sql.Tx, where, table string, pid int) {
+	t.Helper()
+	ctx := context.Background()
+	_, err := q.ExecContext(ctx, "INSERT INTO "+table+" VALUES (2)")
+	require.NoError(t, err, "the transaction must go on")
+	commitTx(t, conn, tx, where)
+	var n int
+	require.NoError(t, conn.QueryRowContext(ctx, "SELECT count(*) FROM "+table).Scan(&n))
+	assert.Equal(t, 2, n, "both inserts committed")
+	assert.Equal(t, pid, pidOf(t, conn), "the connection was kept")
+	sessionClean(t, conn)
+}
+
 // commitTx commits the transaction enterTx began.
 func commitTx(t *testing.T, conn *sql.Conn, tx *sql.Tx, where string) {
 	t.Helper()

@@ -21,7 +21,8 @@ import (
 // A portal stream runs its query itself, in the extended protocol, on the
 // socket of a lib/pq connection that lib/pq left idle: Parse, Bind,
 // Describe, then Execute of the unnamed portal for a batch of rows at a
-// time, each followed by Flush and none by Sync. An unnamed portal lives
+// time, each followed by Flush and none by Sync (but for a bounded query,
+// whose whole result is asked for at once: bounded.go). An unnamed portal lives
 // until Sync ends its transaction, so the server runs the query as one
 // statement and stops after each batch until the next Execute comes; the
 // stream keeps a window of Executes outstanding, so that on a fast link
@@ -169,8 +170,11 @@ type portal struct {
 	// read, which the next portal stream would put off again.
 	giveBack []byte
 	notified bool
-	// whole is set when Close found nothing of the result left unread.
-	whole bool
+	// whole is set when Close found nothing of the result left unread;
+	// readOff when Close found the whole result asked for, with the Sync
+	// that ends it (bounded.go, syncWhole), so that what was left of it
+	// was read off, as a drain reads it, and no portal was closed.
+	whole, readOff bool
 	// owed is set when Close sent the end without reading its replies
 	// (owed.go); unsynced while that end has no Sync, endLeft counting the
 	// CommandCompletes it still owes; resend is set when what was written
@@ -370,6 +374,12 @@ var portalEnding func(*portal)
 // lib/pq's Query does.
 func (p *portal) start(args []driver.NamedValue) error {
 	w := p.w
+	if p.text.bounded && p.simple {
+		// A bounded query without arguments: the simple Query lib/pq
+		// sends (bounded.go).
+		w.query(p.query)
+		return p.sendFirst(true)
+	}
 	var formats []int16
 	values := make([][]byte, len(args))
 	binaryParams := p.conn.binaryParams
@@ -486,17 +496,36 @@ func (p *portal) start(args []driver.NamedValue) error {
 	if !described && !describeStmt {
 		w.describe('P')
 	}
-	w.execute(p.batch)
-	if p.before == txStatusInTx || p.before == txStatusFailed {
+	switch {
+	case p.text.bounded:
+		// The whole result, and Sync (bounded.go).
+		w.execute(0)
+		w.sync()
+	case p.before == txStatusInTx || p.before == txStatusFailed:
+		w.execute(p.batch)
 		w.sync()
 		p.pendingZ = 1
-	} else {
+	default:
+		w.execute(p.batch)
 		w.flush()
 	}
-	p.outstanding = 1
 	if asked {
 		p.sent = time.Now() // past the round trip that described the statement
 	}
+	return p.sendFirst(p.text.bounded)
+}
+
+// sendFirst sends the query's first messages, built in the wire, and
+// reads the reply up to its first row, or to the first sign of the end.
+// whole is set when they ask for the whole result and end with the Sync
+// that ends the stream (bounded.go).
+func (p *portal) sendFirst(whole bool) error {
+	w := p.w
+	if whole {
+		p.finished = true
+		p.pendingZ = 1
+	}
+	p.outstanding = 1
 	if err := w.send(); err != nil {
 		return p.lost(err)
 	}
@@ -1272,6 +1301,7 @@ func (p *portal) close(_ []driver.Value) (err error) {
 	}
 	p.ending = true
 	p.mu.Unlock()
+	p.readOff = p.finished && !p.complete && p.serverErr == nil
 	// What bounded the reads before is cleared by this end, or the
 	// connection is cut.
 	// A context that ended is a failure, though database/sql may close
@@ -1415,8 +1445,10 @@ func (p *portal) close(_ []driver.Value) (err error) {
 				}
 			}()
 		}
-	case plan.read == readLook:
-		// The end itself gets the bound of a round trip.
+	case plan.read == readLook && !p.readOff:
+		// The end itself gets the bound of a round trip. A stream whose
+		// whole result was asked for sent its end with it: what has not
+		// arrived of it within drainGrace is cut, as its rows are.
 		if !c.sock.beginDrain(time.Now().Add(bound)) {
 			return p.cutEnd()
 		}
@@ -1550,12 +1582,15 @@ func (p *portal) boundEnd() {
 func (p *portal) cutEnd() error {
 	p.conn.cut()
 	p.ended = true
+	p.whole = false
 	return nil
 }
 
 // endLost handles a read of the end that failed: past the end's bound
-// the connection is cut, as a cut stream's, with nothing to report.
+// the connection is cut, as a cut stream's, with nothing to report. The
+// result was not received whole.
 func (p *portal) endLost(err error, failed bool) error {
+	p.whole = false
 	err = p.lost(err)
 	if isTimeout(err) || failed {
 		p.conn.cut()

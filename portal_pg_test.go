@@ -58,14 +58,7 @@ func TestPortalEarlyCloseKeepsSession(t *testing.T) {
 				} else {
 					assert.Equal(t, OutcomePortalClosed, end.Outcome)
 				}
-				_, err = q.ExecContext(ctx, "INSERT INTO portal_kept VALUES (2)")
-				require.NoError(t, err, "the transaction must go on")
-				commitTx(t, conn, tx, where)
-				var n int
-				require.NoError(t, conn.QueryRowContext(ctx, "SELECT count(*) FROM portal_kept").Scan(&n))
-				assert.Equal(t, 2, n, "both inserts committed")
-				assert.Equal(t, pid, pidOf(t, conn), "the connection was kept")
-				sessionClean(t, conn)
+				txGoesOn(t, conn, q, tx, where, "portal_kept", pid)
 			})
 		}
 	}

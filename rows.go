@@ -425,6 +425,9 @@ func (r *rows) Close() (err error) {
 	} else if r.portal != nil {
 		err = r.portal.Close()
 		whole = r.portal.whole
+		if r.portal.readOff {
+			plan.finish = true // nothing was left to stop: the rest was read off
+		}
 	} else {
 		whole, err = r.closeSingle(plan)
 	}

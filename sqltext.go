@@ -55,6 +55,9 @@ type queryText struct {
 	// the protocol's messages: the server reads what follows it as the
 	// rest of the message.
 	nul bool
+	// bounded is set when the text is one read whose result fits in a
+	// portal stream's first batch (bounded.go).
+	bounded bool
 }
 
 // scanQuery scans a query's text; it never allocates.
@@ -65,6 +68,7 @@ func scanQuery(q string) queryText {
 	var prev string      // the current statement's previous keyword
 	var stmtFirst string // the current statement's first keyword, or "("
 	inFirst := true
+	b := boundScan{constant: true} // follows the first statement
 	for i := 0; i < len(q); {
 		c := q[i]
 		switch {
@@ -92,6 +96,9 @@ func scanQuery(q string) queryText {
 		tokens++
 		switch {
 		case c == '\'':
+			if inFirst {
+				b.other(0)
+			}
 			n, ok, sure := skipString(q, i, standardString)
 			t.certain = t.certain && sure
 			if !ok {
@@ -100,6 +107,9 @@ func scanQuery(q string) queryText {
 			}
 			i = n
 		case c == '"':
+			if inFirst {
+				b.other('"')
+			}
 			n, ok := skipQuoted(q, i, '"')
 			if !ok {
 				t.malformed = true
@@ -107,6 +117,9 @@ func scanQuery(q string) queryText {
 			}
 			i = n
 		case c == '$':
+			if inFirst {
+				b.other(0)
+			}
 			n, ok, sure := skipDollar(q, i)
 			t.certain = t.certain && sure
 			if n > i+1 && q[i+1] >= '0' && q[i+1] <= '9' {
@@ -128,6 +141,13 @@ func scanQuery(q string) queryText {
 			}
 			word := q[i:j]
 			if n, isString, ok, sure := prefixedString(q, word, j); isString {
+				if inFirst {
+					var quote byte // a string
+					if j+1 < len(q) && q[j] == '&' && q[j+1] == '"' {
+						quote = '"' // U&"…", an identifier
+					}
+					b.other(quote)
+				}
 				t.certain = t.certain && sure
 				if !ok {
 					t.malformed = true
@@ -141,6 +161,9 @@ func scanQuery(q string) queryText {
 				t.sets = t.sets || oneOf(word, sessionFirstWords)
 			}
 			t.keyword(word, prev, inFirst)
+			if inFirst {
+				b.word(word, depth)
+			}
 			prev = word
 			i = j
 		case c >= '0' && c <= '9' || c == '.' && i+1 < len(q) && q[i+1] >= '0' && q[i+1] <= '9':
@@ -151,8 +174,14 @@ func scanQuery(q string) queryText {
 			if j < len(q) && q[j] == '$' {
 				t.certain = false // PostgreSQL's rules for trailing junk vary by version
 			}
+			if inFirst {
+				b.number(q[i:j])
+			}
 			i = j
 		case c == '(':
+			if inFirst {
+				b.other(c)
+			}
 			if inFirst && t.first == "" {
 				t.first = "("
 			}
@@ -162,6 +191,9 @@ func scanQuery(q string) queryText {
 			depth++
 			i++
 		case c == ')':
+			if inFirst {
+				b.other(c)
+			}
 			depth--
 			if depth < 0 {
 				t.malformed = true
@@ -181,6 +213,7 @@ func scanQuery(q string) queryText {
 				t.writes = true
 			}
 			if inFirst && t.statements > 0 {
+				b.end()
 				t.end, inFirst = i, false
 			}
 			tokens, prev, stmtFirst = 0, "", ""
@@ -189,6 +222,9 @@ func scanQuery(q string) queryText {
 			t.certain = false // no PostgreSQL token starts with a backslash
 			i++
 		default:
+			if inFirst {
+				b.other(c)
+			}
 			i++ // an operator or other punctuation
 		}
 	}
@@ -198,7 +234,12 @@ func scanQuery(q string) queryText {
 	if tokens > 0 && !readsOnly(stmtFirst) {
 		t.writes = true
 	}
-	return t.done(q, inFirst)
+	if inFirst {
+		b.end()
+	}
+	t = t.done(q, inFirst)
+	t.bounded = b.bounded(&t)
+	return t
 }
 
 // sessionFirstWords are the first keywords of the statements that set

@@ -143,6 +143,96 @@ func TestScanQueryLocks(t *testing.T) {
 // TestScanQueryAllocs: the scan runs on every cursor query and early
 // Close, so it must not allocate.
 func TestScanQueryAllocs(t *testing.T) {
-	q := "WITH d AS (SELECT 'a''b', $$x$$, E'\\'' /* c */) SELECT * FROM d -- e\n FOR UPDATE"
-	assert.Zero(t, testing.AllocsPerRun(100, func() { _ = scanQuery(q) }))
+	for _, q := range []string{
+		"WITH d AS (SELECT 'a''b', $$x$$, E'\\'' /* c */) SELECT * FROM d -- e\n FOR UPDATE",
+		"SELECT 1.5, 1e3, 99999999999999999999 FROM t LIMIT 0x10",
+		"SELECT * FROM t LIMIT 16 OFFSET 1.5 FETCH FIRST 99999999999999999999 ROWS ONLY",
+	} {
+		assert.Zero(t, testing.AllocsPerRun(100, func() { _ = scanQuery(q) }), q)
+	}
+}
+
+// TestScanQueryBounded: the texts whose result fits in a portal stream's
+// first batch (bounded.go), and the near misses that do not.
+func TestScanQueryBounded(t *testing.T) {
+	for q, want := range map[string]bool{
+		// A SELECT without FROM, parenthesis or operator.
+		"SELECT 1":                              true,
+		"select $1::int":                        true,
+		"SELECT 'a' AS x, $2::text[], E'\\n'":   true,
+		"SELECT $1::pg_catalog.int4, true;":     true,
+		"SELECT 1 WHERE $1 ORDER BY 1 OFFSET 3": true,
+		"SELECT 1 -- FROM t":                    true,
+		"SELECT current_user":                   true,
+		"SELECT 1 FROM t":                       false,
+		"SELECT 1 UNION SELECT 2":               false,
+		"SELECT 1 EXCEPT SELECT 2":              false,
+		"SELECT 1 INTERSECT SELECT 1":           false,
+		"SELECT generate_series(1, 100)":        false,
+		"SELECT (generate_series(1, 100))":      false,
+		"SELECT 1 + 1":                          false,
+		"SELECT -1":                             false,
+		"SELECT *":                              false,
+		"SELECT $1::numeric(10,2)":              false,
+		"SELECT 1 INTO t":                       false,
+		"SELECT 1; SELECT 2":                    false,
+		"SELECT 1; DELETE FROM t":               false,
+		"SELECT 'a\\', 'b'":                     false, // not certain
+		"VALUES (1)":                            false,
+		// LIMIT or FETCH FIRST outside parentheses.
+		"SELECT * FROM t LIMIT 1":                                       true,
+		"SELECT * FROM t ORDER BY id LIMIT 16":                          true,
+		"SELECT * FROM t limit 0":                                       true,
+		"SELECT * FROM t LIMIT 5 OFFSET 100":                            true,
+		"SELECT * FROM t LIMIT 5 FOR UPDATE":                            true,
+		"TABLE t LIMIT 2;":                                              true,
+		"VALUES (1), (2) LIMIT 1":                                       true,
+		"(SELECT * FROM t) LIMIT 3":                                     true,
+		"WITH a AS (SELECT * FROM t) SELECT * FROM a LIMIT 1":           true,
+		"SELECT * FROM t UNION ALL SELECT * FROM u LIMIT 4":             true,
+		"SELECT * FROM t FETCH FIRST 3 ROWS ONLY":                       true,
+		"SELECT * FROM t FETCH NEXT ROW ONLY":                           true,
+		"SELECT * FROM t OFFSET 2 ROWS FETCH FIRST 1 ROW ONLY":          true,
+		"SELECT * FROM t LIMIT 17":                                      false,
+		"SELECT * FROM t LIMIT 1000":                                    false,
+		"SELECT * FROM t LIMIT $1":                                      false,
+		"SELECT * FROM t LIMIT ALL":                                     false,
+		"SELECT * FROM t LIMIT NULL":                                    false,
+		"SELECT * FROM t LIMIT 1 + 100":                                 false,
+		"SELECT * FROM t LIMIT 1::bigint * 100":                         false,
+		"SELECT * FROM t LIMIT (1)":                                     false,
+		"SELECT * FROM t LIMIT 1.5":                                     false,
+		"SELECT * FROM t LIMIT 0x10":                                    false,
+		"SELECT * FROM t FETCH FIRST 3 ROWS WITH TIES":                  false,
+		"SELECT * FROM t FETCH FIRST 30 ROWS ONLY":                      false,
+		"SELECT * FROM (SELECT * FROM t LIMIT 1) s":                     false,
+		"(SELECT * FROM t LIMIT 1) UNION (SELECT * FROM u)":             false,
+		"SELECT * FROM t WHERE x IN (SELECT y FROM u LIMIT 1)":          false,
+		"SELECT 'LIMIT 1' FROM t":                                       false,
+		"SELECT * FROM t -- LIMIT 1":                                    false,
+		"DELETE FROM t WHERE id IN (SELECT id FROM t LIMIT 1)":          false,
+		"WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d LIMIT 1": false,
+		"SELECT * FROM t LIMIT 1; SELECT * FROM u":                      false,
+		// SHOW of one setting.
+		"SHOW TimeZone":     true,
+		"show search_path;": true,
+		"SHOW ALL":          false,
+		"SHOW \"all\"":      false, // the server reads it as SHOW ALL
+		"SHOW U&\"ALL\"":    false,
+		"SHOW \"TimeZone\"": false, // quoted: not bounded, to be sure
+		"SELECT 1 AS \"x\"": true,
+		"SELECT U&'x'":      true,
+		"SELECT * FROM t LIMIT 16 OPERATOR(pg_catalog.*) 1000": false,
+		"SELECT * FROM t LIMIT 16 -- the end":                  true,
+		"SELECT * FROM t LIMIT 2 /* c */ OFFSET 1":             true,
+		"SELECT * FROM t LIMIT 99999999999999999999":           false,
+		"SELECT * FROM t LIMIT 016":                            true,
+		"EXPLAIN SELECT 1":                                     false,
+		"FETCH 1 FROM c":                                       false,
+		"SELECT 1 LIMIT 1":                                     true,
+		"":                                                     false,
+		"/* only a comment */":                                 false,
+	} {
+		assert.Equal(t, want, scanQuery(q).bounded, q)
+	}
 }

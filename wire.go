@@ -207,6 +207,13 @@ func (w *wire) parse(query string) {
 	w.end(at)
 }
 
+// query is a simple Query, as lib/pq sends it.
+func (w *wire) query(q string) {
+	at := w.begin('Q')
+	w.cstring(q)
+	w.end(at)
+}
+
 // describe is Describe of the unnamed statement ('S') or portal ('P').
 func (w *wire) describe(what byte) {
 	at := w.begin('D')

@@ -50,9 +50,28 @@ const (
 	PairedArgCtx = "arg-ctx"
 )
 
+// The paired queries whose result the text does not bound (a lookup by
+// primary key), which a portal stream in autocommit ends with a Sync of
+// its own: measured beside the goals, not judged by them.
+const (
+	// PairedLookup is QueryRow("SELECT id FROM <table> WHERE id = $1", n):
+	// two round trips for both clients.
+	PairedLookup = "lookup"
+	// PairedLookupLiteral is QueryRow("SELECT id FROM <table> WHERE id =
+	// 1"): a simple Query for lib/pq, one round trip against the portal's
+	// two.
+	PairedLookupLiteral = "lookup-literal"
+)
+
 // PairedQueries are the sub-benchmarks of BenchmarkQueryRowPaired, in the
 // report's order.
-var PairedQueries = []string{PairedSelectOne, PairedArg, PairedSelectOneTx, PairedArgCtx}
+var PairedQueries = []string{PairedSelectOne, PairedArg, PairedSelectOneTx, PairedArgCtx, PairedLookup, PairedLookupLiteral}
+
+// PairedGoal reports whether a paired query's ratios are judged by the
+// QueryRow goal.
+func PairedGoal(query string) bool {
+	return query != PairedLookup && query != PairedLookupLiteral
+}
 
 // PairedClients are the two sides of BenchmarkQueryRowPaired: the
 // baseline first.

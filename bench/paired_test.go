@@ -34,6 +34,9 @@ type rowQueryer interface {
 // inside a BeginTx transaction that lasts the round, query=arg-ctx the
 // query of arg with a context that can end (context.WithCancel, as
 // net/http gives a handler), the context of most services' queries.
+// query=lookup and query=lookup-literal look a document up by its id,
+// given as an argument and written in the text: queries whose result
+// the text does not bound (PairedGoal).
 //
 // -paired-side sets another client beside lib/pq, such as
 // jsonstream-single: what the wrapping costs without the portal.
@@ -52,6 +55,8 @@ func BenchmarkQueryRowPaired(b *testing.B) {
 	for i, name := range clients {
 		pools[i] = open(b, clientNamed(name), env).(SQLConn).DB
 	}
+	lookup := "SELECT id FROM " + env.table + " WHERE id = $1"
+	lookupLiteral := "SELECT id FROM " + env.table + " WHERE id = 1"
 	for _, kind := range PairedQueries {
 		b.Run("query="+kind, func(b *testing.B) {
 			var sides [len(PairedClients)]rowQueryer
@@ -82,9 +87,14 @@ func BenchmarkQueryRowPaired(b *testing.B) {
 				start, c0 := time.Now(), processCPU()
 				for i := from; i < from+k; i++ {
 					var row *sql.Row
-					if kind == PairedArg || kind == PairedArgCtx {
+					switch kind {
+					case PairedArg, PairedArgCtx:
 						row = sides[s].QueryRowContext(qctx, "SELECT $1::int", i)
-					} else {
+					case PairedLookup:
+						row = sides[s].QueryRowContext(qctx, lookup, i%env.rows+1)
+					case PairedLookupLiteral:
+						row = sides[s].QueryRowContext(qctx, lookupLiteral)
+					default:
 						row = sides[s].QueryRowContext(qctx, "SELECT 1")
 					}
 					if err := row.Scan(&got); err != nil {

@@ -77,6 +77,10 @@ func pairedQueryText(query string) string {
 		return "`QueryRow(\"SELECT 1\")` inside `BeginTx`"
 	case bench.PairedArgCtx:
 		return "`QueryRow(\"SELECT $1::int\", n)`, autocommit, a context that can end"
+	case bench.PairedLookup:
+		return "`QueryRow(\"SELECT id FROM entity WHERE id = $1\", n)`, autocommit"
+	case bench.PairedLookupLiteral:
+		return "`QueryRow(\"SELECT id FROM entity WHERE id = 1\")`, autocommit"
 	}
 	return query
 }
@@ -92,6 +96,10 @@ func pairedShort(query string) string {
 		return "QueryRow(\"SELECT 1\") in a transaction"
 	case bench.PairedArgCtx:
 		return "QueryRow with an argument and a request's context"
+	case bench.PairedLookup:
+		return "QueryRow of a lookup by an argument"
+	case bench.PairedLookupLiteral:
+		return "QueryRow of a lookup without arguments"
 	}
 	return query
 }
@@ -157,15 +165,16 @@ func (r *report) portal(b *strings.Builder) {
 	b.WriteString("\n")
 	if r.has(pairedName(bench.PairedSelectOne)) {
 		b.WriteString("`QueryRow(\"SELECT 1\")` in autocommit is one round trip for lib/pq, whose simple Query " +
-			"protocol carries the statement and its end in one message, and two for a portal stream: Parse, Bind, " +
-			"Describe, Execute and Flush, then Sync once its first reply shows the result whole. Outside a transaction the portal " +
-			"cannot ask for its first batch with Sync, which would end the implicit transaction and the portal " +
-			"with it before the stream knows whether one batch holds the whole result; so the portal mode cannot " +
-			"reach this goal for a query without arguments in autocommit, and the ratio above is what that round " +
-			"trip costs on this machine. With an argument lib/pq takes two round trips as well (Parse, Describe " +
-			"and Sync, then Bind, Execute and Sync); inside a transaction, where the portal outlives a Sync, the " +
-			"first batch is asked for with Sync, one round trip like lib/pq's simple Query. The other " +
-			"QueryRow rows measure those, and a request's context.\n\n")
+			"protocol carries the statement and its end in one message. Outside a transaction a portal stream's " +
+			"first batch goes without Sync, which would end the implicit transaction, and the portal with it, while " +
+			"rows may be left. A read whose text bounds its result to the first batch (a SELECT without FROM, " +
+			"parenthesis or operator, such as `SELECT 1` and `SELECT $1::int`; a LIMIT of at most 16 rows; SHOW of " +
+			"one setting) has none left: it asks for the whole result with its Sync, as the simple Query lib/pq " +
+			"sends when it has no arguments, as Parse, Describe, Bind, Execute and Sync when it has: one round trip. " +
+			"With an argument lib/pq takes two (Parse, Describe and Sync, then Bind, Execute and Sync). A lookup " +
+			"whose text does not bound its result takes the portal two round trips in autocommit: the `lookup` rows " +
+			"measure that, not judged by the goal; without arguments it is where the portal costs most against " +
+			"lib/pq's simple Query.\n\n")
 	}
 	if r.has("QueryRowPaired/") {
 		fmt.Fprintf(b, "`BenchmarkQueryRowPaired` runs lib/pq and jsonstream in one process and one run of the "+
@@ -348,6 +357,9 @@ func (r *report) portalRows() []goalRow {
 			measured: fmt.Sprintf("%s, %s per query, medians of %d rounds", perQuery(bench.PairedClients[0]), perQuery(bench.PairedClients[1]), t.n),
 			ratio:    "time " + pairedRatio(t),
 			judged:   true, met: t.Center <= goalPortalQueryRow, short: pairedShort(q)}
+		if !bench.PairedGoal(q) {
+			row.goal, row.judged = "– (a result its text does not bound: measured, not a goal)", false
+		}
 		r.pairedFinding(pairedQueryText(q)+", time", t)
 		if ok2 {
 			row.ratio += "; CPU " + pairedRatio(c)
