@@ -54,6 +54,13 @@ type conn struct {
 	connector  *Connector
 	sessionSet bool
 	wire       *wire
+	// spare is the portal of the last portal stream, kept for the next
+	// when nothing else can reach it (recycle.go).
+	spare *portal
+	// desc is the last RowDescription a portal stream read, when small,
+	// and descFields its fields (portal.describe).
+	desc       []byte
+	descFields []pgField
 	// linkRTT is the shortest round trip of a Sync that ended a portal
 	// stream read whole, in nanoseconds; 0 until one did (portalSlowRTT).
 	// Such a Sync has the server commit and answer, nothing more: its
@@ -430,7 +437,7 @@ func (c *conn) IsValid() bool {
 		return false
 	}
 	if c.sock != nil {
-		c.pooledAt = time.Now() // for ResetSession's look (idlepeek.go)
+		c.pooledAt = now() // for ResetSession's look (idlepeek.go)
 	}
 	if v, ok := c.inner.(driver.Validator); ok {
 		return v.IsValid()
@@ -540,7 +547,7 @@ func (c *conn) query(ctx context.Context, owner any, query string, args []driver
 	if err := c.usable(); err != nil {
 		return nil, err
 	}
-	start := time.Now()
+	start := now()
 	r := newRows(ctx, c, s)
 	if r.settings.resume == nil {
 		return c.run(ctx, owner, query, args, send, s, r, start)

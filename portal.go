@@ -217,6 +217,11 @@ type portal struct {
 	// watchBox holds it, allocated with the portal.
 	watch    *queryWatch
 	watchBox queryWatch
+
+	// recyclable is set for a stream whose portal nothing but its rows
+	// can reach: no Stream, observer, resume key or context that can end
+	// (recycle.go).
+	recyclable bool
 }
 
 var (
@@ -297,8 +302,10 @@ func (c *conn) queryPortal(ctx context.Context, owner any, query string, text qu
 	if c.wire == nil {
 		c.wire = newWire(c.sock)
 	}
-	p := &portal{conn: c, r: r, w: c.wire, query: query, text: text, errQuery: query, window: 1, batch: portalFirstRows,
-		simple: owner == c && len(args) == 0, sent: start}
+	p := c.takePortal()
+	p.conn, p.r, p.w, p.query, p.text, p.errQuery = c, r, c.wire, query, text, query
+	p.window, p.batch, p.simple, p.sent = 1, portalFirstRows, owner == c && len(args) == 0, start
+	p.recyclable = st == nil && ctx.Done() == nil && r.settings.observer == nil && r.settings.resume == nil
 	if st, ok := owner.(*stmt); ok {
 		// lib/pq attaches no text to a prepared statement's errors.
 		p.stmt, p.errQuery = st, ""
@@ -752,11 +759,25 @@ func (p *portal) syncAndWait() error {
 // for every query.
 var errBadRowDescription = fmt.Errorf("%w: malformed RowDescription", errProtocol)
 
-// describe reads a RowDescription.
+// describe reads a RowDescription. The fields of the connection's last
+// description (a small one) serve again when the server sends the same
+// bytes, as it does for a query run again: fields are never changed once
+// read, and the names, which Columns hands to the caller, are the
+// stream's own.
 func (p *portal) describe(b []byte) error {
 	if len(b) < 2 {
 		return errBadRowDescription
 	}
+	c := p.conn
+	if c.descFields != nil && string(b) == string(c.desc) {
+		p.fields = c.descFields
+		p.names = make([]string, len(p.fields))
+		for i := range p.fields {
+			p.names[i] = p.fields[i].name
+		}
+		return nil
+	}
+	desc := b
 	n := int(binary.BigEndian.Uint16(b))
 	b = b[2:]
 	p.fields = make([]pgField, n)
@@ -778,8 +799,15 @@ func (p *portal) describe(b []byte) error {
 		f.mod = int32(binary.BigEndian.Uint32(b[12:]))
 		b = b[18:]
 	}
+	if len(desc) <= descKept {
+		c.desc, c.descFields = append(c.desc[:0], desc...), p.fields
+	}
 	return nil
 }
+
+// descKept is the size of the largest RowDescription whose fields a
+// connection keeps for the next stream (describe).
+const descKept = 1 << 10
 
 // read returns the next message, marking a read that has to wait on the
 // network as pending (interrupt).

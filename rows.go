@@ -414,6 +414,9 @@ func (r *rows) Close() (err error) {
 		if from == Failed && r.conn.isCut() {
 			return nil // the stream already reported why it failed
 		}
+		if from == Complete && r.portal != nil {
+			r.recycle()
+		}
 		return err
 	}
 	r.endPause()
@@ -438,6 +441,9 @@ func (r *rows) Close() (err error) {
 		r.state.cas(Closed, Complete)
 	}
 	r.closedAs = plan.outcome(whole, r.conn.isCut(), r.contextErr())
+	if r.portal != nil {
+		r.recycle()
+	}
 	return err
 }
 
