@@ -2,13 +2,19 @@ package jsonstream
 
 import "time"
 
-// epoch anchors now's readings.
+// epoch anchors the instants of clock.
 var epoch = time.Now()
 
-// now is time.Now for the instants a query only measures from (its
-// start, a connection's return to the pool): it reads the monotonic clock
-// alone, where time.Now reads the wall clock too, and a small query takes
-// a few of these. Its wall reading is epoch's advanced by the monotonic
-// clock, so it is for measuring durations (time.Since, Sub), never for
-// showing.
-func now() time.Time { return epoch.Add(time.Since(epoch)) }
+// An instant is a reading of the monotonic clock (clock): nanoseconds
+// since epoch, which is never an instant read. It is for the instants a
+// query only measures from (its start, a connection's return to the
+// pool): a small query takes a few of these, and where time.Now reads the
+// wall clock too and a time.Time's arithmetic takes its two encodings
+// apart, an instant is one clock read and a subtraction.
+type instant int64
+
+// clock reads the monotonic clock.
+func clock() instant { return instant(max(time.Since(epoch), 1)) }
+
+// elapsed is the time from i to now.
+func (i instant) elapsed() time.Duration { return time.Duration(clock() - i) }

@@ -107,9 +107,17 @@ type conn struct {
 	scannedText string
 	scanned     queryText
 	// pooledAt is when database/sql last put the conn back in its pool
-	// (IsValid); zero before. ResetSession looks at the socket only when
-	// the conn rested there at least peekAfterIdle (idlepeek.go).
-	pooledAt time.Time
+	// (IsValid), at the latest; zero before. ResetSession looks at the
+	// socket only when the conn rested there at least peekAfterIdle
+	// (idlepeek.go).
+	pooledAt instant
+	// usedAt is the conn's last clock reading in its current use: the one
+	// ResetSession took as database/sql took the conn from its pool, or
+	// its last query's start; taken is set from ResetSession to the end
+	// of the call that follows (leave), which then started at usedAt
+	// (queryStart).
+	usedAt instant
+	taken  bool
 }
 
 // streamArg holds a Stream taken out of a statement's arguments until the
@@ -150,7 +158,7 @@ func newConn(inner driver.Conn, s *settings, sk *sock) *conn {
 
 // Unwrap returns the inner driver's connection, for sql.Conn.Raw.
 func (c *conn) Unwrap() driver.Conn {
-	c.unwrapped = true
+	c.unwrapped, c.taken = true, false
 	// Whoever has lib/pq's connection may use it without a claim.
 	c.sock.settleNow()
 	return c.inner
@@ -247,7 +255,7 @@ func (c *conn) Prepare(query string) (driver.Stmt, error) {
 // Prepare as database/sql does.
 func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {
 	c.arg = streamArg{}
-	defer c.sock.rearm()
+	defer c.leave()
 	if err := c.usable(); err != nil {
 		return nil, err
 	}
@@ -293,7 +301,7 @@ func (c *conn) Begin() (driver.Tx, error) { //nolint:staticcheck // required by 
 // the inner conn lacks it.
 func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
 	c.arg = streamArg{}
-	defer c.sock.rearm()
+	defer c.leave()
 	if err := c.usable(); err != nil {
 		return nil, err
 	}
@@ -397,7 +405,7 @@ func (c *conn) ended(err error) error {
 // Ping implements driver.Pinger; without it on the inner conn, database/sql
 // treats a ping as successful, and so does this.
 func (c *conn) Ping(ctx context.Context) error {
-	defer c.sock.rearm()
+	defer c.leave()
 	if err := c.usable(); err != nil {
 		return err
 	}
@@ -416,7 +424,7 @@ func (c *conn) ResetSession(ctx context.Context) error {
 	// An owed end still unread is what the socket holds (owed.go): a FATAL
 	// behind it is met by whoever reads. Its Sync timer keeps running
 	// until the connection is used.
-	if c.sock != nil && !c.sock.owes() && c.restedInPool() && c.sock.endedWhileIdle() {
+	if c.sock != nil && !c.sock.owes() && c.restedInPool(c.take()) && c.sock.endedWhileIdle() {
 		// The server ended the session while it sat in the pool: a new
 		// connection serves the query, which never meets the reset.
 		c.discard()
@@ -437,7 +445,7 @@ func (c *conn) IsValid() bool {
 		return false
 	}
 	if c.sock != nil {
-		c.pooledAt = now() // for ResetSession's look (idlepeek.go)
+		c.pooledAt = c.usedAt // for ResetSession's look (idlepeek.go)
 	}
 	if v, ok := c.inner.(driver.Validator); ok {
 		return v.IsValid()
@@ -543,11 +551,11 @@ func (c *conn) query(ctx context.Context, owner any, query string, args []driver
 	if err != nil {
 		return nil, err
 	}
-	defer c.sock.rearm()
+	defer c.leave()
 	if err := c.usable(); err != nil {
 		return nil, err
 	}
-	start := now()
+	start := c.queryStart()
 	r := newRows(ctx, c, s)
 	if r.settings.resume == nil {
 		return c.run(ctx, owner, query, args, send, s, r, start)
@@ -644,11 +652,11 @@ func firstWord(q string) string {
 // queryAs runs query for the stream r, made by the caller with its
 // settings, without a Stream: a resumable stream's continuation.
 func (c *conn) queryAs(ctx context.Context, query string, args []driver.NamedValue, r *rows) (driver.Rows, error) {
-	return c.run(ctx, c, query, args, c.sender(query, args), nil, r, time.Now())
+	return c.run(ctx, c, query, args, c.sender(query, args), nil, r, c.queryStart())
 }
 
 // run runs the query for the stream r in the mode chooseMode gives it.
-func (c *conn) run(ctx context.Context, owner any, query string, args []driver.NamedValue, send func(context.Context) (driver.Rows, error), s *Stream, r *rows, start time.Time) (driver.Rows, error) {
+func (c *conn) run(ctx context.Context, owner any, query string, args []driver.NamedValue, send func(context.Context) (driver.Rows, error), s *Stream, r *rows, start instant) (driver.Rows, error) {
 	mode, text, err := c.chooseMode(&r.settings, owner, query, len(args))
 	if err != nil {
 		return nil, err
@@ -724,7 +732,7 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 	if c.takeStream(c, len(args)) != nil {
 		return nil, errStreamOnExec
 	}
-	defer c.sock.rearm()
+	defer c.leave()
 	if err := c.usable(); err != nil {
 		return nil, err
 	}
@@ -768,7 +776,7 @@ func unclaim(s *Stream) {
 
 // bindRows makes the stream and binds s to it, once it is complete: a
 // Controller call may come at once from another goroutine.
-func (c *conn) bindRows(ctx context.Context, ir driver.Rows, s *Stream, r *rows, start time.Time, cur *cursor, query string) *rows {
+func (c *conn) bindRows(ctx context.Context, ir driver.Rows, s *Stream, r *rows, start instant, cur *cursor, query string) *rows {
 	r.open(ctx, c, ir, start, cur)
 	r.query = query
 	if !r.holdStart {

@@ -102,7 +102,7 @@ type cursor struct {
 // the connection is in one, declares the cursor and fetches the first
 // batch. The Stream st is claimed before anything is sent; a query the
 // server refused before it started leaves it, and fires no event.
-func (c *conn) queryCursor(ctx context.Context, query string, args []driver.NamedValue, st *Stream, r *rows, start time.Time) (driver.Rows, error) {
+func (c *conn) queryCursor(ctx context.Context, query string, args []driver.NamedValue, st *Stream, r *rows, start instant) (driver.Rows, error) {
 	set := &r.settings
 	execer, okE := c.inner.(driver.ExecerContext)
 	queryer, okQ := c.inner.(driver.QueryerContext)

@@ -53,7 +53,7 @@ const (
 	// event.
 	EventStarted EventKind = iota
 	// EventFirstRow means Next delivered the stream's first row;
-	// Stats.FirstRow is the time since the query was sent. From the
+	// Stats.FirstRow is the time since the query started. From the
 	// goroutine that called Next.
 	EventFirstRow
 	// EventPaused means Pause paused a running stream (a Pause on a paused

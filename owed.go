@@ -74,10 +74,11 @@ const owedEndStatements = 2
 
 // mayOwe reports whether the end about to be sent inside a transaction
 // block may be owed (see above). A stream's age counts from its query's
-// first message, where the server's statement_timeout starts, before any
-// round trip that described the statement.
+// start (conn.queryStart), at or before its first message, where the
+// server's statement_timeout starts, and before any round trip that
+// described the statement: never younger than the server counts it.
 func (p *portal) mayOwe() bool {
-	return p.before == txStatusInTx && p.owable() && time.Since(p.r.start) < owedEndMaxAge &&
+	return p.before == txStatusInTx && p.owable() && p.r.start.elapsed() < owedEndMaxAge &&
 		p.conn.sock.quiet()
 }
 
@@ -85,7 +86,7 @@ func (p *portal) mayOwe() bool {
 // a transaction may go without its Sync (see above).
 func (p *portal) mayOweUnsynced() bool {
 	return p.before == txStatusIdle && p.owable() && !p.conn.sock.frames.listening.Load() &&
-		!p.conn.unwrapped && time.Since(p.r.start) < owedEndMaxAge && !p.w.holds() && p.conn.sock.quiet()
+		!p.conn.unwrapped && p.r.start.elapsed() < owedEndMaxAge && !p.w.holds() && p.conn.sock.quiet()
 }
 
 // owable reports what every owed end needs: nothing in flight, no end

@@ -135,15 +135,29 @@ func endedWhileIdle(t *testing.T, tcpPair func(*testing.T) (*sock, net.Conn)) {
 		c := sockConn(t, s)
 		defer func(was time.Duration) { peekAfterIdle = was }(peekAfterIdle)
 		peekAfterIdle = time.Hour
+		require.NoError(t, c.ResetSession(context.Background()), "taken: the server is there")
 		require.NoError(t, server.Close())
 		require.True(t, settled(s, true))
 		require.True(t, c.IsValid(), "back in the pool")
-		assert.False(t, c.pooledAt.IsZero(), "IsValid notes when the conn went back")
+		assert.False(t, c.pooledAt == 0, "IsValid notes when the conn went back")
 		assert.NoError(t, c.ResetSession(context.Background()), "taken back at once: no look")
 		assert.True(t, c.IsValid(), "nothing was discarded")
-		c.pooledAt = c.pooledAt.Add(-peekAfterIdle)
+		c.pooledAt -= instant(peekAfterIdle)
 		assert.ErrorIs(t, c.ResetSession(context.Background()), driver.ErrBadConn, "rested: looked at")
 		assert.False(t, c.IsValid())
+	})
+	t.Run("put back before any reading", func(t *testing.T) {
+		// A conn that went back to the pool before its use read the
+		// clock (a new conn's first call, an Exec) is looked at however
+		// soon it is taken back.
+		s, server := tcpPair(t)
+		c := sockConn(t, s)
+		defer func(was time.Duration) { peekAfterIdle = was }(peekAfterIdle)
+		peekAfterIdle = time.Hour
+		require.NoError(t, server.Close())
+		require.True(t, settled(s, true))
+		require.True(t, c.IsValid(), "back in the pool")
+		assert.ErrorIs(t, c.ResetSession(context.Background()), driver.ErrBadConn, "looked at")
 	})
 	t.Run("no allocation", func(t *testing.T) {
 		s, _ := tcpPair(t)

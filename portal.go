@@ -133,12 +133,12 @@ type portal struct {
 	// batch size; sent is when the query went out (when Query was called,
 	// unless a round trip described the statement first), and rtt how
 	// long its first reply took: about a round trip, with the server's
-	// planning.
+	// planning (zero for a result asked for whole: bounded.go).
 	// lastEnd and lastBytes are when the last batch's end was read and
 	// bytesIn then; lastRate is the bytes per nanosecond of the batch
 	// before it (grow).
 	rowsIn, bytesIn int64
-	sent            time.Time
+	sent            instant
 	rtt             time.Duration
 	// slowLink is set when the conn's link round trip is portalSlowRTT or
 	// more (long); grown once the first grant sized the second batch.
@@ -222,6 +222,10 @@ type portal struct {
 	// can reach: no Stream, observer, resume key or context that can end
 	// (recycle.go).
 	recyclable bool
+	// alone is set while such a stream starts, before Query returns its
+	// rows: nothing but the goroutine that started it can reach it, and
+	// nothing can interrupt its reads (read).
+	alone bool
 }
 
 var (
@@ -290,7 +294,7 @@ func oneOf(s string, words []string) bool {
 // first row (parsing, planning, the first row's execution) from Query,
 // with the query's text in the *pq.Error as lib/pq attaches it; what
 // fails later from Next.
-func (c *conn) queryPortal(ctx context.Context, owner any, query string, text queryText, args []driver.NamedValue, st *Stream, r *rows, start time.Time) (driver.Rows, error) {
+func (c *conn) queryPortal(ctx context.Context, owner any, query string, text queryText, args []driver.NamedValue, st *Stream, r *rows, start instant) (driver.Rows, error) {
 	if err := claim(st); err != nil {
 		return nil, err
 	}
@@ -322,7 +326,9 @@ func (c *conn) queryPortal(ctx context.Context, owner any, query string, text qu
 		p.watch = w
 	}
 	c.portalOpen.Store(true)
+	p.alone = p.recyclable
 	err := p.start(args)
+	p.alone = false
 	if err != nil || p.ended {
 		c.portalOpen.Store(false)
 	}
@@ -517,7 +523,7 @@ func (p *portal) start(args []driver.NamedValue) error {
 		w.flush()
 	}
 	if asked {
-		p.sent = time.Now() // past the round trip that described the statement
+		p.sent = clock() // past the round trip that described the statement
 	}
 	return p.sendFirst(p.text.bounded)
 }
@@ -542,8 +548,10 @@ func (p *portal) sendFirst(whole bool) error {
 		if err != nil {
 			return p.lost(err)
 		}
-		if p.rtt == 0 {
-			p.rtt = max(time.Since(p.sent), 1)
+		if p.rtt == 0 && !whole {
+			// A result asked for whole asks for nothing more: no
+			// batch is sized from its round trip (grow).
+			p.rtt = max(p.sent.elapsed(), 1)
 			p.slowLink = p.conn.linkRTT.Load() >= int64(portalSlowRTT)
 		}
 		switch typ {
@@ -830,7 +838,7 @@ func (p *portal) read() (byte, []byte, error) {
 		// TimeZone its rows are decoded in is the one they left.
 		p.startTZ = p.conn.sock.frames.timeZone.Load()
 	}
-	if p.w.buffered() {
+	if p.w.buffered() || p.alone {
 		return p.w.next()
 	}
 	p.pending(true)
@@ -1050,7 +1058,7 @@ func (p *portal) grow() {
 		return
 	}
 	target := int64(autoBatchBytes)
-	if elapsed := time.Since(p.sent) - p.rtt; elapsed > 0 {
+	if elapsed := p.sent.elapsed() - p.rtt; elapsed > 0 {
 		rate := max(float64(p.bytesIn)/float64(elapsed), p.lastRate)
 		inFlight := int64(min(portalHeadroom*rate*float64(p.rtt), portalMaxBytes))
 		target = min(max(target, inFlight), portalMaxBytes)
@@ -1338,6 +1346,15 @@ func (p *portal) close(_ []driver.Value) (err error) {
 	if portalEnding != nil {
 		portalEnding(p)
 	}
+	if !failed && p.finished && p.pendingZ == 1 && !p.r.cancellable() && p.w.bufferedReady() > 0 {
+		// The end's last reply has arrived (a result its first reply
+		// held whole, as QueryRow's: bounded.go), and nothing can end
+		// the read of it: there is nothing to plan, bound or watch.
+		if !c.sock.beginDrain(time.Time{}) {
+			return p.cutEnd()
+		}
+		return p.readRest(false, false)
+	}
 	plan := planEnd(p.r.endFacts(failed), p.r.settings.drainTimeout)
 	// The bound past which a connection that stopped answering is cut;
 	// none for an end that must read everything.
@@ -1528,7 +1545,16 @@ func (p *portal) close(_ []driver.Value) (err error) {
 			return p.owe()
 		}
 	}
-	p.whole = !rowsLeft && restBytes == 0 // rows the end read on were left by the consumer
+	// Rows the end read on were left by the consumer.
+	return p.readRest(rowsLeft || restBytes > 0, failed)
+}
+
+// readRest reads the rest of an ended portal's replies, up to the
+// ReadyForQuery that ends the exchange, for close: the result was whole
+// when no row was left (left unset, and none came) and it completed
+// without an error. failed says whether the stream failed first.
+func (p *portal) readRest(left bool, failed bool) error {
+	p.whole = !left
 	for !p.ended {
 		typ, body, err := p.read()
 		if err != nil {
@@ -1542,7 +1568,7 @@ func (p *portal) close(_ []driver.Value) (err error) {
 		}
 	}
 	p.whole = p.whole && p.complete && p.serverErr == nil
-	if !c.clearDeadline() {
+	if !p.conn.clearDeadline() {
 		return nil
 	}
 	return p.takeServerErr()

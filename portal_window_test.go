@@ -18,7 +18,7 @@ func windowPortal(rtt, elapsed time.Duration, bytes int64, lastRate float64, bat
 	return &portal{
 		conn:    &conn{sock: &sock{}},
 		rtt:     rtt,
-		sent:    time.Now().Add(-rtt - elapsed),
+		sent:    clock() - instant(rtt+elapsed),
 		bytesIn: bytes, rowsIn: bytes / 290,
 		lastRate: lastRate,
 		batch:    batch,
@@ -89,7 +89,7 @@ func TestPortalBatchBounds(t *testing.T) {
 
 	slow := 1e3 / float64(time.Second) // 1 kB/s
 	p = windowPortal(rtt, elapsed, int64(slow*float64(elapsed))+290*2000, slow, portalMaxRows)
-	p.sent = time.Now().Add(-rtt - elapsed)
+	p.sent = clock() - instant(rtt+elapsed)
 	p.grow()
 	assert.Equal(t, int32(autoBatchBytes/290), p.batch, "least size")
 }

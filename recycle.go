@@ -48,7 +48,8 @@ func (r *rows) recycle() {
 		return
 	}
 	c := r.conn
-	e := &endedRows{names: p.names, fields: p.fields}
+	r.ended = endedRows{names: p.names, fields: p.fields}
+	e := &r.ended
 	r.portal, r.inner, r.columnTypes = nil, e, columnTypes{e}
 	*p = portal{}
 	c.spare = p

@@ -584,7 +584,7 @@ func (rr *resumeRows) continuation(prior, resumes int64, continues bool, deadlin
 	if c == nil {
 		c = rr.base
 	}
-	defer c.sock.rearm()
+	defer c.leave()
 	if c.usable() != nil || !c.portalReady() {
 		rr.closeOwn()
 		switch {

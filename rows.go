@@ -96,13 +96,16 @@ type rows struct {
 	// takes the Stream's controls while a continuation is being made.
 	resumer *resumeRows
 
-	start     time.Time
+	start     instant
 	firstRow  atomic.Int64 // time.Duration since start; 0 before the first row
 	rowCount  atomic.Int64
 	byteCount atomic.Int64
 	// obs is what the stream keeps for its observer; nil without one
 	// (allocRows).
 	obs *observation
+	// ended is inner once the stream's portal went back to its connection
+	// (recycle.go).
+	ended endedRows
 }
 
 var (
@@ -141,9 +144,9 @@ func newRows(ctx context.Context, c *conn, s *Stream) *rows {
 	return r
 }
 
-// open wraps inner, the query's rows; start is when the query was sent,
-// cur the cursor when inner is one.
-func (r *rows) open(ctx context.Context, c *conn, inner driver.Rows, start time.Time, cur *cursor) {
+// open wraps inner, the query's rows; start is when the query started
+// (conn.queryStart), cur the cursor when inner is one.
+func (r *rows) open(ctx context.Context, c *conn, inner driver.Rows, start instant, cur *cursor) {
 	r.inner, r.conn, r.cursor, r.ctx, r.start = inner, c, cur, ctx, start
 	r.columnTypes = columnTypes{inner}
 	c.singleOpen = c.wireOK && cur == nil && r.portal == nil
@@ -228,7 +231,7 @@ func (r *rows) Next(dest []driver.Value) error {
 	}
 	r.byteCount.Add(n)
 	if r.rowCount.Add(1) == 1 {
-		r.firstRow.Store(int64(max(time.Since(r.start), 1)))
+		r.firstRow.Store(int64(max(r.start.elapsed(), 1)))
 		if r.settings.observer != nil && !r.continues {
 			r.observeFirstRow()
 			if r.state.load() != Running {
@@ -420,31 +423,44 @@ func (r *rows) Close() (err error) {
 		return err
 	}
 	r.endPause()
+	if p := r.portal; p != nil {
+		// The portal plans its own end; the plan here only names the
+		// outcome, which a whole result does not need.
+		err = p.Close()
+		if p.whole && err == nil {
+			r.closedWhole()
+		} else {
+			plan := planEnd(r.endFacts(false), r.settings.drainTimeout)
+			if p.readOff {
+				plan.finish = true // nothing was left to stop: the rest was read off
+			}
+			r.closedAs = plan.outcome(false, r.conn.isCut(), r.contextErr())
+		}
+		r.recycle()
+		return err
+	}
 	plan := planEnd(r.endFacts(false), r.settings.drainTimeout)
 	var whole bool
 	if r.cursor != nil {
 		err = r.cursor.Close()
 		whole = r.cursor.whole
-	} else if r.portal != nil {
-		err = r.portal.Close()
-		whole = r.portal.whole
-		if r.portal.readOff {
-			plan.finish = true // nothing was left to stop: the rest was read off
-		}
 	} else {
 		whole, err = r.closeSingle(plan)
 	}
-	whole = whole && err == nil
-	if whole {
-		// Nothing of the result was left unread: it was received whole
-		// (QueryRow), and the stream is Complete, not Closed.
-		r.state.cas(Closed, Complete)
+	if whole && err == nil {
+		r.closedWhole()
+		return err
 	}
-	r.closedAs = plan.outcome(whole, r.conn.isCut(), r.contextErr())
-	if r.portal != nil {
-		r.recycle()
-	}
+	r.closedAs = plan.outcome(false, r.conn.isCut(), r.contextErr())
 	return err
+}
+
+// closedWhole notes that Close found nothing of the result left unread:
+// it was received whole (QueryRow), and the stream is Complete, not
+// Closed.
+func (r *rows) closedWhole() {
+	r.state.cas(Closed, Complete)
+	r.closedAs = OutcomeComplete
 }
 
 // endFacts are the facts of this stream's ending (end.go); failed says

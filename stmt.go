@@ -5,7 +5,6 @@ import (
 	"context"
 	"database/sql/driver"
 	"encoding/binary"
-	"time"
 
 	"github.com/lib/pq/oid"
 )
@@ -108,7 +107,7 @@ func (s *stmt) NumInput() int { return s.inner.NumInput() }
 // Exec implements driver.Stmt.
 func (s *stmt) Exec(args []driver.Value) (driver.Result, error) { //nolint:staticcheck // required by driver.Stmt
 	s.conn.arg = streamArg{}
-	defer s.conn.sock.rearm()
+	defer s.conn.leave()
 	if err := s.conn.usable(); err != nil {
 		return nil, err
 	}
@@ -119,11 +118,11 @@ func (s *stmt) Exec(args []driver.Value) (driver.Result, error) { //nolint:stati
 // Query implements driver.Stmt.
 func (s *stmt) Query(args []driver.Value) (driver.Rows, error) { //nolint:staticcheck // required by driver.Stmt
 	st := s.conn.takeStream(s, len(args))
-	defer s.conn.sock.rearm()
+	defer s.conn.leave()
 	if err := s.conn.usable(); err != nil {
 		return nil, err
 	}
-	start := time.Now()
+	start := s.conn.queryStart()
 	r := newRows(context.Background(), s.conn, st)
 	if r.settings.fetchSize != 0 {
 		named := make([]driver.NamedValue, len(args))
@@ -189,7 +188,7 @@ func (s *stmt) ExecContext(ctx context.Context, args []driver.NamedValue) (drive
 	if s.conn.takeStream(s, len(args)) != nil {
 		return nil, errStreamOnExec
 	}
-	defer s.conn.sock.rearm()
+	defer s.conn.leave()
 	if err := s.conn.usable(); err != nil {
 		return nil, err
 	}

@@ -22,8 +22,9 @@ type rowQueryer interface {
 // the smallest queries against lib/pq, measured so that the machine's
 // drift cannot decide it: both clients run in one process and in one run
 // of the benchmark, taking turns of PairedBlock queries (the side that
-// goes first alternating from turn to turn), b.N queries each. A run is
-// one round; it reports jsonstream's wall time over lib/pq's
+// goes first alternating from turn to turn), b.N queries each, each
+// through pools of its own that the run opens (new server sessions). A
+// run is one round; it reports jsonstream's wall time over lib/pq's
 // (time-ratio) and its client CPU time over lib/pq's (cpu-ratio), with
 // each side's ns/query and cpu-ns/query. cmd/report runs PairedRounds
 // rounds per process and takes the median of the ratios; the goal is
@@ -48,17 +49,19 @@ func BenchmarkQueryRowPaired(b *testing.B) {
 	clients[1] = *pairedSide
 	env := setup(b)
 	ctx := context.Background()
-	// One pool per client for every run: go test -count repeats the runs
-	// of a sub-benchmark inside this function, so that a round costs its
-	// queries and not connecting.
-	var pools [len(PairedClients)]*sql.DB
-	for i, name := range clients {
-		pools[i] = open(b, clientNamed(name), env).(SQLConn).DB
-	}
 	lookup := "SELECT id FROM " + env.table + " WHERE id = $1"
 	lookupLiteral := "SELECT id FROM " + env.table + " WHERE id = 1"
 	for _, kind := range PairedQueries {
 		b.Run("query="+kind, func(b *testing.B) {
+			// New pools, and so new server sessions, for every run: a
+			// session's backend keeps where the machine placed it for
+			// its life, and one placed worse than the other side's would
+			// bias every round that shared it. Connecting and a warm-up
+			// turn are off the clock; the run's Cleanup closes them.
+			var pools [len(PairedClients)]*sql.DB
+			for i, name := range clients {
+				pools[i] = open(b, clientNamed(name), env).(SQLConn).DB
+			}
 			var sides [len(PairedClients)]rowQueryer
 			for i, db := range pools {
 				sides[i] = db
@@ -103,6 +106,10 @@ func BenchmarkQueryRowPaired(b *testing.B) {
 				}
 				cpu[s] += processCPU() - c0
 				wall[s] += time.Since(start)
+			}
+			for s := range sides {
+				turn(s, PairedBlock, 0)
+				wall[s], cpu[s] = 0, 0
 			}
 			// The GC of what came before is not this round's.
 			runtime.GC()

@@ -178,7 +178,8 @@ func (r *report) portal(b *strings.Builder) {
 	}
 	if r.has("QueryRowPaired/") {
 		fmt.Fprintf(b, "`BenchmarkQueryRowPaired` runs lib/pq and jsonstream in one process and one run of the "+
-			"benchmark, in turns of %d queries, the side that goes first alternating; each run gives one ratio of "+
+			"benchmark, in turns of %d queries, the side that goes first alternating, each through new pools "+
+			"(new server sessions) that the run opens; each run gives one ratio of "+
 			"jsonstream's wall time to lib/pq's, and one of their client CPU times. In each of the report's rounds "+
 			"one process makes %d such runs (`-benchtime %s` each); the ratio shown is the median of the ratios "+
 			"of all runs, with its 95%% interval.\n\n",
