@@ -113,11 +113,8 @@ type conn struct {
 	pooledAt instant
 	// usedAt is the conn's last clock reading in its current use: the one
 	// ResetSession took as database/sql took the conn from its pool, or
-	// its last query's start; taken is set from ResetSession to the end
-	// of the call that follows (leave), which then started at usedAt
-	// (queryStart).
+	// its last query's start (queryStart).
 	usedAt instant
-	taken  bool
 }
 
 // streamArg holds a Stream taken out of a statement's arguments until the
@@ -158,7 +155,7 @@ func newConn(inner driver.Conn, s *settings, sk *sock) *conn {
 
 // Unwrap returns the inner driver's connection, for sql.Conn.Raw.
 func (c *conn) Unwrap() driver.Conn {
-	c.unwrapped, c.taken = true, false
+	c.unwrapped = true
 	// Whoever has lib/pq's connection may use it without a claim.
 	c.sock.settleNow()
 	return c.inner

@@ -13,24 +13,20 @@ import "time"
 // A variable so that a test can hold it open.
 var peekAfterIdle = time.Millisecond
 
-// The clock is read once per use of a connection from the pool, not at
-// each of its steps: a read costs about 45 ns on a small virtual machine,
-// and four of them were a sixth of what the driver's own work costs a
-// small query. ResetSession reads it as
-// database/sql takes the conn (take); the query that follows, if that is
-// the next call, takes the reading as its start (queryStart), and any
-// later query reads its own. IsValid, as database/sql puts the conn back,
-// reads nothing: the conn's last reading (usedAt) stands for the moment.
-// It is earlier than that moment, never later, so the rest it measures is
-// longer than the true one: a conn whose last query was long is looked at
-// when taken back at once, never the other way round.
+// ResetSession reads the clock as database/sql takes the conn (take), for
+// the look above; each query reads it at its start (queryStart). IsValid,
+// as database/sql puts the conn back, reads nothing: the conn's last
+// reading (usedAt) stands for the moment. It is earlier than that moment,
+// never later, so the rest it measures is longer than the true one: a conn
+// whose last query was long is looked at when taken back at once, never
+// the other way round. A query never starts at the take's reading: a
+// sql.Conn may hold the conn unused for any time before its first call.
 
 // take notes that database/sql took the conn from its pool now (a call to
 // ResetSession), and returns the clock's reading.
 func (c *conn) take() instant {
-	t := clock()
-	c.usedAt, c.taken = t, true
-	return t
+	c.usedAt = clock()
+	return c.usedAt
 }
 
 // restedInPool reports whether the conn sat in the pool long enough, from
@@ -41,21 +37,14 @@ func (c *conn) restedInPool(now instant) bool {
 	return c.pooledAt == 0 || time.Duration(now-c.pooledAt) >= peekAfterIdle
 }
 
-// queryStart returns the start of a query: the instant database/sql took
-// the conn, when this is the first call since, or a new reading.
+// queryStart returns the start of a query: now.
 func (c *conn) queryStart() instant {
-	if c.taken {
-		c.taken = false
-		return c.usedAt
-	}
 	c.usedAt = clock()
 	return c.usedAt
 }
 
-// leave ends a call to the conn: a later call on the same use of the conn
-// did not start when the conn was taken. It also starts again the Sync
-// timer of an owed end that the call stopped and left unused (rearm).
+// leave ends a call to the conn: it starts again the Sync timer of an
+// owed end that the call stopped and left unused (rearm).
 func (c *conn) leave() {
-	c.taken = false
 	c.sock.rearm()
 }

@@ -105,9 +105,7 @@ type Stats struct {
 	// is Paused.
 	PausedNow time.Duration
 	// FirstRow is the time from the start of the query to the first row
-	// Next delivered; 0 before that row. A query starts when the driver
-	// is called to run it or, when that call is the first on a connection
-	// database/sql just took from its pool, when database/sql took it.
+	// Next delivered; 0 before that row.
 	FirstRow time.Duration
 	// Resumes counts the continuations of a resumable stream
 	// (WithResumeKey) after failures; Rows counts across them.
