@@ -383,11 +383,16 @@ func jobs(round int) []job {
 	add("QueryRow", bench.FetchClients, func(c string) string { return "^BenchmarkQueryRow$/" + quote("client="+c) })
 	add("SelectOne", bench.SelectOneClients, func(c string) string { return "^BenchmarkSelectOne$/^ctx=/" + quote("client="+c) })
 	// Both clients of a paired query run in one process, each run of it a
-	// round with its own ratio; the order of the queries rotates.
-	for _, q := range rotate(bench.PairedQueries, round) {
-		js = append(js, job{label: "QueryRowPaired " + q, binary: binBench,
+	// round with its own ratio; so do the two lib/pq sides of the method's
+	// null pairing. Their order rotates.
+	paired := make([]job, 0, len(bench.PairedQueries)+1)
+	for _, q := range bench.PairedQueries {
+		paired = append(paired, job{label: "QueryRowPaired " + q, binary: binBench,
 			bench: "^BenchmarkQueryRowPaired$/" + quote("query="+q), count: bench.PairedRounds, benchtime: bench.PairedBenchtime})
 	}
+	paired = append(paired, job{label: "QueryRowNull", binary: binBench,
+		bench: "^BenchmarkQueryRowNull$/" + quote("query="+bench.PairedSelectOne), count: bench.PairedRounds, benchtime: bench.PairedBenchtime})
+	js = append(js, rotate(paired, round)...)
 	// The drains and the early close of one client share a process, and so
 	// its proxy's warm-up; the level between is rows=N or early-close.
 	add("Proxy", bench.ProxyClients, func(c string) string { return "^BenchmarkProxy$//" + quote("client="+c) })

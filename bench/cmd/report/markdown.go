@@ -772,7 +772,7 @@ func (r *report) reproduce(b *strings.Builder) {
 	fmt.Fprintf(b, "go test -run '^$' -bench 'BenchmarkEarlyClose$|BenchmarkCeiling|BenchmarkDecode|BenchmarkNDJSON|BenchmarkTypedDecode' -count %d\n", defaultRounds)
 	fmt.Fprintf(b, "GOEXPERIMENT=jsonv2 go test -run '^$' -bench 'BenchmarkTypedDecode' -count %d   # adds decoder=json-v2\n", defaultRounds)
 	fmt.Fprintf(b, "go test -run '^$' -bench 'BenchmarkEarlyCloseNext|BenchmarkEarlyCloseTx|BenchmarkEarlyCloseBegin|BenchmarkChurn|BenchmarkFetch|BenchmarkQueryRow$|BenchmarkSelectOne|BenchmarkProxy' -count %d\n", defaultRounds)
-	fmt.Fprintf(b, "go test -run '^$' -bench 'BenchmarkQueryRowPaired' -benchtime %s -count %d   # one ratio per round\n", bench.PairedBenchtime, bench.PairedRounds)
+	fmt.Fprintf(b, "go test -run '^$' -bench 'BenchmarkQueryRow(Paired|Null)' -benchtime %s -count %d   # one ratio per round; Null: lib/pq beside lib/pq\n", bench.PairedBenchtime, bench.PairedRounds)
 	fmt.Fprintf(b, "go run ./cmd/report -peak-child jsonstream -dsn \"$JSONSTREAM_BENCH_DSN\" -rows %d\n```\n\n", r.cfg.rows)
 	b.WriteString("Without `JSONSTREAM_BENCH_DSN` the benchmarks start a throwaway server of their own and load the " +
 		"dataset into it (about ten seconds for a million documents); `-short` uses 10,000.\n")

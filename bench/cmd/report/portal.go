@@ -62,6 +62,9 @@ type goalRow struct {
 
 func pairedName(query string) string { return "QueryRowPaired/query=" + query }
 
+// nullName names BenchmarkQueryRowNull's figures: lib/pq beside lib/pq.
+var nullName = "QueryRowNull/query=" + bench.PairedSelectOne
+
 // windowName names a client's BenchmarkProxyWindow.
 func windowName(client string) string { return "ProxyWindow/client=" + client }
 
@@ -184,6 +187,15 @@ func (r *report) portal(b *strings.Builder) {
 			"one process makes %d such runs (`-benchtime %s` each); the ratio shown is the median of the ratios "+
 			"of all runs, with its 95%% interval.\n\n",
 			bench.PairedBlock, bench.PairedRounds, bench.PairedBenchtime)
+		if t, ok := r.res.summary(nullName, "time-ratio"); ok {
+			fmt.Fprintf(b, "The method itself, measured the same way with lib/pq on both sides "+
+				"(`BenchmarkQueryRowNull`, `QueryRow(\"SELECT 1\")`, %d runs): time %s", t.n, pairedRatio(t))
+			if c, ok := r.res.summary(nullName, "cpu-ratio"); ok {
+				fmt.Fprintf(b, ", client CPU %s", pairedRatio(c))
+			}
+			b.WriteString(". Two identical clients differ by that much here: it is the bias and the noise of " +
+				"the method and the machine, not of a driver.\n\n")
+		}
 	}
 	met := 0
 	for _, g := range r.portalGoals {

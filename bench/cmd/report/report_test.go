@@ -252,6 +252,7 @@ func TestJobsSelectOneClient(t *testing.T) {
 		"BenchmarkQueryRowPaired/query=select1-tx",
 		"BenchmarkQueryRow/client=jsonstream",
 		"BenchmarkEarlyCloseTx/client=jsonstream-single",
+		"BenchmarkQueryRowNull/query=select1",
 	}
 	want := map[string][]string{
 		"Stream jsonstream":                        {names[0]},
@@ -284,6 +285,7 @@ func TestJobsSelectOneClient(t *testing.T) {
 		"QueryRowPaired select1-tx":                {names[30]},
 		"QueryRow jsonstream":                      {names[31]},
 		"EarlyCloseTx jsonstream-single":           {names[32]},
+		"QueryRowNull":                             {names[33]},
 	}
 	seen := map[string]bool{}
 	for _, j := range jobs(0) {
@@ -292,7 +294,7 @@ func TestJobsSelectOneClient(t *testing.T) {
 		}
 		// Only the paired benchmark runs several rounds in a process, and
 		// it must: a round of it is one run.
-		if paired := strings.HasPrefix(j.label, "QueryRowPaired "); paired != (j.count == bench.PairedRounds && j.benchtime == bench.PairedBenchtime) ||
+		if paired := strings.HasPrefix(j.label, "QueryRowPaired ") || j.label == "QueryRowNull"; paired != (j.count == bench.PairedRounds && j.benchtime == bench.PairedBenchtime) ||
 			!paired && (j.count != 0 || j.benchtime != "") {
 			t.Errorf("%s: count %d, benchtime %q", j.label, j.count, j.benchtime)
 		}
@@ -663,6 +665,41 @@ func TestPortalWithoutServerCPU(t *testing.T) {
 	r.portal(&b)
 	out := b.String()
 	for _, want := range []string{"Draining 100,000 rows, loopback", "not measured: the server's backends are not readable", "1 of the 1 goals judged"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("no %q in\n%s", want, out)
+		}
+	}
+}
+
+// TestPortalNullPairing checks the sentence on the paired method's own
+// bias and noise: it gives the median and interval of the null pairing's
+// ratios (BenchmarkQueryRowNull) when they were measured, and is absent
+// when they were not.
+func TestPortalNullPairing(t *testing.T) {
+	render := func(null bool) string {
+		r := &report{cfg: config{rows: 1_000_000, count: 1}, res: newResults()}
+		for i := range bench.PairedRounds {
+			spread := float64(i-bench.PairedRounds/2) * 0.01
+			r.res.add(pairedName(bench.PairedSelectOne), "time-ratio", 1.04+spread)
+			r.res.add(pairedName(bench.PairedSelectOne), "cpu-ratio", 1.05+spread)
+			if null {
+				r.res.add(nullName, "time-ratio", 1.00+spread)
+				r.res.add(nullName, "cpu-ratio", 0.99+spread)
+			}
+		}
+		var b strings.Builder
+		r.portal(&b)
+		return b.String()
+	}
+	if out := render(false); strings.Contains(out, "BenchmarkQueryRowNull") {
+		t.Errorf("a null pairing that was not measured is reported:\n%s", out)
+	}
+	out := render(true)
+	for _, want := range []string{
+		"lib/pq on both sides (`BenchmarkQueryRowNull`, `QueryRow(\"SELECT 1\")`, 21 runs): " +
+			"time 1.00× (95%: 0.95×–1.05×), client CPU 0.99× (95%: 0.94×–1.04×).",
+		"the bias and the noise of the method and the machine",
+	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("no %q in\n%s", want, out)
 		}
