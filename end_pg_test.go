@@ -567,6 +567,10 @@ var writeStatements = []string{
 	"DELETE FROM close_writes WHERE x > 0 RETURNING x, repeat('x', 100)",
 	"WITH d AS (DELETE FROM close_writes RETURNING x) SELECT x, repeat('x', 100) FROM d",
 	"with u as (update close_writes set x = -x returning x) select x, repeat('x', 100) from u",
+	// An UPDATE after a word that reads as the start of a lock (FOR, KEY)
+	// with other tokens between them.
+	"WITH p AS (SELECT x AS key FROM close_writes ORDER BY key) UPDATE close_writes SET x = x + 1000000 FROM p WHERE close_writes.x = p.key RETURNING close_writes.x, repeat('x', 100)",
+	"WITH s AS (SELECT substring('abc' FROM 1 FOR 2)) UPDATE close_writes SET x = x + 1000000 FROM s RETURNING x, repeat('x', 100)",
 }
 
 // tableAfter runs query on db, reads one row, closes the rows and

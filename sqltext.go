@@ -65,7 +65,7 @@ func scanQuery(q string) queryText {
 	t := queryText{certain: true}
 	depth := 0
 	tokens := 0          // in the current statement
-	var prev string      // the current statement's previous keyword
+	var prev string      // the keyword just before this token, if a keyword was
 	var stmtFirst string // the current statement's first keyword, or "("
 	inFirst := true
 	b := boundScan{constant: true} // follows the first statement
@@ -94,6 +94,11 @@ func scanQuery(q string) queryText {
 			t.statements++
 		}
 		tokens++
+		// FOR UPDATE is a lock only when nothing but blanks and comments
+		// stand between its words: in (… ORDER BY key) UPDATE, or
+		// substring(… FOR 2)) UPDATE, the UPDATE writes.
+		last := prev
+		prev = ""
 		switch {
 		case c == '\'':
 			if inFirst {
@@ -160,7 +165,7 @@ func scanQuery(q string) queryText {
 				stmtFirst = word
 				t.sets = t.sets || oneOf(word, sessionFirstWords)
 			}
-			t.keyword(word, prev, inFirst)
+			t.keyword(word, last, inFirst)
 			if inFirst {
 				b.word(word, depth)
 			}

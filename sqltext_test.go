@@ -134,6 +134,15 @@ func TestScanQueryLocks(t *testing.T) {
 		"SELECT * FROM t":                                    {false, false},
 		"SELECT share, \"for\" FROM t":                       {false, false},
 		"WITH u AS (UPDATE t SET x = 1 RETURNING x) TABLE u": {false, true},
+		// FOR and KEY make a lock of the UPDATE or SHARE right after them,
+		// across blanks and comments only.
+		"SELECT * FROM t FOR /* a lock */ UPDATE":                               {true, false},
+		"SELECT * FROM t FOR NO KEY -- a lock\n UPDATE":                         {true, false},
+		"WITH p AS (SELECT id FROM t ORDER BY key) UPDATE t SET n = 1 FROM p":   {false, true},
+		"WITH s AS (SELECT substring(a FROM 1 FOR 2)) UPDATE t SET n = 1":       {false, true},
+		"WITH p AS (SELECT id FROM t ORDER BY key) SELECT share FROM p":         {false, false},
+		"WITH p AS (SELECT substring(a FROM 1 FOR 2) AS v) SELECT 'x' share":    {false, false},
+		"WITH p AS (SELECT 1 FOR UPDATE), q AS (SELECT key) UPDATE t SET n = 1": {true, true},
 	} {
 		got := scanQuery(q)
 		assert.Equal(t, want, [2]bool{got.locks, got.writes}, q)
