@@ -673,7 +673,8 @@ func TestEarlyCloseCutsARead(t *testing.T) {
 // see into the function. An early Close with rows left stops it, and what
 // the function wrote is rolled back with it (a cut in the single-statement
 // mode, a ROLLBACK in the portal mode); a result received whole
-// (QueryRow) commits; CloseDrain ends it as lib/pq does.
+// (QueryRow) commits; CloseDrain ends it as lib/pq does. What no
+// rollback undoes, a sequence's nextval, stays as far as it ran.
 func TestEarlyCloseOfWritingFunction(t *testing.T) {
 	setup := openPG(t, "postgres", "")
 	_, err := setup.Exec(`CREATE TABLE IF NOT EXISTS close_writes (x bigint);
@@ -691,6 +692,23 @@ func TestEarlyCloseOfWritingFunction(t *testing.T) {
 			assert.Equal(t, want, drained, "CloseDrain: as lib/pq")
 			one := tableAfter(t, openPG(t, DriverName, mode), "SELECT close_writes_log(7)")
 			assert.Equal(t, int64(200001), one[0], "a result received whole commits")
+		})
+	}
+	// What no transaction undoes stays: a sequence has advanced as far as
+	// the rows that ran before the stop, where lib/pq's drain runs them all.
+	for _, mode := range []string{"", portalDSN} {
+		t.Run("sequence/mode="+mode, func(t *testing.T) {
+			_, err := setup.Exec("DROP SEQUENCE IF EXISTS close_seq; CREATE SEQUENCE close_seq")
+			require.NoError(t, err)
+			const rows = 1_000_000 // far more than a socket's buffers hold
+			r, err := openPG(t, DriverName, mode).Query(fmt.Sprintf("SELECT nextval('close_seq') FROM generate_series(1, %d)", rows))
+			require.NoError(t, err)
+			require.True(t, r.Next())
+			require.NoError(t, r.Close())
+			var last int64
+			require.NoError(t, setup.QueryRow("SELECT last_value FROM close_seq").Scan(&last))
+			assert.Positive(t, last, "the rows that ran advanced the sequence: no rollback undoes it")
+			assert.Less(t, last, int64(rows), "the stop came before the end")
 		})
 	}
 }
